@@ -1,0 +1,1 @@
+//! Adapters over an embedded redb database.

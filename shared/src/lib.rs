@@ -1,0 +1,11 @@
+//! Keel's common crate: configuration, errors, request identity, telemetry, and the ports (table, queue, event
+//! bus, clock) with their two adapters each: AWS (official SDK) and embedded (redb, no server needed).
+
+pub mod aws;
+pub mod bus;
+pub mod clock;
+pub mod embedded;
+pub mod faults;
+pub mod port;
+pub mod queue;
+pub mod table;
