@@ -4,8 +4,12 @@
 pub mod aws;
 pub mod bus;
 pub mod clock;
+pub mod config;
 pub mod embedded;
 pub mod faults;
+pub mod function;
+pub mod identity;
 pub mod port;
 pub mod queue;
+pub mod resources;
 pub mod table;

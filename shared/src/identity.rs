@@ -1,0 +1,104 @@
+//! The caller's identity, read from the API Gateway HTTP API JWT authorizer context (`requestContext.authorizer
+//! .jwt.claims`). API Gateway has verified the token; functions never trust a tenant id from the body or query.
+
+use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Member,
+    Admin,
+    PlatformAdmin,
+}
+
+impl Role {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "member" => Some(Role::Member),
+            "admin" => Some(Role::Admin),
+            "platform-admin" => Some(Role::PlatformAdmin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::PlatformAdmin => "platform-admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: String,
+    pub org_id: String,
+    pub roles: Vec<Role>,
+}
+
+impl Identity {
+    /// `None` when the request carries no authorizer claims, or lacks `sub` or `org_id`.
+    pub fn from_request(request: &ApiGatewayV2httpRequest) -> Option<Self> {
+        let claims = &request.request_context.authorizer.as_ref()?.jwt.as_ref()?.claims;
+        let user_id = claims.get("sub").filter(|s| !s.is_empty())?.clone();
+        let org_id = claims.get("org_id").filter(|s| !s.is_empty())?.clone();
+        let roles = claims.get("roles").map(|raw| parse_roles(raw)).unwrap_or_default();
+        Some(Self { user_id, org_id, roles })
+    }
+
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+}
+
+/// API Gateway flattens an array claim to `[a b]`; tokens may also carry `a,b` or a JSON array string.
+/// Unknown role names are ignored, so a typo grants nothing.
+fn parse_roles(raw: &str) -> Vec<Role> {
+    let trimmed = raw.trim().trim_start_matches('[').trim_end_matches(']');
+    let mut roles: Vec<Role> = trimmed
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .map(|part| part.trim().trim_matches('"'))
+        .filter_map(Role::parse)
+        .collect();
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lambda_events::apigw::{
+        ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription, ApiGatewayV2httpRequestContext,
+    };
+    use std::collections::HashMap;
+
+    fn request_with(claims: &[(&str, &str)]) -> ApiGatewayV2httpRequest {
+        let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
+        jwt.claims = claims.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
+        let mut authorizer = ApiGatewayRequestAuthorizer::default();
+        authorizer.jwt = Some(jwt);
+        let mut context = ApiGatewayV2httpRequestContext::default();
+        context.authorizer = Some(authorizer);
+        let mut request = ApiGatewayV2httpRequest::default();
+        request.request_context = context;
+        request
+    }
+
+    #[test]
+    fn reads_roles_in_every_shape_api_gateway_and_tokens_use() {
+        for raw in ["[admin platform-admin]", "admin,platform-admin", "[\"admin\",\"platform-admin\"]"] {
+            let id = Identity::from_request(&request_with(&[("sub", "u1"), ("org_id", "o1"), ("roles", raw)])).unwrap();
+            assert_eq!(id.roles, vec![Role::Admin, Role::PlatformAdmin], "{raw}");
+        }
+    }
+
+    #[test]
+    fn unknown_roles_grant_nothing_and_missing_claims_mean_no_identity() {
+        let id = Identity::from_request(&request_with(&[("sub", "u1"), ("org_id", "o1"), ("roles", "root")])).unwrap();
+        assert!(id.roles.is_empty());
+        assert!(Identity::from_request(&request_with(&[("sub", "u1")])).is_none());
+        assert!(Identity::from_request(&request_with(&[("sub", ""), ("org_id", "o1")])).is_none());
+        assert!(Identity::from_request(&ApiGatewayV2httpRequest::default()).is_none());
+    }
+}
