@@ -1,0 +1,102 @@
+//! Errors on the wire: RFC 9457 problem+json with a stable machine-readable `code`. Details say what is wrong with
+//! the request; they never carry a stack trace, an internal error message or a secret.
+
+use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    /// A JSON pointer or parameter name locating the offending input, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+}
+
+impl Problem {
+    pub fn new(status: u16, code: &str, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("urn:keel:problem:{code}"),
+            title: title_for(status).to_string(),
+            status,
+            detail: detail.into(),
+            code: code.to_string(),
+            pointer: None,
+        }
+    }
+
+    pub fn at(mut self, pointer: impl Into<String>) -> Self {
+        self.pointer = Some(pointer.into());
+        self
+    }
+
+    pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
+        Self::new(400, code, detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(401, "unauthorized", detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(403, "forbidden", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(404, "not_found", detail)
+    }
+
+    pub fn unprocessable(code: &str, detail: impl Into<String>) -> Self {
+        Self::new(422, code, detail)
+    }
+
+    /// A backend failed; the client should retry. The cause goes to the logs, not to the client.
+    pub fn unavailable() -> Self {
+        Self::new(503, "backend_unavailable", "a backend is temporarily unavailable; retry the request")
+    }
+
+    pub fn into_response(self) -> ApiGatewayV2httpResponse {
+        let body = serde_json::to_string(&self).unwrap_or_default();
+        crate::http::response(self.status, "application/problem+json", body)
+    }
+}
+
+fn title_for(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_rfc9457_fields_and_content_type() {
+        let response = Problem::unprocessable("invalid_field", "limit must be 1..=100").at("limit").into_response();
+        assert_eq!(response.status_code, 422);
+        assert_eq!(response.headers["content-type"], "application/problem+json");
+        let body: serde_json::Value = serde_json::from_str(&crate::http::body_text(&response)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"type": "urn:keel:problem:invalid_field", "title": "Unprocessable Content",
+                "status": 422, "detail": "limit must be 1..=100", "code": "invalid_field", "pointer": "limit"})
+        );
+    }
+}
