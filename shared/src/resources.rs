@@ -17,3 +17,52 @@ pub trait Resources: Send + Sync {
     fn bus(&self, var: &str) -> Result<Arc<dyn EventBus>, ConfigError>;
     fn clock(&self) -> Arc<dyn Clock>;
 }
+
+/// Resources handed over explicitly, by variable name: what the local host builds from the template's wiring and
+/// what tests build around embedded adapters. Fault injection is the caller's to apply (see `keel::faults`).
+pub struct StaticResources {
+    tables: std::collections::HashMap<String, Arc<dyn Table>>,
+    queues: std::collections::HashMap<String, Arc<dyn Queue>>,
+    buses: std::collections::HashMap<String, Arc<dyn EventBus>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl StaticResources {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self { tables: Default::default(), queues: Default::default(), buses: Default::default(), clock }
+    }
+
+    pub fn with_table(mut self, var: &str, table: Arc<dyn Table>) -> Self {
+        self.tables.insert(var.to_string(), table);
+        self
+    }
+
+    pub fn with_queue(mut self, var: &str, queue: Arc<dyn Queue>) -> Self {
+        self.queues.insert(var.to_string(), queue);
+        self
+    }
+
+    pub fn with_bus(mut self, var: &str, bus: Arc<dyn EventBus>) -> Self {
+        self.buses.insert(var.to_string(), bus);
+        self
+    }
+}
+
+fn lookup<T: ?Sized>(map: &std::collections::HashMap<String, Arc<T>>, var: &str) -> Result<Arc<T>, ConfigError> {
+    map.get(var).cloned().ok_or_else(|| ConfigError::Missing(var.to_string()))
+}
+
+impl Resources for StaticResources {
+    fn table(&self, var: &str) -> Result<Arc<dyn Table>, ConfigError> {
+        lookup(&self.tables, var)
+    }
+    fn queue(&self, var: &str) -> Result<Arc<dyn Queue>, ConfigError> {
+        lookup(&self.queues, var)
+    }
+    fn bus(&self, var: &str) -> Result<Arc<dyn EventBus>, ConfigError> {
+        lookup(&self.buses, var)
+    }
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+}

@@ -8,6 +8,8 @@
 //! The queue carries only `{provider, delivery_id}`; the body stays in the table (bodies may exceed what SQS takes
 //! once encoded, and replay needs them anyway).
 
+use crate::port::PortError;
+use crate::queue::{MessageAttrs, Queue};
 use crate::table::{Attrs, Item, Key};
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
@@ -121,6 +123,17 @@ impl Delivery {
     pub fn from_item(item: &Item) -> Option<Self> {
         serde_json::from_value(serde_json::Value::Object(item.attrs.clone())).ok()
     }
+}
+
+/// Sends the pointer to a delivery to the webhook queue, propagating the trace header.
+pub async fn send_pointer(queue: &dyn Queue, delivery: &Delivery) -> Result<(), PortError> {
+    let message = QueueMessage { provider: delivery.provider.clone(), delivery_id: delivery.delivery_id.clone() };
+    let body = serde_json::to_string(&message).map_err(|e| PortError::Invalid(e.to_string()))?;
+    let mut attributes = MessageAttrs::new();
+    if let Some(trace) = &delivery.trace_header {
+        attributes.insert("AWSTraceHeader".into(), trace.clone());
+    }
+    queue.send(&body, &attributes).await.map(|_| ())
 }
 
 pub fn encode_body(body: &[u8]) -> String {

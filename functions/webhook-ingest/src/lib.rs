@@ -1,1 +1,210 @@
-pub fn placeholder_for_build() {}
+//! `POST /webhooks/{provider}`: verify the signature on the raw bytes, reject duplicates, and acknowledge only once
+//! the event is durably queued.
+//!
+//! Happy path: one table write (a transaction putting the idempotency record and the delivery record together)
+//! and one queue send. If the send fails the client gets 503 and its retry finds the records already written: as
+//! long as the delivery is still `pending` (no worker has taken it), the retry sends the pointer again. The worker
+//! ignores pointers to deliveries it has completed, so nothing is lost and nothing is forwarded twice.
+
+pub mod verify;
+
+use async_trait::async_trait;
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use chrono::{DateTime, Utc};
+use keel::clock::Clock;
+use keel::config::{ConfigError, Env};
+use keel::function::{HttpFunction, Invocation};
+use keel::http;
+use keel::port::PortError;
+use keel::problem::Problem;
+use keel::queue::Queue;
+use keel::resources::Resources;
+use keel::table::{Attrs, Expect, Item, Table, Write};
+use keel::webhooks::{self, Delivery, Status};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use verify::{Scheme, Secret};
+
+pub const TABLE_VAR: &str = "WEBHOOKS_TABLE";
+pub const QUEUE_VAR: &str = "WEBHOOK_QUEUE_URL";
+const SECRET_PREFIX: &str = "WEBHOOK_SECRET_";
+const SCHEME_PREFIX: &str = "WEBHOOK_SCHEME_";
+
+/// A configured provider: its scheme and every secret that currently verifies (several during rotation).
+pub struct Provider {
+    pub scheme: Scheme,
+    pub secrets: Vec<Secret>,
+}
+
+/// Reads every `WEBHOOK_SECRET_<NAME>` (comma-separated secrets) and its `WEBHOOK_SCHEME_<NAME>` (default `keel`).
+/// An unknown scheme fails start-up; a provider without a secret is simply not configured (requests fail closed).
+pub fn providers_from_env(env: &Env) -> Result<HashMap<String, Provider>, ConfigError> {
+    let mut providers = HashMap::new();
+    for (suffix, raw_secrets) in env.with_prefix(SECRET_PREFIX) {
+        let scheme_var = format!("{SCHEME_PREFIX}{suffix}");
+        let scheme = match env.get(&scheme_var) {
+            None => Scheme::Keel,
+            Some(raw) => raw.parse().map_err(|_| ConfigError::Malformed {
+                name: scheme_var.clone(),
+                reason: "expected one of keel, standard, stripe, github, slack, shopify".into(),
+            })?,
+        };
+        let secrets: Vec<Secret> =
+            raw_secrets.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Secret::new(s.to_string())).collect();
+        if !secrets.is_empty() {
+            providers.insert(suffix.to_string(), Provider { scheme, secrets });
+        }
+    }
+    Ok(providers)
+}
+
+pub struct Ingest {
+    /// Keyed by the provider's environment suffix (`ACME_PAY` for `/webhooks/acme-pay`).
+    providers: HashMap<String, Provider>,
+    table: Arc<dyn Table>,
+    queue: Arc<dyn Queue>,
+    clock: Arc<dyn Clock>,
+}
+
+pub fn build(env: &Env, resources: &dyn Resources) -> Result<Ingest, ConfigError> {
+    Ok(Ingest {
+        providers: providers_from_env(env)?,
+        table: resources.table(TABLE_VAR)?,
+        queue: resources.queue(QUEUE_VAR)?,
+        clock: resources.clock(),
+    })
+}
+
+#[async_trait]
+impl HttpFunction for Ingest {
+    async fn call(&self, request: ApiGatewayV2httpRequest, invocation: Invocation) -> ApiGatewayV2httpResponse {
+        match self.ingest(&request, &invocation).await {
+            Ok(response) => response,
+            Err(problem) => problem.into_response(),
+        }
+    }
+}
+
+impl Ingest {
+    async fn ingest(
+        &self,
+        request: &ApiGatewayV2httpRequest,
+        invocation: &Invocation,
+    ) -> Result<ApiGatewayV2httpResponse, Problem> {
+        let name = http::path_param(request, "provider").unwrap_or_default();
+        let provider = webhooks::valid_provider(name)
+            .then(|| self.providers.get(&webhooks::provider_env_suffix(name)))
+            .flatten()
+            .ok_or_else(|| Problem::not_found("no webhook provider of that name is configured"))?;
+        let body = http::raw_body(request)?;
+        if body.len() > webhooks::MAX_BODY_BYTES {
+            return Err(Problem::new(
+                413,
+                "body_too_large",
+                format!("webhook bodies are limited to {} bytes", webhooks::MAX_BODY_BYTES),
+            ));
+        }
+        let now = self.clock.now();
+        let verified = verify::verify(provider.scheme, &provider.secrets, &request.headers, &body, now)
+            .map_err(|e| Problem::new(e.status(), e.code(), e.to_string()))?;
+        if provider.scheme == Scheme::Slack {
+            if let Some(challenge) = verify::slack_url_verification_challenge(&body) {
+                return Ok(http::json(200, &json!({ "challenge": challenge })));
+            }
+        }
+        let event_id = match verified.event_id {
+            Some(id) if id.len() > webhooks::MAX_EVENT_ID_LEN => {
+                return Err(Problem::bad_request(
+                    "malformed_header",
+                    format!("the event id is longer than {} characters", webhooks::MAX_EVENT_ID_LEN),
+                ));
+            }
+            Some(id) if !id.is_empty() => id,
+            // Without an id from the scheme, identical bodies are the same event.
+            _ => format!("sha256:{}", hex::encode(Sha256::digest(&body))),
+        };
+        let mut event_type = verified.event_type.unwrap_or_else(|| "unknown".into());
+        event_type.truncate(webhooks::MAX_EVENT_TYPE_LEN);
+        let delivery = Delivery {
+            provider: name.to_string(),
+            delivery_id: ulid::Ulid::from_datetime(now.into()).to_string(),
+            event_id,
+            event_type,
+            status: Status::Pending,
+            attempts: 0,
+            last_error: None,
+            received_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+            duration_ms: None,
+            lease_until: None,
+            replays: 0,
+            body_base64: webhooks::encode_body(&body),
+            content_type: http::header(request, "content-type").map(|s| s.chars().take(256).collect()),
+            trace_header: invocation.trace_header.clone(),
+        };
+        self.accept(delivery, now).await
+    }
+
+    async fn accept(&self, delivery: Delivery, now: DateTime<Utc>) -> Result<ApiGatewayV2httpResponse, Problem> {
+        let idempotency = idempotency_item(&delivery, now);
+        let writes = vec![
+            Write::Put { item: idempotency, expect: Expect::Absent },
+            Write::Put { item: delivery.to_item(1), expect: Expect::Absent },
+        ];
+        match self.table.transact(writes).await {
+            Ok(()) => {
+                webhooks::send_pointer(self.queue.as_ref(), &delivery).await.map_err(|e| unavailable("queue", &e))?;
+                tracing::info!(provider = %delivery.provider, delivery_id = %delivery.delivery_id, "webhook queued");
+                Ok(accepted(202, "queued", &delivery.delivery_id))
+            }
+            Err(PortError::ConditionFailed { .. }) => self.duplicate(&delivery).await,
+            Err(error) => Err(unavailable("record", &error)),
+        }
+    }
+
+    /// The event id was seen before. If its delivery is still pending, the earlier send may have failed: send the
+    /// pointer again (the worker deduplicates). Otherwise acknowledge without doing anything.
+    async fn duplicate(&self, incoming: &Delivery) -> Result<ApiGatewayV2httpResponse, Problem> {
+        let key = webhooks::idempotency_key(&incoming.provider, &incoming.event_id);
+        let Some(record) = self.table.get(&key).await.map_err(|e| unavailable("read", &e))? else {
+            // It expired between our write and this read; the client's retry will be accepted as new.
+            return Err(Problem::unavailable());
+        };
+        let delivery_id = record.attrs.get("delivery_id").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let original = self
+            .table
+            .get(&webhooks::delivery_key(&incoming.provider, &delivery_id))
+            .await
+            .map_err(|e| unavailable("read", &e))?
+            .and_then(|item| Delivery::from_item(&item));
+        if let Some(original) = original.filter(|d| d.status == Status::Pending) {
+            webhooks::send_pointer(self.queue.as_ref(), &original).await.map_err(|e| unavailable("queue", &e))?;
+        }
+        tracing::info!(provider = %incoming.provider, delivery_id = %delivery_id, "duplicate webhook");
+        Ok(accepted(200, "duplicate", &delivery_id))
+    }
+}
+
+fn idempotency_item(delivery: &Delivery, now: DateTime<Utc>) -> Item {
+    let mut attrs = Attrs::new();
+    attrs.insert("delivery_id".into(), delivery.delivery_id.clone().into());
+    Item {
+        key: webhooks::idempotency_key(&delivery.provider, &delivery.event_id),
+        attrs,
+        version: 1,
+        expires_at: Some(now + webhooks::IDEMPOTENCY_WINDOW),
+    }
+}
+
+fn accepted(status: u16, outcome: &str, delivery_id: &str) -> ApiGatewayV2httpResponse {
+    http::json(status, &json!({ "status": outcome, "delivery_id": delivery_id }))
+}
+
+fn unavailable(step: &str, error: &PortError) -> Problem {
+    tracing::warn!(step, %error, "webhook not acknowledged");
+    Problem::unavailable()
+}

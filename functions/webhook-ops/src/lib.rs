@@ -1,1 +1,329 @@
-pub fn placeholder_for_build() {}
+//! The operator API for the webhook pipeline (role `platform-admin`): the delivery log with filters and cursors,
+//! one delivery with its payload, replay of one or a filtered set, and redrive of the dead-letter queue.
+
+use async_trait::async_trait;
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
+use keel::clock::Clock;
+use keel::config::{ConfigError, Env};
+use keel::function::{HttpFunction, Invocation};
+use keel::http;
+use keel::identity::Role;
+use keel::port::PortError;
+use keel::problem::Problem;
+use keel::queue::Queue;
+use keel::resources::Resources;
+use keel::table::{Expect, Query, Table};
+use keel::webhooks::{self, Delivery, Status};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use ulid::Ulid;
+
+pub const TABLE_VAR: &str = "WEBHOOKS_TABLE";
+pub const QUEUE_VAR: &str = "WEBHOOK_QUEUE_URL";
+pub const DLQ_VAR: &str = "WEBHOOK_DLQ_URL";
+
+/// Page size cap of the delivery log, and of one filtered replay.
+pub const MAX_LIMIT: usize = 100;
+const DEFAULT_LIMIT: usize = 50;
+/// Cap on one redrive call; call again for more.
+pub const MAX_REDRIVE: usize = 1000;
+/// Backend pages one list call may scan while filtering, so a sparse filter cannot run unbounded.
+const MAX_SCAN_PAGES: usize = 10;
+
+pub struct Ops {
+    table: Arc<dyn Table>,
+    queue: Arc<dyn Queue>,
+    dead_letters: Arc<dyn Queue>,
+    clock: Arc<dyn Clock>,
+}
+
+pub fn build(_env: &Env, resources: &dyn Resources) -> Result<Ops, ConfigError> {
+    Ok(Ops {
+        table: resources.table(TABLE_VAR)?,
+        queue: resources.queue(QUEUE_VAR)?,
+        dead_letters: resources.queue(DLQ_VAR)?,
+        clock: resources.clock(),
+    })
+}
+
+#[async_trait]
+impl HttpFunction for Ops {
+    async fn call(&self, request: ApiGatewayV2httpRequest, invocation: Invocation) -> ApiGatewayV2httpResponse {
+        let result = match http::require_role(&request, Role::PlatformAdmin) {
+            Err(problem) => Err(problem),
+            Ok(identity) => {
+                tracing::info!(user = %identity.user_id, route = ?request.route_key, "operator request");
+                self.route(&request, &invocation).await
+            }
+        };
+        result.unwrap_or_else(Problem::into_response)
+    }
+}
+
+/// Filters shared by the list and the filtered replay.
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Filter {
+    status: Option<String>,
+    event_type: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+struct Parsed {
+    status: Option<Status>,
+    event_type: Option<String>,
+    query: Query,
+}
+
+impl Filter {
+    fn from_query(request: &ApiGatewayV2httpRequest) -> Result<Self, Problem> {
+        let limit = match http::query_param(request, "limit") {
+            None => None,
+            Some(raw) => Some(raw.parse().map_err(|_| {
+                Problem::unprocessable("invalid_parameter", format!("limit must be an integer from 1 to {MAX_LIMIT}"))
+                    .at("limit")
+            })?),
+        };
+        Ok(Self {
+            status: http::query_param(request, "status").map(str::to_string),
+            event_type: http::query_param(request, "event_type").map(str::to_string),
+            since: http::query_param(request, "since").map(str::to_string),
+            until: http::query_param(request, "until").map(str::to_string),
+            limit,
+        })
+    }
+
+    fn parse(&self, provider: &str, cursor: Option<&str>) -> Result<Parsed, Problem> {
+        let status = match &self.status {
+            None => None,
+            Some(raw) => Some(Status::parse(raw).ok_or_else(|| {
+                Problem::unprocessable(
+                    "invalid_parameter",
+                    "status must be one of pending, processing, completed, failed, dead_letter",
+                )
+                .at("status")
+            })?),
+        };
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(Problem::unprocessable("invalid_parameter", format!("limit must be from 1 to {MAX_LIMIT}")).at("limit"));
+        }
+        let mut query = Query::partition(webhooks::log_partition(provider));
+        query.descending = true;
+        query.limit = limit;
+        query.sk_from = self.since.as_deref().map(|t| time_bound(t, "since", 0)).transpose()?;
+        query.sk_to = self.until.as_deref().map(|t| time_bound(t, "until", u128::MAX)).transpose()?;
+        query.after = cursor.map(decode_cursor).transpose()?;
+        Ok(Parsed { status, event_type: self.event_type.clone(), query })
+    }
+}
+
+/// The smallest (or largest) delivery id of the given instant.
+fn time_bound(raw: &str, field: &str, random: u128) -> Result<String, Problem> {
+    let at = DateTime::parse_from_rfc3339(raw)
+        .map_err(|_| Problem::unprocessable("invalid_parameter", format!("{field} must be an RFC 3339 timestamp")).at(field))?;
+    let ms = u64::try_from(at.timestamp_millis())
+        .map_err(|_| Problem::unprocessable("invalid_parameter", format!("{field} is before 1970")).at(field))?;
+    Ok(Ulid::from_parts(ms, random).to_string())
+}
+
+fn encode_cursor(sort_key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(sort_key)
+}
+
+fn decode_cursor(raw: &str) -> Result<String, Problem> {
+    URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|sk| Ulid::from_string(sk).is_ok())
+        .ok_or_else(|| Problem::unprocessable("invalid_cursor", "the cursor is not one this API returned").at("cursor"))
+}
+
+fn provider_param(request: &ApiGatewayV2httpRequest) -> Result<&str, Problem> {
+    http::path_param(request, "provider")
+        .filter(|p| webhooks::valid_provider(p))
+        .ok_or_else(|| Problem::not_found("no such provider"))
+}
+
+fn unavailable(error: &PortError) -> Problem {
+    tracing::warn!(%error, "operator request failed on a backend");
+    Problem::unavailable()
+}
+
+fn summary(delivery: &Delivery) -> Value {
+    let mut value = serde_json::to_value(delivery).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("body_base64");
+        map.insert("body_size".into(), delivery.body().len().into());
+    }
+    value
+}
+
+impl Ops {
+    async fn route(&self, request: &ApiGatewayV2httpRequest, invocation: &Invocation) -> Result<ApiGatewayV2httpResponse, Problem> {
+        let route = request.route_key.as_deref().or(request.request_context.route_key.as_deref()).unwrap_or_default();
+        match route {
+            "GET /v1/webhooks/{provider}/deliveries" => self.list(request).await,
+            "GET /v1/webhooks/{provider}/deliveries/{deliveryId}" => self.show(request).await,
+            "POST /v1/webhooks/{provider}/deliveries/{deliveryId}/replay" => self.replay_one(request).await,
+            "POST /v1/webhooks/{provider}/replay" => self.replay_many(request).await,
+            "POST /v1/webhooks/dead-letters/redrive" => self.redrive(request, invocation).await,
+            _ => Err(Problem::not_found("no such operation")),
+        }
+    }
+
+    /// Scans the log newest first, applying the filters, until the page is full or the scan budget is spent.
+    async fn scan(&self, parsed: &Parsed) -> Result<(Vec<Delivery>, Option<String>), Problem> {
+        let mut query = parsed.query.clone();
+        let mut found = Vec::new();
+        for _ in 0..MAX_SCAN_PAGES {
+            query.limit = parsed.query.limit - found.len();
+            let page = self.table.query(&query).await.map_err(|e| unavailable(&e))?;
+            for item in &page.items {
+                let Some(delivery) = Delivery::from_item(item) else { continue };
+                let status_ok = parsed.status.is_none_or(|s| s == delivery.status);
+                let type_ok = parsed.event_type.as_ref().is_none_or(|t| *t == delivery.event_type);
+                if status_ok && type_ok {
+                    found.push(delivery);
+                }
+            }
+            match page.next {
+                None => return Ok((found, None)),
+                Some(next) if found.len() >= parsed.query.limit => return Ok((found, Some(encode_cursor(&next)))),
+                Some(next) => query.after = Some(next),
+            }
+        }
+        Ok((found, query.after.as_deref().map(encode_cursor)))
+    }
+
+    async fn list(&self, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, Problem> {
+        let provider = provider_param(request)?;
+        let parsed = Filter::from_query(request)?.parse(provider, http::query_param(request, "cursor"))?;
+        let (deliveries, next) = self.scan(&parsed).await?;
+        let items: Vec<Value> = deliveries.iter().map(summary).collect();
+        Ok(http::json(200, &json!({ "items": items, "next_cursor": next })))
+    }
+
+    async fn load(&self, request: &ApiGatewayV2httpRequest) -> Result<(Delivery, u64), Problem> {
+        let provider = provider_param(request)?;
+        let id = http::path_param(request, "deliveryId")
+            .filter(|id| Ulid::from_string(id).is_ok())
+            .ok_or_else(|| Problem::not_found("no such delivery"))?;
+        let item = self
+            .table
+            .get(&webhooks::delivery_key(provider, id))
+            .await
+            .map_err(|e| unavailable(&e))?
+            .ok_or_else(|| Problem::not_found("no such delivery"))?;
+        let delivery = Delivery::from_item(&item).ok_or_else(|| Problem::not_found("no such delivery"))?;
+        Ok((delivery, item.version))
+    }
+
+    async fn show(&self, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, Problem> {
+        let (delivery, _) = self.load(request).await?;
+        let mut value = summary(&delivery);
+        value["payload_base64"] = Value::String(delivery.body_base64.clone());
+        if let Ok(payload) = serde_json::from_slice::<Value>(&delivery.body()) {
+            value["payload"] = payload;
+        }
+        Ok(http::json(200, &value))
+    }
+
+    /// Puts the delivery back to `pending` and queues it again. Refuses one that a worker holds right now.
+    async fn replay(&self, mut delivery: Delivery, version: u64) -> Result<(), Problem> {
+        let now = self.clock.now();
+        if delivery.status == Status::Processing && delivery.lease_until.is_some_and(|until| until > now) {
+            return Err(Problem::new(409, "delivery_in_progress", "a worker is processing this delivery; retry later"));
+        }
+        delivery.status = Status::Pending;
+        delivery.replays += 1;
+        delivery.lease_until = None;
+        delivery.updated_at = now;
+        match self.table.put(delivery.to_item(version + 1), Expect::Version(version)).await {
+            Ok(()) => {}
+            Err(PortError::ConditionFailed { .. }) => {
+                return Err(Problem::new(409, "delivery_changed", "the delivery changed while replaying; retry"));
+            }
+            Err(error) => return Err(unavailable(&error)),
+        }
+        webhooks::send_pointer(self.queue.as_ref(), &delivery).await.map_err(|e| unavailable(&e))
+    }
+
+    async fn replay_one(&self, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, Problem> {
+        let (delivery, version) = self.load(request).await?;
+        let id = delivery.delivery_id.clone();
+        self.replay(delivery, version).await?;
+        Ok(http::json(202, &json!({ "replayed": [id] })))
+    }
+
+    async fn replay_many(&self, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, Problem> {
+        let provider = provider_param(request)?;
+        let filter: Filter = http::json_body(request)?;
+        if filter.since.is_none() {
+            return Err(Problem::unprocessable("invalid_body", "since is required, so a replay is always bounded").at("/since"));
+        }
+        let parsed = filter.parse(provider, None)?;
+        let (deliveries, next) = self.scan(&parsed).await?;
+        let mut replayed = Vec::new();
+        let mut skipped = Vec::new();
+        for delivery in deliveries {
+            let id = delivery.delivery_id.clone();
+            let version = self
+                .table
+                .get(&delivery.key())
+                .await
+                .map_err(|e| unavailable(&e))?
+                .map(|item| item.version)
+                .unwrap_or_default();
+            match self.replay(delivery, version).await {
+                Ok(()) => replayed.push(id),
+                Err(problem) if problem.status == 409 => skipped.push(id),
+                Err(problem) => return Err(problem),
+            }
+        }
+        Ok(http::json(202, &json!({ "replayed": replayed, "skipped": skipped, "next_cursor": next })))
+    }
+
+    /// Moves dead letters back to the webhook queue: send first, then delete, so a failure in between leaves a
+    /// copy in each queue (the worker deduplicates) rather than none.
+    async fn redrive(&self, request: &ApiGatewayV2httpRequest, invocation: &Invocation) -> Result<ApiGatewayV2httpResponse, Problem> {
+        #[derive(Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            limit: Option<usize>,
+        }
+        let body: Body = if http::raw_body(request)?.is_empty() { Body::default() } else { http::json_body(request)? };
+        let limit = body.limit.unwrap_or(MAX_REDRIVE);
+        if !(1..=MAX_REDRIVE).contains(&limit) {
+            return Err(Problem::unprocessable("invalid_body", format!("limit must be from 1 to {MAX_REDRIVE}")).at("/limit"));
+        }
+        let stop_at = invocation.deadline - Duration::seconds(3);
+        let mut moved = 0;
+        while moved < limit && self.clock.now() < stop_at {
+            let batch = self
+                .dead_letters
+                .receive((limit - moved).min(keel::queue::MAX_RECEIVE), std::time::Duration::ZERO)
+                .await
+                .map_err(|e| unavailable(&e))?;
+            if batch.is_empty() {
+                break;
+            }
+            for message in batch {
+                let mut attributes = message.attributes.clone();
+                attributes.remove("keel-dead-letter-reason");
+                self.queue.send(&message.body, &attributes).await.map_err(|e| unavailable(&e))?;
+                self.dead_letters.delete(&message.receipt).await.map_err(|e| unavailable(&e))?;
+                moved += 1;
+            }
+        }
+        let remaining = self.dead_letters.depth().await.ok();
+        Ok(http::json(200, &json!({ "redriven": moved, "remaining": remaining })))
+    }
+}

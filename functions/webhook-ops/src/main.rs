@@ -1,1 +1,11 @@
-fn main() {}
+use keel::config::Env;
+use std::sync::Arc;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    keel::telemetry::init();
+    let env = Env::from_process();
+    let resources = keel::aws::AwsResources::load(&env).await?;
+    let ops = webhook_ops::build(&env, &resources)?;
+    keel::lambda::run_http("webhook-ops", Arc::new(ops)).await
+}
