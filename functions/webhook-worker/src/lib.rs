@@ -28,29 +28,42 @@ pub const DLQ_VAR: &str = "WEBHOOK_DLQ_URL";
 pub const BUS_VAR: &str = "EVENT_BUS_NAME";
 pub const MAX_RECEIVE_VAR: &str = "WEBHOOK_MAX_RECEIVE_COUNT";
 pub const LEASE_VAR: &str = "WEBHOOK_LEASE_SECONDS";
+pub const QUEUE_VAR: &str = "WEBHOOK_QUEUE_URL";
+pub const RETRY_BASE_VAR: &str = "WEBHOOK_RETRY_BASE_SECONDS";
+pub const RETRY_MAX_VAR: &str = "WEBHOOK_RETRY_MAX_SECONDS";
 
 /// Longest error text kept on a delivery record.
 const MAX_ERROR_LEN: usize = 512;
 
 pub struct Worker {
     table: Arc<dyn Table>,
+    /// The source queue, to delay a failed message's next delivery (exponential backoff).
+    queue: Arc<dyn Queue>,
     dead_letters: Arc<dyn Queue>,
     bus: Arc<dyn EventBus>,
     clock: Arc<dyn Clock>,
     /// The source queue's maxReceiveCount: a failure on this receive is the last before SQS dead-letters it.
     max_receive_count: u32,
     lease: Duration,
+    retry_base: std::time::Duration,
+    retry_max: std::time::Duration,
 }
 
 pub fn build(env: &Env, resources: &dyn Resources) -> Result<Worker, ConfigError> {
     let lease_seconds: i64 = env.parse_or(LEASE_VAR, "a number of seconds", 60)?;
+    let retry_base: u64 = env.parse_or(RETRY_BASE_VAR, "a number of seconds", 10)?;
+    let retry_max: u64 = env.parse_or(RETRY_MAX_VAR, "a number of seconds", 300)?;
     Ok(Worker {
         table: resources.table(TABLE_VAR)?,
+        queue: resources.queue(QUEUE_VAR)?,
         dead_letters: resources.queue(DLQ_VAR)?,
         bus: resources.bus(BUS_VAR)?,
         clock: resources.clock(),
         max_receive_count: env.parse_or(MAX_RECEIVE_VAR, "a positive integer", 5)?,
         lease: Duration::seconds(lease_seconds.max(1)),
+        retry_base: std::time::Duration::from_secs(retry_base),
+        // SQS caps a visibility timeout at 12 hours.
+        retry_max: std::time::Duration::from_secs(retry_max.min(12 * 3600)),
     })
 }
 
@@ -73,7 +86,12 @@ impl QueueFunction for Worker {
         for (record, outcome) in event.records.iter().zip(outcomes) {
             if let Err(reason) = outcome {
                 let message_id = record.message_id.clone().unwrap_or_default();
-                tracing::warn!(%message_id, %reason, "message will be retried");
+                let delay = self.backoff(record);
+                tracing::warn!(%message_id, %reason, delay_seconds = delay.as_secs(), "message will be retried");
+                if let Some(receipt) = &record.receipt_handle {
+                    // Best effort: if this fails, the queue's own visibility timeout applies.
+                    self.queue.change_visibility(receipt, delay).await.ok();
+                }
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = message_id;
                 response.batch_item_failures.push(failure);
@@ -84,6 +102,12 @@ impl QueueFunction for Worker {
 }
 
 impl Worker {
+    /// Delay before the next delivery of a failed message: base * 2^(receives - 1), capped.
+    fn backoff(&self, record: &SqsMessage) -> std::time::Duration {
+        let exponent = receive_count(record).saturating_sub(1).min(20);
+        self.retry_base.saturating_mul(1 << exponent).min(self.retry_max)
+    }
+
     async fn process(&self, record: &SqsMessage, invocation: &Invocation) -> Result<(), Retry> {
         let body = record.body.as_deref().unwrap_or_default();
         let Ok(message) = serde_json::from_str::<QueueMessage>(body) else {
@@ -114,12 +138,10 @@ impl Worker {
             Err(PortError::ConditionFailed { .. }) => return Err(Retry::Leased),
             Err(error) => return Err(error.into()),
         }
-        let receive_count: u32 =
-            record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1);
         match self.forward(&delivery, invocation.deadline).await {
             Ok(()) => self.finish(delivery, claimed, now).await,
             Err(error) => {
-                let last_attempt = receive_count >= self.max_receive_count;
+                let last_attempt = receive_count(record) >= self.max_receive_count;
                 delivery.status = if last_attempt { Status::DeadLetter } else { Status::Failed };
                 delivery.last_error = Some(error.to_string().chars().take(MAX_ERROR_LEN).collect());
                 self.record_outcome(&mut delivery, claimed, now).await.ok();
@@ -181,6 +203,10 @@ impl Worker {
         tracing::error!(reason, "poison message moved to the dead-letter queue");
         Ok(())
     }
+}
+
+fn receive_count(record: &SqsMessage) -> u32 {
+    record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(1)
 }
 
 /// The EventBridge event for a delivery: the payload as JSON when the body is JSON, else base64. A payload too
