@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration};
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
 use keel::function::{HttpFunction, Invocation};
