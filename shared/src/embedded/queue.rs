@@ -125,7 +125,12 @@ fn valid_attribute_name(name: &str) -> bool {
 
 /// Rejects what SQS's SendMessage would.
 fn check_message(body: &str, attributes: &MessageAttrs) -> Result<(), PortError> {
-    let size = crate::aws::sqs::message_size(body, attributes);
+    // SQS's measure (as the SQS adapter computes it): the body plus each attribute's name, data type and value.
+    let size = body.len()
+        + attributes
+            .iter()
+            .map(|(name, value)| name.len() + "String".len() + value.len())
+            .sum::<usize>();
     if size > MAX_MESSAGE_BYTES {
         return Err(PortError::Invalid(format!(
             "message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}"
