@@ -17,4 +17,6 @@ pub mod queue;
 pub mod resources;
 pub mod table;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod webhooks;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the Python tools Keel's tests and local tooling need into a git-ignored virtualenv at the repo root
+# (.venv). Idempotent: run it again at any time; it only installs what infra/requirements.txt pins.
+#
+#   bash infra/bootstrap.sh
+#
+# Environment: PYTHON (default python3) picks the interpreter used to create the virtualenv.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$repo_root/.venv"
+requirements="$repo_root/infra/requirements.txt"
+python="${PYTHON:-python3}"
+
+if ! command -v "$python" >/dev/null 2>&1; then
+    echo "bootstrap: $python not found; install Python 3.9 or newer (or set PYTHON)" >&2
+    exit 1
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "bootstrap: creating $venv"
+    "$python" -m venv "$venv"
+fi
+
+echo "bootstrap: installing $(grep -cvE '^\s*(#|$)' "$requirements") pinned requirement(s) from infra/requirements.txt"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
+
+# Fail loudly if the tools the tests start are not there after all.
+for tool in moto_server; do
+    if [ ! -x "$venv/bin/$tool" ]; then
+        echo "bootstrap: $tool is missing from $venv/bin after installation" >&2
+        exit 1
+    fi
+done
+
+echo "bootstrap: done; tools are in $venv/bin"
