@@ -4,8 +4,6 @@ use chrono::Duration;
 use keel::clock::Clock;
 use keel::config::Env;
 use keel::function::HttpFunction;
-use keel::queue::Queue;
-use keel::table::Table;
 use keel::webhooks::{self, Delivery, Status};
 use keel_tests::*;
 use std::sync::Arc;
@@ -181,7 +179,7 @@ async fn bad_input_gets_a_problem_and_nothing_is_written() {
         ("missing event id", "acme", without("x-webhook-event-id"), body.clone(), 400),
         ("malformed timestamp", "acme", replacing("x-webhook-timestamp", "yesterday"), body.clone(), 400),
         ("wrong signature", "acme", replacing("x-webhook-signature", &"ab".repeat(32)), body.clone(), 401),
-        ("signature not hex", "acme", replacing("x-webhook-signature", "zz"), body.clone(), 401),
+        ("signature not hex", "acme", replacing("x-webhook-signature", "zz"), body.clone(), 400),
         ("tampered body", "acme", good.clone(), br#"{"a":2}"#.to_vec(), 401),
         ("stale timestamp", "acme", stale, body.clone(), 401),
         ("future timestamp", "acme", future, body.clone(), 401),
@@ -253,8 +251,8 @@ async fn slack_url_verification_is_answered_with_the_challenge_and_not_queued() 
 #[tokio::test]
 async fn an_unknown_scheme_fails_start_up_naming_the_variable_and_not_the_secret() {
     let world = World::new();
-    let env = Env::from_pairs([("WEBHOOK_SECRET_X", "s3cr3t-value"), ("WEBHOOK_SCHEME_X", "md5")]);
-    let error = webhook_ingest::build(&env, &world.resources()).err().unwrap().to_string();
+    let bad = Env::from_pairs([("WEBHOOK_SECRET_X", "s3cr3t-value"), ("WEBHOOK_SCHEME_X", "md5")]);
+    let error = webhook_ingest::build(&bad, &world.resources()).err().unwrap().to_string();
     assert!(error.contains("WEBHOOK_SCHEME_X"), "{error}");
     assert!(!error.contains("s3cr3t-value"));
     let missing = webhook_ingest::build(&env(), &keel::resources::StaticResources::new(world.clock.clone()));

@@ -6,7 +6,6 @@ use keel::clock::Clock;
 use keel::config::Env;
 use keel::function::{HttpFunction, QueueFunction};
 use keel::queue::{MessageAttrs, Queue};
-use keel::table::Table;
 use keel::webhooks::{self, Delivery, Status};
 use keel_tests::*;
 use std::sync::Arc;
