@@ -26,7 +26,7 @@ pub struct EventPattern {
 
 impl EventPattern {
     pub fn matches(&self, event: &BusEvent) -> bool {
-        let source_ok = self.sources.is_empty() || self.sources.iter().any(|s| *s == event.source);
+        let source_ok = self.sources.is_empty() || self.sources.contains(&event.source);
         let type_ok = self.detail_types.is_empty()
             || self.detail_types.iter().any(|t| match t.strip_suffix('*') {
                 Some(prefix) => event.detail_type.starts_with(prefix),

@@ -10,8 +10,7 @@ use serde::Serialize;
 use std::borrow::Cow;
 
 pub fn response(status: u16, content_type: &str, body: String) -> ApiGatewayV2httpResponse {
-    let mut response = ApiGatewayV2httpResponse::default();
-    response.status_code = i64::from(status);
+    let mut response = ApiGatewayV2httpResponse { status_code: i64::from(status), ..Default::default() };
     if let Ok(value) = HeaderValue::from_str(content_type) {
         response.headers.insert(CONTENT_TYPE, value);
     }

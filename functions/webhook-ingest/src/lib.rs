@@ -109,10 +109,10 @@ impl Ingest {
         let now = self.clock.now();
         let verified = verify::verify(provider.scheme, &provider.secrets, &request.headers, &body, now)
             .map_err(|e| Problem::new(e.status(), e.code(), e.to_string()))?;
-        if provider.scheme == Scheme::Slack {
-            if let Some(challenge) = verify::slack_url_verification_challenge(&body) {
-                return Ok(http::json(200, &json!({ "challenge": challenge })));
-            }
+        if provider.scheme == Scheme::Slack
+            && let Some(challenge) = verify::slack_url_verification_challenge(&body)
+        {
+            return Ok(http::json(200, &json!({ "challenge": challenge })));
         }
         let event_id = match verified.event_id {
             Some(id) if id.len() > webhooks::MAX_EVENT_ID_LEN => {

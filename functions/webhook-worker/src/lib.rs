@@ -92,9 +92,7 @@ impl QueueFunction for Worker {
                     // Best effort: if this fails, the queue's own visibility timeout applies.
                     self.queue.change_visibility(receipt, delay).await.ok();
                 }
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = message_id;
-                response.batch_item_failures.push(failure);
+                response.batch_item_failures.push(BatchItemFailure { item_identifier: message_id });
             }
         }
         response
@@ -224,12 +222,11 @@ pub fn bus_event(delivery: &Delivery) -> BusEvent {
         Ok(payload) => detail["payload"] = payload,
         Err(_) => detail["payload_base64"] = Value::String(delivery.body_base64.clone()),
     }
-    if serde_json::to_vec(&detail).map_or(true, |encoded| encoded.len() > MAX_EVENT_BYTES - 1024) {
-        if let Some(map) = detail.as_object_mut() {
-            map.remove("payload");
-            map.remove("payload_base64");
-            map.insert("payload_omitted".into(), Value::Bool(true));
-        }
+    let too_large = serde_json::to_vec(&detail).map_or(true, |encoded| encoded.len() > MAX_EVENT_BYTES - 1024);
+    if too_large && let Some(map) = detail.as_object_mut() {
+        map.remove("payload");
+        map.remove("payload_base64");
+        map.insert("payload_omitted".into(), Value::Bool(true));
     }
     BusEvent {
         source: webhooks::BUS_SOURCE.to_string(),
