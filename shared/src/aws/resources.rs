@@ -5,6 +5,7 @@ use crate::aws::{DynamoTable, EventBridgeBus, SqsQueue, load_sdk_config};
 use crate::bus::EventBus;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Env};
+use crate::faults::Faults;
 use crate::queue::Queue;
 use crate::resources::Resources;
 use crate::table::Table;
@@ -19,6 +20,7 @@ pub struct AwsResources {
     sqs: aws_sdk_sqs::Client,
     eventbridge: aws_sdk_eventbridge::Client,
     clock: Arc<dyn Clock>,
+    faults: Faults,
 }
 
 impl std::fmt::Debug for AwsResources {
@@ -28,33 +30,35 @@ impl std::fmt::Debug for AwsResources {
 }
 
 impl AwsResources {
-    pub fn new(env: &Env, config: &aws_config::SdkConfig) -> Self {
-        Self {
+    /// Fails when `KEEL_FAULTS` is set but malformed.
+    pub fn new(env: &Env, config: &aws_config::SdkConfig) -> Result<Self, ConfigError> {
+        Ok(Self {
             env: env.clone(),
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             sqs: aws_sdk_sqs::Client::new(config),
             eventbridge: aws_sdk_eventbridge::Client::new(config),
             clock: Arc::new(SystemClock),
-        }
+            faults: Faults::from_env(env)?,
+        })
     }
 
     /// Loads the SDK configuration the default way (honouring `AWS_ENDPOINT_URL`) and builds the clients.
-    pub async fn load(env: &Env) -> Self {
+    pub async fn load(env: &Env) -> Result<Self, ConfigError> {
         Self::new(env, &load_sdk_config().await)
     }
 
-    // Every adapter leaves through `deliver_*`: the one place where wrapping (fault injection) belongs.
+    // Every adapter leaves through `deliver_*`: the one place where fault injection (`KEEL_FAULTS`) wraps it.
 
     fn deliver_table(&self, _var: &str, table: Arc<dyn Table>) -> Arc<dyn Table> {
-        table
+        self.faults.table(table)
     }
 
     fn deliver_queue(&self, _var: &str, queue: Arc<dyn Queue>) -> Arc<dyn Queue> {
-        queue
+        self.faults.queue(queue)
     }
 
     fn deliver_bus(&self, _var: &str, bus: Arc<dyn EventBus>) -> Arc<dyn EventBus> {
-        bus
+        self.faults.bus(bus)
     }
 }
 
@@ -100,7 +104,7 @@ mod tests {
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .build();
-        AwsResources::new(&env, &config)
+        AwsResources::new(&env, &config).unwrap()
     }
 
     #[test]
@@ -125,5 +129,18 @@ mod tests {
             res.queue("BAD_QUEUE_URL").err(),
             Some(ConfigError::Malformed { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn keel_faults_wrap_every_adapter_and_a_malformed_spec_fails_start_up() {
+        let res = resources(Env::from_pairs([
+            ("T", "keel-t"),
+            ("KEEL_FAULTS", "table.get:1"),
+        ]));
+        let error = res.table("T").unwrap().get(&crate::table::Key::new("a", "b")).await.unwrap_err();
+        assert_eq!(error, crate::port::PortError::Unavailable("injected fault: table.get".into()));
+        let config = aws_config::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build();
+        let malformed = AwsResources::new(&Env::from_pairs([("KEEL_FAULTS", "table.get")]), &config);
+        assert!(matches!(malformed, Err(ConfigError::Malformed { name, .. }) if name == "KEEL_FAULTS"));
     }
 }

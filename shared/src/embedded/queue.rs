@@ -380,6 +380,47 @@ impl EmbeddedQueue {
             .await
     }
 
+    /// Makes every in-flight (or delayed) message visible now; returns how many. A host that restarted calls this:
+    /// whatever it had received before it stopped, no consumer holds any more, so waiting out the visibility
+    /// timeout would only delay it.
+    pub async fn release_in_flight(&self) -> Result<usize, PortError> {
+        let names = self.names.clone();
+        let now_ms = self.clock.now().timestamp_millis();
+        let released = self
+            .db
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(|e| unavailable("write", e))?;
+                let mut released = 0;
+                {
+                    let mut messages =
+                        txn.open_table(Messages::new(&names.messages)).map_err(|e| unavailable("write", e))?;
+                    let mut visible =
+                        txn.open_table(Visible::new(&names.visible)).map_err(|e| unavailable("write", e))?;
+                    let mut later = Vec::new();
+                    for entry in visible.range((now_ms.saturating_add(1), 0)..).map_err(|e| unavailable("read", e))? {
+                        let (key, _) = entry.map_err(|e| unavailable("read", e))?;
+                        later.push(key.value());
+                    }
+                    for (at, seq) in later {
+                        visible.remove((at, seq)).map_err(|e| unavailable("write", e))?;
+                        let stored = messages.get(seq).map_err(|e| unavailable("read", e))?;
+                        let Some(mut message) = stored.map(|guard| Stored::decode(guard.value())).transpose()? else {
+                            continue;
+                        };
+                        message.visible_at_ms = now_ms;
+                        messages.insert(seq, message.encode()?.as_slice()).map_err(|e| unavailable("write", e))?;
+                        visible.insert((now_ms, seq), ()).map_err(|e| unavailable("write", e))?;
+                        released += 1;
+                    }
+                }
+                txn.commit().map_err(|e| unavailable("commit", e))?;
+                Ok(released)
+            })
+            .await?;
+        self.notify.notify_waiters();
+        Ok(released)
+    }
+
     /// Deletes (`visible_at_ms: None`) or re-times the message of the receipt's delivery; false when the receipt
     /// is not the message's latest.
     async fn with_receipt(
@@ -871,6 +912,21 @@ mod tests {
         let unique: HashSet<_> = all.iter().collect();
         assert_eq!(all.len(), 40);
         assert_eq!(unique.len(), 40);
+    }
+
+    #[tokio::test]
+    async fn release_in_flight_makes_received_messages_visible_at_once() {
+        let f = setup();
+        f.queue.send("a", &MessageAttrs::new()).await.unwrap();
+        f.queue.send("b", &MessageAttrs::new()).await.unwrap();
+        let first = f.queue.receive(1, Duration::ZERO).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(f.queue.release_in_flight().await.unwrap(), 1);
+        let again = f.queue.receive(10, Duration::ZERO).await.unwrap();
+        assert_eq!(again.len(), 2);
+        let redelivered = again.iter().find(|m| m.message_id == first[0].message_id).unwrap();
+        assert_eq!(redelivered.receive_count, 2);
+        assert_eq!(f.queue.release_in_flight().await.unwrap(), 2);
     }
 
     #[tokio::test]
