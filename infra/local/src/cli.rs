@@ -1,0 +1,143 @@
+//! The `keel-local` command line: `serve` (the default) and `token`.
+
+use crate::backend::Backend;
+use crate::host::{Host, HostOptions};
+use crate::token::DevKey;
+use clap::{Args, Parser, Subcommand};
+use keel::config::Env;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Runs every Keel function in one process, wired as template.yaml wires them in AWS.
+#[derive(Debug, Parser)]
+#[command(name = "keel-local", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API, poll the queues and fire the schedules (the default).
+    Serve(ServeArgs),
+    /// Print a development JWT the host accepts on routes behind the JWT authorizer.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 3000)]
+    pub port: u16,
+    /// Where the embedded database and the development key live.
+    #[arg(long, default_value = ".keel-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = Backend::Embedded)]
+    pub backend: Backend,
+    /// The SAM template that declares the functions, routes, queues and schedules.
+    #[arg(long, default_value = "template.yaml")]
+    pub template: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The organization (`org_id` claim).
+    #[arg(long)]
+    pub org: String,
+    /// The user (`sub` claim).
+    #[arg(long)]
+    pub user: String,
+    /// Roles, comma-separated: member, admin, platform-admin.
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub roles: Vec<String>,
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_seconds: i64,
+    /// The data directory whose development key signs the token.
+    #[arg(long, default_value = ".keel-data")]
+    pub data_dir: PathBuf,
+}
+
+/// Parses the arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(args)) => token(&args),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    }
+}
+
+fn token(args: &TokenArgs) -> ExitCode {
+    let roles: Vec<&str> = args.roles.iter().map(String::as_str).filter(|r| !r.is_empty()).collect();
+    let signed = DevKey::load_or_create(&args.data_dir)
+        .and_then(|key| key.issue(&args.org, &args.user, &roles, chrono::Duration::seconds(args.ttl_seconds)));
+    match signed {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("keel-local token: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    keel::telemetry::init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("keel-local: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let options = HostOptions {
+            port: args.port,
+            data_dir: args.data_dir,
+            backend: args.backend,
+            template: args.template,
+            env: Env::from_process(),
+        };
+        match Host::start(options).await {
+            Ok(host) => {
+                eprintln!("keel-local listening on http://{} (Ctrl-C to stop)", host.addr());
+                host.run_until_signal().await;
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                tracing::error!(%error, "keel-local could not start");
+                eprintln!("keel-local: {error}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_is_the_default_and_token_takes_a_role_list() {
+        let cli = Cli::try_parse_from(["keel-local"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!((cli.serve.port, cli.serve.backend), (3000, Backend::Embedded));
+        assert_eq!(cli.serve.data_dir, PathBuf::from(".keel-data"));
+        let cli = Cli::try_parse_from(["keel-local", "--port", "0", "--backend", "aws"]).unwrap();
+        assert_eq!((cli.serve.port, cli.serve.backend), (0, Backend::Aws));
+        let cli = Cli::try_parse_from(["keel-local", "serve", "--template", "t.yaml"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Serve(ServeArgs { ref template, .. })) if template == &PathBuf::from("t.yaml"))
+        );
+        let cli = Cli::try_parse_from(["keel-local", "token", "--org", "o", "--user", "u", "--roles", "admin,member"])
+            .unwrap();
+        let Some(Command::Token(args)) = cli.command else { panic!("not a token command") };
+        assert_eq!(args.roles, ["admin", "member"]);
+        assert_eq!(args.ttl_seconds, 3600);
+        assert!(Cli::try_parse_from(["keel-local", "--backend", "s3"]).is_err());
+    }
+}

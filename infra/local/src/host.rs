@@ -1,0 +1,914 @@
+//! The host: builds every function the template declares on the chosen backend, serves their HTTP routes, polls
+//! their queues and fires their schedules, until shut down.
+
+use crate::backend::{self, Backend, Built};
+use crate::gateway::{self, Incoming, Routes};
+use crate::poller::Poller;
+use crate::registry::{Handler, Registry, ScheduledFunction};
+use crate::schedule::Schedule;
+use crate::template::{Auth, LOCAL_ACCOUNT, LOCAL_REGION, ScheduleDecl, Template, TemplateError, VarValue};
+use crate::token::{self, DevKey, TokenError};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::Response;
+use chrono::Utc;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use keel::bus::EventBus;
+use keel::clock::{Clock, SystemClock};
+use keel::config::{ConfigError, Env};
+use keel::embedded::{EmbeddedBus, EmbeddedDb, RecordedEvent};
+use keel::faults::Faults;
+use keel::function::{HttpFunction, Invocation};
+use keel::queue::Queue;
+use keel::resources::StaticResources;
+use keel::table::Table;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// The only routes that do not come from the template.
+pub const LIVE_PATH: &str = "/health/live";
+pub const READY_PATH: &str = "/health/ready";
+/// How long one readiness ping may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Lifetime of tokens from [`Host::token`].
+const TOKEN_TTL: chrono::Duration = chrono::Duration::hours(1);
+
+pub struct HostOptions {
+    /// 0 picks a free port.
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub backend: Backend,
+    pub template: PathBuf,
+    /// The process-like environment: what functions see besides their template variables, where template
+    /// parameters and variables can be overridden (`WEBHOOK_SECRET_*`, `KEEL_FAULTS`, ...).
+    pub env: Env,
+}
+
+impl std::fmt::Debug for HostOptions {
+    /// The environment may hold secrets: it is left out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostOptions")
+            .field("port", &self.port)
+            .field("data_dir", &self.data_dir)
+            .field("backend", &self.backend)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("template.yaml and keel-local's function registry disagree: {0}")]
+    Registry(String),
+    #[error("function {function} cannot start: {source}")]
+    Function {
+        function: String,
+        #[source]
+        source: ConfigError,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("the {backend:?} backend cannot start: {reason}")]
+    Backend { backend: Backend, reason: String },
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("cannot listen on 127.0.0.1:{port}: {reason}")]
+    Listen { port: u16, reason: String },
+    #[error("{0}")]
+    Bus(String),
+}
+
+/// A route, a queue-to-function mapping and a schedule, as the template declares them and the host serves them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Declared {
+    /// `(METHOD, path)`, `ANY` for any method, `("ANY", "$default")` for the catch-all route.
+    pub routes: Vec<(String, String)>,
+    pub queues: Vec<QueueMapping>,
+    pub schedules: Vec<ScheduleMapping>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct QueueMapping {
+    /// The queue's logical id.
+    pub queue: String,
+    /// The function's binary name.
+    pub function: String,
+    pub batch_size: usize,
+    pub report_batch_item_failures: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ScheduleMapping {
+    pub function: String,
+    pub event: String,
+    pub expression: String,
+}
+
+impl Declared {
+    fn sort(mut self) -> Self {
+        self.routes.sort();
+        self.queues.sort();
+        self.schedules.sort();
+        self
+    }
+}
+
+/// What the template at `template` declares: its routes, enabled SQS mappings and enabled schedules.
+pub fn declared(template: &Path) -> Result<Declared, HostError> {
+    Ok(declared_by(&Template::load(template)?))
+}
+
+fn declared_by(template: &Template) -> Declared {
+    let mut declared = Declared::default();
+    for function in &template.functions {
+        for route in &function.routes {
+            declared.routes.push((route.method.clone(), route.path.clone()));
+        }
+        for sqs in function.sqs.iter().filter(|s| s.enabled) {
+            declared.queues.push(QueueMapping {
+                queue: sqs.queue.clone(),
+                function: function.binary.clone(),
+                batch_size: sqs.batch_size,
+                report_batch_item_failures: sqs.report_batch_item_failures,
+            });
+        }
+        for schedule in function.schedules.iter().filter(|s| s.enabled) {
+            declared.schedules.push(ScheduleMapping {
+                function: function.binary.clone(),
+                event: schedule.event.clone(),
+                expression: schedule.expression.clone(),
+            });
+        }
+    }
+    declared.sort()
+}
+
+/// What a running host serves, from its live route table, pollers and schedules.
+pub fn served(host: &Host) -> Declared {
+    host.served.clone()
+}
+
+struct HttpTarget {
+    function: String,
+    handler: Arc<dyn HttpFunction>,
+    timeout: Duration,
+}
+
+enum Probe {
+    Table(String, Arc<dyn Table>),
+    Queue(String, Arc<dyn Queue>),
+    Bus(String, Arc<dyn EventBus>),
+}
+
+struct App {
+    routes: Routes,
+    targets: Vec<HttpTarget>,
+    key: DevKey,
+    probes: Vec<Probe>,
+}
+
+/// A running host. Dropping it stops it without waiting; [`Host::shutdown`] waits for in-flight work.
+pub struct Host {
+    addr: SocketAddr,
+    key: DevKey,
+    embedded: Option<EmbeddedDb>,
+    embedded_buses: BTreeMap<String, EmbeddedBus>,
+    served: Declared,
+    cancel: CancellationToken,
+    server: Option<JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host").field("addr", &self.addr).field("served", &self.served).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Host {
+    /// Starts every function of the workspace as `options.template` wires them.
+    pub async fn start(options: HostOptions) -> Result<Host, HostError> {
+        Self::start_with(options, Registry::workspace()).await
+    }
+
+    /// Starts with a given registry (tests: functions of their own behind a template of their own).
+    pub async fn start_with(options: HostOptions, registry: Registry) -> Result<Host, HostError> {
+        let template = Template::load(&options.template)?;
+        check_registry(&template, &registry)?;
+        let faults = Faults::from_env(&options.env)?;
+        let routes = route_table(&template)?;
+        let key = DevKey::load_or_create(&options.data_dir)?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let built = match options.backend {
+            Backend::Embedded => backend::embedded(&template, &options.data_dir, &faults, clock.clone()).await,
+            Backend::Aws => backend::aws(&template, &faults, clock.clone()).await,
+        }
+        .map_err(|reason| HostError::Backend { backend: options.backend, reason })?;
+        let functions = build_functions(&template, &registry, &options.env, &built, clock)?;
+
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, options.port))
+            .await
+            .map_err(|e| HostError::Listen { port: options.port, reason: e.to_string() })?;
+        let addr =
+            listener.local_addr().map_err(|e| HostError::Listen { port: options.port, reason: e.to_string() })?;
+
+        let mut probes = Vec::new();
+        probes.extend(built.tables.iter().map(|(id, r)| Probe::Table(id.clone(), r.adapter.clone())));
+        probes.extend(built.queues.iter().map(|(id, r)| Probe::Queue(id.clone(), r.adapter.clone())));
+        probes.extend(built.buses.iter().map(|(id, r)| Probe::Bus(id.clone(), r.adapter.clone())));
+
+        let mut served = Declared {
+            routes: routes
+                .iter()
+                .map(|r| (r.method.as_ref().map_or("ANY".to_string(), |m| m.to_string()), r.path.clone()))
+                .collect(),
+            ..Declared::default()
+        };
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        for poller in functions.pollers {
+            served.queues.push(QueueMapping {
+                queue: poller.queue_id.clone(),
+                function: poller.inner.function.clone(),
+                batch_size: poller.inner.batch_size,
+                report_batch_item_failures: poller.inner.report_batch_item_failures,
+            });
+            tasks.push(tokio::spawn(poller.inner.run(cancel.clone())));
+        }
+        for (function, handler, decl, timeout) in functions.schedules {
+            served.schedules.push(ScheduleMapping {
+                function: function.clone(),
+                event: decl.event.clone(),
+                expression: decl.expression.clone(),
+            });
+            tasks.push(tokio::spawn(run_schedule(function, handler, decl, timeout, cancel.clone())));
+        }
+
+        let app = Arc::new(App { routes, targets: functions.http, key: key.clone(), probes });
+        let router = axum::Router::new().fallback(handle).with_state(app);
+        let shutdown = cancel.clone();
+        let server = tokio::spawn(async move {
+            let service = router.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(error) = axum::serve(listener, service).with_graceful_shutdown(shutdown.cancelled_owned()).await
+            {
+                tracing::error!(%error, "the HTTP server stopped");
+            }
+        });
+        tracing::info!(%addr, backend = ?options.backend, template = %options.template.display(),
+            routes = served.routes.len(), queues = served.queues.len(), schedules = served.schedules.len(), "keel-local is serving");
+        Ok(Host {
+            addr,
+            key,
+            embedded: built.embedded,
+            embedded_buses: built.embedded_buses,
+            served: served.sort(),
+            cancel,
+            server: Some(server),
+            tasks,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A development token (valid for an hour) the host accepts on JWT routes.
+    pub fn token(&self, org: &str, user: &str, roles: &[&str]) -> String {
+        match self.key.issue(org, user, roles, TOKEN_TTL) {
+            Ok(token) => token,
+            Err(error) => {
+                tracing::error!(%error, "a development token could not be signed");
+                String::new()
+            }
+        }
+    }
+
+    /// The key the host verifies tokens with (tests: tokens with chosen claims).
+    pub fn key(&self) -> &DevKey {
+        &self.key
+    }
+
+    /// The embedded database, on the embedded backend.
+    pub fn embedded(&self) -> Option<&EmbeddedDb> {
+        self.embedded.as_ref()
+    }
+
+    /// Every event put on the template's event bus (embedded backend, one bus).
+    pub fn bus_recorded(&self) -> Result<Vec<RecordedEvent>, HostError> {
+        let mut buses = self.embedded_buses.keys();
+        match (buses.next(), buses.next()) {
+            (Some(id), None) => self.bus_recorded_of(id),
+            (None, _) if self.embedded.is_none() => {
+                Err(HostError::Bus("bus events are recorded on the embedded backend only".into()))
+            }
+            (None, _) => Err(HostError::Bus("the template declares no event bus".into())),
+            (Some(_), Some(_)) => {
+                Err(HostError::Bus("the template declares several buses; use bus_recorded_of".into()))
+            }
+        }
+    }
+
+    /// Every event put on the bus with this logical id (embedded backend).
+    pub fn bus_recorded_of(&self, logical_id: &str) -> Result<Vec<RecordedEvent>, HostError> {
+        let bus = self
+            .embedded_buses
+            .get(logical_id)
+            .ok_or_else(|| HostError::Bus(format!("no embedded event bus {logical_id}")))?;
+        bus.recorded().map_err(|e| HostError::Bus(e.to_string()))
+    }
+
+    /// What this host serves.
+    pub fn served(&self) -> &Declared {
+        &self.served
+    }
+
+    /// Stops accepting requests and polling, finishes what is in flight, and releases the data directory.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+        tracing::info!(addr = %self.addr, "keel-local stopped");
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new requests or receives; finishing in-flight work");
+        self.shutdown().await;
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check_registry(template: &Template, registry: &Registry) -> Result<(), HostError> {
+    let declared: Vec<&str> = template.functions.iter().map(|f| f.binary.as_str()).collect();
+    let unknown: Vec<&str> = declared.iter().copied().filter(|b| !registry.names().any(|n| n == *b)).collect();
+    let undeclared: Vec<&str> = registry.names().filter(|n| !declared.contains(n)).collect();
+    let mut problems = Vec::new();
+    if !unknown.is_empty() {
+        problems.push(format!("the template declares {} but keel-local has no constructor for it", unknown.join(", ")));
+    }
+    if !undeclared.is_empty() {
+        problems
+            .push(format!("keel-local registers {} but the template declares no such function", undeclared.join(", ")));
+    }
+    if problems.is_empty() { Ok(()) } else { Err(HostError::Registry(problems.join("; "))) }
+}
+
+fn route_table(template: &Template) -> Result<Routes, HostError> {
+    let mut routes = Vec::new();
+    let mut index = 0;
+    for function in &template.functions {
+        for decl in &function.routes {
+            let route = gateway::Route::new(decl, index)
+                .map_err(|reason| TemplateError::Invalid { at: format!("route {}", decl.route_key()), reason })?;
+            for reserved in [LIVE_PATH, READY_PATH] {
+                if decl.path != "$default" && route.method.as_ref().is_none_or(|m| m == Method::GET) {
+                    let probe = Routes::new(vec![route.clone()]);
+                    if probe.find(&Method::GET, &gateway::path_segments(reserved)).is_some() {
+                        return Err(HostError::Template(TemplateError::Invalid {
+                            at: format!("route {}", decl.route_key()),
+                            reason: format!("it overlaps keel-local's own {reserved}"),
+                        }));
+                    }
+                }
+            }
+            routes.push(route);
+        }
+        if !function.routes.is_empty() {
+            index += 1;
+        }
+    }
+    Ok(Routes::new(routes))
+}
+
+struct PollerSpec {
+    queue_id: String,
+    inner: Poller,
+}
+
+struct Functions {
+    http: Vec<HttpTarget>,
+    pollers: Vec<PollerSpec>,
+    schedules: Vec<(String, Arc<dyn ScheduledFunction>, ScheduleDecl, Duration)>,
+}
+
+/// The environment and resources of each function, then the function itself; checks that each is of the shape
+/// its events need.
+fn build_functions(
+    template: &Template,
+    registry: &Registry,
+    process: &Env,
+    built: &Built,
+    clock: Arc<dyn Clock>,
+) -> Result<Functions, HostError> {
+    let mut functions = Functions { http: Vec::new(), pollers: Vec::new(), schedules: Vec::new() };
+    for function in &template.functions {
+        let mut env = process.clone();
+        let mut resources = StaticResources::new(clock.clone());
+        for (var, value) in &function.variables {
+            match value {
+                // Declared values yield to the process environment, so a developer or a test can tune a function
+                // (`WEBHOOK_RETRY_BASE_SECONDS=0`) the way `sam local --env-vars` does.
+                VarValue::Literal(literal) => {
+                    if process.get(var).is_none() {
+                        env.set(var, literal);
+                    }
+                }
+                VarValue::Parameter { default, .. } => {
+                    if let (None, Some(default)) = (process.get(var), default) {
+                        env.set(var, default);
+                    }
+                }
+                VarValue::Table(id) => {
+                    let r = lookup(&built.tables, id, &function.logical_id)?;
+                    env.set(var, &r.reference);
+                    resources = resources.with_table(var, r.adapter.clone());
+                }
+                VarValue::Queue(id) => {
+                    let r = lookup(&built.queues, id, &function.logical_id)?;
+                    env.set(var, &r.reference);
+                    resources = resources.with_queue(var, r.adapter.clone());
+                }
+                VarValue::Bus(id) => {
+                    let r = lookup(&built.buses, id, &function.logical_id)?;
+                    env.set(var, &r.reference);
+                    resources = resources.with_bus(var, r.adapter.clone());
+                }
+                VarValue::NoValue => {}
+            }
+        }
+        let handler = registry
+            .build(&function.binary, &env, &resources)
+            .ok_or_else(|| HostError::Registry(format!("no constructor for {}", function.binary)))?
+            .map_err(|source| HostError::Function { function: function.binary.clone(), source })?;
+        let mismatch = |needs: &str| {
+            HostError::Registry(format!(
+                "{} has {needs} events but its constructor builds {}",
+                function.binary,
+                handler.kind()
+            ))
+        };
+        if !function.routes.is_empty() {
+            let Handler::Http(http) = &handler else { return Err(mismatch("HttpApi")) };
+            functions.http.push(HttpTarget {
+                function: function.binary.clone(),
+                handler: http.clone(),
+                timeout: function.timeout,
+            });
+        }
+        for sqs in function.sqs.iter().filter(|s| s.enabled) {
+            let Handler::Queue(worker) = &handler else { return Err(mismatch("SQS")) };
+            let queue = lookup(&built.queues, &sqs.queue, &function.logical_id)?;
+            functions.pollers.push(PollerSpec {
+                queue_id: sqs.queue.clone(),
+                inner: Poller {
+                    function: function.binary.clone(),
+                    handler: worker.clone(),
+                    queue: queue.adapter.clone(),
+                    batch_size: sqs.batch_size.min(keel::queue::MAX_RECEIVE),
+                    report_batch_item_failures: sqs.report_batch_item_failures,
+                    timeout: function.timeout,
+                },
+            });
+        }
+        for schedule in function.schedules.iter().filter(|s| s.enabled) {
+            let Handler::Scheduled(scheduled) = &handler else { return Err(mismatch("schedule")) };
+            functions.schedules.push((function.binary.clone(), scheduled.clone(), schedule.clone(), function.timeout));
+        }
+    }
+    Ok(functions)
+}
+
+fn lookup<'a, T: ?Sized>(
+    map: &'a BTreeMap<String, backend::Resource<T>>,
+    id: &str,
+    function: &str,
+) -> Result<&'a backend::Resource<T>, HostError> {
+    map.get(id).ok_or_else(|| HostError::Registry(format!("{function} refers to {id}, which was not built")))
+}
+
+/// API Gateway's own error bodies.
+fn message(status: StatusCode, text: &str) -> Response {
+    let mut response = Response::new(Body::from(json!({ "message": text }).to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn log_request(
+    method: &Method,
+    path: &str,
+    route: &str,
+    function: &str,
+    status: StatusCode,
+    request_id: &str,
+    started: Instant,
+) {
+    tracing::info!(
+        method = %method,
+        path,
+        route,
+        function,
+        status = status.as_u16(),
+        request_id,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+}
+
+/// An X-Ray trace header for a request that came without one.
+fn new_trace_header(now: chrono::DateTime<Utc>) -> String {
+    let mut random = [0u8; 12];
+    rand::Rng::fill(&mut rand::rng(), &mut random[..]);
+    let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("Root=1-{:08x}-{hex};Sampled=1", now.timestamp())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
+}
+
+async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
+    let started = Instant::now();
+    let request_id = ulid::Ulid::new().to_string();
+    let (parts, body) = request.into_parts();
+    let path = gateway::decoded_path(&parts.uri);
+    if parts.method == Method::GET && (path == LIVE_PATH || path == READY_PATH) {
+        let response = if path == LIVE_PATH {
+            let mut live = message(StatusCode::OK, "live");
+            *live.body_mut() = Body::from(json!({ "status": "live" }).to_string());
+            live
+        } else {
+            ready(&app).await
+        };
+        log_request(&parts.method, &path, "", "keel-local", response.status(), &request_id, started);
+        return response;
+    }
+
+    let segments = gateway::path_segments(&path);
+    let Some((route, params)) = app.routes.find(&parts.method, &segments) else {
+        log_request(&parts.method, &path, "", "", StatusCode::NOT_FOUND, &request_id, started);
+        return message(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let Some(target) = app.targets.get(route.target) else {
+        return message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+    };
+    let respond = |response: Response| {
+        log_request(&parts.method, &path, &route.route_key, &target.function, response.status(), &request_id, started);
+        response
+    };
+
+    let claims = match &route.auth {
+        Auth::None => None,
+        Auth::Jwt(_) => match bearer(&parts.headers).map(|t| app.key.verify(t)) {
+            Some(Ok(claims)) => Some(token::flatten_claims(&claims)),
+            outcome => {
+                let (reason, challenge) = match outcome {
+                    None => ("no bearer token".to_string(), "Bearer"),
+                    Some(Err(e)) => (e.to_string(), "Bearer error=\"invalid_token\""),
+                    Some(Ok(_)) => (String::new(), "Bearer"),
+                };
+                tracing::info!(route = %route.route_key, request_id, reason, "unauthorized");
+                let mut response = message(StatusCode::UNAUTHORIZED, "Unauthorized");
+                response.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                return respond(response);
+            }
+        },
+    };
+
+    let too_large = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > gateway::MAX_BODY_BYTES);
+    let bytes = if too_large { None } else { axum::body::to_bytes(body, gateway::MAX_BODY_BYTES).await.ok() };
+    let Some(bytes) = bytes else {
+        return respond(message(StatusCode::PAYLOAD_TOO_LARGE, "Request Entity Too Large"));
+    };
+
+    let now = Utc::now();
+    let mut headers = parts.headers.clone();
+    let trace_header = match headers.get("x-amzn-trace-id").and_then(|v| v.to_str().ok()) {
+        Some(existing) => existing.to_string(),
+        None => new_trace_header(now),
+    };
+    for (name, value) in [
+        ("x-amzn-trace-id", trace_header.clone()),
+        ("x-forwarded-for", peer.ip().to_string()),
+        ("x-forwarded-port", app_port(&parts.headers)),
+        ("x-forwarded-proto", "http".to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    let incoming = Incoming {
+        method: &parts.method,
+        uri: &parts.uri,
+        version: parts.version,
+        headers: &headers,
+        body: &bytes,
+        source_ip: peer.ip(),
+        request_id: &request_id,
+        now,
+        route_key: &route.route_key,
+        path_parameters: &params,
+        claims: claims.as_ref(),
+    };
+    let event = match gateway::to_request(&incoming) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::error!(%error, "the request could not be translated");
+            return respond(message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"));
+        }
+    };
+    let deadline = now + chrono::Duration::from_std(target.timeout).unwrap_or(chrono::Duration::MAX);
+    let invocation = Invocation { request_id: request_id.clone(), deadline, trace_header: Some(trace_header.clone()) };
+    let span = keel::telemetry::invocation_span(&target.function, &request_id, Some(&trace_header));
+    let handler = target.handler.clone();
+    let mut task = tokio::spawn(async move { handler.call(event, invocation).await }.instrument(span));
+    let response = match tokio::time::timeout(target.timeout, &mut task).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            tracing::error!(function = %target.function, request_id, %error, "the function panicked");
+            return respond(message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"));
+        }
+        Err(_) => {
+            task.abort();
+            tracing::error!(function = %target.function, request_id, timeout_s = target.timeout.as_secs(), "the function timed out");
+            return respond(message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"));
+        }
+    };
+    let reply = match gateway::from_response(&response) {
+        Ok(reply) => reply,
+        Err(error) => {
+            tracing::error!(function = %target.function, request_id, %error, "the function's response is malformed");
+            return respond(message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error"));
+        }
+    };
+    let mut out = Response::new(Body::from(reply.body));
+    *out.status_mut() = reply.status;
+    *out.headers_mut() = reply.headers;
+    if let Ok(id) = HeaderValue::from_str(&request_id) {
+        out.headers_mut().insert("apigw-requestid", id);
+    }
+    respond(out)
+}
+
+fn app_port(headers: &HeaderMap) -> String {
+    headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.rsplit_once(':'))
+        .map(|(_, port)| port.to_string())
+        .unwrap_or_else(|| "80".to_string())
+}
+
+async fn ready(app: &App) -> Response {
+    let mut checks = BTreeMap::new();
+    let mut failed = BTreeMap::new();
+    for probe in &app.probes {
+        let (name, result) = match probe {
+            Probe::Table(id, t) => (format!("table {id}"), tokio::time::timeout(PING_TIMEOUT, t.ping()).await),
+            Probe::Queue(id, q) => (format!("queue {id}"), tokio::time::timeout(PING_TIMEOUT, q.ping()).await),
+            Probe::Bus(id, b) => (format!("bus {id}"), tokio::time::timeout(PING_TIMEOUT, b.ping()).await),
+        };
+        match result {
+            Ok(Ok(())) => {
+                checks.insert(name, "ok".to_string());
+            }
+            Ok(Err(error)) => {
+                checks.insert(name.clone(), "failed".to_string());
+                failed.insert(name, error.to_string());
+            }
+            Err(_) => {
+                checks.insert(name.clone(), "failed".to_string());
+                failed.insert(name, format!("no answer within {PING_TIMEOUT:?}"));
+            }
+        }
+    }
+    let (status, body) = if failed.is_empty() {
+        (StatusCode::OK, json!({ "status": "ready", "checks": checks }))
+    } else {
+        tracing::warn!(?failed, "not ready");
+        (StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "unavailable", "checks": checks, "failed": failed }))
+    };
+    let mut response = message(status, "");
+    *response.body_mut() = Body::from(body.to_string());
+    response
+}
+
+/// The payload EventBridge sends a schedule's target.
+pub fn scheduled_event(function: &str, event: &str, now: chrono::DateTime<Utc>) -> Value {
+    json!({
+        "version": "0",
+        "id": ulid::Ulid::new().to_string(),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": LOCAL_ACCOUNT,
+        "time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "region": LOCAL_REGION,
+        "resources": [format!("arn:aws:events:{LOCAL_REGION}:{LOCAL_ACCOUNT}:rule/{function}-{event}")],
+        "detail": {},
+    })
+}
+
+async fn run_schedule(
+    function: String,
+    handler: Arc<dyn ScheduledFunction>,
+    decl: ScheduleDecl,
+    timeout: Duration,
+    cancel: CancellationToken,
+) {
+    tracing::info!(function, event = %decl.event, expression = %decl.expression, "schedule armed");
+    let mut last = Utc::now();
+    let mut next_rate = match decl.schedule {
+        Schedule::Rate(period) => Some(tokio::time::Instant::now() + period),
+        _ => None,
+    };
+    loop {
+        let wait = match (&decl.schedule, next_rate) {
+            (Schedule::Rate(_), Some(at)) => at.saturating_duration_since(tokio::time::Instant::now()),
+            (schedule, _) => match schedule.next_after(last.max(Utc::now())) {
+                Some(at) => {
+                    last = at;
+                    (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+                }
+                None => break,
+            },
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
+        }
+        if let (Schedule::Rate(period), Some(at)) = (&decl.schedule, next_rate.as_mut()) {
+            *at += *period;
+        }
+        fire(&function, &handler, &decl, timeout).await;
+    }
+    tracing::info!(function, event = %decl.event, "schedule stopped");
+}
+
+async fn fire(function: &str, handler: &Arc<dyn ScheduledFunction>, decl: &ScheduleDecl, timeout: Duration) {
+    let now = Utc::now();
+    let request_id = ulid::Ulid::new().to_string();
+    let payload = decl.input.clone().unwrap_or_else(|| scheduled_event(function, &decl.event, now));
+    let deadline = now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    let invocation = Invocation { request_id: request_id.clone(), deadline, trace_header: None };
+    let span = keel::telemetry::invocation_span(function, &request_id, None);
+    let handler = handler.clone();
+    let started = Instant::now();
+    let mut task = tokio::spawn(async move { handler.call(payload, invocation).await }.instrument(span));
+    let outcome = match tokio::time::timeout(timeout, &mut task).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(error))) => Err(error),
+        Ok(Err(error)) => Err(format!("panicked: {error}")),
+        Err(_) => {
+            task.abort();
+            Err(format!("timed out after {timeout:?}"))
+        }
+    };
+    let duration_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Ok(()) => tracing::info!(function, event = %decl.event, request_id, duration_ms, "scheduled invocation"),
+        Err(error) => {
+            tracing::error!(function, event = %decl.event, request_id, duration_ms, error, "scheduled invocation failed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer(&headers), None);
+        headers.insert(http::header::AUTHORIZATION, HeaderValue::from_static("bearer abc"));
+        assert_eq!(bearer(&headers), Some("abc"));
+        headers.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&headers), None);
+        headers.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&headers), None);
+    }
+
+    struct Counter(std::sync::Mutex<Vec<Value>>);
+
+    #[async_trait::async_trait]
+    impl ScheduledFunction for Counter {
+        async fn call(&self, event: Value, _invocation: Invocation) -> Result<(), String> {
+            self.0.lock().unwrap().push(event);
+            Ok(())
+        }
+    }
+
+    fn decl(expression: &str, input: Option<Value>) -> ScheduleDecl {
+        ScheduleDecl {
+            event: "Tick".into(),
+            expression: expression.into(),
+            schedule: Schedule::parse(expression).unwrap(),
+            input,
+            enabled: true,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_schedules_fire_every_period_with_the_scheduled_event_until_stopped() {
+        let counter = Arc::new(Counter(std::sync::Mutex::new(Vec::new())));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run_schedule(
+            "cleanup".into(),
+            counter.clone(),
+            decl("rate(1 minute)", None),
+            Duration::from_secs(10),
+            cancel.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(counter.0.lock().unwrap().len(), 0, "the first firing is one period after start");
+        tokio::time::sleep(Duration::from_secs(125)).await;
+        cancel.cancel();
+        task.await.unwrap();
+        let events = counter.0.lock().unwrap().clone();
+        assert_eq!(events.len(), 3);
+        assert_eq!(events[0]["detail-type"], "Scheduled Event");
+        assert_eq!(events[0]["source"], "aws.events");
+        assert_eq!(events[0]["detail"], json!({}));
+        assert_eq!(events[0]["resources"][0], "arn:aws:events:local:000000000000:rule/cleanup-Tick");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn schedules_pass_their_input_and_a_past_at_never_fires() {
+        let counter = Arc::new(Counter(std::sync::Mutex::new(Vec::new())));
+        let cancel = CancellationToken::new();
+        let input = json!({"job": "cleanup"});
+        let rate = tokio::spawn(run_schedule(
+            "f".into(),
+            counter.clone(),
+            decl("rate(2 minutes)", Some(input.clone())),
+            Duration::from_secs(1),
+            cancel.clone(),
+        ));
+        let past = tokio::spawn(run_schedule(
+            "f".into(),
+            counter.clone(),
+            decl("at(2000-01-01T00:00:00)", None),
+            Duration::from_secs(1),
+            cancel.clone(),
+        ));
+        past.await.unwrap();
+        tokio::time::sleep(Duration::from_secs(121)).await;
+        cancel.cancel();
+        rate.await.unwrap();
+        assert_eq!(counter.0.lock().unwrap().clone(), vec![input]);
+    }
+
+    #[test]
+    fn trace_headers_look_like_xray_ones() {
+        let header = new_trace_header(Utc::now());
+        assert!(header.starts_with("Root=1-") && header.ends_with(";Sampled=1"), "{header}");
+        assert_eq!(header.len(), "Root=1-".len() + 8 + 1 + 24 + ";Sampled=1".len());
+    }
+}

@@ -1,0 +1,108 @@
+//! Which constructor builds each function the template names (by `Metadata.BuildProperties.Binary`). Start-up
+//! fails when the template and the registry disagree, in either direction.
+
+use async_trait::async_trait;
+use keel::config::{ConfigError, Env};
+use keel::function::{HttpFunction, Invocation, QueueFunction};
+use keel::resources::Resources;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A function fired by an EventBridge schedule. It receives the scheduled-event payload (or the event's `Input`)
+/// and reports failure as an error message for the log (EventBridge would retry; the host logs and moves on).
+#[async_trait]
+pub trait ScheduledFunction: Send + Sync {
+    async fn call(&self, event: serde_json::Value, invocation: Invocation) -> Result<(), String>;
+}
+
+/// A built function, by the shape AWS invokes it in.
+#[derive(Clone)]
+pub enum Handler {
+    Http(Arc<dyn HttpFunction>),
+    Queue(Arc<dyn QueueFunction>),
+    Scheduled(Arc<dyn ScheduledFunction>),
+}
+
+impl Handler {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Handler::Http(_) => "an HTTP function",
+            Handler::Queue(_) => "a queue function",
+            Handler::Scheduled(_) => "a scheduled function",
+        }
+    }
+}
+
+type Constructor = Box<dyn Fn(&Env, &dyn Resources) -> Result<Handler, ConfigError> + Send + Sync>;
+
+/// Binary name -> constructor.
+#[derive(Default)]
+pub struct Registry {
+    constructors: BTreeMap<String, Constructor>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.constructors.keys()).finish()
+    }
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every function of the workspace.
+    pub fn workspace() -> Self {
+        Self::new()
+            .http("webhook-ingest", webhook_ingest::build)
+            .queue("webhook-worker", webhook_worker::build)
+            .http("webhook-ops", webhook_ops::build)
+    }
+
+    pub fn http<T, F>(mut self, binary: &str, build: F) -> Self
+    where
+        T: HttpFunction + 'static,
+        F: Fn(&Env, &dyn Resources) -> Result<T, ConfigError> + Send + Sync + 'static,
+    {
+        let constructor: Constructor =
+            Box::new(move |env, resources| Ok(Handler::Http(Arc::new(build(env, resources)?))));
+        self.constructors.insert(binary.to_string(), constructor);
+        self
+    }
+
+    pub fn queue<T, F>(mut self, binary: &str, build: F) -> Self
+    where
+        T: QueueFunction + 'static,
+        F: Fn(&Env, &dyn Resources) -> Result<T, ConfigError> + Send + Sync + 'static,
+    {
+        let constructor: Constructor =
+            Box::new(move |env, resources| Ok(Handler::Queue(Arc::new(build(env, resources)?))));
+        self.constructors.insert(binary.to_string(), constructor);
+        self
+    }
+
+    pub fn scheduled<T, F>(mut self, binary: &str, build: F) -> Self
+    where
+        T: ScheduledFunction + 'static,
+        F: Fn(&Env, &dyn Resources) -> Result<T, ConfigError> + Send + Sync + 'static,
+    {
+        let constructor: Constructor =
+            Box::new(move |env, resources| Ok(Handler::Scheduled(Arc::new(build(env, resources)?))));
+        self.constructors.insert(binary.to_string(), constructor);
+        self
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.constructors.keys().map(String::as_str)
+    }
+
+    pub(crate) fn build(
+        &self,
+        binary: &str,
+        env: &Env,
+        resources: &dyn Resources,
+    ) -> Option<Result<Handler, ConfigError>> {
+        self.constructors.get(binary).map(|build| build(env, resources))
+    }
+}

@@ -1,0 +1,216 @@
+//! Local development tokens: HS256 JWTs signed with a random key kept in `<data-dir>/dev-jwt.key` (mode 0600,
+//! created on first use), so no secret is hard-coded anywhere. The host verifies them where API Gateway's JWT
+//! authorizer would verify the identity provider's tokens, and hands their claims to the function flattened to
+//! strings, as API Gateway does.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+
+pub const ISSUER: &str = "keel-local";
+pub const AUDIENCE: &str = "keel";
+/// The key file inside the data directory.
+pub const KEY_FILE: &str = "dev-jwt.key";
+const KEY_BYTES: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the development key {path} could not be read or created: {reason}")]
+    Key { path: String, reason: String },
+    #[error("the token could not be signed: {0}")]
+    Sign(String),
+    /// Why a token was refused (for logs; clients only ever see `Unauthorized`).
+    #[error("the token was refused: {0}")]
+    Invalid(String),
+}
+
+/// The HS256 key. Its bytes never appear in `Debug` output or errors.
+#[derive(Clone)]
+pub struct DevKey {
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for DevKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevKey(..)")
+    }
+}
+
+impl DevKey {
+    /// Reads `<data_dir>/dev-jwt.key`, creating it (and the directory) with a fresh random key if absent. Safe
+    /// against a concurrent first use: the key is written to a private temporary file and linked into place, so
+    /// every process ends up with the same key.
+    pub fn load_or_create(data_dir: &Path) -> Result<Self, TokenError> {
+        let path = data_dir.join(KEY_FILE);
+        let fail = |reason: String| TokenError::Key { path: path.display().to_string(), reason };
+        std::fs::create_dir_all(data_dir).map_err(|e| fail(e.to_string()))?;
+        if !path.exists() {
+            let mut secret = [0u8; KEY_BYTES];
+            rand::Rng::fill(&mut rand::rng(), &mut secret[..]);
+            let temporary = data_dir.join(format!(".{KEY_FILE}.{}", ulid::Ulid::new()));
+            let written = write_private(&temporary, format!("{}\n", STANDARD.encode(secret)).as_bytes())
+                .and_then(|()| std::fs::hard_link(&temporary, &path));
+            let _ = std::fs::remove_file(&temporary);
+            match written {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        }
+        tighten_permissions(&path);
+        let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
+        let secret = STANDARD.decode(text.trim()).ok().filter(|s| s.len() >= KEY_BYTES).ok_or_else(|| {
+            fail("the file does not hold a base64 key of at least 32 bytes; delete it to make a new one".into())
+        })?;
+        Ok(Self { secret })
+    }
+
+    /// A key from given bytes (tests: a key the host does not know).
+    pub fn from_secret(secret: impl Into<Vec<u8>>) -> Self {
+        Self { secret: secret.into() }
+    }
+
+    /// A token for `user` in `org` with `roles`, valid for `ttl` (negative: already expired).
+    pub fn issue(&self, org: &str, user: &str, roles: &[&str], ttl: chrono::Duration) -> Result<String, TokenError> {
+        let now = chrono::Utc::now().timestamp();
+        self.sign(&json!({
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": user,
+            "org_id": org,
+            "roles": roles,
+            "iat": now,
+            "exp": now + ttl.num_seconds(),
+        }))
+    }
+
+    /// Signs arbitrary claims (tests: tokens with a wrong issuer, audience, ...).
+    pub fn sign(&self, claims: &Value) -> Result<String, TokenError> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(&self.secret))
+            .map_err(|e| TokenError::Sign(e.to_string()))
+    }
+
+    /// Verifies signature (HS256 only), issuer, audience and expiry (no leeway); returns the claims.
+    pub fn verify(&self, token: &str) -> Result<Map<String, Value>, TokenError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        jsonwebtoken::decode::<Map<String, Value>>(token, &DecodingKey::from_secret(&self.secret), &validation)
+            .map(|data| data.claims)
+            .map_err(|e| TokenError::Invalid(e.to_string()))
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// A key readable by others is made private again (and said so in the log).
+#[cfg(unix)]
+fn tighten_permissions(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %path.display(), "the development key was readable by others; restricting it to 0600");
+        let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+    }
+}
+
+#[cfg(not(unix))]
+fn tighten_permissions(_path: &Path) {}
+
+/// Claims as API Gateway's JWT authorizer passes them to the function: every value a string, arrays flattened to
+/// `[a b]`, objects as JSON.
+pub fn flatten_claims(claims: &Map<String, Value>) -> HashMap<String, String> {
+    claims.iter().map(|(name, value)| (name.clone(), flatten(value))).collect()
+}
+
+fn flatten(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => format!("[{}]", items.iter().map(flatten).collect::<Vec<_>>().join(" ")),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_created_once_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DevKey::load_or_create(&dir.path().join("nested")).unwrap();
+        let again = DevKey::load_or_create(&dir.path().join("nested")).unwrap();
+        assert_eq!(first.secret, again.secret);
+        assert_eq!(first.secret.len(), KEY_BYTES);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("nested").join(KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let other = DevKey::load_or_create(&tempfile::tempdir().unwrap().path().join("x")).unwrap();
+        assert_ne!(first.secret, other.secret, "every data directory gets its own random key");
+        assert_eq!(format!("{first:?}"), "DevKey(..)");
+    }
+
+    #[test]
+    fn a_malformed_key_file_is_an_error_not_a_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(KEY_FILE), "short").unwrap();
+        assert!(matches!(DevKey::load_or_create(dir.path()), Err(TokenError::Key { .. })));
+    }
+
+    #[test]
+    fn tokens_verify_and_carry_the_claims() {
+        let key = DevKey::from_secret(vec![7u8; 32]);
+        let token = key.issue("org-1", "user-1", &["admin", "member"], chrono::Duration::hours(1)).unwrap();
+        let claims = key.verify(&token).unwrap();
+        assert_eq!(claims["iss"], ISSUER);
+        assert_eq!(claims["aud"], AUDIENCE);
+        let flat = flatten_claims(&claims);
+        assert_eq!(flat["sub"], "user-1");
+        assert_eq!(flat["org_id"], "org-1");
+        assert_eq!(flat["roles"], "[admin member]");
+        assert!(flat["exp"].parse::<i64>().is_ok());
+    }
+
+    #[test]
+    fn expired_foreign_and_mislabelled_tokens_are_refused() {
+        let key = DevKey::from_secret(vec![7u8; 32]);
+        let expired = key.issue("o", "u", &[], chrono::Duration::seconds(-5)).unwrap();
+        assert!(key.verify(&expired).is_err());
+        let foreign = DevKey::from_secret(vec![8u8; 32]).issue("o", "u", &[], chrono::Duration::hours(1)).unwrap();
+        assert!(key.verify(&foreign).is_err());
+        let exp = chrono::Utc::now().timestamp() + 600;
+        for claims in [
+            json!({"iss": "someone-else", "aud": AUDIENCE, "sub": "u", "exp": exp}),
+            json!({"iss": ISSUER, "aud": "other", "sub": "u", "exp": exp}),
+            json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "u"}),
+        ] {
+            assert!(key.verify(&key.sign(&claims).unwrap()).is_err(), "{claims}");
+        }
+        assert!(key.verify("not-a-token").is_err());
+    }
+}
