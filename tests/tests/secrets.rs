@@ -67,7 +67,7 @@ async fn no_secret_appears_in_any_log_line_or_error_body() {
         .post(format!("http://{}/webhooks/std", host.addr()))
         .header("webhook-id", "msg_1")
         .header("webhook-timestamp", now.timestamp().to_string())
-        .header("webhook-signature", "v1,AAAA")
+        .header("webhook-signature", "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
         .body("{}")
         .send()
         .await
