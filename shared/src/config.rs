@@ -43,10 +43,11 @@ impl Env {
     pub fn parse<T: FromStr>(&self, name: &str, expected: &str) -> Result<Option<T>, ConfigError> {
         match self.get(name) {
             None => Ok(None),
-            Some(raw) => raw.trim().parse().map(Some).map_err(|_| ConfigError::Malformed {
-                name: name.to_string(),
-                reason: format!("expected {expected}"),
-            }),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| ConfigError::Malformed { name: name.to_string(), reason: format!("expected {expected}") }),
         }
     }
 

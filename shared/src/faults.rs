@@ -66,7 +66,10 @@ impl Faults {
             let known = OPERATIONS.contains(&operation.as_str())
                 || operation.strip_suffix(".*").is_some_and(|port| ["table", "queue", "bus"].contains(&port));
             if !known {
-                return Err(format!("unknown operation `{operation}`; expected one of {} or table.*, queue.*, bus.*", OPERATIONS.join(", ")));
+                return Err(format!(
+                    "unknown operation `{operation}`; expected one of {} or table.*, queue.*, bus.*",
+                    OPERATIONS.join(", ")
+                ));
             }
             let rate: f64 = parts
                 .next()
@@ -92,9 +95,9 @@ impl Faults {
 
     fn outcome(&self, operation: &str) -> Outcome {
         let port = operation.split('.').next().unwrap_or_default();
-        let Some(rule) = self.rules.iter().find(|r| {
-            r.operation == operation || r.operation.strip_suffix(".*") == Some(port)
-        }) else {
+        let Some(rule) =
+            self.rules.iter().find(|r| r.operation == operation || r.operation.strip_suffix(".*") == Some(port))
+        else {
             return Outcome::Pass;
         };
         let mut rng = rand::rng();

@@ -69,7 +69,8 @@ pub fn json_body<T: serde::de::DeserializeOwned>(request: &ApiGatewayV2httpReque
 
 /// The caller's identity, requiring `role`. 401 without an identity, 403 without the role.
 pub fn require_role(request: &ApiGatewayV2httpRequest, role: Role) -> Result<Identity, Problem> {
-    let identity = Identity::from_request(request).ok_or_else(|| Problem::unauthorized("a valid bearer token is required"))?;
+    let identity =
+        Identity::from_request(request).ok_or_else(|| Problem::unauthorized("a valid bearer token is required"))?;
     if identity.has_role(role) {
         Ok(identity)
     } else {

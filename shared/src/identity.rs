@@ -74,15 +74,11 @@ mod tests {
     use std::collections::HashMap;
 
     fn request_with(claims: &[(&str, &str)]) -> ApiGatewayV2httpRequest {
-        let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
-        jwt.claims = claims.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
-        let mut authorizer = ApiGatewayRequestAuthorizer::default();
-        authorizer.jwt = Some(jwt);
-        let mut context = ApiGatewayV2httpRequestContext::default();
-        context.authorizer = Some(authorizer);
-        let mut request = ApiGatewayV2httpRequest::default();
-        request.request_context = context;
-        request
+        let claims = claims.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
+        let jwt = ApiGatewayRequestAuthorizerJwtDescription { claims, ..Default::default() };
+        let authorizer = ApiGatewayRequestAuthorizer { jwt: Some(jwt), ..Default::default() };
+        let request_context = ApiGatewayV2httpRequestContext { authorizer: Some(authorizer), ..Default::default() };
+        ApiGatewayV2httpRequest { request_context, ..Default::default() }
     }
 
     #[test]

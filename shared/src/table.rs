@@ -64,10 +64,19 @@ pub enum Expect {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
-    Put { item: Item, expect: Expect },
-    Delete { key: Key, expect: Expect },
+    Put {
+        item: Item,
+        expect: Expect,
+    },
+    Delete {
+        key: Key,
+        expect: Expect,
+    },
     /// Writes nothing; makes the transaction fail unless the expectation holds.
-    Check { key: Key, expect: Expect },
+    Check {
+        key: Key,
+        expect: Expect,
+    },
 }
 
 /// A range query on one partition. Sort keys compare as byte strings.

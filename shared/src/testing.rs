@@ -50,10 +50,7 @@ impl Emulator {
                 Err(failure) => last_failure = failure,
             }
         }
-        panic!(
-            "the AWS emulator ({}) did not start: {last_failure}",
-            binary.display()
-        );
+        panic!("the AWS emulator ({}) did not start: {last_failure}", binary.display());
     }
 
     /// The instance this test binary shares, started on first use.
@@ -65,8 +62,7 @@ impl Emulator {
     fn try_start(binary: &Path) -> Result<Self, String> {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("keel-moto-{}-{port}.log", std::process::id()));
-        let log_file = std::fs::File::create(&log)
-            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let server = Command::new(binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
@@ -75,12 +71,7 @@ impl Emulator {
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
         let watchdog = spawn_watchdog(server.id());
-        let mut emulator = Emulator {
-            server,
-            watchdog,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            log,
-        };
+        let mut emulator = Emulator { server, watchdog, endpoint: format!("http://127.0.0.1:{port}"), log };
         emulator.wait_until_ready(port)?;
         Ok(emulator)
     }
@@ -90,19 +81,13 @@ impl Emulator {
         let address = SocketAddr::from(([127, 0, 0, 1], port));
         loop {
             if let Ok(Some(status)) = self.server.try_wait() {
-                return Err(format!(
-                    "it exited with {status}; see {}",
-                    self.log.display()
-                ));
+                return Err(format!("it exited with {status}; see {}", self.log.display()));
             }
             if answers(address) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "no answer within {READY_TIMEOUT:?}; see {}",
-                    self.log.display()
-                ));
+                return Err(format!("no answer within {READY_TIMEOUT:?}; see {}", self.log.display()));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -190,15 +175,9 @@ pub fn repo_root() -> PathBuf {
     if let Some(with_venv) = start.ancestors().find(|dir| dir.join(".venv").is_dir()) {
         return with_venv.to_path_buf();
     }
-    let is_workspace = |dir: &Path| {
-        std::fs::read_to_string(dir.join("Cargo.toml"))
-            .is_ok_and(|text| text.contains("[workspace]"))
-    };
-    start
-        .ancestors()
-        .find(|dir| is_workspace(dir))
-        .unwrap_or(&start)
-        .to_path_buf()
+    let is_workspace =
+        |dir: &Path| std::fs::read_to_string(dir.join("Cargo.toml")).is_ok_and(|text| text.contains("[workspace]"));
+    start.ancestors().find(|dir| is_workspace(dir)).unwrap_or(&start).to_path_buf()
 }
 
 fn free_port() -> u16 {
@@ -214,10 +193,7 @@ fn answers(address: SocketAddr) -> bool {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
+    if stream.write_all(b"GET /moto-api/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
         return false;
     }
     let mut head = [0u8; 12];
@@ -229,12 +205,7 @@ fn answers(address: SocketAddr) -> bool {
 /// server is still killed on drop.
 fn spawn_watchdog(server_pid: u32) -> Option<Child> {
     Command::new("sh")
-        .args([
-            "-c",
-            "cat >/dev/null; kill \"$1\" 2>/dev/null",
-            "keel-moto-watchdog",
-            &server_pid.to_string(),
-        ])
+        .args(["-c", "cat >/dev/null; kill \"$1\" 2>/dev/null", "keel-moto-watchdog", &server_pid.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -9,9 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use chrono::{DateTime, Duration as TimeDelta, Utc};
-use keel::aws::provision::{
-    ensure_bus, ensure_queue, ensure_rule_to_queue, ensure_table, event_pattern_json,
-};
+use keel::aws::provision::{ensure_bus, ensure_queue, ensure_rule_to_queue, ensure_table, event_pattern_json};
 use keel::aws::{DynamoTable, EventBridgeBus, SqsQueue};
 use keel::bus::{BusEvent, EventBus, EventPattern};
 use keel::clock::{Clock, ManualClock, SystemClock};
@@ -19,8 +17,7 @@ use keel::embedded::{EmbeddedDb, QueueSpec};
 use keel::port::PortError;
 use keel::queue::{MAX_MESSAGE_BYTES, MessageAttrs, Queue, Received};
 use keel::table::{
-    Attrs, Expect, Item, Key, MAX_TRANSACTION_WRITES, Page, Query, Table, Write, check_attrs,
-    check_transaction,
+    Attrs, Expect, Item, Key, MAX_TRANSACTION_WRITES, Page, Query, Table, Write, check_attrs, check_transaction,
 };
 use keel::testing::{Emulator, unique_name};
 use serde_json::{Value, json};
@@ -104,11 +101,7 @@ async fn aws_table() -> TableFixture {
     ensure_table(&client, &name).await.unwrap();
     let clock = manual_clock();
     let table = DynamoTable::new(client, name, clock.clone() as Arc<dyn Clock>);
-    TableFixture {
-        table: Arc::new(table),
-        clock,
-        _dir: None,
-    }
+    TableFixture { table: Arc::new(table), clock, _dir: None }
 }
 
 async fn embedded_table() -> TableFixture {
@@ -116,11 +109,7 @@ async fn embedded_table() -> TableFixture {
     let db = EmbeddedDb::open(dir.path()).unwrap();
     let clock = manual_clock();
     let table = db.table("contract", clock.clone() as Arc<dyn Clock>);
-    TableFixture {
-        table: Arc::new(table),
-        clock,
-        _dir: Some(dir),
-    }
+    TableFixture { table: Arc::new(table), clock, _dir: Some(dir) }
 }
 
 /// A queue with a 1 s visibility timeout that redrives to `dlq` after 2 receives; the DLQ's visibility is 30 s.
@@ -184,10 +173,7 @@ struct BusFixture {
 const SOURCE: &str = "keel.contract";
 
 fn pattern() -> EventPattern {
-    EventPattern {
-        sources: vec![SOURCE.into()],
-        detail_types: vec!["job.completed".into(), "audit.*".into()],
-    }
+    EventPattern { sources: vec![SOURCE.into()], detail_types: vec!["job.completed".into(), "audit.*".into()] }
 }
 
 async fn aws_bus() -> BusFixture {
@@ -197,17 +183,11 @@ async fn aws_bus() -> BusFixture {
     let name = unique_name("contract");
     ensure_bus(&eventbridge, &name).await.unwrap();
     ensure_bus(&eventbridge, &name).await.unwrap();
-    let (url, arn) = ensure_queue(&sqs, &format!("{name}-target"), 30, None)
-        .await
-        .unwrap();
+    let (url, arn) = ensure_queue(&sqs, &format!("{name}-target"), 30, None).await.unwrap();
     let rule = format!("{name}-rule");
     let pattern = event_pattern_json(&pattern());
-    ensure_rule_to_queue(&eventbridge, &sqs, &name, &rule, &pattern, &url, &arn)
-        .await
-        .unwrap();
-    ensure_rule_to_queue(&eventbridge, &sqs, &name, &rule, &pattern, &url, &arn)
-        .await
-        .unwrap();
+    ensure_rule_to_queue(&eventbridge, &sqs, &name, &rule, &pattern, &url, &arn).await.unwrap();
+    ensure_rule_to_queue(&eventbridge, &sqs, &name, &rule, &pattern, &url, &arn).await.unwrap();
     BusFixture {
         bus: Arc::new(EventBridgeBus::new(eventbridge, name)),
         target: Arc::new(SqsQueue::new(sqs, url)),
@@ -218,15 +198,10 @@ async fn aws_bus() -> BusFixture {
 async fn embedded_bus() -> BusFixture {
     let dir = tempfile::tempdir().unwrap();
     let db = EmbeddedDb::open(dir.path()).unwrap();
-    let target: Arc<dyn Queue> =
-        Arc::new(db.queue(QueueSpec::new("contract-target"), Arc::new(SystemClock)));
+    let target: Arc<dyn Queue> = Arc::new(db.queue(QueueSpec::new("contract-target"), Arc::new(SystemClock)));
     let bus = db.bus("contract");
     bus.add_rule(pattern(), target.clone());
-    BusFixture {
-        bus: Arc::new(bus),
-        target,
-        _dir: Some(dir),
-    }
+    BusFixture { bus: Arc::new(bus), target, _dir: Some(dir) }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -240,12 +215,7 @@ fn attrs(value: Value) -> Attrs {
 }
 
 fn item(pk: &str, sk: &str, version: u64, value: Value) -> Item {
-    Item {
-        key: Key::new(pk, sk),
-        attrs: attrs(value),
-        version,
-        expires_at: None,
-    }
+    Item { key: Key::new(pk, sk), attrs: attrs(value), version, expires_at: None }
 }
 
 fn condition_failed(result: Result<(), PortError>) -> Option<usize> {
@@ -267,12 +237,7 @@ fn sks(page: &Page) -> Vec<&str> {
 }
 
 fn range(pk: &str, from: Option<&str>, to: Option<&str>, descending: bool) -> Query {
-    Query {
-        sk_from: from.map(Into::into),
-        sk_to: to.map(Into::into),
-        descending,
-        ..Query::partition(pk)
-    }
+    Query { sk_from: from.map(Into::into), sk_to: to.map(Into::into), descending, ..Query::partition(pk) }
 }
 
 /// Follows cursors to the end, checking each page's size; returns every sort key in order.
@@ -280,10 +245,7 @@ async fn drain(table: &dyn Table, mut query: Query) -> Vec<String> {
     let mut seen = Vec::new();
     for _ in 0..200 {
         let page = table.query(&query).await.unwrap();
-        assert!(
-            page.items.len() <= query.limit,
-            "a page holds at most `limit` items"
-        );
+        assert!(page.items.len() <= query.limit, "a page holds at most `limit` items");
         seen.extend(page.items.iter().map(|i| i.key.sk.clone()));
         match page.next {
             Some(next) => query.after = Some(next),
@@ -324,28 +286,14 @@ async fn conditional_writes(f: TableFixture) {
     assert_eq!(condition_failed(t.put(rival, Expect::Absent).await), None);
     // Version mismatch.
     let stale = item("org#1", "flag#a", 3, json!({"on": false}));
-    assert_eq!(
-        condition_failed(t.put(stale, Expect::Version(2)).await),
-        None
-    );
+    assert_eq!(condition_failed(t.put(stale, Expect::Version(2)).await), None);
     assert_eq!(t.get(&key).await.unwrap(), Some(first));
 
     // Version match: the caller bumps the version.
-    let second = item(
-        "org#1",
-        "flag#a",
-        2,
-        json!({"on": false, "note": "flipped"}),
-    );
+    let second = item("org#1", "flag#a", 2, json!({"on": false, "note": "flipped"}));
     t.put(second.clone(), Expect::Version(1)).await.unwrap();
     assert_eq!(t.get(&key).await.unwrap(), Some(second));
-    assert_eq!(
-        condition_failed(
-            t.put(item("org#1", "flag#a", 2, json!({})), Expect::Version(1))
-                .await
-        ),
-        None
-    );
+    assert_eq!(condition_failed(t.put(item("org#1", "flag#a", 2, json!({})), Expect::Version(1)).await), None);
 
     // Any overwrites whatever is there.
     let forced = item("org#1", "flag#a", 10, json!({}));
@@ -353,17 +301,9 @@ async fn conditional_writes(f: TableFixture) {
     assert_eq!(t.get(&key).await.unwrap(), Some(forced));
 
     // A version expectation on a missing item fails; Any creates it.
-    assert_eq!(
-        condition_failed(
-            t.put(item("org#1", "flag#b", 2, json!({})), Expect::Version(1))
-                .await
-        ),
-        None
-    );
+    assert_eq!(condition_failed(t.put(item("org#1", "flag#b", 2, json!({})), Expect::Version(1)).await), None);
     assert_eq!(t.get(&Key::new("org#1", "flag#b")).await.unwrap(), None);
-    t.put(item("org#1", "flag#b", 1, json!({})), Expect::Any)
-        .await
-        .unwrap();
+    t.put(item("org#1", "flag#b", 1, json!({})), Expect::Any).await.unwrap();
     assert!(t.get(&Key::new("org#1", "flag#b")).await.unwrap().is_some());
 }
 
@@ -393,22 +333,11 @@ async fn attributes_round_trip(f: TableFixture) {
 async fn delete_with_expectations(f: TableFixture) {
     let t = f.table;
     let key = Key::new("org#1", "user#1");
-    t.put(
-        item("org#1", "user#1", 1, json!({"name": "Ada"})),
-        Expect::Absent,
-    )
-    .await
-    .unwrap();
+    t.put(item("org#1", "user#1", 1, json!({"name": "Ada"})), Expect::Absent).await.unwrap();
 
-    assert_eq!(
-        condition_failed(t.delete(&key, Expect::Version(2)).await),
-        None
-    );
+    assert_eq!(condition_failed(t.delete(&key, Expect::Version(2)).await), None);
     assert_eq!(condition_failed(t.delete(&key, Expect::Absent).await), None);
-    assert!(
-        t.get(&key).await.unwrap().is_some(),
-        "a failed delete removes nothing"
-    );
+    assert!(t.get(&key).await.unwrap().is_some(), "a failed delete removes nothing");
 
     t.delete(&key, Expect::Version(1)).await.unwrap();
     assert_eq!(t.get(&key).await.unwrap(), None);
@@ -416,78 +345,33 @@ async fn delete_with_expectations(f: TableFixture) {
     // On a missing item: Any and Absent succeed, a version fails.
     t.delete(&key, Expect::Any).await.unwrap();
     t.delete(&key, Expect::Absent).await.unwrap();
-    assert_eq!(
-        condition_failed(t.delete(&key, Expect::Version(1)).await),
-        None
-    );
+    assert_eq!(condition_failed(t.delete(&key, Expect::Version(1)).await), None);
 }
 
 async fn query_ranges(f: TableFixture) {
     let t = f.table;
     for sk in ["c", "a", "e", "b", "d"] {
-        t.put(item("P", sk, 1, json!({ "name": sk })), Expect::Absent)
-            .await
-            .unwrap();
+        t.put(item("P", sk, 1, json!({ "name": sk })), Expect::Absent).await.unwrap();
     }
     // Neighbouring partitions, one whose key extends "P", must never leak in.
-    t.put(item("PP", "a", 1, json!({})), Expect::Absent)
-        .await
-        .unwrap();
-    t.put(item("O", "z", 1, json!({})), Expect::Absent)
-        .await
-        .unwrap();
+    t.put(item("PP", "a", 1, json!({})), Expect::Absent).await.unwrap();
+    t.put(item("O", "z", 1, json!({})), Expect::Absent).await.unwrap();
 
     let all = t.query(&Query::partition("P")).await.unwrap();
     assert_eq!(sks(&all), ["a", "b", "c", "d", "e"]);
     assert_eq!(all.next, None);
     assert_eq!(all.items[2].attrs["name"], json!("c"));
 
-    let both = t
-        .query(&range("P", Some("b"), Some("d"), false))
-        .await
-        .unwrap();
+    let both = t.query(&range("P", Some("b"), Some("d"), false)).await.unwrap();
     assert_eq!(sks(&both), ["b", "c", "d"], "bounds are inclusive");
-    let both_desc = t
-        .query(&range("P", Some("b"), Some("d"), true))
-        .await
-        .unwrap();
+    let both_desc = t.query(&range("P", Some("b"), Some("d"), true)).await.unwrap();
     assert_eq!(sks(&both_desc), ["d", "c", "b"]);
-    assert_eq!(
-        sks(&t.query(&range("P", Some("c"), None, false)).await.unwrap()),
-        ["c", "d", "e"]
-    );
-    assert_eq!(
-        sks(&t.query(&range("P", None, Some("b"), true)).await.unwrap()),
-        ["b", "a"]
-    );
-    assert_eq!(
-        sks(&t
-            .query(&range("P", Some("bb"), Some("cc"), false))
-            .await
-            .unwrap()),
-        ["c"]
-    );
-    assert!(
-        t.query(&range("P", Some("d"), Some("b"), false))
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
-    assert!(
-        t.query(&range("P", Some("f"), None, false))
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
-    assert!(
-        t.query(&Query::partition("nobody"))
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-    );
+    assert_eq!(sks(&t.query(&range("P", Some("c"), None, false)).await.unwrap()), ["c", "d", "e"]);
+    assert_eq!(sks(&t.query(&range("P", None, Some("b"), true)).await.unwrap()), ["b", "a"]);
+    assert_eq!(sks(&t.query(&range("P", Some("bb"), Some("cc"), false)).await.unwrap()), ["c"]);
+    assert!(t.query(&range("P", Some("d"), Some("b"), false)).await.unwrap().items.is_empty());
+    assert!(t.query(&range("P", Some("f"), None, false)).await.unwrap().items.is_empty());
+    assert!(t.query(&Query::partition("nobody")).await.unwrap().items.is_empty());
 
     // A cursor starts strictly after itself, in the query's direction, and stays within the bounds.
     let after = |after: &str, descending: bool| Query {
@@ -495,16 +379,10 @@ async fn query_ranges(f: TableFixture) {
         ..range("P", Some("b"), Some("d"), descending)
     };
     assert_eq!(sks(&t.query(&after("b", false)).await.unwrap()), ["c", "d"]);
-    assert_eq!(
-        sks(&t.query(&after("a", false)).await.unwrap()),
-        ["b", "c", "d"]
-    );
+    assert_eq!(sks(&t.query(&after("a", false)).await.unwrap()), ["b", "c", "d"]);
     assert!(t.query(&after("d", false)).await.unwrap().items.is_empty());
     assert_eq!(sks(&t.query(&after("c", true)).await.unwrap()), ["b"]);
-    assert_eq!(
-        sks(&t.query(&after("z", true)).await.unwrap()),
-        ["d", "c", "b"]
-    );
+    assert_eq!(sks(&t.query(&after("z", true)).await.unwrap()), ["d", "c", "b"]);
     assert!(t.query(&after("b", true)).await.unwrap().items.is_empty());
 }
 
@@ -514,9 +392,7 @@ async fn pagination_visits_every_item_once(f: TableFixture) {
     let mut live = Vec::new();
     for i in 0..23 {
         let sk = format!("item#{i:02}");
-        t.put(item("P", &sk, 1, json!({ "i": i })), Expect::Absent)
-            .await
-            .unwrap();
+        t.put(item("P", &sk, 1, json!({ "i": i })), Expect::Absent).await.unwrap();
         live.push(sk);
         if i % 5 == 2 {
             // Expired items among the live ones: skipped, without breaking the cursor.
@@ -528,44 +404,14 @@ async fn pagination_visits_every_item_once(f: TableFixture) {
     let mut descending = live.clone();
     descending.reverse();
     for limit in [1, 2, 4, 7, 23, 100] {
-        let query = Query {
-            limit,
-            ..Query::partition("P")
-        };
-        assert_eq!(
-            drain(&*t, query.clone()).await,
-            live,
-            "ascending, limit {limit}"
-        );
-        assert_eq!(
-            drain(
-                &*t,
-                Query {
-                    descending: true,
-                    ..query
-                }
-            )
-            .await,
-            descending,
-            "descending, limit {limit}"
-        );
+        let query = Query { limit, ..Query::partition("P") };
+        assert_eq!(drain(&*t, query.clone()).await, live, "ascending, limit {limit}");
+        assert_eq!(drain(&*t, Query { descending: true, ..query }).await, descending, "descending, limit {limit}");
     }
-    let bounded = Query {
-        limit: 3,
-        ..range("P", Some("item#05"), Some("item#15"), false)
-    };
+    let bounded = Query { limit: 3, ..range("P", Some("item#05"), Some("item#15"), false) };
     let expected: Vec<String> = (5..=15).map(|i| format!("item#{i:02}")).collect();
     assert_eq!(drain(&*t, bounded.clone()).await, expected);
-    let seen: HashSet<String> = drain(
-        &*t,
-        Query {
-            descending: true,
-            ..bounded
-        },
-    )
-    .await
-    .into_iter()
-    .collect();
+    let seen: HashSet<String> = drain(&*t, Query { descending: true, ..bounded }).await.into_iter().collect();
     assert_eq!(seen, expected.into_iter().collect());
 }
 
@@ -582,26 +428,11 @@ async fn transactions_are_all_or_nothing(f: TableFixture) {
 
     // One failing check: nothing is written, and the failing write is named.
     let failing = vec![
-        Write::Put {
-            item: a.clone(),
-            expect: Expect::Absent,
-        },
-        Write::Put {
-            item: b.clone(),
-            expect: Expect::Any,
-        },
-        Write::Check {
-            key: x.key.clone(),
-            expect: Expect::Version(2),
-        },
-        Write::Delete {
-            key: y.key.clone(),
-            expect: Expect::Any,
-        },
-        Write::Put {
-            item: item("T", "z", 2, json!({"n": 2})),
-            expect: Expect::Version(1),
-        },
+        Write::Put { item: a.clone(), expect: Expect::Absent },
+        Write::Put { item: b.clone(), expect: Expect::Any },
+        Write::Check { key: x.key.clone(), expect: Expect::Version(2) },
+        Write::Delete { key: y.key.clone(), expect: Expect::Any },
+        Write::Put { item: item("T", "z", 2, json!({"n": 2})), expect: Expect::Version(1) },
     ];
     assert_eq!(condition_failed(t.transact(failing).await), Some(2));
     assert_eq!(t.get(&a.key).await.unwrap(), None);
@@ -611,18 +442,9 @@ async fn transactions_are_all_or_nothing(f: TableFixture) {
 
     // Several failing: the first is named.
     let two_failing = vec![
-        Write::Put {
-            item: a.clone(),
-            expect: Expect::Absent,
-        },
-        Write::Put {
-            item: item("T", "x", 2, json!({})),
-            expect: Expect::Absent,
-        },
-        Write::Check {
-            key: y.key.clone(),
-            expect: Expect::Absent,
-        },
+        Write::Put { item: a.clone(), expect: Expect::Absent },
+        Write::Put { item: item("T", "x", 2, json!({})), expect: Expect::Absent },
+        Write::Check { key: y.key.clone(), expect: Expect::Absent },
     ];
     assert_eq!(condition_failed(t.transact(two_failing).await), Some(1));
     assert_eq!(t.get(&a.key).await.unwrap(), None);
@@ -630,26 +452,11 @@ async fn transactions_are_all_or_nothing(f: TableFixture) {
     // All holding: everything happens.
     let x2 = item("T", "x", 2, json!({"n": 2}));
     let succeeding = vec![
-        Write::Put {
-            item: a.clone(),
-            expect: Expect::Absent,
-        },
-        Write::Put {
-            item: x2.clone(),
-            expect: Expect::Version(1),
-        },
-        Write::Check {
-            key: y.key.clone(),
-            expect: Expect::Version(1),
-        },
-        Write::Check {
-            key: Key::new("T", "nothing"),
-            expect: Expect::Any,
-        },
-        Write::Delete {
-            key: z.key.clone(),
-            expect: Expect::Version(1),
-        },
+        Write::Put { item: a.clone(), expect: Expect::Absent },
+        Write::Put { item: x2.clone(), expect: Expect::Version(1) },
+        Write::Check { key: y.key.clone(), expect: Expect::Version(1) },
+        Write::Check { key: Key::new("T", "nothing"), expect: Expect::Any },
+        Write::Delete { key: z.key.clone(), expect: Expect::Version(1) },
     ];
     t.transact(succeeding).await.unwrap();
     assert_eq!(t.get(&a.key).await.unwrap(), Some(a));
@@ -665,69 +472,32 @@ async fn invalid_input_is_rejected_identically(f: TableFixture) {
         let bad = item("V", "reserved", 1, json!({ reserved: "x" }));
         let expected = check_attrs(&bad.attrs).unwrap_err();
         assert_eq!(t.put(bad.clone(), Expect::Any).await.unwrap_err(), expected);
-        let writes = vec![Write::Put {
-            item: bad,
-            expect: Expect::Any,
-        }];
+        let writes = vec![Write::Put { item: bad, expect: Expect::Any }];
         assert_eq!(t.transact(writes).await.unwrap_err(), expected);
     }
     assert_eq!(t.get(&Key::new("V", "reserved")).await.unwrap(), None);
 
     // Transactions: empty, too many, or touching a key twice.
     let empty: Vec<Write> = Vec::new();
-    assert_eq!(
-        t.transact(empty.clone()).await.unwrap_err(),
-        check_transaction(&empty).unwrap_err()
-    );
+    assert_eq!(t.transact(empty.clone()).await.unwrap_err(), check_transaction(&empty).unwrap_err());
     let too_many: Vec<Write> = (0..=MAX_TRANSACTION_WRITES)
-        .map(|i| Write::Put {
-            item: item("V", &format!("many#{i:03}"), 1, json!({})),
-            expect: Expect::Any,
-        })
+        .map(|i| Write::Put { item: item("V", &format!("many#{i:03}"), 1, json!({})), expect: Expect::Any })
         .collect();
-    assert_eq!(
-        t.transact(too_many.clone()).await.unwrap_err(),
-        check_transaction(&too_many).unwrap_err()
-    );
+    assert_eq!(t.transact(too_many.clone()).await.unwrap_err(), check_transaction(&too_many).unwrap_err());
     let twice = vec![
-        Write::Put {
-            item: item("V", "dup", 1, json!({})),
-            expect: Expect::Any,
-        },
-        Write::Check {
-            key: Key::new("V", "dup"),
-            expect: Expect::Any,
-        },
+        Write::Put { item: item("V", "dup", 1, json!({})), expect: Expect::Any },
+        Write::Check { key: Key::new("V", "dup"), expect: Expect::Any },
     ];
-    assert_eq!(
-        t.transact(twice.clone()).await.unwrap_err(),
-        check_transaction(&twice).unwrap_err()
-    );
-    assert!(
-        t.query(&Query::partition("V"))
-            .await
-            .unwrap()
-            .items
-            .is_empty(),
-        "nothing was written"
-    );
+    assert_eq!(t.transact(twice.clone()).await.unwrap_err(), check_transaction(&twice).unwrap_err());
+    assert!(t.query(&Query::partition("V")).await.unwrap().items.is_empty(), "nothing was written");
 
     // Keys DynamoDB cannot store, and a query for nothing.
     assert_invalid(t.put(item("", "s", 1, json!({})), Expect::Any).await);
     assert_invalid(t.put(item("V", "", 1, json!({})), Expect::Any).await);
     assert_invalid(t.get(&Key::new("V", "")).await);
     assert_invalid(t.delete(&Key::new("", "s"), Expect::Any).await);
-    assert_invalid(
-        t.put(item("V", &"s".repeat(1025), 1, json!({})), Expect::Any)
-            .await,
-    );
-    assert_invalid(
-        t.query(&Query {
-            limit: 0,
-            ..Query::partition("V")
-        })
-        .await,
-    );
+    assert_invalid(t.put(item("V", &"s".repeat(1025), 1, json!({})), Expect::Any).await);
+    assert_invalid(t.query(&Query { limit: 0, ..Query::partition("V") }).await);
     assert_invalid(t.query(&Query::partition("")).await);
 }
 
@@ -737,65 +507,29 @@ async fn expired_items_are_invisible_and_absent(f: TableFixture) {
     let mut expiring = item("E", "session", 1, json!({"who": "first"}));
     expiring.expires_at = Some(start + TimeDelta::seconds(10));
     t.put(expiring.clone(), Expect::Absent).await.unwrap();
-    t.put(item("E", "setting", 1, json!({})), Expect::Absent)
-        .await
-        .unwrap();
+    t.put(item("E", "setting", 1, json!({})), Expect::Absent).await.unwrap();
 
     clock.advance(TimeDelta::seconds(9));
-    assert_eq!(
-        t.get(&expiring.key).await.unwrap(),
-        Some(expiring.clone()),
-        "live until its second"
-    );
-    assert_eq!(
-        sks(&t.query(&Query::partition("E")).await.unwrap()),
-        ["session", "setting"]
-    );
-    assert_eq!(
-        condition_failed(t.put(expiring.clone(), Expect::Absent).await),
-        None
-    );
+    assert_eq!(t.get(&expiring.key).await.unwrap(), Some(expiring.clone()), "live until its second");
+    assert_eq!(sks(&t.query(&Query::partition("E")).await.unwrap()), ["session", "setting"]);
+    assert_eq!(condition_failed(t.put(expiring.clone(), Expect::Absent).await), None);
 
     // At its expiry instant the item is gone for every read, though nothing deleted it.
     clock.advance(TimeDelta::seconds(1));
     assert_eq!(t.get(&expiring.key).await.unwrap(), None);
-    assert_eq!(
-        sks(&t.query(&Query::partition("E")).await.unwrap()),
-        ["setting"]
-    );
-    assert_eq!(
-        sks(&t
-            .query(&range("E", Some("s"), Some("t"), true))
-            .await
-            .unwrap()),
-        ["setting"]
-    );
+    assert_eq!(sks(&t.query(&Query::partition("E")).await.unwrap()), ["setting"]);
+    assert_eq!(sks(&t.query(&range("E", Some("s"), Some("t"), true)).await.unwrap()), ["setting"]);
     // A version expectation needs a live item.
-    assert_eq!(
-        condition_failed(t.put(expiring.clone(), Expect::Version(1)).await),
-        None
-    );
-    assert_eq!(
-        condition_failed(t.delete(&expiring.key, Expect::Version(1)).await),
-        None
-    );
+    assert_eq!(condition_failed(t.put(expiring.clone(), Expect::Version(1)).await), None);
+    assert_eq!(condition_failed(t.delete(&expiring.key, Expect::Version(1)).await), None);
     assert_eq!(
         condition_failed(
-            t.transact(vec![Write::Check {
-                key: expiring.key.clone(),
-                expect: Expect::Version(1)
-            }])
-            .await
+            t.transact(vec![Write::Check { key: expiring.key.clone(), expect: Expect::Version(1) }]).await
         ),
         Some(0)
     );
     // It counts as absent: a check passes and a new item takes its place.
-    t.transact(vec![Write::Check {
-        key: expiring.key.clone(),
-        expect: Expect::Absent,
-    }])
-    .await
-    .unwrap();
+    t.transact(vec![Write::Check { key: expiring.key.clone(), expect: Expect::Absent }]).await.unwrap();
     let replacement = item("E", "session", 1, json!({"who": "second"}));
     t.put(replacement.clone(), Expect::Absent).await.unwrap();
     assert_eq!(t.get(&replacement.key).await.unwrap(), Some(replacement));
@@ -822,10 +556,7 @@ async fn send_receive_delete(f: QueueFixture) {
     assert_eq!(message.receive_count, 1);
     assert!(message.attributes.is_empty());
     let skew = TimeDelta::seconds(5);
-    assert!(
-        message.sent_at >= before - skew && message.sent_at <= Utc::now() + skew,
-        "sent_at is the send time"
-    );
+    assert!(message.sent_at >= before - skew && message.sent_at <= Utc::now() + skew, "sent_at is the send time");
     assert_eq!(q.depth().await.unwrap(), 1, "in flight still counts");
     // In flight: invisible to other receivers.
     assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty());
@@ -833,19 +564,12 @@ async fn send_receive_delete(f: QueueFixture) {
     q.delete(&message.receipt).await.unwrap();
     assert_eq!(q.depth().await.unwrap(), 0);
     tokio::time::sleep(VISIBILITY + Duration::from_millis(300)).await;
-    assert!(
-        q.receive(10, Duration::ZERO).await.unwrap().is_empty(),
-        "a deleted message never comes back"
-    );
+    assert!(q.receive(10, Duration::ZERO).await.unwrap().is_empty(), "a deleted message never comes back");
 
     // Several at once, each once.
     let mut sent = BTreeSet::new();
     for i in 0..5 {
-        sent.insert(
-            q.send(&format!("m{i}"), &MessageAttrs::new())
-                .await
-                .unwrap(),
-        );
+        sent.insert(q.send(&format!("m{i}"), &MessageAttrs::new()).await.unwrap());
     }
     let got = collect(&*q, 5, Duration::from_secs(5)).await;
     let ids: BTreeSet<String> = got.iter().map(|m| m.message_id.clone()).collect();
@@ -858,27 +582,13 @@ async fn send_receive_delete(f: QueueFixture) {
 async fn redelivery_after_the_visibility_timeout(f: QueueFixture) {
     let q = f.queue;
     let id = q.send("retry me", &MessageAttrs::new()).await.unwrap();
-    let first = q
-        .receive(1, Duration::from_secs(2))
-        .await
-        .unwrap()
-        .remove(0);
-    assert_eq!(
-        (first.message_id.as_str(), first.receive_count),
-        (id.as_str(), 1)
-    );
-    assert!(
-        q.receive(1, Duration::ZERO).await.unwrap().is_empty(),
-        "invisible while in flight"
-    );
+    let first = q.receive(1, Duration::from_secs(2)).await.unwrap().remove(0);
+    assert_eq!((first.message_id.as_str(), first.receive_count), (id.as_str(), 1));
+    assert!(q.receive(1, Duration::ZERO).await.unwrap().is_empty(), "invisible while in flight");
 
     // Not deleted: back after the visibility timeout, counted again, with a new receipt.
     tokio::time::sleep(VISIBILITY).await;
-    let second = q
-        .receive(1, Duration::from_secs(3))
-        .await
-        .unwrap()
-        .remove(0);
+    let second = q.receive(1, Duration::from_secs(3)).await.unwrap().remove(0);
     assert_eq!(second.message_id, id);
     assert_eq!(second.body, "retry me");
     assert_eq!(second.receive_count, 2);
@@ -891,34 +601,14 @@ async fn change_visibility_makes_a_message_visible_again(f: QueueFixture) {
     // The DLQ has a 30 s visibility timeout and no redrive.
     let q = f.dlq;
     let id = q.send("later", &MessageAttrs::new()).await.unwrap();
-    let first = q
-        .receive(1, Duration::from_secs(2))
-        .await
-        .unwrap()
-        .remove(0);
+    let first = q.receive(1, Duration::from_secs(2)).await.unwrap().remove(0);
     assert!(q.receive(1, Duration::ZERO).await.unwrap().is_empty());
-    q.change_visibility(&first.receipt, Duration::ZERO)
-        .await
-        .unwrap();
-    let again = q
-        .receive(1, Duration::from_secs(2))
-        .await
-        .unwrap()
-        .remove(0);
-    assert_eq!(
-        (again.message_id.as_str(), again.receive_count),
-        (id.as_str(), 2)
-    );
+    q.change_visibility(&first.receipt, Duration::ZERO).await.unwrap();
+    let again = q.receive(1, Duration::from_secs(2)).await.unwrap().remove(0);
+    assert_eq!((again.message_id.as_str(), again.receive_count), (id.as_str(), 2));
     // Pushed out again: invisible until then.
-    q.change_visibility(&again.receipt, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert!(
-        q.receive(1, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    q.change_visibility(&again.receipt, Duration::from_secs(60)).await.unwrap();
+    assert!(q.receive(1, Duration::from_secs(1)).await.unwrap().is_empty());
     q.delete(&again.receipt).await.unwrap();
     assert_eq!(q.depth().await.unwrap(), 0);
 }
@@ -929,19 +619,11 @@ async fn dead_letter_after_max_receive_count(f: QueueFixture) {
     for expected in 1..=MAX_RECEIVES {
         let got = q.receive(1, Duration::from_secs(3)).await.unwrap();
         assert_eq!(got.len(), 1, "delivery {expected}");
-        assert_eq!(
-            (got[0].message_id.as_str(), got[0].receive_count),
-            (id.as_str(), expected)
-        );
+        assert_eq!((got[0].message_id.as_str(), got[0].receive_count), (id.as_str(), expected));
         tokio::time::sleep(VISIBILITY).await;
     }
     // The next receive attempt moves it to the dead-letter queue instead of delivering it.
-    assert!(
-        q.receive(1, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(q.receive(1, Duration::from_secs(1)).await.unwrap().is_empty());
     let dead = dlq.receive(1, Duration::from_secs(3)).await.unwrap();
     assert_eq!(dead.len(), 1, "the message reached the dead-letter queue");
     assert_eq!(dead[0].body, "poison");
@@ -953,21 +635,14 @@ async fn dead_letter_after_max_receive_count(f: QueueFixture) {
 async fn message_attributes_round_trip(f: QueueFixture) {
     let q = f.queue;
     let attributes = MessageAttrs::from([
-        (
-            "AWSTraceHeader".to_string(),
-            "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".to_string(),
-        ),
+        ("AWSTraceHeader".to_string(), "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".to_string()),
         ("tenant".to_string(), "org_1".to_string()),
         ("content-type".to_string(), "application/json".to_string()),
         ("note".to_string(), "grüß 🚀 \"quoted\" <xml/>".to_string()),
     ]);
     let body = r#"{"provider":"acme","id":"évt_1"}"#;
     q.send(body, &attributes).await.unwrap();
-    let got = q
-        .receive(1, Duration::from_secs(2))
-        .await
-        .unwrap()
-        .remove(0);
+    let got = q.receive(1, Duration::from_secs(2)).await.unwrap().remove(0);
     assert_eq!(got.body, body);
     assert_eq!(got.attributes, attributes);
     q.delete(&got.receipt).await.unwrap();
@@ -976,33 +651,20 @@ async fn message_attributes_round_trip(f: QueueFixture) {
 async fn oversize_and_malformed_messages_are_rejected(f: QueueFixture) {
     let q = f.queue;
     let none = MessageAttrs::new();
-    let attr =
-        |name: &str, value: &str| MessageAttrs::from([(name.to_string(), value.to_string())]);
+    let attr = |name: &str, value: &str| MessageAttrs::from([(name.to_string(), value.to_string())]);
     assert_invalid(q.send(&"x".repeat(MAX_MESSAGE_BYTES + 1), &none).await);
     // Attributes count towards the size.
-    assert_invalid(
-        q.send(
-            &"x".repeat(MAX_MESSAGE_BYTES - 10),
-            &attr("tenant", "org_1"),
-        )
-        .await,
-    );
+    assert_invalid(q.send(&"x".repeat(MAX_MESSAGE_BYTES - 10), &attr("tenant", "org_1")).await);
     assert_invalid(q.send("", &none).await);
     assert_invalid(q.send("ok", &attr("AWS.reserved", "x")).await);
     assert_invalid(q.send("ok", &attr("name", "")).await);
-    let eleven: MessageAttrs = (0..11)
-        .map(|i| (format!("a{i}"), "v".to_string()))
-        .collect();
+    let eleven: MessageAttrs = (0..11).map(|i| (format!("a{i}"), "v".to_string())).collect();
     assert_invalid(q.send("ok", &eleven).await);
     assert_eq!(q.depth().await.unwrap(), 0, "nothing was enqueued");
 
     // Exactly at the limit is fine.
     q.send(&"x".repeat(MAX_MESSAGE_BYTES), &none).await.unwrap();
-    let got = q
-        .receive(1, Duration::from_secs(2))
-        .await
-        .unwrap()
-        .remove(0);
+    let got = q.receive(1, Duration::from_secs(2)).await.unwrap().remove(0);
     assert_eq!(got.body.len(), MAX_MESSAGE_BYTES);
     q.delete(&got.receipt).await.unwrap();
 }
@@ -1011,12 +673,7 @@ async fn oversize_and_malformed_messages_are_rejected(f: QueueFixture) {
 // Bus
 
 fn event(detail_type: &str, source: &str, detail: Value) -> BusEvent {
-    BusEvent {
-        source: source.into(),
-        detail_type: detail_type.into(),
-        detail,
-        trace_header: None,
-    }
+    BusEvent { source: source.into(), detail_type: detail_type.into(), detail, trace_header: None }
 }
 
 /// The (source, detail-type, detail) of an EventBridge envelope delivered to a queue.
@@ -1035,11 +692,7 @@ async fn matching_events_are_routed_and_others_not(f: BusFixture) {
     completed.trace_header = Some("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into());
     let events = vec![
         completed,
-        event(
-            "audit.user.created",
-            SOURCE,
-            json!({"user": "u1", "nested": {"list": [1, 2]}}),
-        ),
+        event("audit.user.created", SOURCE, json!({"user": "u1", "nested": {"list": [1, 2]}})),
         event("job.completed", "someone.else", json!({"job": 2})),
         event("job.started", SOURCE, json!({"job": 3})),
         event("audit", SOURCE, json!({"job": 4})),
@@ -1052,38 +705,19 @@ async fn matching_events_are_routed_and_others_not(f: BusFixture) {
     assert_eq!(
         routed,
         vec![
-            (
-                SOURCE.to_string(),
-                "audit.user.created".to_string(),
-                json!({"user": "u1", "nested": {"list": [1, 2]}})
-            ),
-            (
-                SOURCE.to_string(),
-                "job.completed".to_string(),
-                json!({"job": 1})
-            ),
+            (SOURCE.to_string(), "audit.user.created".to_string(), json!({"user": "u1", "nested": {"list": [1, 2]}})),
+            (SOURCE.to_string(), "job.completed".to_string(), json!({"job": 1})),
         ]
     );
     // Nothing else arrives.
-    assert!(
-        f.target
-            .receive(10, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(f.target.receive(10, Duration::from_secs(1)).await.unwrap().is_empty());
 }
 
 async fn large_batches_are_published_whole(f: BusFixture) {
-    let events: Vec<BusEvent> = (0..23)
-        .map(|i| event("job.completed", SOURCE, json!({ "job": i })))
-        .collect();
+    let events: Vec<BusEvent> = (0..23).map(|i| event("job.completed", SOURCE, json!({ "job": i }))).collect();
     f.bus.put(&events).await.unwrap();
     let got = collect(&*f.target, 23, Duration::from_secs(15)).await;
-    let jobs: BTreeSet<i64> = got
-        .iter()
-        .map(|m| routed(m).2["job"].as_i64().unwrap())
-        .collect();
+    let jobs: BTreeSet<i64> = got.iter().map(|m| routed(m).2["job"].as_i64().unwrap()).collect();
     assert_eq!(jobs, (0..23).collect());
     assert_eq!(got.len(), 23);
 }
@@ -1094,22 +728,11 @@ async fn invalid_events_publish_nothing(f: BusFixture) {
         event("job.completed", SOURCE, json!(["not", "an", "object"])),
         event("", SOURCE, json!({})),
         event("job.completed", "", json!({})),
-        event(
-            "job.completed",
-            SOURCE,
-            json!({ "blob": "x".repeat(keel::bus::MAX_EVENT_BYTES) }),
-        ),
+        event("job.completed", SOURCE, json!({ "blob": "x".repeat(keel::bus::MAX_EVENT_BYTES) })),
     ] {
         assert_invalid(f.bus.put(&[good.clone(), bad]).await);
     }
-    assert!(
-        f.target
-            .receive(10, Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_empty(),
-        "no part of a bad batch"
-    );
+    assert!(f.target.receive(10, Duration::from_secs(1)).await.unwrap().is_empty(), "no part of a bad batch");
     f.bus.put(&[]).await.unwrap();
 }
 
@@ -1122,17 +745,9 @@ async fn embedded_bus_records_every_event() {
     let dir = tempfile::tempdir().unwrap();
     let db = EmbeddedDb::open(dir.path()).unwrap();
     let bus = db.bus("recorded");
-    let events = vec![
-        event("job.completed", SOURCE, json!({"job": 1})),
-        event("x", "y", json!({})),
-    ];
+    let events = vec![event("job.completed", SOURCE, json!({"job": 1})), event("x", "y", json!({}))];
     bus.put(&events).await.unwrap();
-    let recorded: Vec<BusEvent> = bus
-        .recorded()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.event)
-        .collect();
+    let recorded: Vec<BusEvent> = bus.recorded().unwrap().into_iter().map(|r| r.event).collect();
     assert_eq!(recorded, events);
 }
 
@@ -1158,91 +773,39 @@ async fn aws_provisioning_is_idempotent_and_converges() {
 
     ensure_table(&dynamodb, &name).await.unwrap();
     ensure_table(&dynamodb, &name).await.unwrap();
-    let ttl = dynamodb
-        .describe_time_to_live()
-        .table_name(&name)
-        .send()
-        .await
-        .unwrap();
+    let ttl = dynamodb.describe_time_to_live().table_name(&name).send().await.unwrap();
     let ttl = ttl.time_to_live_description().unwrap();
     assert_eq!(ttl.attribute_name(), Some("expires_at"));
-    assert_eq!(
-        ttl.time_to_live_status(),
-        Some(&aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled)
-    );
+    assert_eq!(ttl.time_to_live_status(), Some(&aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled));
 
     let attribute = |url: String, attribute: QueueAttributeName| {
         let sqs = sqs.clone();
         async move {
-            let output = sqs
-                .get_queue_attributes()
-                .queue_url(url)
-                .attribute_names(attribute.clone())
-                .send()
-                .await;
-            output
-                .unwrap()
-                .attributes
-                .unwrap_or_default()
-                .remove(&attribute)
-                .unwrap_or_default()
+            let output = sqs.get_queue_attributes().queue_url(url).attribute_names(attribute.clone()).send().await;
+            output.unwrap().attributes.unwrap_or_default().remove(&attribute).unwrap_or_default()
         }
     };
-    let (dlq_url, dlq_arn) = ensure_queue(&sqs, &format!("{name}-dlq"), 30, None)
-        .await
-        .unwrap();
+    let (dlq_url, dlq_arn) = ensure_queue(&sqs, &format!("{name}-dlq"), 30, None).await.unwrap();
     let (url, arn) = ensure_queue(&sqs, &name, 5, None).await.unwrap();
-    assert_eq!(
-        attribute(url.clone(), QueueAttributeName::VisibilityTimeout).await,
-        "5"
-    );
-    let (again, again_arn) = ensure_queue(&sqs, &name, 7, Some((&dlq_arn, 3)))
-        .await
-        .unwrap();
-    assert_eq!(
-        (again.as_str(), again_arn.as_str()),
-        (url.as_str(), arn.as_str())
-    );
-    assert_eq!(
-        attribute(url.clone(), QueueAttributeName::VisibilityTimeout).await,
-        "7"
-    );
+    assert_eq!(attribute(url.clone(), QueueAttributeName::VisibilityTimeout).await, "5");
+    let (again, again_arn) = ensure_queue(&sqs, &name, 7, Some((&dlq_arn, 3))).await.unwrap();
+    assert_eq!((again.as_str(), again_arn.as_str()), (url.as_str(), arn.as_str()));
+    assert_eq!(attribute(url.clone(), QueueAttributeName::VisibilityTimeout).await, "7");
     let redrive: Value =
-        serde_json::from_str(&attribute(url.clone(), QueueAttributeName::RedrivePolicy).await)
-            .unwrap();
+        serde_json::from_str(&attribute(url.clone(), QueueAttributeName::RedrivePolicy).await).unwrap();
     assert_eq!(redrive["deadLetterTargetArn"], json!(dlq_arn));
-    assert_eq!(
-        redrive["maxReceiveCount"].to_string().trim_matches('"'),
-        "3"
-    );
+    assert_eq!(redrive["maxReceiveCount"].to_string().trim_matches('"'), "3");
     assert!(dlq_url.ends_with(&format!("{name}-dlq")));
 
     ensure_bus(&eventbridge, &name).await.unwrap();
-    assert!(
-        ensure_bus(&eventbridge, "default")
-            .await
-            .unwrap()
-            .ends_with(":event-bus/default")
-    );
+    assert!(ensure_bus(&eventbridge, "default").await.unwrap().ends_with(":event-bus/default"));
     let pattern = event_pattern_json(&pattern());
     let rule = format!("{name}-rule");
-    let first = ensure_rule_to_queue(&eventbridge, &sqs, &name, &rule, &pattern, &url, &arn)
-        .await
-        .unwrap();
-    let second = ensure_rule_to_queue(&eventbridge, &sqs, &name, &rule, &pattern, &url, &arn)
-        .await
-        .unwrap();
+    let first = ensure_rule_to_queue(&eventbridge, &sqs, &name, &rule, &pattern, &url, &arn).await.unwrap();
+    let second = ensure_rule_to_queue(&eventbridge, &sqs, &name, &rule, &pattern, &url, &arn).await.unwrap();
     assert_eq!(first, second);
-    let policy: Value =
-        serde_json::from_str(&attribute(url.clone(), QueueAttributeName::Policy).await).unwrap();
+    let policy: Value = serde_json::from_str(&attribute(url.clone(), QueueAttributeName::Policy).await).unwrap();
     let statements = policy["Statement"].as_array().unwrap();
-    assert_eq!(
-        statements.len(),
-        1,
-        "one statement per rule, however often it is ensured: {policy}"
-    );
-    assert_eq!(
-        statements[0]["Condition"]["ArnEquals"]["aws:SourceArn"],
-        json!(first)
-    );
+    assert_eq!(statements.len(), 1, "one statement per rule, however often it is ensured: {policy}");
+    assert_eq!(statements[0]["Condition"]["ArnEquals"]["aws:SourceArn"], json!(first));
 }

@@ -70,11 +70,13 @@ pub fn webhook_request(provider: &str, headers: &[(String, String)], body: &[u8]
 }
 
 pub fn api_request(method: Method, route_key: &str, path: &str) -> ApiGatewayV2httpRequest {
-    let mut request = ApiGatewayV2httpRequest::default();
-    request.version = Some("2.0".into());
-    request.http_method = method;
-    request.route_key = Some(route_key.into());
-    request.raw_path = Some(path.into());
+    let mut request = ApiGatewayV2httpRequest {
+        version: Some("2.0".into()),
+        http_method: method,
+        route_key: Some(route_key.into()),
+        raw_path: Some(path.into()),
+        ..Default::default()
+    };
     request.request_context.route_key = Some(route_key.into());
     request
 }
@@ -95,14 +97,17 @@ pub fn set_body(request: &mut ApiGatewayV2httpRequest, body: &[u8]) {
 }
 
 /// Adds verified JWT claims as API Gateway's authorizer puts them (arrays flattened to `[a b]`).
-pub fn with_claims(mut request: ApiGatewayV2httpRequest, user: &str, org: &str, roles: &[&str]) -> ApiGatewayV2httpRequest {
+pub fn with_claims(
+    mut request: ApiGatewayV2httpRequest,
+    user: &str,
+    org: &str,
+    roles: &[&str],
+) -> ApiGatewayV2httpRequest {
     let mut jwt = ApiGatewayRequestAuthorizerJwtDescription::default();
     jwt.claims.insert("sub".into(), user.into());
     jwt.claims.insert("org_id".into(), org.into());
     jwt.claims.insert("roles".into(), format!("[{}]", roles.join(" ")));
-    let mut authorizer = ApiGatewayRequestAuthorizer::default();
-    authorizer.jwt = Some(jwt);
-    request.request_context.authorizer = Some(authorizer);
+    request.request_context.authorizer = Some(ApiGatewayRequestAuthorizer { jwt: Some(jwt), ..Default::default() });
     request
 }
 
@@ -134,12 +139,14 @@ pub async fn drain(queue: &dyn Queue) -> Vec<Received> {
 pub fn sqs_event(messages: &[Received]) -> SqsEvent {
     let mut event = SqsEvent::default();
     for received in messages {
-        let mut message = SqsMessage::default();
-        message.message_id = Some(received.message_id.clone());
-        message.receipt_handle = Some(received.receipt.clone());
-        message.body = Some(received.body.clone());
+        let mut message = SqsMessage {
+            message_id: Some(received.message_id.clone()),
+            receipt_handle: Some(received.receipt.clone()),
+            body: Some(received.body.clone()),
+            event_source: Some("aws:sqs".into()),
+            ..Default::default()
+        };
         message.attributes.insert("ApproximateReceiveCount".into(), received.receive_count.to_string());
-        message.event_source = Some("aws:sqs".into());
         event.records.push(message);
     }
     event

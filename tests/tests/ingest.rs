@@ -12,7 +12,11 @@ use std::sync::atomic::Ordering;
 const SECRET: &str = "whsec-test-secret-for-acme";
 
 fn env() -> Env {
-    Env::from_pairs([("WEBHOOK_SECRET_ACME", format!("old-secret,{SECRET}")), ("WEBHOOK_SCHEME_SLACKY", "slack".into()), ("WEBHOOK_SECRET_SLACKY", "slack-secret".into())])
+    Env::from_pairs([
+        ("WEBHOOK_SECRET_ACME", format!("old-secret,{SECRET}")),
+        ("WEBHOOK_SCHEME_SLACKY", "slack".into()),
+        ("WEBHOOK_SECRET_SLACKY", "slack-secret".into()),
+    ])
 }
 
 fn ingest(world: &World) -> webhook_ingest::Ingest {
@@ -169,11 +173,14 @@ async fn bad_input_gets_a_problem_and_nothing_is_written() {
     let good = keel_headers(SECRET, "evt_bad", now, &body);
     let without = |name: &str| good.iter().filter(|(n, _)| n != name).cloned().collect::<Vec<_>>();
     let replacing = |name: &str, value: &str| {
-        good.iter().map(|(n, v)| if n == name { (n.clone(), value.to_string()) } else { (n.clone(), v.clone()) }).collect::<Vec<_>>()
+        good.iter()
+            .map(|(n, v)| if n == name { (n.clone(), value.to_string()) } else { (n.clone(), v.clone()) })
+            .collect::<Vec<_>>()
     };
     let stale = keel_headers(SECRET, "evt_bad", now - Duration::seconds(301), &body);
     let future = keel_headers(SECRET, "evt_bad", now + Duration::seconds(301), &body);
-    let cases: Vec<(&str, &str, Vec<(String, String)>, Vec<u8>, u16)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(String, String)>, Vec<u8>, u16);
+    let cases: Vec<Case> = vec![
         ("missing signature", "acme", without("x-webhook-signature"), body.clone(), 400),
         ("missing timestamp", "acme", without("x-webhook-timestamp"), body.clone(), 400),
         ("missing event id", "acme", without("x-webhook-event-id"), body.clone(), 400),
@@ -224,7 +231,8 @@ async fn without_a_scheme_event_id_the_body_hash_deduplicates() {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"shop-secret").unwrap();
     mac.update(body);
     let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let headers = vec![("x-shopify-hmac-sha256".to_string(), signature), ("x-shopify-topic".into(), "orders/create".into())];
+    let headers =
+        vec![("x-shopify-hmac-sha256".to_string(), signature), ("x-shopify-topic".into(), "orders/create".into())];
     let first = ingest.call(webhook_request("shop", &headers, body), invocation(world.clock.as_ref())).await;
     let second = ingest.call(webhook_request("shop", &headers, body), invocation(world.clock.as_ref())).await;
     assert_eq!((first.status_code, second.status_code), (202, 200));

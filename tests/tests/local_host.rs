@@ -66,7 +66,12 @@ fn forwarded(host: &Host) -> HashMap<String, usize> {
 }
 
 /// Waits until `expected` distinct events are forwarded, redriving the DLQ now and then as an operator would.
-async fn wait_for_forwarding(client: &reqwest::Client, host: &Host, expected: usize, deadline: Duration) -> HashMap<String, usize> {
+async fn wait_for_forwarding(
+    client: &reqwest::Client,
+    host: &Host,
+    expected: usize,
+    deadline: Duration,
+) -> HashMap<String, usize> {
     let start = Instant::now();
     let token = host.token("org-ops", "operator", &["platform-admin"]);
     let mut last_redrive = Instant::now();

@@ -17,7 +17,8 @@ fn env() -> Env {
 async fn ingest(world: &World, event_id: &str, body: &str) -> String {
     let ingest = webhook_ingest::build(&env(), &world.resources()).unwrap();
     let headers = keel_headers(SECRET, event_id, world.clock.now(), body.as_bytes());
-    let response = ingest.call(webhook_request("acme", &headers, body.as_bytes()), invocation(world.clock.as_ref())).await;
+    let response =
+        ingest.call(webhook_request("acme", &headers, body.as_bytes()), invocation(world.clock.as_ref())).await;
     body_json(&response)["delivery_id"].as_str().unwrap().to_string()
 }
 
@@ -54,7 +55,11 @@ impl Call {
     }
     async fn send_as(self, world: &World, roles: &[&str]) -> (u16, serde_json::Value) {
         let ops = webhook_ops::build(&env(), &world.resources()).unwrap();
-        let mut request = api_request(self.method, &format!("{} {}", self.route.split(' ').next().unwrap(), self.route.split(' ').nth(1).unwrap()), &self.path);
+        let mut request = api_request(
+            self.method,
+            &format!("{} {}", self.route.split(' ').next().unwrap(), self.route.split(' ').nth(1).unwrap()),
+            &self.path,
+        );
         for (name, value) in self.params {
             request.path_parameters.insert(name.into(), value);
         }
@@ -134,7 +139,14 @@ async fn the_delivery_log_lists_newest_first_with_filters_and_a_cursor_that_visi
 #[tokio::test]
 async fn bad_list_parameters_are_422_with_a_pointer() {
     let world = World::new();
-    for (name, value) in [("limit", "0"), ("limit", "101"), ("limit", "ten"), ("status", "lost"), ("since", "yesterday"), ("cursor", "!!")] {
+    for (name, value) in [
+        ("limit", "0"),
+        ("limit", "101"),
+        ("limit", "ten"),
+        ("status", "lost"),
+        ("since", "yesterday"),
+        ("cursor", "!!"),
+    ] {
         let (status, problem) = list().query(name, value).send(&world).await;
         assert_eq!(status, 422, "{name}={value}");
         assert_eq!(problem["pointer"], name, "{name}={value}");
@@ -146,8 +158,12 @@ async fn show_returns_the_delivery_with_its_payload_and_404s_otherwise() {
     let world = World::new();
     let id = ingest(&world, "evt_show", r#"{"type":"a.b","n":1}"#).await;
     let show = |id: &str| {
-        Call::new(Method::GET, "GET /v1/webhooks/{provider}/deliveries/{deliveryId}", &format!("/v1/webhooks/acme/deliveries/{id}"))
-            .param("deliveryId", id)
+        Call::new(
+            Method::GET,
+            "GET /v1/webhooks/{provider}/deliveries/{deliveryId}",
+            &format!("/v1/webhooks/acme/deliveries/{id}"),
+        )
+        .param("deliveryId", id)
     };
     let (status, delivery) = show(&id).send(&world).await;
     assert_eq!(status, 200);
@@ -187,7 +203,8 @@ async fn a_filtered_replay_needs_since_and_replays_only_matches() {
     assert_eq!((status, problem["pointer"].as_str()), (422, Some("/since")));
     let (status, _) = replay().body(serde_json::json!({"since": start.to_rfc3339(), "bogus": 1})).send(&world).await;
     assert_eq!(status, 422);
-    let (status, body) = replay().body(serde_json::json!({"since": start.to_rfc3339(), "event_type": "keep"})).send(&world).await;
+    let (status, body) =
+        replay().body(serde_json::json!({"since": start.to_rfc3339(), "event_type": "keep"})).send(&world).await;
     assert_eq!(status, 202);
     assert_eq!(body["replayed"].as_array().unwrap().len(), 1);
     run_worker(&world).await;
@@ -205,7 +222,8 @@ async fn redrive_moves_dead_letters_back_to_the_webhook_queue() {
     world.dead_letters.send(&pointer.body, &MessageAttrs::new()).await.unwrap();
     world.queue.delete(&pointer.receipt).await.unwrap();
 
-    let redrive = || Call::new(Method::POST, "POST /v1/webhooks/dead-letters/redrive", "/v1/webhooks/dead-letters/redrive");
+    let redrive =
+        || Call::new(Method::POST, "POST /v1/webhooks/dead-letters/redrive", "/v1/webhooks/dead-letters/redrive");
     assert_eq!(redrive().body(serde_json::json!({"limit": 0})).send(&world).await.0, 422);
     let (status, body) = redrive().send(&world).await;
     assert_eq!(status, 200, "{body}");

@@ -110,7 +110,8 @@ async fn failed_messages_come_back_after_the_visibility_timeout_and_go_to_the_dl
     ingest_one(&world, "evt_dlq", b"{}").await;
     let bus: Arc<dyn EventBus> = world.bus.clone();
     let failing = keel::faults::Faults::parse("bus.put:1").unwrap();
-    let broken = webhook_worker::build(&env(), &world.resources().with_bus("EVENT_BUS_NAME", failing.bus(bus))).unwrap();
+    let broken =
+        webhook_worker::build(&env(), &world.resources().with_bus("EVENT_BUS_NAME", failing.bus(bus))).unwrap();
     for round in 1..=MAX_RECEIVE_COUNT {
         let messages = drain(world.queue.as_ref()).await;
         assert_eq!(messages.len(), 1, "round {round}");
@@ -148,7 +149,9 @@ async fn a_delivery_leased_by_another_worker_is_retried_later_not_run_concurrent
 #[tokio::test]
 async fn poison_messages_go_straight_to_the_dead_letter_queue_and_are_acknowledged() {
     let world = World::new();
-    for body in ["not json", r#"{"provider":"acme","delivery_id":"01JDZ0000000000000000000ZZ"}"#, r#"{"unexpected":true}"#] {
+    for body in
+        ["not json", r#"{"provider":"acme","delivery_id":"01JDZ0000000000000000000ZZ"}"#, r#"{"unexpected":true}"#]
+    {
         world.queue.send(body, &MessageAttrs::new()).await.unwrap();
     }
     let messages = drain(world.queue.as_ref()).await;

@@ -51,8 +51,12 @@ pub fn providers_from_env(env: &Env) -> Result<HashMap<String, Provider>, Config
                 reason: "expected one of keel, standard, stripe, github, slack, shopify".into(),
             })?,
         };
-        let secrets: Vec<Secret> =
-            raw_secrets.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| Secret::new(s.to_string())).collect();
+        let secrets: Vec<Secret> = raw_secrets
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| Secret::new(s.to_string()))
+            .collect();
         if !secrets.is_empty() {
             providers.insert(suffix.to_string(), Provider { scheme, secrets });
         }

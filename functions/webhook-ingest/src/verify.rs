@@ -49,14 +49,8 @@ pub enum Scheme {
 }
 
 impl Scheme {
-    pub const ALL: [Scheme; 6] = [
-        Scheme::Keel,
-        Scheme::Standard,
-        Scheme::Stripe,
-        Scheme::Github,
-        Scheme::Slack,
-        Scheme::Shopify,
-    ];
+    pub const ALL: [Scheme; 6] =
+        [Scheme::Keel, Scheme::Standard, Scheme::Stripe, Scheme::Github, Scheme::Slack, Scheme::Shopify];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,10 +81,7 @@ impl FromStr for Scheme {
     /// Trimmed, ASCII case-insensitive; no aliases, so a typo never selects some other scheme.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        Scheme::ALL
-            .into_iter()
-            .find(|scheme| scheme.as_str().eq_ignore_ascii_case(s))
-            .ok_or(UnknownScheme)
+        Scheme::ALL.into_iter().find(|scheme| scheme.as_str().eq_ignore_ascii_case(s)).ok_or(UnknownScheme)
     }
 }
 
@@ -189,16 +180,8 @@ impl VerifyError {
 const KEEL_ID: &str = "x-webhook-event-id";
 const KEEL_TS: &str = "x-webhook-timestamp";
 const KEEL_SIG: &str = "x-webhook-signature";
-const STD_NAMES: StdNames = StdNames {
-    id: "webhook-id",
-    ts: "webhook-timestamp",
-    sig: "webhook-signature",
-};
-const SVIX_NAMES: StdNames = StdNames {
-    id: "svix-id",
-    ts: "svix-timestamp",
-    sig: "svix-signature",
-};
+const STD_NAMES: StdNames = StdNames { id: "webhook-id", ts: "webhook-timestamp", sig: "webhook-signature" };
+const SVIX_NAMES: StdNames = StdNames { id: "svix-id", ts: "svix-timestamp", sig: "svix-signature" };
 const STRIPE_SIG: &str = "stripe-signature";
 const GITHUB_SIG: &str = "x-hub-signature-256";
 const GITHUB_DELIVERY: &str = "x-github-delivery";
@@ -225,10 +208,7 @@ struct Candidates {
 
 impl Candidates {
     fn new() -> Self {
-        Candidates {
-            tags: [[0; 32]; MAX_SIGNATURES],
-            len: 0,
-        }
+        Candidates { tags: [[0; 32]; MAX_SIGNATURES], len: 0 }
     }
 
     fn one(tag: Tag) -> Self {
@@ -255,9 +235,7 @@ impl Candidates {
 
     /// Constant time in the tag values; examines every candidate whatever matches.
     fn contains(&self, tag: &Tag) -> Choice {
-        self.as_slice().iter().fold(Choice::from(0), |acc, c| {
-            acc | c.as_slice().ct_eq(tag.as_slice())
-        })
+        self.as_slice().iter().fold(Choice::from(0), |acc, c| acc | c.as_slice().ct_eq(tag.as_slice()))
     }
 }
 
@@ -291,16 +269,11 @@ fn verify_keel(
     let id = required(headers, KEEL_ID)?;
     let ts_text = required(headers, KEEL_TS)?;
     let ts_ms = parse_keel_timestamp(ts_text).ok_or(VerifyError::MalformedHeader(KEEL_TS))?;
-    let sigs = parse_keel_signatures(required(headers, KEEL_SIG)?)
-        .ok_or(VerifyError::MalformedHeader(KEEL_SIG))?;
+    let sigs = parse_keel_signatures(required(headers, KEEL_SIG)?).ok_or(VerifyError::MalformedHeader(KEEL_SIG))?;
     let timestamp = check_window(ts_ms, now)?;
     let parts: [&[u8]; 3] = [ts_text.as_bytes(), b".", body];
     check_mac(secrets, raw_key, &parts, &sigs)?;
-    Ok(Verified {
-        event_id: Some(id.to_owned()),
-        timestamp,
-        event_type: BodyMeta::parse(body).and_then(|m| m.type_.0),
-    })
+    Ok(Verified { event_id: Some(id.to_owned()), timestamp, event_type: BodyMeta::parse(body).and_then(|m| m.type_.0) })
 }
 
 fn verify_standard(
@@ -310,30 +283,18 @@ fn verify_standard(
     now: DateTime<Utc>,
 ) -> Result<Verified, VerifyError> {
     // One family of names per request, never a mix: webhook-* when any of them is present.
-    let uses_std = [STD_NAMES.id, STD_NAMES.ts, STD_NAMES.sig]
-        .iter()
-        .any(|n| headers.contains_key(*n));
-    let uses_svix = [SVIX_NAMES.id, SVIX_NAMES.ts, SVIX_NAMES.sig]
-        .iter()
-        .any(|n| headers.contains_key(*n));
-    let names = if uses_svix && !uses_std {
-        &SVIX_NAMES
-    } else {
-        &STD_NAMES
-    };
+    let uses_std = [STD_NAMES.id, STD_NAMES.ts, STD_NAMES.sig].iter().any(|n| headers.contains_key(*n));
+    let uses_svix = [SVIX_NAMES.id, SVIX_NAMES.ts, SVIX_NAMES.sig].iter().any(|n| headers.contains_key(*n));
+    let names = if uses_svix && !uses_std { &SVIX_NAMES } else { &STD_NAMES };
     let id = required(headers, names.id)?;
     let ts_text = required(headers, names.ts)?;
     let ts_ms = parse_seconds(ts_text).ok_or(VerifyError::MalformedHeader(names.ts))?;
-    let sigs = parse_standard_signatures(required(headers, names.sig)?)
-        .ok_or(VerifyError::MalformedHeader(names.sig))?;
+    let sigs =
+        parse_standard_signatures(required(headers, names.sig)?).ok_or(VerifyError::MalformedHeader(names.sig))?;
     let timestamp = check_window(ts_ms, now)?;
     let parts: [&[u8]; 5] = [id.as_bytes(), b".", ts_text.as_bytes(), b".", body];
     check_mac(secrets, standard_key, &parts, &sigs)?;
-    Ok(Verified {
-        event_id: Some(id.to_owned()),
-        timestamp,
-        event_type: BodyMeta::parse(body).and_then(|m| m.type_.0),
-    })
+    Ok(Verified { event_id: Some(id.to_owned()), timestamp, event_type: BodyMeta::parse(body).and_then(|m| m.type_.0) })
 }
 
 fn verify_stripe(
@@ -342,41 +303,27 @@ fn verify_stripe(
     body: &[u8],
     now: DateTime<Utc>,
 ) -> Result<Verified, VerifyError> {
-    let (ts_text, sigs) = parse_stripe_signature(required(headers, STRIPE_SIG)?)
-        .ok_or(VerifyError::MalformedHeader(STRIPE_SIG))?;
+    let (ts_text, sigs) =
+        parse_stripe_signature(required(headers, STRIPE_SIG)?).ok_or(VerifyError::MalformedHeader(STRIPE_SIG))?;
     let ts_ms = parse_seconds(ts_text).ok_or(VerifyError::MalformedHeader(STRIPE_SIG))?;
     let timestamp = check_window(ts_ms, now)?;
     let parts: [&[u8]; 3] = [ts_text.as_bytes(), b".", body];
     check_mac(secrets, raw_key, &parts, &sigs)?;
     let meta = BodyMeta::parse(body).unwrap_or_default();
-    Ok(Verified {
-        event_id: meta.id.0,
-        timestamp,
-        event_type: meta.type_.0,
-    })
+    Ok(Verified { event_id: meta.id.0, timestamp, event_type: meta.type_.0 })
 }
 
-fn verify_github(
-    secrets: &[Secret],
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Verified, VerifyError> {
-    let sigs = parse_github_signature(required(headers, GITHUB_SIG)?)
-        .ok_or(VerifyError::MalformedHeader(GITHUB_SIG))?;
+fn verify_github(secrets: &[Secret], headers: &HeaderMap, body: &[u8]) -> Result<Verified, VerifyError> {
+    let sigs =
+        parse_github_signature(required(headers, GITHUB_SIG)?).ok_or(VerifyError::MalformedHeader(GITHUB_SIG))?;
     let delivery = optional(headers, GITHUB_DELIVERY)?;
     let event = optional(headers, GITHUB_EVENT)?;
     check_mac(secrets, raw_key, &[body], &sigs)?;
-    let event_type = event.map(
-        |event| match BodyMeta::parse(body).and_then(|m| m.action.0) {
-            Some(action) => format!("{event}.{action}"),
-            None => event.to_owned(),
-        },
-    );
-    Ok(Verified {
-        event_id: delivery.map(str::to_owned),
-        timestamp: None,
-        event_type,
-    })
+    let event_type = event.map(|event| match BodyMeta::parse(body).and_then(|m| m.action.0) {
+        Some(action) => format!("{event}.{action}"),
+        None => event.to_owned(),
+    });
+    Ok(Verified { event_id: delivery.map(str::to_owned), timestamp: None, event_type })
 }
 
 fn verify_slack(
@@ -387,52 +334,31 @@ fn verify_slack(
 ) -> Result<Verified, VerifyError> {
     let ts_text = required(headers, SLACK_TS)?;
     let ts_ms = parse_seconds(ts_text).ok_or(VerifyError::MalformedHeader(SLACK_TS))?;
-    let sigs = parse_slack_signature(required(headers, SLACK_SIG)?)
-        .ok_or(VerifyError::MalformedHeader(SLACK_SIG))?;
+    let sigs = parse_slack_signature(required(headers, SLACK_SIG)?).ok_or(VerifyError::MalformedHeader(SLACK_SIG))?;
     let timestamp = check_window(ts_ms, now)?;
     let parts: [&[u8]; 4] = [b"v0:", ts_text.as_bytes(), b":", body];
     check_mac(secrets, raw_key, &parts, &sigs)?;
     let meta = BodyMeta::parse(body).unwrap_or_default();
-    let event_type = meta
-        .event
-        .0
-        .or(meta.type_.0)
-        .or_else(|| is_slash_command(body).then(|| "command".to_owned()));
-    Ok(Verified {
-        event_id: meta.event_id.0,
-        timestamp,
-        event_type,
-    })
+    let event_type = meta.event.0.or(meta.type_.0).or_else(|| is_slash_command(body).then(|| "command".to_owned()));
+    Ok(Verified { event_id: meta.event_id.0, timestamp, event_type })
 }
 
-fn verify_shopify(
-    secrets: &[Secret],
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Verified, VerifyError> {
-    let sigs = parse_shopify_signature(required(headers, SHOPIFY_SIG)?)
-        .ok_or(VerifyError::MalformedHeader(SHOPIFY_SIG))?;
+fn verify_shopify(secrets: &[Secret], headers: &HeaderMap, body: &[u8]) -> Result<Verified, VerifyError> {
+    let sigs =
+        parse_shopify_signature(required(headers, SHOPIFY_SIG)?).ok_or(VerifyError::MalformedHeader(SHOPIFY_SIG))?;
     let event_id = match optional(headers, SHOPIFY_EVENT_ID)? {
         Some(id) => Some(id),
         None => optional(headers, SHOPIFY_WEBHOOK_ID)?,
     };
     let topic = optional(headers, SHOPIFY_TOPIC)?;
     check_mac(secrets, raw_key, &[body], &sigs)?;
-    Ok(Verified {
-        event_id: event_id.map(str::to_owned),
-        timestamp: None,
-        event_type: topic.map(str::to_owned),
-    })
+    Ok(Verified { event_id: event_id.map(str::to_owned), timestamp: None, event_type: topic.map(str::to_owned) })
 }
 
 /// Returns the challenge to echo when an (already verified) Slack body is a `url_verification` handshake.
 pub fn slack_url_verification_challenge(body: &[u8]) -> Option<String> {
     let meta = BodyMeta::parse(body)?;
-    if meta.type_.0.as_deref() == Some("url_verification") {
-        meta.challenge.0
-    } else {
-        None
-    }
+    if meta.type_.0.as_deref() == Some("url_verification") { meta.challenge.0 } else { None }
 }
 
 // ---- headers -------------------------------------------------------------------------------------------
@@ -464,10 +390,7 @@ fn required<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, V
 }
 
 /// Unsigned metadata: absent or empty means unknown; a non-ASCII value still rejects the request.
-fn optional<'a>(
-    headers: &'a HeaderMap,
-    name: &'static str,
-) -> Result<Option<&'a str>, VerifyError> {
+fn optional<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, VerifyError> {
     Ok(header(headers, name)?.filter(|v| !v.is_empty()))
 }
 
@@ -489,11 +412,7 @@ fn parse_seconds(text: &str) -> Option<i128> {
 /// Unix seconds, or milliseconds when the value is at least 10^12; returned as milliseconds.
 fn parse_keel_timestamp(text: &str) -> Option<i128> {
     let value = parse_digits(text)?;
-    Some(if value >= KEEL_MS_THRESHOLD {
-        i128::from(value)
-    } else {
-        i128::from(value) * 1000
-    })
+    Some(if value >= KEEL_MS_THRESHOLD { i128::from(value) } else { i128::from(value) * 1000 })
 }
 
 fn hex_tag(text: &str) -> Option<Tag> {
@@ -513,10 +432,7 @@ fn b64_tag(text: &str) -> Option<Tag> {
 }
 
 /// Collects decodable entries; None when there are none or more than [`MAX_SIGNATURES`] entries.
-fn collect<'a>(
-    entries: impl Iterator<Item = &'a str>,
-    decode: impl Fn(&'a str) -> Option<Tag>,
-) -> Option<Candidates> {
+fn collect<'a>(entries: impl Iterator<Item = &'a str>, decode: impl Fn(&'a str) -> Option<Tag>) -> Option<Candidates> {
     let mut out = Candidates::new();
     for (i, entry) in entries.enumerate() {
         if i >= MAX_SIGNATURES {
@@ -562,10 +478,8 @@ fn parse_stripe_signature(value: &str) -> Option<(&str, Candidates)> {
             t = Some(ts);
         }
     }
-    let entries = value
-        .split(',')
-        .map(|item| item.trim_matches(' '))
-        .filter(|item| !item.is_empty() && !item.starts_with("t="));
+    let entries =
+        value.split(',').map(|item| item.trim_matches(' ')).filter(|item| !item.is_empty() && !item.starts_with("t="));
     let sigs = collect(entries, |item| match item.split_once('=') {
         Some(("v1", sig)) => hex_tag(sig),
         _ => None,
@@ -575,18 +489,12 @@ fn parse_stripe_signature(value: &str) -> Option<(&str, Candidates)> {
 
 /// GitHub: `sha256=<hex>`.
 fn parse_github_signature(value: &str) -> Option<Candidates> {
-    value
-        .strip_prefix("sha256=")
-        .and_then(hex_tag)
-        .map(Candidates::one)
+    value.strip_prefix("sha256=").and_then(hex_tag).map(Candidates::one)
 }
 
 /// Slack: `v0=<hex>`.
 fn parse_slack_signature(value: &str) -> Option<Candidates> {
-    value
-        .strip_prefix("v0=")
-        .and_then(hex_tag)
-        .map(Candidates::one)
+    value.strip_prefix("v0=").and_then(hex_tag).map(Candidates::one)
 }
 
 /// Shopify: base64 of the tag.
@@ -606,9 +514,7 @@ fn check_window(ts_ms: i128, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>
     if ts_ms - now_ms > tolerance {
         return Err(VerifyError::TimestampInFuture);
     }
-    Ok(i64::try_from(ts_ms)
-        .ok()
-        .and_then(DateTime::from_timestamp_millis))
+    Ok(i64::try_from(ts_ms).ok().and_then(DateTime::from_timestamp_millis))
 }
 
 /// A MAC key derived from a secret; wiped on drop when it is a decoded copy.
@@ -674,11 +580,7 @@ fn check_mac<'s>(
     if !usable {
         return Err(VerifyError::NoSecrets);
     }
-    if bool::from(matched) {
-        Ok(())
-    } else {
-        Err(VerifyError::SignatureMismatch)
-    }
+    if bool::from(matched) { Ok(()) } else { Err(VerifyError::SignatureMismatch) }
 }
 
 // ---- body metadata -------------------------------------------------------------------------------------
@@ -773,10 +675,7 @@ impl<'de> Deserialize<'de> for EventType {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("any JSON value")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<EventType, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<EventType, A::Error> {
                 let mut found: Option<LooseStr> = None;
                 while let Some(Key(is_type)) = a.next_key()? {
                     if !is_type {
@@ -817,8 +716,7 @@ impl<'de> Deserialize<'de> for EventType {
 
 /// A form-encoded slash-command body (`...&command=%2Ffoo&...`).
 fn is_slash_command(body: &[u8]) -> bool {
-    body.split(|b| *b == b'&')
-        .any(|field| field.starts_with(b"command="))
+    body.split(|b| *b == b'&').any(|field| field.starts_with(b"command="))
 }
 
 #[cfg(test)]
@@ -833,10 +731,8 @@ mod tests {
     // ---- fixtures ----
 
     fn fixtures_dir() -> PathBuf {
-        std::env::var_os("KEEL_FIXTURES_DIR").map_or_else(
-            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
-            PathBuf::from,
-        )
+        std::env::var_os("KEEL_FIXTURES_DIR")
+            .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"), PathBuf::from)
     }
 
     fn vector(scheme: &str) -> Value {
@@ -848,8 +744,8 @@ mod tests {
                 path.display()
             )
         });
-        let all: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()));
+        let all: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()));
         all["vectors"]
             .as_array()
             .and_then(|v| v.iter().find(|v| v["scheme"] == scheme))
@@ -858,9 +754,7 @@ mod tests {
     }
 
     fn field<'a>(v: &'a Value, key: &str) -> &'a str {
-        v[key]
-            .as_str()
-            .unwrap_or_else(|| panic!("vector field `{key}` missing"))
+        v[key].as_str().unwrap_or_else(|| panic!("vector field `{key}` missing"))
     }
 
     /// "Name: value" as written in the vectors.
@@ -885,10 +779,7 @@ mod tests {
     }
 
     fn secrets(values: &[&str]) -> Vec<Secret> {
-        values
-            .iter()
-            .map(|s| Secret::new((*s).to_owned()))
-            .collect()
+        values.iter().map(|s| Secret::new((*s).to_owned())).collect()
     }
 
     // ---- reference signers, written from each scheme's documentation ----
@@ -926,23 +817,13 @@ mod tests {
     /// The MAC each scheme's documentation prescribes, computed independently of the code under test.
     fn reference_tag(scheme: Scheme, secret: &str, body: &[u8], ts: &str) -> Tag {
         match scheme {
-            Scheme::Keel | Scheme::Stripe => {
-                hmac(secret.as_bytes(), &concat(&[ts.as_bytes(), b".", body]))
-            }
+            Scheme::Keel | Scheme::Stripe => hmac(secret.as_bytes(), &concat(&[ts.as_bytes(), b".", body])),
             Scheme::Standard => {
-                let key = STANDARD
-                    .decode(secret.trim_start_matches("whsec_"))
-                    .expect("b64 key");
-                hmac(
-                    &key,
-                    &concat(&[ID.as_bytes(), b".", ts.as_bytes(), b".", body]),
-                )
+                let key = STANDARD.decode(secret.trim_start_matches("whsec_")).expect("b64 key");
+                hmac(&key, &concat(&[ID.as_bytes(), b".", ts.as_bytes(), b".", body]))
             }
             Scheme::Github | Scheme::Shopify => hmac(secret.as_bytes(), body),
-            Scheme::Slack => hmac(
-                secret.as_bytes(),
-                &concat(&[b"v0:", ts.as_bytes(), b":", body]),
-            ),
+            Scheme::Slack => hmac(secret.as_bytes(), &concat(&[b"v0:", ts.as_bytes(), b":", body])),
         }
     }
 
@@ -951,26 +832,19 @@ mod tests {
         let hex = hex::encode(tag);
         let b64 = STANDARD.encode(tag);
         match scheme {
-            Scheme::Keel => hdrs(&[
-                ("x-webhook-event-id", ID),
-                ("x-webhook-timestamp", ts),
-                ("x-webhook-signature", &hex),
-            ]),
-            Scheme::Standard => hdrs(&[
-                ("webhook-id", ID),
-                ("webhook-timestamp", ts),
-                ("webhook-signature", &format!("v1,{b64}")),
-            ]),
+            Scheme::Keel => {
+                hdrs(&[("x-webhook-event-id", ID), ("x-webhook-timestamp", ts), ("x-webhook-signature", &hex)])
+            }
+            Scheme::Standard => {
+                hdrs(&[("webhook-id", ID), ("webhook-timestamp", ts), ("webhook-signature", &format!("v1,{b64}"))])
+            }
             Scheme::Stripe => hdrs(&[("Stripe-Signature", &format!("t={ts},v1={hex}"))]),
             Scheme::Github => hdrs(&[
                 ("X-Hub-Signature-256", &format!("sha256={hex}")),
                 ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
                 ("X-GitHub-Event", "push"),
             ]),
-            Scheme::Slack => hdrs(&[
-                ("X-Slack-Request-Timestamp", ts),
-                ("X-Slack-Signature", &format!("v0={hex}")),
-            ]),
+            Scheme::Slack => hdrs(&[("X-Slack-Request-Timestamp", ts), ("X-Slack-Signature", &format!("v0={hex}"))]),
             Scheme::Shopify => hdrs(&[
                 ("X-Shopify-Hmac-Sha256", &b64),
                 ("X-Shopify-Topic", "orders/create"),
@@ -1006,25 +880,13 @@ mod tests {
     #[test]
     fn standard_webhooks_published_vector() {
         let v = vector("standard-webhooks");
-        let (id, ts) = (
-            field(&v["headers"], "webhook-id"),
-            field(&v["headers"], "webhook-timestamp"),
-        );
+        let (id, ts) = (field(&v["headers"], "webhook-id"), field(&v["headers"], "webhook-timestamp"));
         let expected = field(&v, "expected_signature");
         let now = at(ts.parse().expect("ts"));
-        let headers = hdrs(&[
-            ("webhook-id", id),
-            ("webhook-timestamp", ts),
-            ("webhook-signature", expected),
-        ]);
-        let got = verify(
-            Scheme::Standard,
-            &secrets(&[field(&v, "secret")]),
-            &headers,
-            field(&v, "body").as_bytes(),
-            now,
-        )
-        .expect("published vector verifies");
+        let headers = hdrs(&[("webhook-id", id), ("webhook-timestamp", ts), ("webhook-signature", expected)]);
+        let got =
+            verify(Scheme::Standard, &secrets(&[field(&v, "secret")]), &headers, field(&v, "body").as_bytes(), now)
+                .expect("published vector verifies");
         assert_eq!(got.event_id.as_deref(), Some(id));
         assert_eq!(got.timestamp, Some(now));
         assert_eq!(got.event_type, None);
@@ -1033,21 +895,14 @@ mod tests {
     #[test]
     fn standard_webhooks_decoy_multi_signature_header() {
         let v = vector("standard-webhooks");
-        let (id, ts) = (
-            field(&v["headers"], "webhook-id"),
-            field(&v["headers"], "webhook-timestamp"),
-        );
+        let (id, ts) = (field(&v["headers"], "webhook-id"), field(&v["headers"], "webhook-timestamp"));
         let expected = field(&v, "expected_signature");
         let decoy = field(&v, "decoy_signature_for_multi_signature_header");
         let now = at(ts.parse().expect("ts"));
         let body = field(&v, "body").as_bytes();
         let keys = secrets(&[field(&v, "secret")]);
         let run = |sig: &str| {
-            let headers = hdrs(&[
-                ("webhook-id", id),
-                ("webhook-timestamp", ts),
-                ("webhook-signature", sig),
-            ]);
+            let headers = hdrs(&[("webhook-id", id), ("webhook-timestamp", ts), ("webhook-signature", sig)]);
             verify(Scheme::Standard, &keys, &headers, body, now)
         };
         assert!(run(&format!("{decoy} {expected}")).is_ok());
@@ -1055,11 +910,7 @@ mod tests {
         assert!(run(&format!("v1a,{} {decoy}  {expected}", "A".repeat(86))).is_ok());
         assert_eq!(run(decoy), Err(VerifyError::SignatureMismatch));
         // Svix header names carry the same scheme.
-        let svix = hdrs(&[
-            ("svix-id", id),
-            ("svix-timestamp", ts),
-            ("svix-signature", &format!("{decoy} {expected}")),
-        ]);
+        let svix = hdrs(&[("svix-id", id), ("svix-timestamp", ts), ("svix-signature", &format!("{decoy} {expected}"))]);
         assert!(verify(Scheme::Standard, &keys, &svix, body, now).is_ok());
         // The spec says an unprefixed secret is base64 too.
         let bare = secrets(&[field(&v, "secret").trim_start_matches("whsec_")]);
@@ -1075,11 +926,7 @@ mod tests {
         let headers = hdrs(&[(name, value)]);
         let got = verify(Scheme::Github, &keys, &headers, body, at(0)).expect("verifies");
         assert_eq!(got, Verified::default());
-        let headers = hdrs(&[
-            (name, value),
-            ("X-GitHub-Delivery", "d-1"),
-            ("X-GitHub-Event", "ping"),
-        ]);
+        let headers = hdrs(&[(name, value), ("X-GitHub-Delivery", "d-1"), ("X-GitHub-Event", "ping")]);
         let got = verify(Scheme::Github, &keys, &headers, body, at(0)).expect("verifies");
         assert_eq!(got.event_id.as_deref(), Some("d-1"));
         assert_eq!(got.event_type.as_deref(), Some("ping"));
@@ -1096,14 +943,8 @@ mod tests {
         let (name, value) = split_header(field(&v, "expected_header"));
         let headers = hdrs(&[("X-Slack-Request-Timestamp", ts), (name, value)]);
         let now = at(ts.parse().expect("ts"));
-        let got = verify(
-            Scheme::Slack,
-            &secrets(&[field(&v, "secret")]),
-            &headers,
-            field(&v, "body").as_bytes(),
-            now,
-        )
-        .expect("published vector verifies");
+        let got = verify(Scheme::Slack, &secrets(&[field(&v, "secret")]), &headers, field(&v, "body").as_bytes(), now)
+            .expect("published vector verifies");
         assert_eq!(got.timestamp, Some(now));
         assert_eq!(got.event_id, None);
         assert_eq!(got.event_type.as_deref(), Some("command"));
@@ -1115,15 +956,11 @@ mod tests {
     fn stripe_documented_algorithm() {
         let secret = "whsec_test_secret_for_stripe";
         let t = "1700000000";
-        let tag = hex::encode(hmac(
-            secret.as_bytes(),
-            &concat(&[t.as_bytes(), b".", BODY]),
-        ));
+        let tag = hex::encode(hmac(secret.as_bytes(), &concat(&[t.as_bytes(), b".", BODY])));
         let other = hex::encode([7u8; 32]);
         let header = format!("t={t},v1={other},v1={tag},v0={other}");
         let headers = hdrs(&[("stripe-signature", &header)]);
-        let got =
-            verify(Scheme::Stripe, &secrets(&[secret]), &headers, BODY, at(TS)).expect("verifies");
+        let got = verify(Scheme::Stripe, &secrets(&[secret]), &headers, BODY, at(TS)).expect("verifies");
         assert_eq!(got.event_id.as_deref(), Some("evt_1"));
         assert_eq!(got.event_type.as_deref(), Some("invoice.paid"));
         assert_eq!(got.timestamp, Some(at(TS)));
@@ -1137,8 +974,7 @@ mod tests {
         let raw = b"\xff\xfe not json";
         let tag = hex::encode(hmac(secret.as_bytes(), &concat(&[t.as_bytes(), b".", raw])));
         let headers = hdrs(&[("Stripe-Signature", &format!("t={t}, v1={tag}"))]);
-        let got =
-            verify(Scheme::Stripe, &secrets(&[secret]), &headers, raw, at(TS)).expect("verifies");
+        let got = verify(Scheme::Stripe, &secrets(&[secret]), &headers, raw, at(TS)).expect("verifies");
         assert_eq!((got.event_id, got.event_type), (None, None));
     }
 
@@ -1173,21 +1009,13 @@ mod tests {
             ("X-Shopify-Topic", "orders/create"),
             ("X-Shopify-Webhook-Id", "wh-1"),
         ]);
-        let got =
-            verify(Scheme::Shopify, &secrets(&[secret]), &headers, body, at(TS)).expect("verifies");
+        let got = verify(Scheme::Shopify, &secrets(&[secret]), &headers, body, at(TS)).expect("verifies");
         assert_eq!(got.event_id.as_deref(), Some("wh-1"));
         assert_eq!(got.event_type.as_deref(), Some("orders/create"));
         assert_eq!(got.timestamp, None);
         let mut with_event_id = headers.clone();
         with_event_id.insert("x-shopify-event-id", HeaderValue::from_static("ev-9"));
-        let got = verify(
-            Scheme::Shopify,
-            &secrets(&[secret]),
-            &with_event_id,
-            body,
-            at(TS),
-        )
-        .expect("verifies");
+        let got = verify(Scheme::Shopify, &secrets(&[secret]), &with_event_id, body, at(TS)).expect("verifies");
         assert_eq!(got.event_id.as_deref(), Some("ev-9"));
     }
 
@@ -1199,31 +1027,15 @@ mod tests {
             let right = secret_for(scheme);
             let wrong = wrong_secret_for(scheme);
             let headers = signed(scheme, right, BODY, TS);
-            let ok =
-                |keys: &[&str], body: &[u8]| verify(scheme, &secrets(keys), &headers, body, at(TS));
+            let ok = |keys: &[&str], body: &[u8]| verify(scheme, &secrets(keys), &headers, body, at(TS));
             assert!(ok(&[right], BODY).is_ok(), "{scheme}");
-            assert!(
-                ok(&[wrong, right], BODY).is_ok(),
-                "{scheme}: second secret verifies"
-            );
+            assert!(ok(&[wrong, right], BODY).is_ok(), "{scheme}: second secret verifies");
             assert!(ok(&[right, wrong], BODY).is_ok(), "{scheme}");
-            assert_eq!(
-                ok(&[wrong], BODY),
-                Err(VerifyError::SignatureMismatch),
-                "{scheme}"
-            );
+            assert_eq!(ok(&[wrong], BODY), Err(VerifyError::SignatureMismatch), "{scheme}");
             let mut tampered = BODY.to_vec();
             tampered[2] ^= 1;
-            assert_eq!(
-                ok(&[right], &tampered),
-                Err(VerifyError::SignatureMismatch),
-                "{scheme}"
-            );
-            assert_eq!(
-                ok(&[right], b""),
-                Err(VerifyError::SignatureMismatch),
-                "{scheme}"
-            );
+            assert_eq!(ok(&[right], &tampered), Err(VerifyError::SignatureMismatch), "{scheme}");
+            assert_eq!(ok(&[right], b""), Err(VerifyError::SignatureMismatch), "{scheme}");
             assert_eq!(ok(&[], BODY), Err(VerifyError::NoSecrets), "{scheme}");
         }
     }
@@ -1233,13 +1045,7 @@ mod tests {
         let body: &[u8] = b"\x00\xff\xfe\x80binary\xc3\x28";
         for scheme in Scheme::ALL {
             let headers = signed(scheme, secret_for(scheme), body, TS);
-            let got = verify(
-                scheme,
-                &secrets(&[secret_for(scheme)]),
-                &headers,
-                body,
-                at(TS),
-            );
+            let got = verify(scheme, &secrets(&[secret_for(scheme)]), &headers, body, at(TS));
             assert!(got.is_ok(), "{scheme}: {got:?}");
         }
     }
@@ -1261,15 +1067,9 @@ mod tests {
                 let bad_values: [&[u8]; 5] = [b"", b"   ", b"\xff\xfe", b"abc\tdef", b"garbage!"];
                 // Ids are free-form; only signatures and timestamps have a shape to get wrong.
                 let shapeless = name.ends_with("-id");
-                for bad in bad_values
-                    .into_iter()
-                    .filter(|b| !(shapeless && *b == b"garbage!"))
-                {
+                for bad in bad_values.into_iter().filter(|b| !(shapeless && *b == b"garbage!")) {
                     let mut headers = good.clone();
-                    headers.insert(
-                        name,
-                        HeaderValue::from_bytes(bad).expect("valid header bytes"),
-                    );
+                    headers.insert(name, HeaderValue::from_bytes(bad).expect("valid header bytes"));
                     assert_eq!(
                         verify(scheme, &keys, &headers, BODY, at(TS)),
                         Err(VerifyError::MalformedHeader(name)),
@@ -1298,18 +1098,9 @@ mod tests {
             (Scheme::Shopify, SHOPIFY_EVENT_ID),
         ] {
             let mut headers = signed(scheme, secret_for(scheme), body, TS);
-            headers.insert(
-                name,
-                HeaderValue::from_bytes(b"caf\xc3\xa9").expect("obs-text"),
-            );
+            headers.insert(name, HeaderValue::from_bytes(b"caf\xc3\xa9").expect("obs-text"));
             assert_eq!(
-                verify(
-                    scheme,
-                    &secrets(&[secret_for(scheme)]),
-                    &headers,
-                    body,
-                    at(TS)
-                ),
+                verify(scheme, &secrets(&[secret_for(scheme)]), &headers, body, at(TS)),
                 Err(VerifyError::MalformedHeader(name))
             );
         }
@@ -1318,30 +1109,13 @@ mod tests {
     #[test]
     fn timestamps_that_are_not_integers_are_malformed() {
         for scheme in [Scheme::Keel, Scheme::Standard, Scheme::Slack] {
-            let ts_name = required_headers(scheme)
-                .iter()
-                .copied()
-                .find(|n| n.contains("timestamp"))
-                .expect("timestamp header");
-            for bad in [
-                "-1",
-                "+1700000000",
-                "1700000000.5",
-                "1e9",
-                "0x10",
-                "99999999999999999999",
-                "17 00",
-            ] {
+            let ts_name =
+                required_headers(scheme).iter().copied().find(|n| n.contains("timestamp")).expect("timestamp header");
+            for bad in ["-1", "+1700000000", "1700000000.5", "1e9", "0x10", "99999999999999999999", "17 00"] {
                 let mut headers = signed(scheme, secret_for(scheme), BODY, TS);
                 headers.insert(ts_name, HeaderValue::from_str(bad).expect("ascii"));
                 assert_eq!(
-                    verify(
-                        scheme,
-                        &secrets(&[secret_for(scheme)]),
-                        &headers,
-                        BODY,
-                        at(TS)
-                    ),
+                    verify(scheme, &secrets(&[secret_for(scheme)]), &headers, BODY, at(TS)),
                     Err(VerifyError::MalformedHeader(ts_name)),
                     "{scheme} {bad}"
                 );
@@ -1359,33 +1133,16 @@ mod tests {
             let run = |now: DateTime<Utc>| verify(scheme, &keys, &headers, BODY, now);
             assert!(run(at(TS) + five).is_ok(), "{scheme}: +5 min accepted");
             assert!(run(at(TS) - five).is_ok(), "{scheme}: -5 min accepted");
-            assert_eq!(
-                run(at(TS) + five + one),
-                Err(VerifyError::TimestampTooOld),
-                "{scheme}"
-            );
-            assert_eq!(
-                run(at(TS) - five - one),
-                Err(VerifyError::TimestampInFuture),
-                "{scheme}"
-            );
+            assert_eq!(run(at(TS) + five + one), Err(VerifyError::TimestampTooOld), "{scheme}");
+            assert_eq!(run(at(TS) - five - one), Err(VerifyError::TimestampInFuture), "{scheme}");
             // Stale is reported as stale even when the signature is also wrong.
             let other = secrets(&[wrong_secret_for(scheme)]);
-            assert_eq!(
-                verify(scheme, &other, &headers, BODY, at(TS) + five + one),
-                Err(VerifyError::TimestampTooOld)
-            );
+            assert_eq!(verify(scheme, &other, &headers, BODY, at(TS) + five + one), Err(VerifyError::TimestampTooOld));
         }
         // Schemes without a signed timestamp do not look at the clock.
         for scheme in [Scheme::Github, Scheme::Shopify] {
             let headers = signed(scheme, secret_for(scheme), BODY, TS);
-            let got = verify(
-                scheme,
-                &secrets(&[secret_for(scheme)]),
-                &headers,
-                BODY,
-                at(0),
-            );
+            let got = verify(scheme, &secrets(&[secret_for(scheme)]), &headers, BODY, at(0));
             assert!(got.is_ok(), "{scheme}");
         }
     }
@@ -1395,13 +1152,7 @@ mod tests {
         let mut headers = signed(Scheme::Slack, "k", BODY, TS);
         headers.insert(SLACK_SIG, HeaderValue::from_static("v1=zz"));
         assert_eq!(
-            verify(
-                Scheme::Slack,
-                &secrets(&["k"]),
-                &headers,
-                BODY,
-                at(TS + 3600)
-            ),
+            verify(Scheme::Slack, &secrets(&["k"]), &headers, BODY, at(TS + 3600)),
             Err(VerifyError::MalformedHeader(SLACK_SIG))
         );
     }
@@ -1436,28 +1187,16 @@ mod tests {
         let ms1 = chrono::Duration::milliseconds(1);
         assert!(verify(Scheme::Keel, &keys, &headers, BODY, now + window).is_ok());
         assert!(verify(Scheme::Keel, &keys, &headers, BODY, now - window).is_ok());
-        assert_eq!(
-            verify(Scheme::Keel, &keys, &headers, BODY, now + window + ms1),
-            Err(VerifyError::TimestampTooOld)
-        );
+        assert_eq!(verify(Scheme::Keel, &keys, &headers, BODY, now + window + ms1), Err(VerifyError::TimestampTooOld));
         assert_eq!(
             verify(Scheme::Keel, &keys, &headers, BODY, now - window - ms1),
             Err(VerifyError::TimestampInFuture)
         );
         // The signed text is the header's exact text: the same instant in seconds is a different message.
         let secs = hdrs(&[(KEEL_ID, ID), (KEEL_TS, "1700000000"), (KEEL_SIG, &hex)]);
-        assert_eq!(
-            verify(Scheme::Keel, &keys, &secs, BODY, now),
-            Err(VerifyError::SignatureMismatch)
-        );
-        assert_eq!(
-            parse_keel_timestamp("999999999999"),
-            Some(999_999_999_999_000)
-        );
-        assert_eq!(
-            parse_keel_timestamp("1000000000000"),
-            Some(1_000_000_000_000)
-        );
+        assert_eq!(verify(Scheme::Keel, &keys, &secs, BODY, now), Err(VerifyError::SignatureMismatch));
+        assert_eq!(parse_keel_timestamp("999999999999"), Some(999_999_999_999_000));
+        assert_eq!(parse_keel_timestamp("1000000000000"), Some(1_000_000_000_000));
     }
 
     #[test]
@@ -1476,10 +1215,7 @@ mod tests {
             verify(Scheme::Keel, &keys, &headers, BODY, at(TS))
         };
         assert!(run(&list(MAX_SIGNATURES)).is_ok());
-        assert_eq!(
-            run(&list(MAX_SIGNATURES + 1)),
-            Err(VerifyError::MalformedHeader(KEEL_SIG))
-        );
+        assert_eq!(run(&list(MAX_SIGNATURES + 1)), Err(VerifyError::MalformedHeader(KEEL_SIG)));
         let std_list = vec!["v1,AAAA"; MAX_SIGNATURES + 1].join(" ");
         assert_eq!(parse_standard_signatures(&std_list), None);
         let stripe_list = format!("t=1,{}", vec!["v1=00"; MAX_SIGNATURES + 1].join(","));
@@ -1490,23 +1226,12 @@ mod tests {
     fn standard_entries_of_other_versions_are_ignored() {
         assert_eq!(parse_standard_signatures("v1a,AAAA v2,AAAA"), None);
         let tag = [5u8; 32];
-        let got = parse_standard_signatures(&format!("v2,xyz v1,{}", STANDARD.encode(tag)))
-            .expect("one v1");
+        let got = parse_standard_signatures(&format!("v2,xyz v1,{}", STANDARD.encode(tag))).expect("one v1");
         assert_eq!(got.as_slice(), &[tag]);
         // Mixed header families: webhook-* wins and is incomplete.
-        let headers = hdrs(&[
-            ("webhook-id", ID),
-            ("svix-timestamp", "1700000000"),
-            ("svix-signature", "v1,AAAA"),
-        ]);
+        let headers = hdrs(&[("webhook-id", ID), ("svix-timestamp", "1700000000"), ("svix-signature", "v1,AAAA")]);
         assert_eq!(
-            verify(
-                Scheme::Standard,
-                &secrets(&[STD_SECRET]),
-                &headers,
-                BODY,
-                at(TS)
-            ),
+            verify(Scheme::Standard, &secrets(&[STD_SECRET]), &headers, BODY, at(TS)),
             Err(VerifyError::MissingHeader("webhook-timestamp"))
         );
     }
@@ -1515,31 +1240,13 @@ mod tests {
     fn unusable_secrets() {
         // An empty key would let anyone sign; an undecodable Standard key cannot verify anything.
         let headers = signed(Scheme::Keel, "", BODY, TS);
-        assert_eq!(
-            verify(Scheme::Keel, &secrets(&[""]), &headers, BODY, at(TS)),
-            Err(VerifyError::NoSecrets)
-        );
+        assert_eq!(verify(Scheme::Keel, &secrets(&[""]), &headers, BODY, at(TS)), Err(VerifyError::NoSecrets));
         let headers = signed(Scheme::Standard, STD_SECRET, BODY, TS);
         assert_eq!(
-            verify(
-                Scheme::Standard,
-                &secrets(&["whsec_!!not base64!!"]),
-                &headers,
-                BODY,
-                at(TS)
-            ),
+            verify(Scheme::Standard, &secrets(&["whsec_!!not base64!!"]), &headers, BODY, at(TS)),
             Err(VerifyError::NoSecrets)
         );
-        assert!(
-            verify(
-                Scheme::Standard,
-                &secrets(&["whsec_%%", STD_SECRET]),
-                &headers,
-                BODY,
-                at(TS)
-            )
-            .is_ok()
-        );
+        assert!(verify(Scheme::Standard, &secrets(&["whsec_%%", STD_SECRET]), &headers, BODY, at(TS)).is_ok());
     }
 
     #[test]
@@ -1552,8 +1259,7 @@ mod tests {
             (br#"[1,2]"#, "push"),
         ] {
             let headers = signed(Scheme::Github, secret, body, TS);
-            let got =
-                verify(Scheme::Github, &secrets(&[secret]), &headers, body, at(TS)).expect("ok");
+            let got = verify(Scheme::Github, &secrets(&[secret]), &headers, body, at(TS)).expect("ok");
             assert_eq!(got.event_type.as_deref(), Some(expected));
         }
         // Slack: event.type, else type; event_id.
@@ -1577,14 +1283,7 @@ mod tests {
         for scheme in [Scheme::Keel, Scheme::Standard] {
             let body = br#"{"type":{"nested":true},"id":"x"}"#;
             let headers = signed(scheme, secret_for(scheme), body, TS);
-            let got = verify(
-                scheme,
-                &secrets(&[secret_for(scheme)]),
-                &headers,
-                body,
-                at(TS),
-            )
-            .expect("ok");
+            let got = verify(scheme, &secrets(&[secret_for(scheme)]), &headers, body, at(TS)).expect("ok");
             assert_eq!(got.event_type, None);
             assert_eq!(got.event_id.as_deref(), Some(ID));
         }
@@ -1597,14 +1296,8 @@ mod tests {
             slack_url_verification_challenge(body).as_deref(),
             Some("3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P")
         );
-        assert_eq!(
-            slack_url_verification_challenge(br#"{"type":"event_callback","challenge":"x"}"#),
-            None
-        );
-        assert_eq!(
-            slack_url_verification_challenge(br#"{"type":"url_verification","challenge":7}"#),
-            None
-        );
+        assert_eq!(slack_url_verification_challenge(br#"{"type":"event_callback","challenge":"x"}"#), None);
+        assert_eq!(slack_url_verification_challenge(br#"{"type":"url_verification","challenge":7}"#), None);
         assert_eq!(slack_url_verification_challenge(b"command=%2Fx"), None);
         assert_eq!(slack_url_verification_challenge(b"\xff"), None);
     }
@@ -1626,18 +1319,12 @@ mod tests {
         let s = Secret::new("hunter2-very-secret".into());
         assert_eq!(format!("{s:?}"), "Secret(***)");
         assert_eq!(format!("{s}"), "Secret(***)");
-        assert_eq!(
-            format!("{:?}", secrets(&["a", "b"])),
-            "[Secret(***), Secret(***)]"
-        );
+        assert_eq!(format!("{:?}", secrets(&["a", "b"])), "[Secret(***), Secret(***)]");
         let headers = signed(Scheme::Github, "hunter2-very-secret", BODY, TS);
         let sig = headers[GITHUB_SIG].to_str().expect("ascii").to_owned();
         let err = verify(Scheme::Github, &[s], &headers, b"other", at(TS)).expect_err("tampered");
         for text in [err.to_string(), format!("{err:?}")] {
-            assert!(
-                !text.contains("hunter2") && !text.contains(&sig[7..]),
-                "{text}"
-            );
+            assert!(!text.contains("hunter2") && !text.contains(&sig[7..]), "{text}");
         }
     }
 

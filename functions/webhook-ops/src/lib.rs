@@ -112,7 +112,9 @@ impl Filter {
         };
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(Problem::unprocessable("invalid_parameter", format!("limit must be from 1 to {MAX_LIMIT}")).at("limit"));
+            return Err(
+                Problem::unprocessable("invalid_parameter", format!("limit must be from 1 to {MAX_LIMIT}")).at("limit")
+            );
         }
         let mut query = Query::partition(webhooks::log_partition(provider));
         query.descending = true;
@@ -126,8 +128,9 @@ impl Filter {
 
 /// The smallest (or largest) delivery id of the given instant.
 fn time_bound(raw: &str, field: &str, random: u128) -> Result<String, Problem> {
-    let at = DateTime::parse_from_rfc3339(raw)
-        .map_err(|_| Problem::unprocessable("invalid_parameter", format!("{field} must be an RFC 3339 timestamp")).at(field))?;
+    let at = DateTime::parse_from_rfc3339(raw).map_err(|_| {
+        Problem::unprocessable("invalid_parameter", format!("{field} must be an RFC 3339 timestamp")).at(field)
+    })?;
     let ms = u64::try_from(at.timestamp_millis())
         .map_err(|_| Problem::unprocessable("invalid_parameter", format!("{field} is before 1970")).at(field))?;
     Ok(Ulid::from_parts(ms, random).to_string())
@@ -167,7 +170,11 @@ fn summary(delivery: &Delivery) -> Value {
 }
 
 impl Ops {
-    async fn route(&self, request: &ApiGatewayV2httpRequest, invocation: &Invocation) -> Result<ApiGatewayV2httpResponse, Problem> {
+    async fn route(
+        &self,
+        request: &ApiGatewayV2httpRequest,
+        invocation: &Invocation,
+    ) -> Result<ApiGatewayV2httpResponse, Problem> {
         let route = request.route_key.as_deref().or(request.request_context.route_key.as_deref()).unwrap_or_default();
         match route {
             "GET /v1/webhooks/{provider}/deliveries" => self.list(request).await,
@@ -267,7 +274,9 @@ impl Ops {
         let provider = provider_param(request)?;
         let filter: Filter = http::json_body(request)?;
         if filter.since.is_none() {
-            return Err(Problem::unprocessable("invalid_body", "since is required, so a replay is always bounded").at("/since"));
+            return Err(
+                Problem::unprocessable("invalid_body", "since is required, so a replay is always bounded").at("/since")
+            );
         }
         let parsed = filter.parse(provider, None)?;
         let (deliveries, next) = self.scan(&parsed).await?;
@@ -293,7 +302,11 @@ impl Ops {
 
     /// Moves dead letters back to the webhook queue: send first, then delete, so a failure in between leaves a
     /// copy in each queue (the worker deduplicates) rather than none.
-    async fn redrive(&self, request: &ApiGatewayV2httpRequest, invocation: &Invocation) -> Result<ApiGatewayV2httpResponse, Problem> {
+    async fn redrive(
+        &self,
+        request: &ApiGatewayV2httpRequest,
+        invocation: &Invocation,
+    ) -> Result<ApiGatewayV2httpResponse, Problem> {
         #[derive(Deserialize, Default)]
         #[serde(deny_unknown_fields)]
         struct Body {
@@ -302,7 +315,9 @@ impl Ops {
         let body: Body = if http::raw_body(request)?.is_empty() { Body::default() } else { http::json_body(request)? };
         let limit = body.limit.unwrap_or(MAX_REDRIVE);
         if !(1..=MAX_REDRIVE).contains(&limit) {
-            return Err(Problem::unprocessable("invalid_body", format!("limit must be from 1 to {MAX_REDRIVE}")).at("/limit"));
+            return Err(
+                Problem::unprocessable("invalid_body", format!("limit must be from 1 to {MAX_REDRIVE}")).at("/limit")
+            );
         }
         let stop_at = invocation.deadline - Duration::seconds(3);
         let mut moved = 0;

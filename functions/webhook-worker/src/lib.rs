@@ -81,7 +81,8 @@ enum Retry {
 #[async_trait]
 impl QueueFunction for Worker {
     async fn call(&self, event: SqsEvent, invocation: Invocation) -> SqsBatchResponse {
-        let outcomes = futures::future::join_all(event.records.iter().map(|record| self.process(record, &invocation))).await;
+        let outcomes =
+            futures::future::join_all(event.records.iter().map(|record| self.process(record, &invocation))).await;
         let mut response = SqsBatchResponse::default();
         for (record, outcome) in event.records.iter().zip(outcomes) {
             if let Err(reason) = outcome {
@@ -182,7 +183,12 @@ impl Worker {
         }
     }
 
-    async fn record_outcome(&self, delivery: &mut Delivery, claimed: u64, started: DateTime<Utc>) -> Result<(), PortError> {
+    async fn record_outcome(
+        &self,
+        delivery: &mut Delivery,
+        claimed: u64,
+        started: DateTime<Utc>,
+    ) -> Result<(), PortError> {
         let now = self.clock.now();
         delivery.updated_at = now;
         delivery.lease_until = None;

@@ -129,7 +129,10 @@ async fn sigkill_under_load_loses_no_acknowledged_event() {
     let port = free_port();
     let mut host = spawn(&data, port);
     wait_live(&client, port).await;
-    let token = DevKey::load_or_create(&data).unwrap().issue("ops", "tester", &["platform-admin"], chrono::Duration::hours(1)).unwrap();
+    let token = DevKey::load_or_create(&data)
+        .unwrap()
+        .issue("ops", "tester", &["platform-admin"], chrono::Duration::hours(1))
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut done = completed(&client, port, &token).await;
     while !acknowledged.is_subset(&done) && Instant::now() < deadline {

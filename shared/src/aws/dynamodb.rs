@@ -10,8 +10,7 @@ use crate::aws::sdk_error;
 use crate::clock::Clock;
 use crate::port::PortError;
 use crate::table::{
-    Attrs, Expect, Item, Key, MAX_QUERY_LIMIT, Page, Query, Table, Write, check_attrs,
-    check_transaction,
+    Attrs, Expect, Item, Key, MAX_QUERY_LIMIT, Page, Query, Table, Write, check_attrs, check_transaction,
 };
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -37,18 +36,14 @@ type AttrMap = HashMap<String, AttributeValue>;
 fn check_key(key: &Key) -> Result<(), PortError> {
     check_pk(&key.pk)?;
     if key.sk.is_empty() || key.sk.len() > MAX_SK_BYTES {
-        return Err(PortError::Invalid(format!(
-            "a sort key holds 1 to {MAX_SK_BYTES} bytes"
-        )));
+        return Err(PortError::Invalid(format!("a sort key holds 1 to {MAX_SK_BYTES} bytes")));
     }
     Ok(())
 }
 
 fn check_pk(pk: &str) -> Result<(), PortError> {
     if pk.is_empty() || pk.len() > MAX_PK_BYTES {
-        return Err(PortError::Invalid(format!(
-            "a partition key holds 1 to {MAX_PK_BYTES} bytes"
-        )));
+        return Err(PortError::Invalid(format!("a partition key holds 1 to {MAX_PK_BYTES} bytes")));
     }
     Ok(())
 }
@@ -63,19 +58,13 @@ pub struct DynamoTable {
 
 impl std::fmt::Debug for DynamoTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DynamoTable")
-            .field("table_name", &self.table_name)
-            .finish_non_exhaustive()
+        f.debug_struct("DynamoTable").field("table_name", &self.table_name).finish_non_exhaustive()
     }
 }
 
 impl DynamoTable {
     pub fn new(client: Client, table_name: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            client,
-            table_name: table_name.into(),
-            clock,
-        }
+        Self { client, table_name: table_name.into(), clock }
     }
 
     pub fn table_name(&self) -> &str {
@@ -94,10 +83,7 @@ impl DynamoTable {
     }
 
     fn no_item_error(&self, what: &str) -> PortError {
-        PortError::Unavailable(format!(
-            "table {} holds an item with a malformed `{what}`",
-            self.table_name
-        ))
+        PortError::Unavailable(format!("table {} holds an item with a malformed `{what}`", self.table_name))
     }
 
     /// The condition for a write under `expect`, if any. Expiry is judged by the injected clock.
@@ -118,10 +104,7 @@ impl DynamoTable {
                     ("#ver".into(), VERSION.into()),
                     ("#exp".into(), EXPIRES_AT.into()),
                 ]),
-                values: HashMap::from([
-                    (":ver".into(), AttributeValue::N(version.to_string())),
-                    (":now".into(), now),
-                ]),
+                values: HashMap::from([(":ver".into(), AttributeValue::N(version.to_string())), (":now".into(), now)]),
             }),
         }
     }
@@ -139,9 +122,7 @@ impl DynamoTable {
         let pk = take_string(&mut map, PK).ok_or_else(|| self.no_item_error(PK))?;
         let sk = take_string(&mut map, SK).ok_or_else(|| self.no_item_error(SK))?;
         let version = match map.remove(VERSION) {
-            Some(AttributeValue::N(n)) => {
-                n.parse::<u64>().map_err(|_| self.no_item_error(VERSION))?
-            }
+            Some(AttributeValue::N(n)) => n.parse::<u64>().map_err(|_| self.no_item_error(VERSION))?,
             _ => return Err(self.no_item_error(VERSION)),
         };
         let expires_at = match map.remove(EXPIRES_AT) {
@@ -156,21 +137,12 @@ impl DynamoTable {
         };
         let mut attrs = Attrs::new();
         for (name, value) in map {
-            let value: serde_json::Value =
-                serde_dynamo::from_attribute_value(value).map_err(|_| {
-                    PortError::Unavailable(format!(
-                        "table {} holds an attribute that is not JSON",
-                        self.table_name
-                    ))
-                })?;
+            let value: serde_json::Value = serde_dynamo::from_attribute_value(value).map_err(|_| {
+                PortError::Unavailable(format!("table {} holds an attribute that is not JSON", self.table_name))
+            })?;
             attrs.insert(name, value);
         }
-        Ok(Item {
-            key: Key { pk, sk },
-            attrs,
-            version,
-            expires_at,
-        })
+        Ok(Item { key: Key { pk, sk }, attrs, version, expires_at })
     }
 
     /// The live item, if the stored one has not expired by the injected clock.
@@ -182,9 +154,7 @@ impl DynamoTable {
     fn transact_item(&self, write: Write) -> Result<TransactWriteItem, PortError> {
         let built = match write {
             Write::Put { item, expect } => {
-                let mut put = Put::builder()
-                    .table_name(&self.table_name)
-                    .set_item(Some(encode(&item)?));
+                let mut put = Put::builder().table_name(&self.table_name).set_item(Some(encode(&item)?));
                 if let Some(condition) = self.condition(expect) {
                     put = condition.apply_put(put);
                 }
@@ -192,9 +162,7 @@ impl DynamoTable {
             }
             Write::Delete { key, expect } => {
                 check_key(&key)?;
-                let mut delete = Delete::builder()
-                    .table_name(&self.table_name)
-                    .set_key(Some(Self::key_map(&key)));
+                let mut delete = Delete::builder().table_name(&self.table_name).set_key(Some(Self::key_map(&key)));
                 if let Some(condition) = self.condition(expect) {
                     delete = condition.apply_delete(delete);
                 }
@@ -205,9 +173,7 @@ impl DynamoTable {
                 let condition = self.condition(expect).unwrap_or_else(Self::always);
                 let check = condition
                     .apply_check(
-                        ConditionCheck::builder()
-                            .table_name(&self.table_name)
-                            .set_key(Some(Self::key_map(&key))),
+                        ConditionCheck::builder().table_name(&self.table_name).set_key(Some(Self::key_map(&key))),
                     )
                     .build()
                     .map_err(build_error)?;
@@ -278,19 +244,15 @@ fn encode(item: &Item) -> Result<AttrMap, PortError> {
     check_attrs(&item.attrs)?;
     let mut map = AttrMap::with_capacity(item.attrs.len() + 4);
     for (name, value) in &item.attrs {
-        let value = serde_dynamo::to_attribute_value(value).map_err(|_| {
-            PortError::Invalid(format!("attribute `{name}` cannot be stored in DynamoDB"))
-        })?;
+        let value = serde_dynamo::to_attribute_value(value)
+            .map_err(|_| PortError::Invalid(format!("attribute `{name}` cannot be stored in DynamoDB")))?;
         map.insert(name.clone(), value);
     }
     map.insert(PK.into(), AttributeValue::S(item.key.pk.clone()));
     map.insert(SK.into(), AttributeValue::S(item.key.sk.clone()));
     map.insert(VERSION.into(), AttributeValue::N(item.version.to_string()));
     if let Some(at) = item.expires_at {
-        map.insert(
-            EXPIRES_AT.into(),
-            AttributeValue::N(at.timestamp().to_string()),
-        );
+        map.insert(EXPIRES_AT.into(), AttributeValue::N(at.timestamp().to_string()));
     }
     Ok(map)
 }
@@ -341,11 +303,7 @@ fn plan(query: &Query) -> Plan {
             }
         }
     }
-    Plan::Request {
-        from,
-        to,
-        start_after,
-    }
+    Plan::Request { from, to, start_after }
 }
 
 #[async_trait]
@@ -368,11 +326,7 @@ impl Table for DynamoTable {
     }
 
     async fn put(&self, item: Item, expect: Expect) -> Result<(), PortError> {
-        let mut request = self
-            .client
-            .put_item()
-            .table_name(&self.table_name)
-            .set_item(Some(encode(&item)?));
+        let mut request = self.client.put_item().table_name(&self.table_name).set_item(Some(encode(&item)?));
         if let Some(condition) = self.condition(expect) {
             request = request
                 .condition_expression(condition.expression)
@@ -390,11 +344,7 @@ impl Table for DynamoTable {
 
     async fn delete(&self, key: &Key, expect: Expect) -> Result<(), PortError> {
         check_key(key)?;
-        let mut request = self
-            .client
-            .delete_item()
-            .table_name(&self.table_name)
-            .set_key(Some(Self::key_map(key)));
+        let mut request = self.client.delete_item().table_name(&self.table_name).set_key(Some(Self::key_map(key)));
         if let Some(condition) = self.condition(expect) {
             request = request
                 .condition_expression(condition.expression)
@@ -413,17 +363,11 @@ impl Table for DynamoTable {
     async fn query(&self, query: &Query) -> Result<Page, PortError> {
         check_pk(&query.pk)?;
         if query.limit == 0 {
-            return Err(PortError::Invalid(
-                "a query's limit must be at least 1".into(),
-            ));
+            return Err(PortError::Invalid("a query's limit must be at least 1".into()));
         }
         let (from, to, start_after) = match plan(query) {
             Plan::Empty => return Ok(Page::default()),
-            Plan::Request {
-                from,
-                to,
-                start_after,
-            } => (from, to, start_after),
+            Plan::Request { from, to, start_after } => (from, to, start_after),
         };
         let limit = query.limit.min(MAX_QUERY_LIMIT);
         let mut names = HashMap::from([("#pk".to_string(), PK.to_string())]);
@@ -450,12 +394,7 @@ impl Table for DynamoTable {
             expression.push_str(" AND ");
             expression.push_str(range);
         }
-        let start_key = start_after.map(|sk| {
-            Self::key_map(&Key {
-                pk: query.pk.clone(),
-                sk,
-            })
-        });
+        let start_key = start_after.map(|sk| Self::key_map(&Key { pk: query.pk.clone(), sk }));
         let output = self
             .client
             .query()
@@ -478,9 +417,7 @@ impl Table for DynamoTable {
             }
         }
         let next = match output.last_evaluated_key {
-            Some(mut last) => {
-                Some(take_string(&mut last, SK).ok_or_else(|| self.no_item_error(SK))?)
-            }
+            Some(mut last) => Some(take_string(&mut last, SK).ok_or_else(|| self.no_item_error(SK))?),
             None => None,
         };
         Ok(Page { items, next })
@@ -488,26 +425,14 @@ impl Table for DynamoTable {
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), PortError> {
         check_transaction(&writes)?;
-        let items = writes
-            .into_iter()
-            .map(|w| self.transact_item(w))
-            .collect::<Result<Vec<_>, _>>()?;
-        match self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await
-        {
+        let items = writes.into_iter().map(|w| self.transact_item(w)).collect::<Result<Vec<_>, _>>()?;
+        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(e)) => match e.err() {
                 TransactWriteItemsError::TransactionCanceledException(cancelled) => {
                     Err(cancellation_error(cancelled.cancellation_reasons()))
                 }
-                _ => Err(sdk_error(
-                    "DynamoDB TransactWriteItems",
-                    &SdkError::ServiceError(e),
-                )),
+                _ => Err(sdk_error("DynamoDB TransactWriteItems", &SdkError::ServiceError(e))),
             },
             Err(e) => Err(sdk_error("DynamoDB TransactWriteItems", &e)),
         }
@@ -532,19 +457,10 @@ fn cancellation_error(reasons: &[aws_sdk_dynamodb::types::CancellationReason]) -
         return PortError::ConditionFailed { index: Some(index) };
     }
     if code_at("ValidationError").is_some() {
-        return PortError::Invalid(
-            "DynamoDB TransactWriteItems rejected the request: ValidationError".into(),
-        );
+        return PortError::Invalid("DynamoDB TransactWriteItems rejected the request: ValidationError".into());
     }
-    let codes: Vec<&str> = reasons
-        .iter()
-        .filter_map(|r| r.code())
-        .filter(|c| *c != "None")
-        .collect();
-    PortError::Unavailable(format!(
-        "DynamoDB TransactWriteItems was cancelled: {}",
-        codes.join(", ")
-    ))
+    let codes: Vec<&str> = reasons.iter().filter_map(|r| r.code()).filter(|c| *c != "None").collect();
+    PortError::Unavailable(format!("DynamoDB TransactWriteItems was cancelled: {}", codes.join(", ")))
 }
 
 #[cfg(test)]
@@ -565,51 +481,23 @@ mod tests {
     }
 
     fn request(from: Option<&str>, to: Option<&str>, start_after: Option<&str>) -> Plan {
-        Plan::Request {
-            from: from.map(Into::into),
-            to: to.map(Into::into),
-            start_after: start_after.map(Into::into),
-        }
+        Plan::Request { from: from.map(Into::into), to: to.map(Into::into), start_after: start_after.map(Into::into) }
     }
 
     #[test]
     fn cursor_is_folded_into_the_range() {
         // Ascending: a cursor below the range is ignored, inside it is the start key, at or past the end is empty.
-        assert_eq!(
-            plan(&query(Some("b"), Some("d"), Some("a"), false)),
-            request(Some("b"), Some("d"), None)
-        );
-        assert_eq!(
-            plan(&query(Some("b"), Some("d"), Some("b"), false)),
-            request(Some("b"), Some("d"), Some("b"))
-        );
-        assert_eq!(
-            plan(&query(Some("b"), Some("d"), Some("c"), false)),
-            request(Some("b"), Some("d"), Some("c"))
-        );
-        assert_eq!(
-            plan(&query(Some("b"), Some("d"), Some("d"), false)),
-            Plan::Empty
-        );
+        assert_eq!(plan(&query(Some("b"), Some("d"), Some("a"), false)), request(Some("b"), Some("d"), None));
+        assert_eq!(plan(&query(Some("b"), Some("d"), Some("b"), false)), request(Some("b"), Some("d"), Some("b")));
+        assert_eq!(plan(&query(Some("b"), Some("d"), Some("c"), false)), request(Some("b"), Some("d"), Some("c")));
+        assert_eq!(plan(&query(Some("b"), Some("d"), Some("d"), false)), Plan::Empty);
         // Descending mirrors it.
-        assert_eq!(
-            plan(&query(Some("b"), Some("d"), Some("e"), true)),
-            request(Some("b"), Some("d"), None)
-        );
-        assert_eq!(
-            plan(&query(Some("b"), Some("d"), Some("c"), true)),
-            request(Some("b"), Some("d"), Some("c"))
-        );
-        assert_eq!(
-            plan(&query(Some("b"), Some("d"), Some("b"), true)),
-            Plan::Empty
-        );
+        assert_eq!(plan(&query(Some("b"), Some("d"), Some("e"), true)), request(Some("b"), Some("d"), None));
+        assert_eq!(plan(&query(Some("b"), Some("d"), Some("c"), true)), request(Some("b"), Some("d"), Some("c")));
+        assert_eq!(plan(&query(Some("b"), Some("d"), Some("b"), true)), Plan::Empty);
         // Inverted and empty bounds.
         assert_eq!(plan(&query(Some("d"), Some("b"), None, false)), Plan::Empty);
-        assert_eq!(
-            plan(&query(Some(""), None, Some(""), false)),
-            request(None, None, None)
-        );
+        assert_eq!(plan(&query(Some(""), None, Some(""), false)), request(None, None, None));
         assert_eq!(plan(&query(None, Some(""), None, false)), Plan::Empty);
         assert_eq!(plan(&query(None, None, Some(""), true)), Plan::Empty);
     }
@@ -619,10 +507,7 @@ mod tests {
         let mut attrs = Attrs::new();
         attrs.insert("name".into(), json!("Ada"));
         attrs.insert("n".into(), json!(42));
-        attrs.insert(
-            "nested".into(),
-            json!({"list": [1, "two", null, true], "empty": ""}),
-        );
+        attrs.insert("nested".into(), json!({"list": [1, "two", null, true], "empty": ""}));
         let item = Item {
             key: Key::new("org#1", "user#2"),
             attrs,
@@ -630,18 +515,9 @@ mod tests {
             expires_at: DateTime::<Utc>::from_timestamp(1_700_000_000, 0),
         };
         let map = encode(&item).unwrap();
-        assert_eq!(
-            map.get("expires_at"),
-            Some(&AttributeValue::N("1700000000".into()))
-        );
-        let config = aws_sdk_dynamodb::Config::builder()
-            .behavior_version_latest()
-            .build();
-        let table = DynamoTable::new(
-            Client::from_conf(config),
-            "t",
-            Arc::new(crate::clock::SystemClock),
-        );
+        assert_eq!(map.get("expires_at"), Some(&AttributeValue::N("1700000000".into())));
+        let config = aws_sdk_dynamodb::Config::builder().behavior_version_latest().build();
+        let table = DynamoTable::new(Client::from_conf(config), "t", Arc::new(crate::clock::SystemClock));
         assert_eq!(table.decode(map).unwrap(), item);
     }
 
@@ -656,23 +532,10 @@ mod tests {
     #[test]
     fn cancellation_reasons_name_the_first_failed_condition() {
         let reason = |code: &str| CancellationReason::builder().code(code).build();
-        let reasons = [
-            reason("None"),
-            reason("ConditionalCheckFailed"),
-            reason("ConditionalCheckFailed"),
-        ];
-        assert_eq!(
-            cancellation_error(&reasons),
-            PortError::ConditionFailed { index: Some(1) }
-        );
+        let reasons = [reason("None"), reason("ConditionalCheckFailed"), reason("ConditionalCheckFailed")];
+        assert_eq!(cancellation_error(&reasons), PortError::ConditionFailed { index: Some(1) });
         let conflict = [reason("None"), reason("TransactionConflict")];
-        assert!(matches!(
-            cancellation_error(&conflict),
-            PortError::Unavailable(_)
-        ));
-        assert!(matches!(
-            cancellation_error(&[reason("ValidationError")]),
-            PortError::Invalid(_)
-        ));
+        assert!(matches!(cancellation_error(&conflict), PortError::Unavailable(_)));
+        assert!(matches!(cancellation_error(&[reason("ValidationError")]), PortError::Invalid(_)));
     }
 }

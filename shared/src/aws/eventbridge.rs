@@ -19,18 +19,13 @@ pub struct EventBridgeBus {
 
 impl std::fmt::Debug for EventBridgeBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventBridgeBus")
-            .field("bus_name", &self.bus_name)
-            .finish_non_exhaustive()
+        f.debug_struct("EventBridgeBus").field("bus_name", &self.bus_name).finish_non_exhaustive()
     }
 }
 
 impl EventBridgeBus {
     pub fn new(client: Client, bus_name: impl Into<String>) -> Self {
-        Self {
-            client,
-            bus_name: bus_name.into(),
-        }
+        Self { client, bus_name: bus_name.into() }
     }
 
     pub fn bus_name(&self) -> &str {
@@ -39,23 +34,17 @@ impl EventBridgeBus {
 
     fn entry(&self, event: &BusEvent) -> Result<PutEventsRequestEntry, PortError> {
         if event.source.is_empty() || event.detail_type.is_empty() {
-            return Err(PortError::Invalid(
-                "an event needs a source and a detail-type".into(),
-            ));
+            return Err(PortError::Invalid("an event needs a source and a detail-type".into()));
         }
         if !event.detail.is_object() {
-            return Err(PortError::Invalid(
-                "an event's detail must be a JSON object".into(),
-            ));
+            return Err(PortError::Invalid("an event's detail must be a JSON object".into()));
         }
         let detail = serde_json::to_string(&event.detail)
             .map_err(|_| PortError::Invalid("an event's detail could not be serialised".into()))?;
         // EventBridge's entry size: source, detail-type and detail in UTF-8 (no time or resources are sent).
         let size = event.source.len() + event.detail_type.len() + detail.len();
         if size > MAX_EVENT_BYTES {
-            return Err(PortError::Invalid(format!(
-                "event is {size} bytes; the limit is {MAX_EVENT_BYTES}"
-            )));
+            return Err(PortError::Invalid(format!("event is {size} bytes; the limit is {MAX_EVENT_BYTES}")));
         }
         Ok(PutEventsRequestEntry::builder()
             .event_bus_name(&self.bus_name)
@@ -71,10 +60,7 @@ impl EventBridgeBus {
 impl EventBus for EventBridgeBus {
     async fn put(&self, events: &[BusEvent]) -> Result<(), PortError> {
         // Validate every event before publishing any, so a bad event never leaves half the batch published.
-        let entries = events
-            .iter()
-            .map(|e| self.entry(e))
-            .collect::<Result<Vec<_>, _>>()?;
+        let entries = events.iter().map(|e| self.entry(e)).collect::<Result<Vec<_>, _>>()?;
         for chunk in entries.chunks(MAX_ENTRIES_PER_PUT) {
             let output = self
                 .client
@@ -84,11 +70,7 @@ impl EventBus for EventBridgeBus {
                 .await
                 .map_err(|e| sdk_error("EventBridge PutEvents", &e))?;
             if output.failed_entry_count() > 0 {
-                let codes: Vec<&str> = output
-                    .entries()
-                    .iter()
-                    .filter_map(|e| e.error_code())
-                    .collect();
+                let codes: Vec<&str> = output.entries().iter().filter_map(|e| e.error_code()).collect();
                 return Err(PortError::Unavailable(format!(
                     "EventBridge PutEvents failed {} of {} entries: {}",
                     output.failed_entry_count(),
@@ -117,21 +99,12 @@ mod tests {
     use serde_json::json;
 
     fn bus() -> EventBridgeBus {
-        let client = Client::from_conf(
-            aws_sdk_eventbridge::Config::builder()
-                .behavior_version_latest()
-                .build(),
-        );
+        let client = Client::from_conf(aws_sdk_eventbridge::Config::builder().behavior_version_latest().build());
         EventBridgeBus::new(client, "keel")
     }
 
     fn event(detail: serde_json::Value) -> BusEvent {
-        BusEvent {
-            source: "keel.jobs".into(),
-            detail_type: "job.completed".into(),
-            detail,
-            trace_header: None,
-        }
+        BusEvent { source: "keel.jobs".into(), detail_type: "job.completed".into(), detail, trace_header: None }
     }
 
     #[test]
@@ -140,19 +113,13 @@ mod tests {
         traced.trace_header = Some("Root=1-5759e988-bd862e3fe1be46a994272793".into());
         let entry = bus().entry(&traced).unwrap();
         assert_eq!(entry.event_bus_name(), Some("keel"));
-        assert_eq!(
-            entry.trace_header(),
-            Some("Root=1-5759e988-bd862e3fe1be46a994272793")
-        );
+        assert_eq!(entry.trace_header(), Some("Root=1-5759e988-bd862e3fe1be46a994272793"));
         assert_eq!(entry.detail(), Some(r#"{"id":1}"#));
     }
 
     #[test]
     fn malformed_and_oversize_events_are_invalid() {
-        assert!(matches!(
-            bus().entry(&event(json!([1]))),
-            Err(PortError::Invalid(_))
-        ));
+        assert!(matches!(bus().entry(&event(json!([1]))), Err(PortError::Invalid(_))));
         let big = event(json!({"blob": "x".repeat(MAX_EVENT_BYTES)}));
         assert!(matches!(bus().entry(&big), Err(PortError::Invalid(_))));
     }

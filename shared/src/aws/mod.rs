@@ -59,12 +59,8 @@ where
             };
             PortError::Unavailable(format!("{operation} {kind}"))
         }
-        SdkError::ResponseError(_) => {
-            PortError::Unavailable(format!("{operation} got an unreadable response"))
-        }
-        SdkError::ConstructionFailure(_) => {
-            PortError::Invalid(format!("{operation} request could not be built"))
-        }
+        SdkError::ResponseError(_) => PortError::Unavailable(format!("{operation} got an unreadable response")),
+        SdkError::ConstructionFailure(_) => PortError::Invalid(format!("{operation} request could not be built")),
         _ => PortError::Unavailable(format!("{operation} failed")),
     }
 }
@@ -98,13 +94,7 @@ mod tests {
     fn aws_endpoint_url_is_honoured_by_the_sdk() {
         let exe = std::env::current_exe().unwrap();
         let output = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "aws::tests::endpoint_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args(["--exact", "aws::tests::endpoint_child", "--ignored", "--nocapture", "--test-threads=1"])
             .env(CHILD_MARKER, "1")
             .env("AWS_ENDPOINT_URL", "http://127.0.0.1:4566")
             .env("AWS_REGION", "us-east-1")
@@ -113,15 +103,8 @@ mod tests {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "child failed: {stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            stdout.contains("1 passed"),
-            "the child test did not run: {stdout}"
-        );
+        assert!(output.status.success(), "child failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("1 passed"), "the child test did not run: {stdout}");
     }
 
     #[test]
@@ -130,10 +113,7 @@ mod tests {
         if std::env::var_os(CHILD_MARKER).is_none() {
             return;
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let config = runtime.block_on(load_sdk_config());
         assert_eq!(config.endpoint_url(), Some("http://127.0.0.1:4566"));
     }

@@ -36,11 +36,7 @@ fn build_failed(what: &str) -> impl Fn(aws_sdk_dynamodb::error::BuildError) -> P
 pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Result<(), PortError> {
     let what = format!("create table {name}");
     let key = |attribute: &str, key_type: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(attribute)
-            .key_type(key_type)
-            .build()
-            .map_err(build_failed(&what))
+        KeySchemaElement::builder().attribute_name(attribute).key_type(key_type).build().map_err(build_failed(&what))
     };
     let string_attribute = |attribute: &str| {
         AttributeDefinition::builder()
@@ -67,38 +63,21 @@ pub async fn ensure_table(client: &aws_sdk_dynamodb::Client, name: &str) -> Resu
 
     let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
     loop {
-        let described = client
-            .describe_table()
-            .table_name(name)
-            .send()
-            .await
-            .map_err(|e| failed(&what, e))?;
+        let described = client.describe_table().table_name(name).send().await.map_err(|e| failed(&what, e))?;
         if described.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(PortError::Unavailable(format!(
-                "{what}: not active after {TABLE_ACTIVE_TIMEOUT:?}"
-            )));
+            return Err(PortError::Unavailable(format!("{what}: not active after {TABLE_ACTIVE_TIMEOUT:?}")));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let ttl = client
-        .describe_time_to_live()
-        .table_name(name)
-        .send()
-        .await
-        .map_err(|e| failed(&what, e))?;
+    let ttl = client.describe_time_to_live().table_name(name).send().await.map_err(|e| failed(&what, e))?;
     let current = ttl.time_to_live_description();
     let enabled = current
         .and_then(|d| d.time_to_live_status())
-        .is_some_and(|status| {
-            matches!(
-                status,
-                TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling
-            )
-        })
+        .is_some_and(|status| matches!(status, TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling))
         && current.and_then(|d| d.attribute_name()) == Some(TTL_ATTRIBUTE);
     if !enabled {
         let spec = TimeToLiveSpecification::builder()
@@ -126,13 +105,9 @@ pub async fn ensure_queue(
     redrive: Option<(&str, u32)>,
 ) -> Result<(String, String), PortError> {
     let what = format!("create queue {name}");
-    let mut attributes = vec![(
-        QueueAttributeName::VisibilityTimeout,
-        visibility_timeout_secs.to_string(),
-    )];
+    let mut attributes = vec![(QueueAttributeName::VisibilityTimeout, visibility_timeout_secs.to_string())];
     if let Some((dlq_arn, max_receive_count)) = redrive {
-        let policy =
-            json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count });
+        let policy = json!({ "deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count });
         attributes.push((QueueAttributeName::RedrivePolicy, policy.to_string()));
     }
     let mut request = client.create_queue().queue_name(name);
@@ -140,9 +115,7 @@ pub async fn ensure_queue(
         request = request.attributes(attribute.clone(), value);
     }
     let url = match request.send().await {
-        Ok(output) => output
-            .queue_url
-            .ok_or_else(|| PortError::Unavailable(format!("{what}: no queue URL")))?,
+        Ok(output) => output.queue_url.ok_or_else(|| PortError::Unavailable(format!("{what}: no queue URL")))?,
         Err(SdkError::ServiceError(e)) if e.err().is_queue_name_exists() => {
             // It exists with other attributes: bring them to what was asked for.
             let url = client
@@ -157,10 +130,7 @@ pub async fn ensure_queue(
             for (attribute, value) in attributes {
                 update = update.attributes(attribute, value);
             }
-            update
-                .send()
-                .await
-                .map_err(|e| failed(format!("update queue {name}"), e))?;
+            update.send().await.map_err(|e| failed(format!("update queue {name}"), e))?;
             url
         }
         Err(e) => return Err(failed(&what, e)),
@@ -183,10 +153,7 @@ async fn queue_arn(client: &aws_sdk_sqs::Client, url: &str) -> Result<String, Po
 }
 
 /// Creates the event bus unless it exists (the `default` bus always does). Returns its ARN.
-pub async fn ensure_bus(
-    client: &aws_sdk_eventbridge::Client,
-    name: &str,
-) -> Result<String, PortError> {
+pub async fn ensure_bus(client: &aws_sdk_eventbridge::Client, name: &str) -> Result<String, PortError> {
     if name != "default" {
         match client.create_event_bus().name(name).send().await {
             Ok(output) => {
@@ -198,16 +165,9 @@ pub async fn ensure_bus(
             Err(e) => return Err(failed(format!("create event bus {name}"), e)),
         }
     }
-    let described = client
-        .describe_event_bus()
-        .name(name)
-        .send()
-        .await
-        .map_err(|e| failed(format!("describe bus {name}"), e))?;
-    described
-        .arn()
-        .map(str::to_string)
-        .ok_or_else(|| PortError::Unavailable(format!("event bus {name} has no ARN")))
+    let described =
+        client.describe_event_bus().name(name).send().await.map_err(|e| failed(format!("describe bus {name}"), e))?;
+    described.arn().map(str::to_string).ok_or_else(|| PortError::Unavailable(format!("event bus {name} has no ARN")))
 }
 
 /// EventBridge's JSON form of an [`EventPattern`]: exact sources, and detail-types exact or, when they end in `*`,
@@ -275,15 +235,8 @@ pub async fn ensure_rule_to_queue(
         .await
         .map_err(|e| failed(format!("put target of rule {rule_name}"), e))?;
     if targets.failed_entry_count() > 0 {
-        let codes: Vec<&str> = targets
-            .failed_entries()
-            .iter()
-            .filter_map(|e| e.error_code())
-            .collect();
-        return Err(PortError::Unavailable(format!(
-            "put target of rule {rule_name}: {}",
-            codes.join(", ")
-        )));
+        let codes: Vec<&str> = targets.failed_entries().iter().filter_map(|e| e.error_code()).collect();
+        return Err(PortError::Unavailable(format!("put target of rule {rule_name}: {}", codes.join(", "))));
     }
 
     allow_rule_to_send(sqs, queue_url, queue_arn, &rule_arn).await?;
@@ -293,15 +246,8 @@ pub async fn ensure_rule_to_queue(
 /// A target id EventBridge accepts (`[.\-_A-Za-z0-9]+`, at most 64 characters) derived from the queue's name.
 fn target_id(queue_arn: &str) -> String {
     let name = queue_arn.rsplit(':').next().unwrap_or(queue_arn);
-    let id: String = name
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        .collect();
-    let id = if id.is_empty() {
-        "queue".to_string()
-    } else {
-        id
-    };
+    let id: String = name.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')).collect();
+    let id = if id.is_empty() { "queue".to_string() } else { id };
     id.chars().take(64).collect()
 }
 
@@ -323,15 +269,11 @@ async fn allow_rule_to_send(
         .and_then(|mut a| a.remove(&QueueAttributeName::Policy))
         .filter(|p| !p.trim().is_empty());
     let mut policy: Value = match current {
-        Some(text) => serde_json::from_str(&text).map_err(|_| {
-            PortError::Unavailable(format!("{what}: the queue's policy is not JSON"))
-        })?,
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|_| PortError::Unavailable(format!("{what}: the queue's policy is not JSON")))?,
         None => json!({ "Version": "2012-10-17", "Statement": [] }),
     };
-    let sid: String = format!("keel-{rule_arn}")
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect();
+    let sid: String = format!("keel-{rule_arn}").chars().filter(char::is_ascii_alphanumeric).collect();
     let statement = json!({
         "Sid": sid,
         "Effect": "Allow",
@@ -340,13 +282,8 @@ async fn allow_rule_to_send(
         "Resource": queue_arn,
         "Condition": { "ArnEquals": { "aws:SourceArn": rule_arn } },
     });
-    let shape_error =
-        || PortError::Unavailable(format!("{what}: the queue's policy is not a JSON object"));
-    let statements = policy
-        .as_object_mut()
-        .ok_or_else(shape_error)?
-        .entry("Statement")
-        .or_insert_with(|| json!([]));
+    let shape_error = || PortError::Unavailable(format!("{what}: the queue's policy is not a JSON object"));
+    let statements = policy.as_object_mut().ok_or_else(shape_error)?.entry("Statement").or_insert_with(|| json!([]));
     if !statements.is_array() {
         // A policy may hold a single statement object; normalise it to a list.
         *statements = Value::Array(vec![statements.take()]);
@@ -354,10 +291,7 @@ async fn allow_rule_to_send(
     let Value::Array(statements) = statements else {
         return Err(shape_error());
     };
-    if statements
-        .iter()
-        .any(|s| s.get("Sid").and_then(Value::as_str) == Some(sid.as_str()))
-    {
+    if statements.iter().any(|s| s.get("Sid").and_then(Value::as_str) == Some(sid.as_str())) {
         return Ok(());
     }
     statements.push(statement);
@@ -385,20 +319,13 @@ mod tests {
             json,
             json!({ "source": ["keel.jobs"], "detail-type": ["job.completed", { "prefix": "job.fail" }] })
         );
-        let all: Value =
-            serde_json::from_str(&event_pattern_json(&EventPattern::default())).unwrap();
+        let all: Value = serde_json::from_str(&event_pattern_json(&EventPattern::default())).unwrap();
         assert_eq!(all, json!({ "source": [{ "prefix": "" }] }));
     }
 
     #[test]
     fn target_ids_are_sanitised() {
-        assert_eq!(
-            target_id("arn:aws:sqs:us-east-1:123456789012:keel-jobs_1.fifo"),
-            "keel-jobs_1.fifo"
-        );
-        assert_eq!(
-            target_id(&format!("arn:aws:sqs:r:1:{}", "q".repeat(80))).len(),
-            64
-        );
+        assert_eq!(target_id("arn:aws:sqs:us-east-1:123456789012:keel-jobs_1.fifo"), "keel-jobs_1.fifo");
+        assert_eq!(target_id(&format!("arn:aws:sqs:r:1:{}", "q".repeat(80))).len(), 64);
     }
 }

@@ -74,10 +74,7 @@ impl Resources for AwsResources {
     fn queue(&self, var: &str) -> Result<Arc<dyn Queue>, ConfigError> {
         let url = self.env.required(var)?;
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(ConfigError::Malformed {
-                name: var.to_string(),
-                reason: "expected an SQS queue URL".into(),
-            });
+            return Err(ConfigError::Malformed { name: var.to_string(), reason: "expected an SQS queue URL".into() });
         }
         let queue = SqsQueue::new(self.sqs.clone(), url);
         Ok(self.deliver_queue(var, Arc::new(queue)))
@@ -111,32 +108,20 @@ mod tests {
     fn variables_resolve_to_adapters_and_missing_ones_are_named() {
         let res = resources(Env::from_pairs([
             ("JOBS_TABLE", "keel-jobs"),
-            (
-                "JOBS_QUEUE_URL",
-                "https://sqs.us-east-1.amazonaws.com/123456789012/keel-jobs",
-            ),
+            ("JOBS_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/keel-jobs"),
             ("EVENT_BUS_NAME", "keel"),
             ("BAD_QUEUE_URL", "keel-jobs"),
         ]));
         assert!(res.table("JOBS_TABLE").is_ok());
         assert_eq!(res.queue("JOBS_QUEUE_URL").unwrap().name(), "keel-jobs");
         assert!(res.bus("EVENT_BUS_NAME").is_ok());
-        assert_eq!(
-            res.table("NOPE_TABLE").err(),
-            Some(ConfigError::Missing("NOPE_TABLE".into()))
-        );
-        assert!(matches!(
-            res.queue("BAD_QUEUE_URL").err(),
-            Some(ConfigError::Malformed { .. })
-        ));
+        assert_eq!(res.table("NOPE_TABLE").err(), Some(ConfigError::Missing("NOPE_TABLE".into())));
+        assert!(matches!(res.queue("BAD_QUEUE_URL").err(), Some(ConfigError::Malformed { .. })));
     }
 
     #[tokio::test]
     async fn keel_faults_wrap_every_adapter_and_a_malformed_spec_fails_start_up() {
-        let res = resources(Env::from_pairs([
-            ("T", "keel-t"),
-            ("KEEL_FAULTS", "table.get:1"),
-        ]));
+        let res = resources(Env::from_pairs([("T", "keel-t"), ("KEEL_FAULTS", "table.get:1")]));
         let error = res.table("T").unwrap().get(&crate::table::Key::new("a", "b")).await.unwrap_err();
         assert_eq!(error, crate::port::PortError::Unavailable("injected fault: table.get".into()));
         let config = aws_config::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build();

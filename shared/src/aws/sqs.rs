@@ -37,26 +37,15 @@ pub struct SqsQueue {
 
 impl std::fmt::Debug for SqsQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqsQueue")
-            .field("queue_url", &self.queue_url)
-            .finish_non_exhaustive()
+        f.debug_struct("SqsQueue").field("queue_url", &self.queue_url).finish_non_exhaustive()
     }
 }
 
 impl SqsQueue {
     pub fn new(client: Client, queue_url: impl Into<String>) -> Self {
         let queue_url = queue_url.into();
-        let name = queue_url
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        Self {
-            client,
-            queue_url,
-            name,
-        }
+        let name = queue_url.trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_string();
+        Self { client, queue_url, name }
     }
 
     pub fn queue_url(&self) -> &str {
@@ -64,8 +53,7 @@ impl SqsQueue {
     }
 
     fn decode(message: Message) -> Result<Received, PortError> {
-        let malformed =
-            |what: &str| PortError::Unavailable(format!("SQS ReceiveMessage returned no {what}"));
+        let malformed = |what: &str| PortError::Unavailable(format!("SQS ReceiveMessage returned no {what}"));
         let system = message.attributes.unwrap_or_default();
         let receive_count = system
             .get(&MessageSystemAttributeName::ApproximateReceiveCount)
@@ -83,15 +71,11 @@ impl SqsQueue {
             .filter_map(|(name, value)| attribute_string(value).map(|v| (name, v)))
             .collect();
         if let Some(trace) = system.get(&MessageSystemAttributeName::AwsTraceHeader) {
-            attributes
-                .entry(TRACE_HEADER_ATTRIBUTE.to_string())
-                .or_insert_with(|| trace.clone());
+            attributes.entry(TRACE_HEADER_ATTRIBUTE.to_string()).or_insert_with(|| trace.clone());
         }
         Ok(Received {
             message_id: message.message_id.ok_or_else(|| malformed("MessageId"))?,
-            receipt: message
-                .receipt_handle
-                .ok_or_else(|| malformed("ReceiptHandle"))?,
+            receipt: message.receipt_handle.ok_or_else(|| malformed("ReceiptHandle"))?,
             body: message.body.unwrap_or_default(),
             attributes,
             receive_count,
@@ -112,11 +96,7 @@ fn attribute_string(value: MessageAttributeValue) -> Option<String> {
 
 /// The size SQS charges a message with: the body plus each attribute's name, data type and value.
 pub fn message_size(body: &str, attributes: &MessageAttrs) -> usize {
-    body.len()
-        + attributes
-            .iter()
-            .map(|(name, value)| name.len() + STRING_TYPE.len() + value.len())
-            .sum::<usize>()
+    body.len() + attributes.iter().map(|(name, value)| name.len() + STRING_TYPE.len() + value.len()).sum::<usize>()
 }
 
 /// SQS's limit on message attributes per message.
@@ -124,9 +104,9 @@ pub const MAX_ATTRIBUTES: usize = 10;
 
 /// Characters SQS accepts in bodies and attribute values.
 fn valid_chars(text: &str) -> bool {
-    text.chars().all(|c| {
-        matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-    })
+    text.chars().all(
+        |c| matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..),
+    )
 }
 
 /// Attribute names SQS accepts: 1 to 256 of `[A-Za-z0-9_.-]`, no leading, trailing or doubled `.`, and no `AWS.` or
@@ -135,9 +115,7 @@ fn valid_attribute_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     !name.is_empty()
         && name.len() <= 256
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         && !name.starts_with('.')
         && !name.ends_with('.')
         && !name.contains("..")
@@ -150,30 +128,20 @@ fn valid_attribute_name(name: &str) -> bool {
 pub fn check_message(body: &str, attributes: &MessageAttrs) -> Result<(), PortError> {
     let size = message_size(body, attributes);
     if size > MAX_MESSAGE_BYTES {
-        return Err(PortError::Invalid(format!(
-            "message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}"
-        )));
+        return Err(PortError::Invalid(format!("message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")));
     }
     if body.is_empty() || !valid_chars(body) {
-        return Err(PortError::Invalid(
-            "a message body must be non-empty and hold only characters SQS allows".into(),
-        ));
+        return Err(PortError::Invalid("a message body must be non-empty and hold only characters SQS allows".into()));
     }
     if attributes.len() > MAX_ATTRIBUTES {
-        return Err(PortError::Invalid(format!(
-            "a message holds at most {MAX_ATTRIBUTES} attributes"
-        )));
+        return Err(PortError::Invalid(format!("a message holds at most {MAX_ATTRIBUTES} attributes")));
     }
     for (name, value) in attributes {
         if !valid_attribute_name(name) {
-            return Err(PortError::Invalid(format!(
-                "`{name}` is not a valid message attribute name"
-            )));
+            return Err(PortError::Invalid(format!("`{name}` is not a valid message attribute name")));
         }
         if value.is_empty() || !valid_chars(value) {
-            return Err(PortError::Invalid(format!(
-                "message attribute `{name}` must be a non-empty valid string"
-            )));
+            return Err(PortError::Invalid(format!("message attribute `{name}` must be a non-empty valid string")));
         }
     }
     Ok(())
@@ -182,9 +150,7 @@ pub fn check_message(body: &str, attributes: &MessageAttrs) -> Result<(), PortEr
 /// Maps the SQS errors that say a receipt handle is no longer (or never was) good.
 fn receipt_error<E: ProvideErrorMetadata>(operation: &str, err: &SdkError<E>) -> PortError {
     match err.code() {
-        Some(code)
-            if code.contains("ReceiptHandleIsInvalid") || code.contains("MessageNotInflight") =>
-        {
+        Some(code) if code.contains("ReceiptHandleIsInvalid") || code.contains("MessageNotInflight") => {
             PortError::Invalid(format!("{operation}: the receipt is not valid ({code})"))
         }
         _ => sdk_error(operation, err),
@@ -217,9 +183,7 @@ impl Queue for SqsQueue {
                 .data_type(STRING_TYPE)
                 .string_value(value)
                 .build()
-                .map_err(|_| {
-                    PortError::Invalid(format!("message attribute `{name}` cannot be sent"))
-                })?;
+                .map_err(|_| PortError::Invalid(format!("message attribute `{name}` cannot be sent")))?;
             message_attributes.insert(name.clone(), value);
         }
         let output = self
@@ -228,15 +192,13 @@ impl Queue for SqsQueue {
             .queue_url(&self.queue_url)
             .message_body(body)
             .set_message_attributes((!message_attributes.is_empty()).then_some(message_attributes))
-            .set_message_system_attributes(trace_header.map(|value| {
-                HashMap::from([(MessageSystemAttributeNameForSends::AwsTraceHeader, value)])
-            }))
+            .set_message_system_attributes(
+                trace_header.map(|value| HashMap::from([(MessageSystemAttributeNameForSends::AwsTraceHeader, value)])),
+            )
             .send()
             .await
             .map_err(|e| sdk_error("SQS SendMessage", &e))?;
-        output
-            .message_id
-            .ok_or_else(|| PortError::Unavailable("SQS SendMessage returned no MessageId".into()))
+        output.message_id.ok_or_else(|| PortError::Unavailable("SQS SendMessage returned no MessageId".into()))
     }
 
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, PortError> {
@@ -255,12 +217,7 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| sdk_error("SQS ReceiveMessage", &e))?;
-        output
-            .messages
-            .unwrap_or_default()
-            .into_iter()
-            .map(Self::decode)
-            .collect()
+        output.messages.unwrap_or_default().into_iter().map(Self::decode).collect()
     }
 
     async fn delete(&self, receipt: &str) -> Result<(), PortError> {
@@ -299,10 +256,7 @@ impl Queue for SqsQueue {
             .map_err(|e| sdk_error("SQS GetQueueAttributes", &e))?;
         let attributes = output.attributes.unwrap_or_default();
         let count = |name: QueueAttributeName| -> u64 {
-            attributes
-                .get(&name)
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0)
+            attributes.get(&name).and_then(|n| n.parse::<u64>().ok()).unwrap_or(0)
         };
         Ok(count(QueueAttributeName::ApproximateNumberOfMessages)
             + count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
@@ -325,19 +279,12 @@ mod tests {
     use super::*;
 
     fn client() -> Client {
-        Client::from_conf(
-            aws_sdk_sqs::Config::builder()
-                .behavior_version_latest()
-                .build(),
-        )
+        Client::from_conf(aws_sdk_sqs::Config::builder().behavior_version_latest().build())
     }
 
     #[test]
     fn name_is_the_last_url_segment() {
-        let queue = SqsQueue::new(
-            client(),
-            "https://sqs.eu-west-1.amazonaws.com/123456789012/keel-webhooks",
-        );
+        let queue = SqsQueue::new(client(), "https://sqs.eu-west-1.amazonaws.com/123456789012/keel-webhooks");
         assert_eq!(queue.name(), "keel-webhooks");
         let local = SqsQueue::new(client(), "http://127.0.0.1:5000/123456789012/jobs-dlq/");
         assert_eq!(local.name(), "jobs-dlq");
@@ -352,8 +299,7 @@ mod tests {
     #[test]
     fn messages_sqs_would_refuse_are_invalid() {
         let none = MessageAttrs::new();
-        let attrs =
-            |name: &str, value: &str| MessageAttrs::from([(name.to_string(), value.to_string())]);
+        let attrs = |name: &str, value: &str| MessageAttrs::from([(name.to_string(), value.to_string())]);
         assert!(check_message("ok", &attrs("trace-id.v1", "x")).is_ok());
         assert!(check_message("", &none).is_err());
         assert!(check_message("bell \u{7}", &none).is_err());
@@ -361,9 +307,7 @@ mod tests {
         assert!(check_message("ok", &attrs("AWS.TraceHeader", "x")).is_err());
         assert!(check_message("ok", &attrs("a..b", "x")).is_err());
         assert!(check_message("ok", &attrs("name", "")).is_err());
-        let many: MessageAttrs = (0..=MAX_ATTRIBUTES)
-            .map(|i| (format!("a{i}"), "v".to_string()))
-            .collect();
+        let many: MessageAttrs = (0..=MAX_ATTRIBUTES).map(|i| (format!("a{i}"), "v".to_string())).collect();
         assert!(check_message("ok", &many).is_err());
     }
 }

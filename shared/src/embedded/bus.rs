@@ -56,22 +56,16 @@ impl Stored {
 /// Rejects what EventBridge's PutEvents would (the same checks as the AWS adapter).
 fn check_event(event: &BusEvent) -> Result<(), PortError> {
     if event.source.is_empty() || event.detail_type.is_empty() {
-        return Err(PortError::Invalid(
-            "an event needs a source and a detail-type".into(),
-        ));
+        return Err(PortError::Invalid("an event needs a source and a detail-type".into()));
     }
     if !event.detail.is_object() {
-        return Err(PortError::Invalid(
-            "an event's detail must be a JSON object".into(),
-        ));
+        return Err(PortError::Invalid("an event's detail must be a JSON object".into()));
     }
     let detail = serde_json::to_string(&event.detail)
         .map_err(|_| PortError::Invalid("an event's detail could not be serialised".into()))?;
     let size = event.source.len() + event.detail_type.len() + detail.len();
     if size > MAX_EVENT_BYTES {
-        return Err(PortError::Invalid(format!(
-            "event is {size} bytes; the limit is {MAX_EVENT_BYTES}"
-        )));
+        return Err(PortError::Invalid(format!("event is {size} bytes; the limit is {MAX_EVENT_BYTES}")));
     }
     Ok(())
 }
@@ -102,19 +96,13 @@ pub struct EmbeddedBus {
 
 impl std::fmt::Debug for EmbeddedBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedBus")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("EmbeddedBus").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
 impl EmbeddedBus {
     pub(crate) fn new(db: EmbeddedDb, name: &str) -> Self {
-        Self {
-            db,
-            name: name.to_string(),
-            redb_name: format!("bus/{name}").into(),
-        }
+        Self { db, name: name.to_string(), redb_name: format!("bus/{name}").into() }
     }
 
     pub fn name(&self) -> &str {
@@ -128,12 +116,7 @@ impl EmbeddedBus {
 
     /// Every event ever put on this bus, oldest first. Blocks briefly on a read of the database.
     pub fn recorded(&self) -> Result<Vec<RecordedEvent>, PortError> {
-        let txn = self
-            .db
-            .inner
-            .db
-            .begin_read()
-            .map_err(|e| unavailable("read", e))?;
+        let txn = self.db.inner.db.begin_read().map_err(|e| unavailable("read", e))?;
         let log = match txn.open_table(Log::new(&self.redb_name)) {
             Ok(table) => table,
             Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -142,8 +125,7 @@ impl EmbeddedBus {
         let mut events = Vec::new();
         for entry in log.iter().map_err(|e| unavailable("read", e))? {
             let (_, value) = entry.map_err(|e| unavailable("read", e))?;
-            let stored: Stored =
-                serde_json::from_slice(value.value()).map_err(|_| malformed("bus event"))?;
+            let stored: Stored = serde_json::from_slice(value.value()).map_err(|_| malformed("bus event"))?;
             events.push(stored.into_recorded());
         }
         Ok(events)
@@ -163,11 +145,7 @@ impl EventBus for EmbeddedBus {
         let at = Utc::now();
         let recorded: Vec<RecordedEvent> = events
             .iter()
-            .map(|event| RecordedEvent {
-                id: ulid::Ulid::new().to_string(),
-                at,
-                event: event.clone(),
-            })
+            .map(|event| RecordedEvent { id: ulid::Ulid::new().to_string(), at, event: event.clone() })
             .collect();
         let mut values = Vec::with_capacity(recorded.len());
         for r in &recorded {
@@ -180,8 +158,7 @@ impl EventBus for EmbeddedBus {
                 trace_header: r.event.trace_header.clone(),
             };
             values.push(
-                serde_json::to_vec(&stored)
-                    .map_err(|_| PortError::Invalid("event could not be serialised".into()))?,
+                serde_json::to_vec(&stored).map_err(|_| PortError::Invalid("event could not be serialised".into()))?,
             );
         }
         let redb_name = self.redb_name.clone();
@@ -189,17 +166,11 @@ impl EventBus for EmbeddedBus {
             .blocking(move |db| {
                 let txn = db.begin_write().map_err(|e| unavailable("write", e))?;
                 {
-                    let mut log = txn
-                        .open_table(Log::new(&redb_name))
-                        .map_err(|e| unavailable("write", e))?;
-                    let mut seq = log
-                        .last()
-                        .map_err(|e| unavailable("read", e))?
-                        .map_or(0, |(k, _)| k.value());
+                    let mut log = txn.open_table(Log::new(&redb_name)).map_err(|e| unavailable("write", e))?;
+                    let mut seq = log.last().map_err(|e| unavailable("read", e))?.map_or(0, |(k, _)| k.value());
                     for value in &values {
                         seq = seq.saturating_add(1);
-                        log.insert(seq, value.as_slice())
-                            .map_err(|e| unavailable("write", e))?;
+                        log.insert(seq, value.as_slice()).map_err(|e| unavailable("write", e))?;
                     }
                 }
                 txn.commit().map_err(|e| unavailable("commit", e))
@@ -241,12 +212,7 @@ mod tests {
     use std::time::Duration;
 
     fn event(source: &str, detail_type: &str, detail: serde_json::Value) -> BusEvent {
-        BusEvent {
-            source: source.into(),
-            detail_type: detail_type.into(),
-            detail,
-            trace_header: None,
-        }
+        BusEvent { source: source.into(), detail_type: detail_type.into(), detail, trace_header: None }
     }
 
     fn setup() -> (tempfile::TempDir, EmbeddedDb, EmbeddedBus) {
@@ -267,15 +233,11 @@ mod tests {
         let webhooks = queue(&db, "webhooks");
         let everything = queue(&db, "everything");
         bus.add_rule(
-            EventPattern {
-                sources: vec!["keel.webhooks".into()],
-                detail_types: vec!["webhook.*".into()],
-            },
+            EventPattern { sources: vec!["keel.webhooks".into()], detail_types: vec!["webhook.*".into()] },
             webhooks.clone(),
         );
         // Another handle on the same bus shares its rules.
-        db.bus("events")
-            .add_rule(EventPattern::default(), everything.clone());
+        db.bus("events").add_rule(EventPattern::default(), everything.clone());
         let mut traced = event("keel.webhooks", "webhook.received", json!({"id": 1}));
         traced.trace_header = Some("Root=1-abc".into());
         let other = event("keel.jobs", "job.done", json!({"id": 2}));
@@ -290,10 +252,7 @@ mod tests {
 
         let got = webhooks.receive(10, Duration::ZERO).await.unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(
-            got[0].attributes.get("AWSTraceHeader").map(String::as_str),
-            Some("Root=1-abc")
-        );
+        assert_eq!(got[0].attributes.get("AWSTraceHeader").map(String::as_str), Some("Root=1-abc"));
         let envelope: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
         assert_eq!(envelope["version"], "0");
         assert_eq!(envelope["id"], recorded[0].id.as_str());
@@ -303,10 +262,7 @@ mod tests {
         assert_eq!(envelope["resources"], json!([]));
         assert_eq!(envelope["detail"], json!({"id": 1}));
         let time = envelope["time"].as_str().unwrap();
-        assert_eq!(
-            DateTime::parse_from_rfc3339(time).unwrap().timestamp(),
-            recorded[0].at.timestamp()
-        );
+        assert_eq!(DateTime::parse_from_rfc3339(time).unwrap().timestamp(), recorded[0].at.timestamp());
 
         let all = everything.receive(10, Duration::ZERO).await.unwrap();
         assert_eq!(all.len(), 2);
@@ -340,12 +296,7 @@ mod tests {
         let db = EmbeddedDb::open(dir.path()).unwrap();
         let bus = db.bus("events");
         bus.put(&[event("s", "second", json!({}))]).await.unwrap();
-        let types: Vec<String> = bus
-            .recorded()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.event.detail_type)
-            .collect();
+        let types: Vec<String> = bus.recorded().unwrap().into_iter().map(|r| r.event.detail_type).collect();
         assert_eq!(types, ["first", "second"]);
         assert!(db.bus("elsewhere").recorded().unwrap().is_empty());
     }

@@ -50,16 +50,13 @@ pub struct EmbeddedDb {
 
 impl std::fmt::Debug for EmbeddedDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedDb")
-            .field("path", &self.inner.path)
-            .finish_non_exhaustive()
+        f.debug_struct("EmbeddedDb").field("path", &self.inner.path).finish_non_exhaustive()
     }
 }
 
 /// Databases open in this process by file path. redb locks its file, so a second `open` of the same directory
 /// shares the first handle (and its queues' wake-ups and bus rules) instead of failing.
-static OPEN: LazyLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
+static OPEN: LazyLock<Mutex<HashMap<PathBuf, Weak<Inner>>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
@@ -68,17 +65,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl EmbeddedDb {
     /// Opens (creating if needed) `dir/keel.redb`.
     pub fn open(dir: &Path) -> Result<Self, PortError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            PortError::Unavailable(format!(
-                "embedded db directory could not be created: {}",
-                e.kind()
-            ))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| PortError::Unavailable(format!("embedded db directory could not be created: {}", e.kind())))?;
         let dir = dir.canonicalize().map_err(|e| {
-            PortError::Unavailable(format!(
-                "embedded db directory could not be resolved: {}",
-                e.kind()
-            ))
+            PortError::Unavailable(format!("embedded db directory could not be resolved: {}", e.kind()))
         })?;
         let path = dir.join(FILE_NAME);
         let mut open = lock(&OPEN);
@@ -116,24 +106,15 @@ impl EmbeddedDb {
     }
 
     pub(crate) fn notify(&self, queue: &str) -> Arc<Notify> {
-        lock(&self.inner.notifies)
-            .entry(queue.to_string())
-            .or_default()
-            .clone()
+        lock(&self.inner.notifies).entry(queue.to_string()).or_default().clone()
     }
 
     pub(crate) fn add_rule(&self, bus: &str, rule: Rule) {
-        lock(&self.inner.rules)
-            .entry(bus.to_string())
-            .or_default()
-            .push(rule);
+        lock(&self.inner.rules).entry(bus.to_string()).or_default().push(rule);
     }
 
     pub(crate) fn rules(&self, bus: &str) -> Vec<Rule> {
-        lock(&self.inner.rules)
-            .get(bus)
-            .cloned()
-            .unwrap_or_default()
+        lock(&self.inner.rules).get(bus).cloned().unwrap_or_default()
     }
 
     /// Runs blocking redb work off the async threads.
@@ -152,9 +133,7 @@ impl EmbeddedDb {
     pub(crate) async fn ping(&self) -> Result<(), PortError> {
         self.blocking(|db| {
             use redb::ReadableDatabase;
-            db.begin_read()
-                .map(|_| ())
-                .map_err(|e| unavailable("read", e))
+            db.begin_read().map(|_| ()).map_err(|e| unavailable("read", e))
         })
         .await
     }
@@ -171,9 +150,7 @@ fn create_database(path: &Path) -> Result<Database, PortError> {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(PortError::Unavailable(
-                    "embedded db is open in another process".into(),
-                ));
+                return Err(PortError::Unavailable("embedded db is open in another process".into()));
             }
             Err(e) => return Err(unavailable("open", e)),
         }

@@ -73,8 +73,7 @@ impl Stored {
     }
 
     fn encode(&self) -> Result<Vec<u8>, PortError> {
-        serde_json::to_vec(self)
-            .map_err(|_| PortError::Invalid("message could not be serialised".into()))
+        serde_json::to_vec(self).map_err(|_| PortError::Invalid("message could not be serialised".into()))
     }
 }
 
@@ -93,10 +92,7 @@ struct Names {
 
 impl Names {
     fn new(queue: &str) -> Self {
-        Self {
-            messages: format!("queue/{queue}").into(),
-            visible: format!("queue-visible/{queue}").into(),
-        }
+        Self { messages: format!("queue/{queue}").into(), visible: format!("queue-visible/{queue}").into() }
     }
 }
 
@@ -106,16 +102,16 @@ fn millis(duration: Duration) -> i64 {
 
 /// SQS accepts only these characters in bodies and attribute values.
 fn valid_chars(text: &str) -> bool {
-    text.chars().all(|c| matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..))
+    text.chars().all(
+        |c| matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..),
+    )
 }
 
 fn valid_attribute_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     !name.is_empty()
         && name.len() <= 256
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         && !name.starts_with('.')
         && !name.ends_with('.')
         && !name.contains("..")
@@ -126,36 +122,23 @@ fn valid_attribute_name(name: &str) -> bool {
 /// Rejects what SQS's SendMessage would.
 fn check_message(body: &str, attributes: &MessageAttrs) -> Result<(), PortError> {
     // SQS's measure (as the SQS adapter computes it): the body plus each attribute's name, data type and value.
-    let size = body.len()
-        + attributes
-            .iter()
-            .map(|(name, value)| name.len() + "String".len() + value.len())
-            .sum::<usize>();
+    let size =
+        body.len() + attributes.iter().map(|(name, value)| name.len() + "String".len() + value.len()).sum::<usize>();
     if size > MAX_MESSAGE_BYTES {
-        return Err(PortError::Invalid(format!(
-            "message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}"
-        )));
+        return Err(PortError::Invalid(format!("message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")));
     }
     if body.is_empty() || !valid_chars(body) {
-        return Err(PortError::Invalid(
-            "a message body must be non-empty and hold only characters SQS allows".into(),
-        ));
+        return Err(PortError::Invalid("a message body must be non-empty and hold only characters SQS allows".into()));
     }
     if attributes.len() > MAX_ATTRIBUTES {
-        return Err(PortError::Invalid(format!(
-            "a message holds at most {MAX_ATTRIBUTES} attributes"
-        )));
+        return Err(PortError::Invalid(format!("a message holds at most {MAX_ATTRIBUTES} attributes")));
     }
     for (name, value) in attributes {
         if !valid_attribute_name(name) {
-            return Err(PortError::Invalid(format!(
-                "`{name}` is not a valid message attribute name"
-            )));
+            return Err(PortError::Invalid(format!("`{name}` is not a valid message attribute name")));
         }
         if value.is_empty() || !valid_chars(value) {
-            return Err(PortError::Invalid(format!(
-                "message attribute `{name}` must be a non-empty valid string"
-            )));
+            return Err(PortError::Invalid(format!("message attribute `{name}` must be a non-empty valid string")));
         }
     }
     Ok(())
@@ -172,22 +155,11 @@ fn parse_receipt(receipt: &str) -> Result<u64, PortError> {
 
 /// Appends a message to a queue's tables in an open write transaction, visible at `visible_at_ms`.
 fn append(txn: &WriteTransaction, names: &Names, message: &Stored) -> Result<(), PortError> {
-    let mut messages = txn
-        .open_table(Messages::new(&names.messages))
-        .map_err(|e| unavailable("write", e))?;
-    let mut visible = txn
-        .open_table(Visible::new(&names.visible))
-        .map_err(|e| unavailable("write", e))?;
-    let seq = messages
-        .last()
-        .map_err(|e| unavailable("read", e))?
-        .map_or(1, |(k, _)| k.value().saturating_add(1));
-    messages
-        .insert(seq, message.encode()?.as_slice())
-        .map_err(|e| unavailable("write", e))?;
-    visible
-        .insert((message.visible_at_ms, seq), ())
-        .map_err(|e| unavailable("write", e))?;
+    let mut messages = txn.open_table(Messages::new(&names.messages)).map_err(|e| unavailable("write", e))?;
+    let mut visible = txn.open_table(Visible::new(&names.visible)).map_err(|e| unavailable("write", e))?;
+    let seq = messages.last().map_err(|e| unavailable("read", e))?.map_or(1, |(k, _)| k.value().saturating_add(1));
+    messages.insert(seq, message.encode()?.as_slice()).map_err(|e| unavailable("write", e))?;
+    visible.insert((message.visible_at_ms, seq), ()).map_err(|e| unavailable("write", e))?;
     Ok(())
 }
 
@@ -210,9 +182,7 @@ pub struct EmbeddedQueue {
 
 impl std::fmt::Debug for EmbeddedQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedQueue")
-            .field("spec", &self.spec)
-            .finish_non_exhaustive()
+        f.debug_struct("EmbeddedQueue").field("spec", &self.spec).finish_non_exhaustive()
     }
 }
 
@@ -220,13 +190,7 @@ impl EmbeddedQueue {
     pub(crate) fn new(db: EmbeddedDb, spec: QueueSpec, clock: Arc<dyn Clock>) -> Self {
         let notify = db.notify(&spec.name);
         let names = Names::new(&spec.name);
-        Self {
-            db,
-            spec,
-            names,
-            clock,
-            notify,
-        }
+        Self { db, spec, names, clock, notify }
     }
 
     pub fn spec(&self) -> &QueueSpec {
@@ -235,10 +199,7 @@ impl EmbeddedQueue {
 
     /// The dead-letter queue, when redrive is configured (SQS needs both a count and a target).
     fn redrive(&self) -> Option<(u32, &str)> {
-        match (
-            self.spec.max_receive_count,
-            self.spec.dead_letter_queue.as_deref(),
-        ) {
+        match (self.spec.max_receive_count, self.spec.dead_letter_queue.as_deref()) {
             (Some(count), Some(dlq)) if dlq != self.spec.name => Some((count, dlq)),
             _ => None,
         }
@@ -260,46 +221,30 @@ impl EmbeddedQueue {
                     let visible = match txn.open_table(Visible::new(&names.visible)) {
                         Ok(table) => table,
                         Err(TableError::TableDoesNotExist(_)) => {
-                            return Ok(Outcome {
-                                received: Vec::new(),
-                                redriven: false,
-                            });
+                            return Ok(Outcome { received: Vec::new(), redriven: false });
                         }
                         Err(e) => return Err(unavailable("read", e)),
                     };
-                    let mut due = visible
-                        .range(..=(now_ms, u64::MAX))
-                        .map_err(|e| unavailable("read", e))?;
+                    let mut due = visible.range(..=(now_ms, u64::MAX)).map_err(|e| unavailable("read", e))?;
                     if due.next().is_none() {
-                        return Ok(Outcome {
-                            received: Vec::new(),
-                            redriven: false,
-                        });
+                        return Ok(Outcome { received: Vec::new(), redriven: false });
                     }
                 }
                 let txn = db.begin_write().map_err(|e| unavailable("write", e))?;
-                let mut outcome = Outcome {
-                    received: Vec::new(),
-                    redriven: false,
-                };
+                let mut outcome = Outcome { received: Vec::new(), redriven: false };
                 let mut dead_letters = Vec::new();
                 let mut changed = false;
                 {
-                    let mut messages = txn
-                        .open_table(Messages::new(&names.messages))
-                        .map_err(|e| unavailable("write", e))?;
-                    let mut visible = txn
-                        .open_table(Visible::new(&names.visible))
-                        .map_err(|e| unavailable("write", e))?;
+                    let mut messages =
+                        txn.open_table(Messages::new(&names.messages)).map_err(|e| unavailable("write", e))?;
+                    let mut visible =
+                        txn.open_table(Visible::new(&names.visible)).map_err(|e| unavailable("write", e))?;
                     // Delivered now with a zero timeout, a message is due again: never hand it out twice at once.
                     let mut delivered = HashSet::new();
                     while outcome.received.len() < max {
                         let need = max - outcome.received.len();
                         let mut batch = Vec::with_capacity(need);
-                        for entry in visible
-                            .range(..=(now_ms, u64::MAX))
-                            .map_err(|e| unavailable("read", e))?
-                        {
+                        for entry in visible.range(..=(now_ms, u64::MAX)).map_err(|e| unavailable("read", e))? {
                             let (key, _) = entry.map_err(|e| unavailable("read", e))?;
                             let (at, seq) = key.value();
                             if !delivered.contains(&seq) {
@@ -314,13 +259,9 @@ impl EmbeddedQueue {
                         }
                         changed = true;
                         for (at, seq) in batch {
-                            visible
-                                .remove((at, seq))
-                                .map_err(|e| unavailable("write", e))?;
+                            visible.remove((at, seq)).map_err(|e| unavailable("write", e))?;
                             let stored = messages.get(seq).map_err(|e| unavailable("read", e))?;
-                            let Some(mut message) = stored
-                                .map(|guard| Stored::decode(guard.value()))
-                                .transpose()?
+                            let Some(mut message) = stored.map(|guard| Stored::decode(guard.value())).transpose()?
                             else {
                                 continue;
                             };
@@ -342,16 +283,11 @@ impl EmbeddedQueue {
                             message.receive_count = message.receive_count.saturating_add(1);
                             message.receipt = Some(receipt.clone());
                             message.visible_at_ms = now_ms.saturating_add(visibility_ms);
-                            messages
-                                .insert(seq, message.encode()?.as_slice())
-                                .map_err(|e| unavailable("write", e))?;
-                            visible
-                                .insert((message.visible_at_ms, seq), ())
-                                .map_err(|e| unavailable("write", e))?;
+                            messages.insert(seq, message.encode()?.as_slice()).map_err(|e| unavailable("write", e))?;
+                            visible.insert((message.visible_at_ms, seq), ()).map_err(|e| unavailable("write", e))?;
                             delivered.insert(seq);
-                            let sent_at =
-                                DateTime::<Utc>::from_timestamp_millis(message.sent_at_ms)
-                                    .ok_or_else(|| malformed("queue message time"))?;
+                            let sent_at = DateTime::<Utc>::from_timestamp_millis(message.sent_at_ms)
+                                .ok_or_else(|| malformed("queue message time"))?;
                             outcome.received.push(Received {
                                 message_id: message.id,
                                 receipt,
@@ -423,11 +359,7 @@ impl EmbeddedQueue {
 
     /// Deletes (`visible_at_ms: None`) or re-times the message of the receipt's delivery; false when the receipt
     /// is not the message's latest.
-    async fn with_receipt(
-        &self,
-        receipt: &str,
-        visible_at_ms: Option<i64>,
-    ) -> Result<bool, PortError> {
+    async fn with_receipt(&self, receipt: &str, visible_at_ms: Option<i64>) -> Result<bool, PortError> {
         let seq = parse_receipt(receipt)?;
         let receipt = receipt.to_string();
         let names = self.names.clone();
@@ -435,32 +367,22 @@ impl EmbeddedQueue {
             .blocking(move |db| {
                 let txn = db.begin_write().map_err(|e| unavailable("write", e))?;
                 let found = {
-                    let mut messages = txn
-                        .open_table(Messages::new(&names.messages))
-                        .map_err(|e| unavailable("write", e))?;
-                    let mut visible = txn
-                        .open_table(Visible::new(&names.visible))
-                        .map_err(|e| unavailable("write", e))?;
+                    let mut messages =
+                        txn.open_table(Messages::new(&names.messages)).map_err(|e| unavailable("write", e))?;
+                    let mut visible =
+                        txn.open_table(Visible::new(&names.visible)).map_err(|e| unavailable("write", e))?;
                     let stored = messages.get(seq).map_err(|e| unavailable("read", e))?;
-                    let message = stored
-                        .map(|guard| Stored::decode(guard.value()))
-                        .transpose()?;
+                    let message = stored.map(|guard| Stored::decode(guard.value())).transpose()?;
                     match message {
-                        Some(mut message)
-                            if message.receipt.as_deref() == Some(receipt.as_str()) =>
-                        {
-                            visible
-                                .remove((message.visible_at_ms, seq))
-                                .map_err(|e| unavailable("write", e))?;
+                        Some(mut message) if message.receipt.as_deref() == Some(receipt.as_str()) => {
+                            visible.remove((message.visible_at_ms, seq)).map_err(|e| unavailable("write", e))?;
                             match visible_at_ms {
                                 Some(at) => {
                                     message.visible_at_ms = at;
                                     messages
                                         .insert(seq, message.encode()?.as_slice())
                                         .map_err(|e| unavailable("write", e))?;
-                                    visible
-                                        .insert((at, seq), ())
-                                        .map_err(|e| unavailable("write", e))?;
+                                    visible.insert((at, seq), ()).map_err(|e| unavailable("write", e))?;
                                 }
                                 None => {
                                     messages.remove(seq).map_err(|e| unavailable("write", e))?;
@@ -542,15 +464,9 @@ impl Queue for EmbeddedQueue {
     }
 
     async fn change_visibility(&self, receipt: &str, timeout: Duration) -> Result<(), PortError> {
-        let at = self
-            .clock
-            .now()
-            .timestamp_millis()
-            .saturating_add(millis(timeout.min(MAX_VISIBILITY)));
+        let at = self.clock.now().timestamp_millis().saturating_add(millis(timeout.min(MAX_VISIBILITY)));
         if !self.with_receipt(receipt, Some(at)).await? {
-            return Err(PortError::Invalid(
-                "the receipt is not valid for a message in flight".into(),
-            ));
+            return Err(PortError::Invalid("the receipt is not valid for a message in flight".into()));
         }
         if timeout.is_zero() {
             self.notify.notify_waiters();
@@ -573,8 +489,7 @@ impl Queue for EmbeddedQueue {
                 let mut count = 0;
                 for entry in messages.iter().map_err(|e| unavailable("read", e))? {
                     let (_, value) = entry.map_err(|e| unavailable("read", e))?;
-                    let sent: SentAt = serde_json::from_slice(value.value())
-                        .map_err(|_| malformed("queue message"))?;
+                    let sent: SentAt = serde_json::from_slice(value.value()).map_err(|_| malformed("queue message"))?;
                     // Past retention: gone in SQS, dropped here at the next receive.
                     if sent.sent_at_ms.saturating_add(retention_ms) > now_ms {
                         count += 1;
@@ -624,13 +539,7 @@ mod tests {
         let clock = Arc::new(ManualClock::new(start()));
         let queue = db.queue(spec("work"), clock.clone());
         let dlq = db.queue(QueueSpec::new("dlq"), clock.clone());
-        Fixture {
-            dir,
-            db,
-            clock,
-            queue,
-            dlq,
-        }
+        Fixture { dir, db, clock, queue, dlq }
     }
 
     fn secs(n: i64) -> chrono::Duration {
@@ -652,13 +561,7 @@ mod tests {
         assert_eq!(got[0].receive_count, 1);
         assert_eq!(got[0].sent_at, start());
         // In flight: invisible but still counted.
-        assert!(
-            f.queue
-                .receive(10, Duration::ZERO)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(f.queue.receive(10, Duration::ZERO).await.unwrap().is_empty());
         assert_eq!(f.queue.depth().await.unwrap(), 1);
         f.queue.delete(&got[0].receipt).await.unwrap();
         assert_eq!(f.queue.depth().await.unwrap(), 0);
@@ -670,52 +573,23 @@ mod tests {
         let f = setup();
         let none = MessageAttrs::new();
         let big = "x".repeat(MAX_MESSAGE_BYTES + 1);
-        assert!(matches!(
-            f.queue.send(&big, &none).await,
-            Err(PortError::Invalid(_))
-        ));
-        assert!(matches!(
-            f.queue.send("", &none).await,
-            Err(PortError::Invalid(_))
-        ));
-        assert!(matches!(
-            f.queue.send("a\u{0}b", &none).await,
-            Err(PortError::Invalid(_))
-        ));
+        assert!(matches!(f.queue.send(&big, &none).await, Err(PortError::Invalid(_))));
+        assert!(matches!(f.queue.send("", &none).await, Err(PortError::Invalid(_))));
+        assert!(matches!(f.queue.send("a\u{0}b", &none).await, Err(PortError::Invalid(_))));
         let bad_name = MessageAttrs::from([("AWS.thing".to_string(), "v".to_string())]);
-        assert!(matches!(
-            f.queue.send("ok", &bad_name).await,
-            Err(PortError::Invalid(_))
-        ));
+        assert!(matches!(f.queue.send("ok", &bad_name).await, Err(PortError::Invalid(_))));
         let empty_value = MessageAttrs::from([("name".to_string(), String::new())]);
-        assert!(matches!(
-            f.queue.send("ok", &empty_value).await,
-            Err(PortError::Invalid(_))
-        ));
-        assert!(
-            f.queue
-                .send(&"x".repeat(MAX_MESSAGE_BYTES), &none)
-                .await
-                .is_ok()
-        );
-        assert!(matches!(
-            f.queue.delete("garbage").await,
-            Err(PortError::Invalid(_))
-        ));
-        assert!(matches!(
-            f.queue.change_visibility("1.", Duration::ZERO).await,
-            Err(PortError::Invalid(_))
-        ));
+        assert!(matches!(f.queue.send("ok", &empty_value).await, Err(PortError::Invalid(_))));
+        assert!(f.queue.send(&"x".repeat(MAX_MESSAGE_BYTES), &none).await.is_ok());
+        assert!(matches!(f.queue.delete("garbage").await, Err(PortError::Invalid(_))));
+        assert!(matches!(f.queue.change_visibility("1.", Duration::ZERO).await, Err(PortError::Invalid(_))));
     }
 
     #[tokio::test]
     async fn receives_in_send_order_at_most_ten_at_a_time() {
         let f = setup();
         for i in 0..15 {
-            f.queue
-                .send(&format!("m{i}"), &MessageAttrs::new())
-                .await
-                .unwrap();
+            f.queue.send(&format!("m{i}"), &MessageAttrs::new()).await.unwrap();
         }
         let first = f.queue.receive(50, Duration::ZERO).await.unwrap();
         let bodies: Vec<String> = first.iter().map(|r| r.body.clone()).collect();
@@ -740,12 +614,7 @@ mod tests {
         // The stale receipt neither deletes nor changes the message.
         f.queue.delete(&first.receipt).await.unwrap();
         assert_eq!(f.queue.depth().await.unwrap(), 1);
-        assert!(matches!(
-            f.queue
-                .change_visibility(&first.receipt, Duration::ZERO)
-                .await,
-            Err(PortError::Invalid(_))
-        ));
+        assert!(matches!(f.queue.change_visibility(&first.receipt, Duration::ZERO).await, Err(PortError::Invalid(_))));
         f.queue.delete(&second.receipt).await.unwrap();
         assert_eq!(f.queue.depth().await.unwrap(), 0);
         // Deleting twice is harmless.
@@ -758,23 +627,14 @@ mod tests {
         let queue = f.db.queue(QueueSpec::new("plain"), f.clock.clone());
         queue.send("m", &MessageAttrs::new()).await.unwrap();
         let first = queue.receive(1, Duration::ZERO).await.unwrap().remove(0);
-        queue
-            .change_visibility(&first.receipt, Duration::ZERO)
-            .await
-            .unwrap();
+        queue.change_visibility(&first.receipt, Duration::ZERO).await.unwrap();
         let second = queue.receive(1, Duration::ZERO).await.unwrap().remove(0);
         assert_eq!(second.receive_count, 2);
-        queue
-            .change_visibility(&second.receipt, Duration::from_secs(100))
-            .await
-            .unwrap();
+        queue.change_visibility(&second.receipt, Duration::from_secs(100)).await.unwrap();
         f.clock.advance(secs(99));
         assert!(queue.receive(1, Duration::ZERO).await.unwrap().is_empty());
         f.clock.advance(secs(1));
-        assert_eq!(
-            queue.receive(1, Duration::ZERO).await.unwrap()[0].receive_count,
-            3
-        );
+        assert_eq!(queue.receive(1, Duration::ZERO).await.unwrap()[0].receive_count, 3);
     }
 
     #[tokio::test]
@@ -785,10 +645,7 @@ mod tests {
         let queue = f.db.queue(zero, f.clock.clone());
         queue.send("m", &MessageAttrs::new()).await.unwrap();
         assert_eq!(queue.receive(10, Duration::ZERO).await.unwrap().len(), 1);
-        assert_eq!(
-            queue.receive(10, Duration::ZERO).await.unwrap()[0].receive_count,
-            2
-        );
+        assert_eq!(queue.receive(10, Duration::ZERO).await.unwrap()[0].receive_count, 2);
     }
 
     #[tokio::test]
@@ -871,13 +728,7 @@ mod tests {
     async fn long_poll_gives_up_after_the_wait() {
         let f = setup();
         let started = Instant::now();
-        assert!(
-            f.queue
-                .receive(1, Duration::from_millis(200))
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(f.queue.receive(1, Duration::from_millis(200)).await.unwrap().is_empty());
         assert!(started.elapsed() >= Duration::from_millis(200));
     }
 
@@ -885,10 +736,7 @@ mod tests {
     async fn concurrent_receivers_never_share_a_message() {
         let f = setup();
         for i in 0..40 {
-            f.queue
-                .send(&format!("m{i}"), &MessageAttrs::new())
-                .await
-                .unwrap();
+            f.queue.send(&format!("m{i}"), &MessageAttrs::new()).await.unwrap();
         }
         let tasks: Vec<_> = (0..8)
             .map(|_| {
@@ -935,13 +783,7 @@ mod tests {
         f.queue.send("a", &MessageAttrs::new()).await.unwrap();
         f.queue.send("b", &MessageAttrs::new()).await.unwrap();
         let first = f.queue.receive(1, Duration::ZERO).await.unwrap().remove(0);
-        let Fixture {
-            dir,
-            db,
-            clock,
-            queue,
-            dlq,
-        } = f;
+        let Fixture { dir, db, clock, queue, dlq } = f;
         drop((db, queue, dlq));
         let db = EmbeddedDb::open(dir.path()).unwrap();
         let queue = db.queue(spec("work"), clock.clone());

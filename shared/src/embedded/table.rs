@@ -6,8 +6,7 @@ use super::{EmbeddedDb, malformed, unavailable};
 use crate::clock::Clock;
 use crate::port::PortError;
 use crate::table::{
-    Attrs, Expect, Item, Key, MAX_QUERY_LIMIT, Page, Query, Table, Write, check_attrs,
-    check_transaction,
+    Attrs, Expect, Item, Key, MAX_QUERY_LIMIT, Page, Query, Table, Write, check_attrs, check_transaction,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -38,11 +37,7 @@ struct Stored {
 
 impl Stored {
     fn from_item(item: &Item) -> Self {
-        Self {
-            version: item.version,
-            expires_at: item.expires_at.map(|at| at.timestamp()),
-            attrs: item.attrs.clone(),
-        }
+        Self { version: item.version, expires_at: item.expires_at.map(|at| at.timestamp()), attrs: item.attrs.clone() }
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, PortError> {
@@ -51,21 +46,13 @@ impl Stored {
 
     fn expires_at(&self) -> Result<Option<DateTime<Utc>>, PortError> {
         self.expires_at
-            .map(|secs| {
-                DateTime::<Utc>::from_timestamp(secs, 0)
-                    .ok_or_else(|| malformed("table item expiry"))
-            })
+            .map(|secs| DateTime::<Utc>::from_timestamp(secs, 0).ok_or_else(|| malformed("table item expiry")))
             .transpose()
     }
 
     fn into_item(self, key: Key) -> Result<Item, PortError> {
         let expires_at = self.expires_at()?;
-        Ok(Item {
-            key,
-            attrs: self.attrs,
-            version: self.version,
-            expires_at,
-        })
+        Ok(Item { key, attrs: self.attrs, version: self.version, expires_at })
     }
 
     fn is_live(&self, now: DateTime<Utc>) -> bool {
@@ -85,9 +72,7 @@ pub struct EmbeddedTable {
 
 impl std::fmt::Debug for EmbeddedTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbeddedTable")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
+        f.debug_struct("EmbeddedTable").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -95,9 +80,7 @@ impl std::fmt::Debug for EmbeddedTable {
 fn check_key(key: &Key) -> Result<(), PortError> {
     check_pk(&key.pk)?;
     if key.sk.is_empty() || key.sk.len() > MAX_SK_BYTES {
-        return Err(PortError::Invalid(format!(
-            "a sort key holds 1 to {MAX_SK_BYTES} bytes"
-        )));
+        return Err(PortError::Invalid(format!("a sort key holds 1 to {MAX_SK_BYTES} bytes")));
     }
     Ok(())
 }
@@ -106,12 +89,7 @@ fn check_key(key: &Key) -> Result<(), PortError> {
 /// about one byte per two significant digits, containers 3 bytes plus 1 per element). Approximate only for numbers.
 fn item_size(item: &Item) -> usize {
     fn number_size(n: &serde_json::Number) -> usize {
-        let digits = n
-            .to_string()
-            .trim_start_matches('-')
-            .chars()
-            .filter(char::is_ascii_digit)
-            .count();
+        let digits = n.to_string().trim_start_matches('-').chars().filter(char::is_ascii_digit).count();
         digits.div_ceil(2) + 1
     }
     fn value_size(value: &serde_json::Value) -> usize {
@@ -119,35 +97,22 @@ fn item_size(item: &Item) -> usize {
             serde_json::Value::Null | serde_json::Value::Bool(_) => 1,
             serde_json::Value::Number(n) => number_size(n),
             serde_json::Value::String(s) => s.len(),
-            serde_json::Value::Array(values) => {
-                3 + values.iter().map(|v| 1 + value_size(v)).sum::<usize>()
-            }
+            serde_json::Value::Array(values) => 3 + values.iter().map(|v| 1 + value_size(v)).sum::<usize>(),
             serde_json::Value::Object(map) => {
-                3 + map
-                    .iter()
-                    .map(|(name, v)| 1 + name.len() + value_size(v))
-                    .sum::<usize>()
+                3 + map.iter().map(|(name, v)| 1 + name.len() + value_size(v)).sum::<usize>()
             }
         }
     }
     let keys = "pk".len() + item.key.pk.len() + "sk".len() + item.key.sk.len();
     let version = "version".len() + number_size(&item.version.into());
-    let expiry = item.expires_at.map_or(0, |at| {
-        "expires_at".len() + number_size(&at.timestamp().into())
-    });
-    let attrs = item
-        .attrs
-        .iter()
-        .map(|(name, value)| name.len() + value_size(value))
-        .sum::<usize>();
+    let expiry = item.expires_at.map_or(0, |at| "expires_at".len() + number_size(&at.timestamp().into()));
+    let attrs = item.attrs.iter().map(|(name, value)| name.len() + value_size(value)).sum::<usize>();
     keys + version + expiry + attrs
 }
 
 fn check_pk(pk: &str) -> Result<(), PortError> {
     if pk.is_empty() || pk.len() > MAX_PK_BYTES {
-        return Err(PortError::Invalid(format!(
-            "a partition key holds 1 to {MAX_PK_BYTES} bytes"
-        )));
+        return Err(PortError::Invalid(format!("a partition key holds 1 to {MAX_PK_BYTES} bytes")));
     }
     Ok(())
 }
@@ -240,8 +205,7 @@ fn key_range(query: &Query) -> Option<KeyRange> {
         }
     }
     if let (Some(lo), Some(hi)) = (bound_key(&lower), bound_key(&upper)) {
-        let both_included =
-            matches!(lower, Bound::Included(_)) && matches!(upper, Bound::Included(_));
+        let both_included = matches!(lower, Bound::Included(_)) && matches!(upper, Bound::Included(_));
         if lo > hi || (lo == hi && !both_included) {
             return None;
         }
@@ -260,25 +224,14 @@ fn holds(expect: Expect, stored: Option<&Stored>, now: DateTime<Utc>) -> bool {
 }
 
 fn to_bytes(stored: &Stored) -> Result<Vec<u8>, PortError> {
-    serde_json::to_vec(stored)
-        .map_err(|_| PortError::Invalid("item could not be serialised".into()))
+    serde_json::to_vec(stored).map_err(|_| PortError::Invalid("item could not be serialised".into()))
 }
 
 /// A write with its key encoded and its item serialised, ready for the blocking task.
 enum Prepared {
-    Put {
-        key: Vec<u8>,
-        value: Vec<u8>,
-        expect: Expect,
-    },
-    Delete {
-        key: Vec<u8>,
-        expect: Expect,
-    },
-    Check {
-        key: Vec<u8>,
-        expect: Expect,
-    },
+    Put { key: Vec<u8>, value: Vec<u8>, expect: Expect },
+    Delete { key: Vec<u8>, expect: Expect },
+    Check { key: Vec<u8>, expect: Expect },
 }
 
 impl Prepared {
@@ -289,9 +242,7 @@ impl Prepared {
                 check_attrs(&item.attrs)?;
                 let size = item_size(item);
                 if size > MAX_ITEM_BYTES {
-                    return Err(PortError::Invalid(format!(
-                        "item is {size} bytes; the limit is {MAX_ITEM_BYTES}"
-                    )));
+                    return Err(PortError::Invalid(format!("item is {size} bytes; the limit is {MAX_ITEM_BYTES}")));
                 }
                 Prepared::Put {
                     key: encode_key(&item.key),
@@ -301,46 +252,31 @@ impl Prepared {
             }
             Write::Delete { key, expect } => {
                 check_key(key)?;
-                Prepared::Delete {
-                    key: encode_key(key),
-                    expect: *expect,
-                }
+                Prepared::Delete { key: encode_key(key), expect: *expect }
             }
             Write::Check { key, expect } => {
                 check_key(key)?;
-                Prepared::Check {
-                    key: encode_key(key),
-                    expect: *expect,
-                }
+                Prepared::Check { key: encode_key(key), expect: *expect }
             }
         })
     }
 
     fn key(&self) -> &[u8] {
         match self {
-            Prepared::Put { key, .. }
-            | Prepared::Delete { key, .. }
-            | Prepared::Check { key, .. } => key,
+            Prepared::Put { key, .. } | Prepared::Delete { key, .. } | Prepared::Check { key, .. } => key,
         }
     }
 
     fn expect(&self) -> Expect {
         match self {
-            Prepared::Put { expect, .. }
-            | Prepared::Delete { expect, .. }
-            | Prepared::Check { expect, .. } => *expect,
+            Prepared::Put { expect, .. } | Prepared::Delete { expect, .. } | Prepared::Check { expect, .. } => *expect,
         }
     }
 }
 
 impl EmbeddedTable {
     pub(crate) fn new(db: EmbeddedDb, name: &str, clock: Arc<dyn Clock>) -> Self {
-        Self {
-            db,
-            name: name.to_string(),
-            redb_name: format!("table/{name}").into(),
-            clock,
-        }
+        Self { db, name: name.to_string(), redb_name: format!("table/{name}").into(), clock }
     }
 
     pub fn name(&self) -> &str {
@@ -356,9 +292,7 @@ impl EmbeddedTable {
             .blocking(move |db| {
                 let txn = db.begin_write().map_err(|e| unavailable("write", e))?;
                 let failed = {
-                    let mut table = txn
-                        .open_table(Def::new(&redb_name))
-                        .map_err(|e| unavailable("write", e))?;
+                    let mut table = txn.open_table(Def::new(&redb_name)).map_err(|e| unavailable("write", e))?;
                     let mut failed = None;
                     for (index, write) in writes.iter().enumerate() {
                         if write.expect() == Expect::Any {
@@ -383,9 +317,7 @@ impl EmbeddedTable {
                                         .map_err(|e| unavailable("write", e))?;
                                 }
                                 Prepared::Delete { key, .. } => {
-                                    table
-                                        .remove(key.as_slice())
-                                        .map_err(|e| unavailable("write", e))?;
+                                    table.remove(key.as_slice()).map_err(|e| unavailable("write", e))?;
                                 }
                                 Prepared::Check { .. } => {}
                             }
@@ -396,9 +328,7 @@ impl EmbeddedTable {
                 match failed {
                     Some(index) => {
                         txn.abort().map_err(|e| unavailable("abort", e))?;
-                        Err(PortError::ConditionFailed {
-                            index: (!single).then_some(index),
-                        })
+                        Err(PortError::ConditionFailed { index: (!single).then_some(index) })
                     }
                     None => txn.commit().map_err(|e| unavailable("commit", e)),
                 }
@@ -422,9 +352,7 @@ impl Table for EmbeddedTable {
                     Err(TableError::TableDoesNotExist(_)) => return Ok(None),
                     Err(e) => return Err(unavailable("read", e)),
                 };
-                let guard = table
-                    .get(encoded.as_slice())
-                    .map_err(|e| unavailable("read", e))?;
+                let guard = table.get(encoded.as_slice()).map_err(|e| unavailable("read", e))?;
                 guard.map(|g| Stored::decode(g.value())).transpose()
             })
             .await?;
@@ -441,19 +369,14 @@ impl Table for EmbeddedTable {
     }
 
     async fn delete(&self, key: &Key, expect: Expect) -> Result<(), PortError> {
-        let write = Prepared::new(&Write::Delete {
-            key: key.clone(),
-            expect,
-        })?;
+        let write = Prepared::new(&Write::Delete { key: key.clone(), expect })?;
         self.write(vec![write], true).await
     }
 
     async fn query(&self, query: &Query) -> Result<Page, PortError> {
         check_pk(&query.pk)?;
         if query.limit == 0 {
-            return Err(PortError::Invalid(
-                "a query's limit must be at least 1".into(),
-            ));
+            return Err(PortError::Invalid("a query's limit must be at least 1".into()));
         }
         let limit = query.limit.min(MAX_QUERY_LIMIT);
         let Some((lower, upper)) = key_range(query) else {
@@ -472,18 +395,11 @@ impl Table for EmbeddedTable {
                     Err(TableError::TableDoesNotExist(_)) => return Ok(Page::default()),
                     Err(e) => return Err(unavailable("read", e)),
                 };
-                let bounds: (Bound<&[u8]>, Bound<&[u8]>) = (
-                    lower.as_ref().map(Vec::as_slice),
-                    upper.as_ref().map(Vec::as_slice),
-                );
-                let range = table
-                    .range::<&[u8]>(bounds)
-                    .map_err(|e| unavailable("read", e))?;
-                let mut entries: Box<dyn Iterator<Item = _>> = if descending {
-                    Box::new(range.rev())
-                } else {
-                    Box::new(range)
-                };
+                let bounds: (Bound<&[u8]>, Bound<&[u8]>) =
+                    (lower.as_ref().map(Vec::as_slice), upper.as_ref().map(Vec::as_slice));
+                let range = table.range::<&[u8]>(bounds).map_err(|e| unavailable("read", e))?;
+                let mut entries: Box<dyn Iterator<Item = _>> =
+                    if descending { Box::new(range.rev()) } else { Box::new(range) };
                 let mut page = Page::default();
                 for entry in entries.by_ref() {
                     let (key, value) = entry.map_err(|e| unavailable("read", e))?;
@@ -497,8 +413,7 @@ impl Table for EmbeddedTable {
                         .and_then(|sk| std::str::from_utf8(sk).ok())
                         .ok_or_else(|| malformed("table key"))?
                         .to_string();
-                    page.items
-                        .push(stored.into_item(Key { pk: pk.clone(), sk })?);
+                    page.items.push(stored.into_item(Key { pk: pk.clone(), sk })?);
                     if page.items.len() == limit {
                         break;
                     }
@@ -520,10 +435,7 @@ impl Table for EmbeddedTable {
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), PortError> {
         check_transaction(&writes)?;
-        let prepared = writes
-            .iter()
-            .map(Prepared::new)
-            .collect::<Result<Vec<_>, _>>()?;
+        let prepared = writes.iter().map(Prepared::new).collect::<Result<Vec<_>, _>>()?;
         self.write(prepared, false).await
     }
 
@@ -543,12 +455,7 @@ mod tests {
         DateTime::from_timestamp(1_700_000_000, 0).unwrap()
     }
 
-    fn setup() -> (
-        tempfile::TempDir,
-        EmbeddedDb,
-        Arc<ManualClock>,
-        EmbeddedTable,
-    ) {
+    fn setup() -> (tempfile::TempDir, EmbeddedDb, Arc<ManualClock>, EmbeddedTable) {
         let dir = tempfile::tempdir().unwrap();
         let db = EmbeddedDb::open(dir.path()).unwrap();
         let clock = Arc::new(ManualClock::new(start()));
@@ -571,16 +478,11 @@ mod tests {
         let (_dir, _db, _clock, table) = setup();
         let mut written = item("p", "s", 1);
         written.version = 7;
-        written
-            .attrs
-            .insert("nested".into(), json!({"a": [1, "two", null, true]}));
+        written.attrs.insert("nested".into(), json!({"a": [1, "two", null, true]}));
         written.expires_at = Some(start() + chrono::Duration::milliseconds(60_900));
         table.put(written.clone(), Expect::Any).await.unwrap();
         let read = table.get(&Key::new("p", "s")).await.unwrap().unwrap();
-        assert_eq!(
-            read.expires_at,
-            Some(start() + chrono::Duration::seconds(60))
-        );
+        assert_eq!(read.expires_at, Some(start() + chrono::Duration::seconds(60)));
         assert_eq!(read.version, 7);
         assert_eq!(read.attrs, written.attrs);
         assert_eq!(table.get(&Key::new("p", "other")).await.unwrap(), None);
@@ -600,66 +502,36 @@ mod tests {
         assert!(table.get(&Key::new("p", "a")).await.unwrap().is_some());
         clock.advance(chrono::Duration::milliseconds(1));
         assert_eq!(table.get(&Key::new("p", "a")).await.unwrap(), None);
-        assert_eq!(
-            sks(&table.query(&Query::partition("p")).await.unwrap()),
-            ["b"]
-        );
+        assert_eq!(sks(&table.query(&Query::partition("p")).await.unwrap()), ["b"]);
 
         // A version condition needs a live item; an absence condition is met by an expired one.
-        let err = table
-            .put(item("p", "a", 3), Expect::Version(1))
-            .await
-            .unwrap_err();
+        let err = table.put(item("p", "a", 3), Expect::Version(1)).await.unwrap_err();
         assert_eq!(err, PortError::ConditionFailed { index: None });
         table.put(item("p", "a", 3), Expect::Absent).await.unwrap();
-        assert_eq!(
-            table.get(&Key::new("p", "a")).await.unwrap().unwrap().attrs["n"],
-            json!(3)
-        );
+        assert_eq!(table.get(&Key::new("p", "a")).await.unwrap().unwrap().attrs["n"], json!(3));
     }
 
     #[tokio::test]
     async fn failed_conditions_write_nothing() {
         let (_dir, _db, _clock, table) = setup();
         table.put(item("p", "s", 1), Expect::Absent).await.unwrap();
-        let err = table
-            .put(item("p", "s", 2), Expect::Absent)
-            .await
-            .unwrap_err();
+        let err = table.put(item("p", "s", 2), Expect::Absent).await.unwrap_err();
         assert_eq!(err, PortError::ConditionFailed { index: None });
-        let err = table
-            .put(item("p", "s", 2), Expect::Version(2))
-            .await
-            .unwrap_err();
+        let err = table.put(item("p", "s", 2), Expect::Version(2)).await.unwrap_err();
         assert!(err.is_condition_failed());
-        let err = table
-            .delete(&Key::new("p", "s"), Expect::Version(5))
-            .await
-            .unwrap_err();
+        let err = table.delete(&Key::new("p", "s"), Expect::Version(5)).await.unwrap_err();
         assert!(err.is_condition_failed());
-        let err = table
-            .delete(&Key::new("p", "missing"), Expect::Version(1))
-            .await
-            .unwrap_err();
+        let err = table.delete(&Key::new("p", "missing"), Expect::Version(1)).await.unwrap_err();
         assert!(err.is_condition_failed());
-        assert_eq!(
-            table.get(&Key::new("p", "s")).await.unwrap().unwrap().attrs["n"],
-            json!(1)
-        );
+        assert_eq!(table.get(&Key::new("p", "s")).await.unwrap().unwrap().attrs["n"], json!(1));
 
         let mut next = item("p", "s", 2);
         next.version = 2;
         table.put(next, Expect::Version(1)).await.unwrap();
-        table
-            .delete(&Key::new("p", "s"), Expect::Version(2))
-            .await
-            .unwrap();
+        table.delete(&Key::new("p", "s"), Expect::Version(2)).await.unwrap();
         assert_eq!(table.get(&Key::new("p", "s")).await.unwrap(), None);
         // Deleting what is not there, unconditionally, is fine.
-        table
-            .delete(&Key::new("p", "s"), Expect::Any)
-            .await
-            .unwrap();
+        table.delete(&Key::new("p", "s"), Expect::Any).await.unwrap();
     }
 
     #[tokio::test]
@@ -667,109 +539,46 @@ mod tests {
         let (_dir, _db, _clock, table) = setup();
         let mut reserved = item("p", "s", 1);
         reserved.attrs.insert("version".into(), json!(1));
-        assert!(matches!(
-            table.put(reserved, Expect::Any).await,
-            Err(PortError::Invalid(_))
-        ));
-        assert!(matches!(
-            table.put(item("", "s", 1), Expect::Any).await,
-            Err(PortError::Invalid(_))
-        ));
-        assert!(matches!(
-            table.put(item("p", "", 1), Expect::Any).await,
-            Err(PortError::Invalid(_))
-        ));
-        assert!(matches!(
-            table.get(&Key::new("p", "x".repeat(1025))).await,
-            Err(PortError::Invalid(_))
-        ));
+        assert!(matches!(table.put(reserved, Expect::Any).await, Err(PortError::Invalid(_))));
+        assert!(matches!(table.put(item("", "s", 1), Expect::Any).await, Err(PortError::Invalid(_))));
+        assert!(matches!(table.put(item("p", "", 1), Expect::Any).await, Err(PortError::Invalid(_))));
+        assert!(matches!(table.get(&Key::new("p", "x".repeat(1025))).await, Err(PortError::Invalid(_))));
         let mut huge = item("p", "s", 1);
-        huge.attrs
-            .insert("blob".into(), json!("x".repeat(MAX_ITEM_BYTES)));
-        assert!(matches!(
-            table.put(huge, Expect::Any).await,
-            Err(PortError::Invalid(_))
-        ));
+        huge.attrs.insert("blob".into(), json!("x".repeat(MAX_ITEM_BYTES)));
+        assert!(matches!(table.put(huge, Expect::Any).await, Err(PortError::Invalid(_))));
         let mut large = item("p", "s", 1);
-        large
-            .attrs
-            .insert("blob".into(), json!("x".repeat(MAX_ITEM_BYTES - 100)));
+        large.attrs.insert("blob".into(), json!("x".repeat(MAX_ITEM_BYTES - 100)));
         table.put(large, Expect::Any).await.unwrap();
         let mut query = Query::partition("p");
         query.limit = 0;
-        assert!(matches!(
-            table.query(&query).await,
-            Err(PortError::Invalid(_))
-        ));
-        assert!(matches!(
-            table.transact(vec![]).await,
-            Err(PortError::Invalid(_))
-        ));
+        assert!(matches!(table.query(&query).await, Err(PortError::Invalid(_))));
+        assert!(matches!(table.transact(vec![]).await, Err(PortError::Invalid(_))));
         let twice = vec![
-            Write::Put {
-                item: item("p", "s", 1),
-                expect: Expect::Any,
-            },
-            Write::Delete {
-                key: Key::new("p", "s"),
-                expect: Expect::Any,
-            },
+            Write::Put { item: item("p", "s", 1), expect: Expect::Any },
+            Write::Delete { key: Key::new("p", "s"), expect: Expect::Any },
         ];
-        assert!(matches!(
-            table.transact(twice).await,
-            Err(PortError::Invalid(_))
-        ));
+        assert!(matches!(table.transact(twice).await, Err(PortError::Invalid(_))));
     }
 
     #[tokio::test]
     async fn transactions_are_all_or_nothing() {
         let (_dir, _db, _clock, table) = setup();
-        table
-            .put(item("p", "existing", 1), Expect::Any)
-            .await
-            .unwrap();
-        table
-            .put(item("p", "doomed", 1), Expect::Any)
-            .await
-            .unwrap();
+        table.put(item("p", "existing", 1), Expect::Any).await.unwrap();
+        table.put(item("p", "doomed", 1), Expect::Any).await.unwrap();
         let failing = vec![
-            Write::Put {
-                item: item("p", "new", 1),
-                expect: Expect::Absent,
-            },
-            Write::Delete {
-                key: Key::new("p", "doomed"),
-                expect: Expect::Version(1),
-            },
-            Write::Check {
-                key: Key::new("p", "existing"),
-                expect: Expect::Version(9),
-            },
-            Write::Check {
-                key: Key::new("p", "missing"),
-                expect: Expect::Version(1),
-            },
+            Write::Put { item: item("p", "new", 1), expect: Expect::Absent },
+            Write::Delete { key: Key::new("p", "doomed"), expect: Expect::Version(1) },
+            Write::Check { key: Key::new("p", "existing"), expect: Expect::Version(9) },
+            Write::Check { key: Key::new("p", "missing"), expect: Expect::Version(1) },
         ];
-        assert_eq!(
-            table.transact(failing).await.unwrap_err(),
-            PortError::ConditionFailed { index: Some(2) }
-        );
+        assert_eq!(table.transact(failing).await.unwrap_err(), PortError::ConditionFailed { index: Some(2) });
         assert_eq!(table.get(&Key::new("p", "new")).await.unwrap(), None);
         assert!(table.get(&Key::new("p", "doomed")).await.unwrap().is_some());
 
         let passing = vec![
-            Write::Put {
-                item: item("p", "new", 1),
-                expect: Expect::Absent,
-            },
-            Write::Delete {
-                key: Key::new("p", "doomed"),
-                expect: Expect::Version(1),
-            },
-            Write::Check {
-                key: Key::new("p", "existing"),
-                expect: Expect::Version(1),
-            },
+            Write::Put { item: item("p", "new", 1), expect: Expect::Absent },
+            Write::Delete { key: Key::new("p", "doomed"), expect: Expect::Version(1) },
+            Write::Check { key: Key::new("p", "existing"), expect: Expect::Version(1) },
         ];
         table.transact(passing).await.unwrap();
         assert!(table.get(&Key::new("p", "new")).await.unwrap().is_some());
@@ -787,10 +596,7 @@ mod tests {
         table.put(item("o", "z", 0), Expect::Any).await.unwrap();
 
         let mut query = Query::partition("p");
-        assert_eq!(
-            sks(&table.query(&query).await.unwrap()),
-            ["a", "b", "c", "d", "e"]
-        );
+        assert_eq!(sks(&table.query(&query).await.unwrap()), ["a", "b", "c", "d", "e"]);
         query.sk_from = Some("b".into());
         query.sk_to = Some("d".into());
         assert_eq!(sks(&table.query(&query).await.unwrap()), ["b", "c", "d"]);
@@ -805,18 +611,8 @@ mod tests {
         query.sk_from = Some("e".into());
         query.after = None;
         assert_eq!(table.query(&query).await.unwrap(), Page::default());
-        assert_eq!(
-            table.query(&Query::partition("nobody")).await.unwrap(),
-            Page::default()
-        );
-        assert!(
-            table
-                .query(&Query::partition("p"))
-                .await
-                .unwrap()
-                .next
-                .is_none()
-        );
+        assert_eq!(table.query(&Query::partition("nobody")).await.unwrap(), Page::default());
+        assert!(table.query(&Query::partition("p")).await.unwrap().next.is_none());
     }
 
     #[tokio::test]
@@ -830,10 +626,7 @@ mod tests {
             table.put(written, Expect::Any).await.unwrap();
         }
         clock.advance(chrono::Duration::seconds(1));
-        let live: Vec<String> = (0..25)
-            .filter(|i| i % 5 != 0)
-            .map(|i| format!("k{i:02}"))
-            .collect();
+        let live: Vec<String> = (0..25).filter(|i| i % 5 != 0).map(|i| format!("k{i:02}")).collect();
         for descending in [false, true] {
             let mut query = Query::partition("p");
             query.limit = 4;
@@ -865,12 +658,8 @@ mod tests {
     #[tokio::test]
     async fn limit_is_capped() {
         let (_dir, _db, _clock, table) = setup();
-        let writes: Vec<Write> = (0..100)
-            .map(|i| Write::Put {
-                item: item("p", &format!("{i:04}"), i),
-                expect: Expect::Any,
-            })
-            .collect();
+        let writes: Vec<Write> =
+            (0..100).map(|i| Write::Put { item: item("p", &format!("{i:04}"), i), expect: Expect::Any }).collect();
         for batch in 0..11 {
             let writes = writes
                 .iter()
@@ -878,10 +667,7 @@ mod tests {
                     Write::Put { item, expect } => {
                         let mut item = item.clone();
                         item.key.sk = format!("{batch:02}-{}", item.key.sk);
-                        Write::Put {
-                            item,
-                            expect: *expect,
-                        }
+                        Write::Put { item, expect: *expect }
                     }
                     other => other.clone(),
                 })
@@ -912,10 +698,7 @@ mod tests {
         table.put(item("p", "s", 1), Expect::Any).await.unwrap();
         assert_eq!(other.get(&Key::new("p", "s")).await.unwrap(), None);
         other.put(item("p", "s", 2), Expect::Absent).await.unwrap();
-        assert_eq!(
-            table.get(&Key::new("p", "s")).await.unwrap().unwrap().attrs["n"],
-            json!(1)
-        );
+        assert_eq!(table.get(&Key::new("p", "s")).await.unwrap().unwrap().attrs["n"], json!(1));
         table.ping().await.unwrap();
     }
 
@@ -926,10 +709,7 @@ mod tests {
         drop((db, table));
         let db = EmbeddedDb::open(dir.path()).unwrap();
         let table = db.table("Things", clock);
-        assert_eq!(
-            table.get(&Key::new("p", "s")).await.unwrap().unwrap().attrs["n"],
-            json!(1)
-        );
+        assert_eq!(table.get(&Key::new("p", "s")).await.unwrap().unwrap().attrs["n"], json!(1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
