@@ -139,8 +139,13 @@ async fn a_delivery_leased_by_another_worker_is_retried_later_not_run_concurrent
     assert_eq!(response.batch_item_failures.len(), 1);
     assert!(world.bus.recorded().unwrap().is_empty());
 
+    // The retry waits for the lease, not just the 10 s backoff, so it does not use up the message's receives.
+    world.clock.advance(Duration::seconds(30));
+    assert!(drain(world.queue.as_ref()).await.is_empty());
     // Once the lease lapses (the holder died), the next delivery takes over.
-    world.clock.advance(Duration::seconds(61));
+    world.clock.advance(Duration::seconds(31));
+    let messages = drain(world.queue.as_ref()).await;
+    assert_eq!(messages.len(), 1);
     let response = worker(&world).call(sqs_event(&messages), invocation(world.clock.as_ref())).await;
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(world.bus.recorded().unwrap().len(), 1);

@@ -10,6 +10,7 @@ pub mod verify;
 
 use async_trait::async_trait;
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
@@ -25,6 +26,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use verify::{Scheme, Secret};
 
 pub const TABLE_VAR: &str = "WEBHOOKS_TABLE";
@@ -159,7 +161,16 @@ impl Ingest {
             Write::Put { item: idempotency, expect: Expect::Absent },
             Write::Put { item: delivery.to_item(1), expect: Expect::Absent },
         ];
-        match self.table.transact(writes).await {
+        // Concurrent copies of one event conflict inside DynamoDB's transaction engine; a short jittered retry
+        // turns that into the ordinary duplicate answer instead of a 503.
+        let record = || async { self.table.transact(writes.clone()).await };
+        let recorded = record
+            .retry(
+                ExponentialBuilder::default().with_min_delay(Duration::from_millis(10)).with_max_times(3).with_jitter(),
+            )
+            .when(|e: &PortError| matches!(e, PortError::Unavailable(_)))
+            .await;
+        match recorded {
             Ok(()) => {
                 webhooks::send_pointer(self.queue.as_ref(), &delivery).await.map_err(|e| unavailable("queue", &e))?;
                 tracing::info!(provider = %delivery.provider, delivery_id = %delivery.delivery_id, "webhook queued");

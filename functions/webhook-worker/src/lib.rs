@@ -70,8 +70,9 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Worker, ConfigError
 /// Why one message was not processed; it is reported as a batch item failure and retried by SQS.
 #[derive(Debug, thiserror::Error)]
 enum Retry {
+    /// Another worker holds the delivery until then (or raced us to claim it: `None`).
     #[error("another worker holds the delivery")]
-    Leased,
+    Leased(Option<DateTime<Utc>>),
     #[error("{0}")]
     Backend(#[from] PortError),
     #[error("forwarding timed out")]
@@ -87,7 +88,7 @@ impl QueueFunction for Worker {
         for (record, outcome) in event.records.iter().zip(outcomes) {
             if let Err(reason) = outcome {
                 let message_id = record.message_id.clone().unwrap_or_default();
-                let delay = self.backoff(record);
+                let delay = self.retry_delay(record, &reason);
                 tracing::warn!(%message_id, %reason, delay_seconds = delay.as_secs(), "message will be retried");
                 if let Some(receipt) = &record.receipt_handle {
                     // Best effort: if this fails, the queue's own visibility timeout applies.
@@ -101,10 +102,18 @@ impl QueueFunction for Worker {
 }
 
 impl Worker {
-    /// Delay before the next delivery of a failed message: base * 2^(receives - 1), capped.
-    fn backoff(&self, record: &SqsMessage) -> std::time::Duration {
+    /// Delay before the next delivery of a failed message: base * 2^(receives - 1), capped; and never before a
+    /// lease held by another worker ends, so waiting for it does not use up the message's receives.
+    fn retry_delay(&self, record: &SqsMessage, reason: &Retry) -> std::time::Duration {
         let exponent = receive_count(record).saturating_sub(1).min(20);
-        self.retry_base.saturating_mul(1 << exponent).min(self.retry_max)
+        let backoff = self.retry_base.saturating_mul(1 << exponent).min(self.retry_max);
+        let lease_left = match reason {
+            Retry::Leased(Some(until)) => (*until - self.clock.now()).to_std().unwrap_or_default(),
+            _ => std::time::Duration::ZERO,
+        };
+        // Whole seconds, rounded up: SQS visibility timeouts are in seconds.
+        let delay = backoff.max(lease_left);
+        std::time::Duration::from_secs(delay.as_secs() + u64::from(delay.subsec_nanos() > 0))
     }
 
     async fn process(&self, record: &SqsMessage, invocation: &Invocation) -> Result<(), Retry> {
@@ -122,7 +131,9 @@ impl Worker {
         let now = self.clock.now();
         match delivery.status {
             Status::Completed => return Ok(()),
-            Status::Processing if delivery.lease_until.is_some_and(|until| until > now) => return Err(Retry::Leased),
+            Status::Processing if delivery.lease_until.is_some_and(|until| until > now) => {
+                return Err(Retry::Leased(delivery.lease_until));
+            }
             _ => {}
         }
         // Claim: the version bump is the fencing token for every later write of this attempt.
@@ -134,7 +145,7 @@ impl Worker {
         let claimed = item.version + 1;
         match self.table.put(delivery.to_item(claimed), Expect::Version(item.version)).await {
             Ok(()) => {}
-            Err(PortError::ConditionFailed { .. }) => return Err(Retry::Leased),
+            Err(PortError::ConditionFailed { .. }) => return Err(Retry::Leased(None)),
             Err(error) => return Err(error.into()),
         }
         match self.forward(&delivery, invocation.deadline).await {
