@@ -236,3 +236,14 @@ async fn redrive_moves_dead_letters_back_to_the_webhook_queue() {
     let (_, done) = list().query("status", "completed").send(&world).await;
     assert_eq!(done["items"][0]["status"], serde_json::json!(Status::Completed));
 }
+
+#[tokio::test]
+async fn the_sample_list_event_is_served() {
+    let world = World::new();
+    ingest(&world, "evt_sample", "{}").await;
+    let request: aws_lambda_events::apigw::ApiGatewayV2httpRequest = sample_event("webhook-ops-list.json");
+    let ops = webhook_ops::build(&env(), &world.resources()).unwrap();
+    let response = ops.call(request, invocation(world.clock.as_ref())).await;
+    assert_eq!(response.status_code, 200, "{}", keel::http::body_text(&response));
+    assert!(body_json(&response)["items"].as_array().unwrap().is_empty(), "the sample filters on status=failed");
+}
