@@ -42,3 +42,22 @@ pub trait EventBus: Send + Sync {
     async fn put(&self, events: &[BusEvent]) -> Result<(), PortError>;
     async fn ping(&self) -> Result<(), PortError>;
 }
+
+/// Rejects what EventBridge's PutEvents would, before publishing; returns the serialised detail. Both adapters call
+/// it, so they refuse the same events alike.
+pub fn check_event(event: &BusEvent) -> Result<String, PortError> {
+    if event.source.is_empty() || event.detail_type.is_empty() {
+        return Err(PortError::Invalid("an event needs a source and a detail-type".into()));
+    }
+    if !event.detail.is_object() {
+        return Err(PortError::Invalid("an event's detail must be a JSON object".into()));
+    }
+    let detail = serde_json::to_string(&event.detail)
+        .map_err(|_| PortError::Invalid("an event's detail could not be serialised".into()))?;
+    // EventBridge's entry size: source, detail-type and detail in UTF-8.
+    let size = event.source.len() + event.detail_type.len() + detail.len();
+    if size > MAX_EVENT_BYTES {
+        return Err(PortError::Invalid(format!("event is {size} bytes; the limit is {MAX_EVENT_BYTES}")));
+    }
+    Ok(detail)
+}

@@ -1,7 +1,7 @@
 //! The event bus port over EventBridge `PutEvents`.
 
 use crate::aws::sdk_error;
-use crate::bus::{BusEvent, EventBus, MAX_EVENT_BYTES};
+use crate::bus::{BusEvent, EventBus, check_event};
 use crate::port::PortError;
 use async_trait::async_trait;
 use aws_sdk_eventbridge::Client;
@@ -33,19 +33,7 @@ impl EventBridgeBus {
     }
 
     fn entry(&self, event: &BusEvent) -> Result<PutEventsRequestEntry, PortError> {
-        if event.source.is_empty() || event.detail_type.is_empty() {
-            return Err(PortError::Invalid("an event needs a source and a detail-type".into()));
-        }
-        if !event.detail.is_object() {
-            return Err(PortError::Invalid("an event's detail must be a JSON object".into()));
-        }
-        let detail = serde_json::to_string(&event.detail)
-            .map_err(|_| PortError::Invalid("an event's detail could not be serialised".into()))?;
-        // EventBridge's entry size: source, detail-type and detail in UTF-8 (no time or resources are sent).
-        let size = event.source.len() + event.detail_type.len() + detail.len();
-        if size > MAX_EVENT_BYTES {
-            return Err(PortError::Invalid(format!("event is {size} bytes; the limit is {MAX_EVENT_BYTES}")));
-        }
+        let detail = check_event(event)?;
         Ok(PutEventsRequestEntry::builder()
             .event_bus_name(&self.bus_name)
             .source(&event.source)
@@ -96,6 +84,7 @@ impl EventBus for EventBridgeBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::MAX_EVENT_BYTES;
     use serde_json::json;
 
     fn bus() -> EventBridgeBus {

@@ -2,7 +2,7 @@
 //! EventBridge envelope to the queue of every rule it matches. Rules are configuration, held in memory.
 
 use super::{EmbeddedDb, Rule, malformed, unavailable};
-use crate::bus::{BusEvent, EventBus, EventPattern, MAX_EVENT_BYTES};
+use crate::bus::{BusEvent, EventBus, EventPattern, check_event};
 use crate::port::PortError;
 use crate::queue::{MessageAttrs, Queue};
 use async_trait::async_trait;
@@ -51,23 +51,6 @@ impl Stored {
             },
         }
     }
-}
-
-/// Rejects what EventBridge's PutEvents would (the same checks as the AWS adapter).
-fn check_event(event: &BusEvent) -> Result<(), PortError> {
-    if event.source.is_empty() || event.detail_type.is_empty() {
-        return Err(PortError::Invalid("an event needs a source and a detail-type".into()));
-    }
-    if !event.detail.is_object() {
-        return Err(PortError::Invalid("an event's detail must be a JSON object".into()));
-    }
-    let detail = serde_json::to_string(&event.detail)
-        .map_err(|_| PortError::Invalid("an event's detail could not be serialised".into()))?;
-    let size = event.source.len() + event.detail_type.len() + detail.len();
-    if size > MAX_EVENT_BYTES {
-        return Err(PortError::Invalid(format!("event is {size} bytes; the limit is {MAX_EVENT_BYTES}")));
-    }
-    Ok(())
 }
 
 /// The event as an EventBridge rule delivers it to an SQS target.
@@ -206,6 +189,7 @@ impl EventBus for EmbeddedBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::MAX_EVENT_BYTES;
     use crate::clock::{Clock, SystemClock};
     use crate::embedded::QueueSpec;
     use serde_json::json;

@@ -8,7 +8,7 @@
 use super::{EmbeddedDb, malformed, unavailable};
 use crate::clock::Clock;
 use crate::port::PortError;
-use crate::queue::{MAX_MESSAGE_BYTES, MAX_RECEIVE, MessageAttrs, Queue, Received};
+use crate::queue::{MAX_RECEIVE, MessageAttrs, Queue, Received, check_message};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError, WriteTransaction};
@@ -26,7 +26,6 @@ const MAX_WAIT: Duration = Duration::from_secs(20);
 /// SQS's longest visibility timeout (12 hours).
 const MAX_VISIBILITY: Duration = Duration::from_secs(43_200);
 /// SQS's limit on message attributes per message.
-const MAX_ATTRIBUTES: usize = 10;
 /// How often a long poll looks again: messages also become visible by the clock, which wakes nobody.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -98,50 +97,6 @@ impl Names {
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// SQS accepts only these characters in bodies and attribute values.
-fn valid_chars(text: &str) -> bool {
-    text.chars().all(
-        |c| matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..),
-    )
-}
-
-fn valid_attribute_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    !name.is_empty()
-        && name.len() <= 256
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        && !name.starts_with('.')
-        && !name.ends_with('.')
-        && !name.contains("..")
-        && !lower.starts_with("aws.")
-        && !lower.starts_with("amazon.")
-}
-
-/// Rejects what SQS's SendMessage would.
-fn check_message(body: &str, attributes: &MessageAttrs) -> Result<(), PortError> {
-    // SQS's measure (as the SQS adapter computes it): the body plus each attribute's name, data type and value.
-    let size =
-        body.len() + attributes.iter().map(|(name, value)| name.len() + "String".len() + value.len()).sum::<usize>();
-    if size > MAX_MESSAGE_BYTES {
-        return Err(PortError::Invalid(format!("message is {size} bytes; the limit is {MAX_MESSAGE_BYTES}")));
-    }
-    if body.is_empty() || !valid_chars(body) {
-        return Err(PortError::Invalid("a message body must be non-empty and hold only characters SQS allows".into()));
-    }
-    if attributes.len() > MAX_ATTRIBUTES {
-        return Err(PortError::Invalid(format!("a message holds at most {MAX_ATTRIBUTES} attributes")));
-    }
-    for (name, value) in attributes {
-        if !valid_attribute_name(name) {
-            return Err(PortError::Invalid(format!("`{name}` is not a valid message attribute name")));
-        }
-        if value.is_empty() || !valid_chars(value) {
-            return Err(PortError::Invalid(format!("message attribute `{name}` must be a non-empty valid string")));
-        }
-    }
-    Ok(())
 }
 
 /// A receipt is `{sequence}.{token}`; the token changes with every delivery.
@@ -509,6 +464,7 @@ impl Queue for EmbeddedQueue {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use crate::queue::MAX_MESSAGE_BYTES;
     use std::time::Instant;
 
     fn start() -> DateTime<Utc> {
