@@ -1,0 +1,253 @@
+//! A bounded HTTP load generator for the local host, loopback only: a fixed number of requests, a time cap, a fixed
+//! concurrency, and per-request latency (send to last body byte) reported as throughput and p50/p90/p99/max.
+//!
+//! Modes:
+//! - `unique`: every request is a correctly signed Keel webhook with its own event id (the accept path: verify,
+//!   idempotency + delivery transaction, queue send);
+//! - `duplicate`: one signed request repeated (after the first: verify, then the idempotency read of a duplicate);
+//! - `get`: a plain GET of `--path` (e.g. `/health/live`, the host's own overhead).
+//!
+//! ```text
+//! target/release/load --url http://127.0.0.1:8787 --mode unique --requests 5000 --concurrency 16
+//! ```
+
+use clap::{Parser, ValueEnum};
+use keel_bench::{Summary, json_body, keel_signature, ms};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Unique,
+    Duplicate,
+    Get,
+}
+
+#[derive(Parser)]
+#[command(about = "Bounded loopback load: fixed request count, time cap, fixed concurrency")]
+struct Args {
+    /// Base URL of the host; only loopback addresses are accepted.
+    #[arg(long)]
+    url: String,
+    #[arg(long, value_enum)]
+    mode: Mode,
+    /// Request path (the webhook route for `unique`/`duplicate`, e.g. `/health/live` for `get`).
+    #[arg(long, default_value = "/webhooks/acme")]
+    path: String,
+    /// The provider's Keel-scheme secret (`WEBHOOK_SECRET_<PROVIDER>` on the host).
+    #[arg(long, default_value = "bench-secret")]
+    secret: String,
+    /// Measured requests.
+    #[arg(long, default_value_t = 5000)]
+    requests: usize,
+    /// Requests before measuring (connection set-up, first-touch costs); not reported.
+    #[arg(long, default_value_t = 200)]
+    warmup: usize,
+    /// Requests in flight at once (one connection each).
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Stop sending after this many seconds, whatever the count.
+    #[arg(long, default_value_t = 60)]
+    max_seconds: u64,
+    /// Webhook body size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    body_bytes: usize,
+    /// Client runtime threads (the host shares the machine's cores with this generator).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+struct Plan {
+    url: String,
+    mode: Mode,
+    secret: Vec<u8>,
+    body: String,
+    /// Distinguishes this run's event ids from any earlier run's against the same data directory.
+    nonce: u128,
+    duplicate_id: String,
+    duplicate_ts: String,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    statuses: BTreeMap<u16, usize>,
+    transport_errors: usize,
+}
+
+fn loopback_only(url: &str) -> Result<(), String> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs are supported")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let ok = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if ok { Ok(()) } else { Err(format!("refusing a non-loopback target: {host}")) }
+}
+
+fn unix_seconds() -> String {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default().to_string()
+}
+
+fn request(client: &reqwest::Client, plan: &Plan, index: usize) -> reqwest::RequestBuilder {
+    match plan.mode {
+        Mode::Get => client.get(&plan.url),
+        Mode::Unique => {
+            let ts = unix_seconds();
+            let id = format!("bench-{:x}-{index}", plan.nonce);
+            signed(client, plan, &id, &ts)
+        }
+        Mode::Duplicate => signed(client, plan, &plan.duplicate_id, &plan.duplicate_ts),
+    }
+}
+
+fn signed(client: &reqwest::Client, plan: &Plan, id: &str, ts: &str) -> reqwest::RequestBuilder {
+    client
+        .post(&plan.url)
+        .header("content-type", "application/json")
+        .header("x-webhook-event-id", id)
+        .header("x-webhook-timestamp", ts)
+        .header("x-webhook-signature", keel_signature(&plan.secret, ts, plan.body.as_bytes()))
+        .body(plan.body.clone())
+}
+
+async fn one(client: &reqwest::Client, plan: &Plan, index: usize, tally: &mut Tally, record: bool) {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        let response = request(client, plan, index).send().await?;
+        let status = response.status().as_u16();
+        response.bytes().await?;
+        Ok::<u16, reqwest::Error>(status)
+    })
+    .await;
+    let elapsed = started.elapsed();
+    if !record {
+        return;
+    }
+    match outcome {
+        Ok(Ok(status)) => {
+            *tally.statuses.entry(status).or_default() += 1;
+            tally.latencies.push(elapsed);
+        }
+        _ => tally.transport_errors += 1,
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    loopback_only(&args.url)?;
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(args.concurrency)
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("client: {e}"))?;
+    let nonce = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    let plan = Arc::new(Plan {
+        url: format!("{}{}", args.url.trim_end_matches('/'), args.path),
+        mode: args.mode,
+        secret: args.secret.clone().into_bytes(),
+        body: json_body(args.body_bytes, "invoice.paid"),
+        nonce,
+        duplicate_id: format!("bench-dup-{nonce:x}"),
+        duplicate_ts: unix_seconds(),
+    });
+
+    // Warm-up: one request first (for `duplicate`, this is the one that gets accepted), then the rest in parallel.
+    let mut scratch = Tally::default();
+    one(&client, &plan, usize::MAX, &mut scratch, false).await;
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let next = Arc::new(AtomicUsize::new(0));
+    let spawn_workers = |total: usize, record: bool| {
+        (0..args.concurrency.max(1))
+            .map(|_| {
+                let (client, plan, next) = (client.clone(), plan.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut tally = Tally::default();
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        if index >= total || Instant::now() >= deadline {
+                            break;
+                        }
+                        one(&client, &plan, index, &mut tally, record).await;
+                    }
+                    tally
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    for worker in spawn_workers(args.warmup, false) {
+        let _ = worker.await;
+    }
+
+    next.store(args.warmup, Ordering::Relaxed);
+    let started = Instant::now();
+    let mut total = Tally::default();
+    for worker in spawn_workers(args.warmup + args.requests, true) {
+        let tally = worker.await.map_err(|e| format!("worker: {e}"))?;
+        total.latencies.extend(tally.latencies);
+        total.transport_errors += tally.transport_errors;
+        for (status, count) in tally.statuses {
+            *total.statuses.entry(status).or_default() += count;
+        }
+    }
+    let wall = started.elapsed();
+
+    let mode = match args.mode {
+        Mode::Unique => "unique",
+        Mode::Duplicate => "duplicate",
+        Mode::Get => "get",
+    };
+    let done = total.latencies.len();
+    let statuses: Vec<String> = total.statuses.iter().map(|(s, n)| format!("{s}x{n}")).collect();
+    println!(
+        "load mode={mode} {} {} concurrency={} body={}B: {done} responses in {:.2} s ({} cut by the time cap), {} transport errors, statuses [{}]",
+        if args.mode == Mode::Get { "GET" } else { "POST" },
+        args.path,
+        args.concurrency,
+        if args.mode == Mode::Get { 0 } else { args.body_bytes },
+        wall.as_secs_f64(),
+        args.requests.saturating_sub(done + total.transport_errors),
+        total.transport_errors,
+        statuses.join(" ")
+    );
+    if let Some(s) = Summary::of(&total.latencies) {
+        println!(
+            "RESULT mode={mode} path={} rps={:.0} p50_ms={} p90_ms={} p99_ms={} max_ms={}",
+            args.path,
+            done as f64 / wall.as_secs_f64(),
+            ms(s.p50),
+            ms(s.p90),
+            ms(s.p99),
+            ms(s.max)
+        );
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), String> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    runtime.block_on(run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_only;
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        for ok in ["http://127.0.0.1:8080", "http://localhost:1/x", "http://[::1]:9", "http://127.1.2.3"] {
+            assert!(loopback_only(ok).is_ok(), "{ok}");
+        }
+        for bad in ["http://10.0.0.1:80", "http://example.com", "https://127.0.0.1", "http://192.168.1.1:8080/"] {
+            assert!(loopback_only(bad).is_err(), "{bad}");
+        }
+    }
+}
