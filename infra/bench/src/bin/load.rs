@@ -57,6 +57,19 @@ struct Args {
     /// Client runtime threads (the host shares the machine's cores with this generator).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// The host's process id: its CPU time (user + system, all threads) over the measured requests is reported per
+    /// request, which stays meaningful when other work shares the machine and skews throughput.
+    #[arg(long)]
+    host_pid: Option<u32>,
+}
+
+/// A process's CPU time so far (utime + stime from /proc/<pid>/stat, in clock ticks of 1/100 s).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields after its closing parenthesis are space-separated.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 struct Plan {
@@ -183,6 +196,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
 
     next.store(args.warmup, Ordering::Relaxed);
+    let host_cpu_before = args.host_pid.and_then(cpu_time);
     let started = Instant::now();
     let mut total = Tally::default();
     for worker in spawn_workers(args.warmup + args.requests, true) {
@@ -194,6 +208,8 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
     let wall = started.elapsed();
+    let host_cpu =
+        host_cpu_before.zip(args.host_pid.and_then(cpu_time)).map(|(before, after)| after.saturating_sub(before));
 
     let mode = match args.mode {
         Mode::Unique => "unique",
@@ -214,8 +230,11 @@ async fn run(args: Args) -> Result<(), String> {
         statuses.join(" ")
     );
     if let Some(s) = Summary::of(&total.latencies) {
+        let cpu = host_cpu
+            .map(|cpu| format!(" host_cpu_us_per_req={:.0}", cpu.as_secs_f64() * 1e6 / done as f64))
+            .unwrap_or_default();
         println!(
-            "RESULT mode={mode} path={} rps={:.0} p50_ms={} p90_ms={} p99_ms={} max_ms={}",
+            "RESULT mode={mode} path={} rps={:.0} p50_ms={} p90_ms={} p99_ms={} max_ms={}{cpu}",
             args.path,
             done as f64 / wall.as_secs_f64(),
             ms(s.p50),
@@ -239,7 +258,13 @@ fn main() -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::loopback_only;
+    use super::{cpu_time, loopback_only};
+
+    #[test]
+    fn reads_its_own_cpu_time() {
+        assert!(cpu_time(std::process::id()).is_some());
+        assert!(cpu_time(u32::MAX).is_none());
+    }
 
     #[test]
     fn only_loopback_targets_are_accepted() {
