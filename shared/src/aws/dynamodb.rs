@@ -184,7 +184,7 @@ impl DynamoTable {
     }
 }
 
-/// A condition expression with its placeholders.
+/// A condition expression with its attribute-name and value bindings.
 struct Condition {
     expression: String,
     names: HashMap<String, String>,
