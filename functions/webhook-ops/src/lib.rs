@@ -187,7 +187,8 @@ impl Ops {
     }
 
     /// Scans the log newest first, applying the filters, until the page is full or the scan budget is spent.
-    async fn scan(&self, parsed: &Parsed) -> Result<(Vec<Delivery>, Option<String>), Problem> {
+    /// Each delivery comes with the version it was read at, for a later conditional write.
+    async fn scan(&self, parsed: &Parsed) -> Result<(Vec<(Delivery, u64)>, Option<String>), Problem> {
         let mut query = parsed.query.clone();
         let mut found = Vec::new();
         for _ in 0..MAX_SCAN_PAGES {
@@ -198,7 +199,7 @@ impl Ops {
                 let status_ok = parsed.status.is_none_or(|s| s == delivery.status);
                 let type_ok = parsed.event_type.as_ref().is_none_or(|t| *t == delivery.event_type);
                 if status_ok && type_ok {
-                    found.push(delivery);
+                    found.push((delivery, item.version));
                 }
             }
             match page.next {
@@ -214,7 +215,7 @@ impl Ops {
         let provider = provider_param(request)?;
         let parsed = Filter::from_query(request)?.parse(provider, http::query_param(request, "cursor"))?;
         let (deliveries, next) = self.scan(&parsed).await?;
-        let items: Vec<Value> = deliveries.iter().map(summary).collect();
+        let items: Vec<Value> = deliveries.iter().map(|(delivery, _)| summary(delivery)).collect();
         Ok(http::json(200, &json!({ "items": items, "next_cursor": next })))
     }
 
@@ -282,15 +283,9 @@ impl Ops {
         let (deliveries, next) = self.scan(&parsed).await?;
         let mut replayed = Vec::new();
         let mut skipped = Vec::new();
-        for delivery in deliveries {
+        for (delivery, version) in deliveries {
             let id = delivery.delivery_id.clone();
-            let version = self
-                .table
-                .get(&delivery.key())
-                .await
-                .map_err(|e| unavailable(&e))?
-                .map(|item| item.version)
-                .unwrap_or_default();
+            // The version read by the scan: a delivery that changed since is skipped (409), never overwritten.
             match self.replay(delivery, version).await {
                 Ok(()) => replayed.push(id),
                 Err(problem) if problem.status == 409 => skipped.push(id),
