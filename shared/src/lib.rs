@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod embedded;
 pub mod faults;
+pub mod flags;
 pub mod function;
 pub mod http;
 pub mod identity;

@@ -1,0 +1,621 @@
+//! Checks flags and turns them into the form evaluation runs on: every constraint value parsed once (numbers,
+//! dates, versions, CIDR blocks, regexes), lists turned into sets, segments resolved into their rules. Checking and
+//! compiling are one pass, so a flag that compiles is exactly a flag that is valid.
+
+use super::model::{
+    self, Constraint, Flag, MAX_CONSTRAINTS, MAX_DESCRIPTION_LEN, MAX_KEY_LEN, MAX_LIST, MAX_OVERRIDES,
+    MAX_PREREQUISITES, MAX_RULES, MAX_SEGMENTS, MAX_VALUE_LEN, MAX_VALUES, MAX_VARIANTS, Operator, Override,
+    OverrideAction, Prerequisite, Rollout, Segment, Stickiness, Variant,
+};
+use chrono::{DateTime, Utc};
+use foldhash::HashSet;
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// Largest variant weight; Unleash's weights go to 1000.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// What is wrong with a flag, and where (a JSON pointer into the flag document).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub pointer: String,
+    pub message: String,
+}
+
+impl Invalid {
+    fn new(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { pointer: pointer.into(), message: message.into() }
+    }
+}
+
+/// A context field, resolved once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Field {
+    Organization,
+    User,
+    Environment,
+    Session,
+    RemoteAddress,
+    AppName,
+    CurrentTime,
+    Attribute(String),
+}
+
+impl Field {
+    pub(crate) fn parse(name: &str) -> Self {
+        match name {
+            model::ORGANIZATION_ID => Field::Organization,
+            model::USER_ID => Field::User,
+            model::ENVIRONMENT => Field::Environment,
+            model::SESSION_ID => Field::Session,
+            model::REMOTE_ADDRESS => Field::RemoteAddress,
+            model::APP_NAME => Field::AppName,
+            model::CURRENT_TIME => Field::CurrentTime,
+            other => Field::Attribute(other.to_string()),
+        }
+    }
+}
+
+/// A set of strings; a short list is scanned, a long one hashed.
+#[derive(Debug, Clone)]
+pub(crate) enum StrSet {
+    Few(Vec<String>),
+    Many(HashSet<String>),
+}
+
+impl StrSet {
+    pub(crate) fn new(values: impl IntoIterator<Item = String>) -> Self {
+        let values: Vec<String> = values.into_iter().collect();
+        if values.len() <= 8 { StrSet::Few(values) } else { StrSet::Many(values.into_iter().collect()) }
+    }
+
+    pub(crate) fn contains(&self, value: &str) -> bool {
+        match self {
+            StrSet::Few(values) => values.iter().any(|v| v == value),
+            StrSet::Many(values) => values.contains(value),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Test {
+    In(StrSet),
+    NotIn(StrSet),
+    StartsWith(Vec<String>),
+    EndsWith(Vec<String>),
+    Contains(Vec<String>),
+    Num(Operator, f64),
+    Date(Operator, DateTime<Utc>),
+    Semver(Operator, semver::Version),
+    Regex(regex::Regex),
+    InCidr(Vec<IpNet>),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledConstraint {
+    pub(crate) field: Field,
+    pub(crate) test: Test,
+    pub(crate) inverted: bool,
+    pub(crate) case_insensitive: bool,
+}
+
+/// A stickiness with its field resolved.
+#[derive(Debug, Clone)]
+pub(crate) enum Sticky {
+    Field(Field),
+    UnleashDefault,
+    Random,
+}
+
+impl From<&Stickiness> for Sticky {
+    fn from(stickiness: &Stickiness) -> Self {
+        match stickiness {
+            Stickiness::Field(name) => Sticky::Field(Field::parse(name)),
+            Stickiness::UnleashDefault => Sticky::UnleashDefault,
+            Stickiness::Random => Sticky::Random,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledRollout {
+    /// Hundredths of a percent, 0 to 10000.
+    pub(crate) basis_points: u32,
+    pub(crate) stickiness: Sticky,
+    pub(crate) group_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledVariants {
+    pub(crate) variants: Vec<Variant>,
+    pub(crate) overrides: Vec<(Field, StrSet, usize)>,
+    pub(crate) total_weight: u32,
+    pub(crate) stickiness: Sticky,
+    pub(crate) group_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledRule {
+    pub(crate) id: String,
+    pub(crate) constraints: Vec<CompiledConstraint>,
+    pub(crate) rollout: Option<CompiledRollout>,
+    pub(crate) variants: Option<CompiledVariants>,
+    pub(crate) starts_at: Option<DateTime<Utc>>,
+    pub(crate) ends_at: Option<DateTime<Utc>>,
+    /// Why the rule cannot be evaluated (a segment that no longer exists); reaching it is an ERROR answer.
+    pub(crate) broken: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CompiledFlag {
+    pub(crate) version: u64,
+    pub(crate) enabled: bool,
+    pub(crate) environments: Vec<String>,
+    pub(crate) prerequisites: Vec<Prerequisite>,
+    /// By organization; several per organization when scheduled one after another.
+    pub(crate) overrides: BTreeMap<String, Vec<Override>>,
+    pub(crate) block_orgs: StrSet,
+    pub(crate) target_users: StrSet,
+    pub(crate) allow_orgs: StrSet,
+    pub(crate) rules: Vec<CompiledRule>,
+    pub(crate) variants: Option<CompiledVariants>,
+    pub(crate) default_value: bool,
+    /// No targeting at all: the answer is the same for everyone (reason STATIC).
+    pub(crate) is_static: bool,
+}
+
+/// Checks a flag on its own (everything but references to other flags and segments) and compiles it.
+/// Segment references resolve against `segments`; a missing one is reported when `strict`, and otherwise compiles
+/// into a rule that answers ERROR when reached (a snapshot must not lose every flag to one deleted segment).
+pub(crate) fn compile_flag(
+    flag: &Flag,
+    segments: &BTreeMap<String, Segment>,
+    strict: bool,
+) -> Result<CompiledFlag, Vec<Invalid>> {
+    let mut errors = Vec::new();
+    check_key(&flag.key, "/key", &mut errors);
+    check_len(&flag.description, MAX_DESCRIPTION_LEN, "/description", &mut errors);
+    check_count(flag.rules.len(), MAX_RULES, "/rules", &mut errors);
+    check_count(flag.prerequisites.len(), MAX_PREREQUISITES, "/prerequisites", &mut errors);
+    check_count(flag.overrides.len(), MAX_OVERRIDES, "/overrides", &mut errors);
+    for (name, list) in [
+        ("environments", &flag.environments),
+        ("allow_orgs", &flag.allow_orgs),
+        ("block_orgs", &flag.block_orgs),
+        ("target_users", &flag.target_users),
+    ] {
+        check_count(list.len(), MAX_LIST, &format!("/{name}"), &mut errors);
+        for (i, value) in list.iter().enumerate() {
+            check_value(value, &format!("/{name}/{i}"), &mut errors);
+        }
+    }
+    if let Some(org) = flag.allow_orgs.iter().find(|org| flag.block_orgs.contains(org)) {
+        errors.push(Invalid::new("/allow_orgs", format!("organization `{org}` is on both the allow and block lists")));
+    }
+
+    let variants = compile_variants(
+        &flag.variants,
+        &flag.variant_stickiness,
+        &flag.key,
+        "/variants",
+        "/variant_stickiness",
+        &mut errors,
+    );
+    let mut rule_ids = HashSet::default();
+    let rules: Vec<CompiledRule> = flag
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let at = format!("/rules/{i}");
+            if rule.id.is_empty() || rule.id.len() > MAX_KEY_LEN {
+                errors.push(Invalid::new(format!("{at}/id"), format!("a rule id has 1 to {MAX_KEY_LEN} characters")));
+            } else if !rule_ids.insert(rule.id.as_str()) {
+                errors.push(Invalid::new(format!("{at}/id"), format!("rule id `{}` is used twice", rule.id)));
+            }
+            check_window(rule.starts_at, rule.ends_at, &at, &mut errors);
+            check_count(rule.constraints.len(), MAX_CONSTRAINTS, &format!("{at}/constraints"), &mut errors);
+            check_count(rule.segments.len(), MAX_SEGMENTS, &format!("{at}/segments"), &mut errors);
+            let mut constraints: Vec<CompiledConstraint> = rule
+                .constraints
+                .iter()
+                .enumerate()
+                .filter_map(|(j, c)| compile_constraint(c, &format!("{at}/constraints/{j}"), &mut errors))
+                .collect();
+            let mut broken = None;
+            for (j, name) in rule.segments.iter().enumerate() {
+                match segments.get(name) {
+                    Some(segment) => constraints.extend(
+                        segment
+                            .constraints
+                            .iter()
+                            .filter_map(|c| compile_constraint(c, &format!("{at}/segments/{j}"), &mut errors)),
+                    ),
+                    None if strict => {
+                        errors.push(Invalid::new(format!("{at}/segments/{j}"), format!("no segment `{name}`")))
+                    }
+                    None => {
+                        broken = Some(format!("rule `{}` references segment `{name}`, which does not exist", rule.id))
+                    }
+                }
+            }
+            let rollout = rule.rollout.as_ref().and_then(|r| compile_rollout(r, &flag.key, &at, &mut errors));
+            let (stickiness, group_id) = match &rule.rollout {
+                Some(r) => (r.stickiness.clone(), r.group_id.clone().unwrap_or_else(|| flag.key.clone())),
+                None => (flag.variant_stickiness.clone(), flag.key.clone()),
+            };
+            let variants = compile_variants(
+                &rule.variants,
+                &stickiness,
+                &group_id,
+                &format!("{at}/variants"),
+                &format!("{at}/rollout/stickiness"),
+                &mut errors,
+            );
+            CompiledRule {
+                id: rule.id.clone(),
+                constraints,
+                rollout,
+                variants,
+                starts_at: rule.starts_at,
+                ends_at: rule.ends_at,
+                broken,
+            }
+        })
+        .collect();
+
+    let mut overrides: BTreeMap<String, Vec<Override>> = BTreeMap::new();
+    for (i, o) in flag.overrides.iter().enumerate() {
+        let at = format!("/overrides/{i}");
+        check_value(&o.org_id, &format!("{at}/org_id"), &mut errors);
+        if o.org_id.is_empty() {
+            errors.push(Invalid::new(format!("{at}/org_id"), "org_id is required"));
+        }
+        if o.reason.trim().is_empty() {
+            errors.push(Invalid::new(format!("{at}/reason"), "an override needs a reason"));
+        }
+        check_len(&o.reason, MAX_DESCRIPTION_LEN, &format!("{at}/reason"), &mut errors);
+        check_window(o.starts_at, o.expires_at, &at, &mut errors);
+        if let OverrideAction::Variant { variant } = &o.action
+            && !flag.variants.iter().any(|v| &v.name == variant)
+        {
+            errors.push(Invalid::new(format!("{at}/action/variant"), format!("the flag has no variant `{variant}`")));
+        }
+        let same_org = overrides.entry(o.org_id.clone()).or_default();
+        if same_org.iter().any(|other| windows_overlap(other, o)) {
+            errors.push(Invalid::new(
+                format!("{at}/org_id"),
+                format!("organization `{}` already has an override in force at the same time", o.org_id),
+            ));
+        }
+        same_org.push(o.clone());
+    }
+
+    for (i, p) in flag.prerequisites.iter().enumerate() {
+        if p.flag == flag.key {
+            errors.push(Invalid::new(format!("/prerequisites/{i}/flag"), "a flag cannot be its own prerequisite"));
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let is_static = flag.rules.is_empty()
+        && flag.overrides.is_empty()
+        && flag.allow_orgs.is_empty()
+        && flag.block_orgs.is_empty()
+        && flag.target_users.is_empty()
+        && flag.prerequisites.is_empty()
+        && flag.environments.is_empty();
+    Ok(CompiledFlag {
+        version: flag.version,
+        enabled: flag.enabled,
+        environments: flag.environments.clone(),
+        prerequisites: flag.prerequisites.clone(),
+        overrides,
+        block_orgs: StrSet::new(flag.block_orgs.iter().cloned()),
+        target_users: StrSet::new(flag.target_users.iter().cloned()),
+        allow_orgs: StrSet::new(flag.allow_orgs.iter().cloned()),
+        rules,
+        variants,
+        default_value: flag.default_value,
+        is_static,
+    })
+}
+
+/// Checks a flag before it is written: everything `Snapshot::build` needs, strictly (every referenced segment must
+/// exist), and its place among the other flags: each prerequisite exists, is live, and has no prerequisites of its
+/// own (one level, as in Unleash, so a cycle is impossible); a flag others depend on may not get prerequisites.
+/// `flags` holds the other flags by key (this flag's stored version may be among them and is ignored).
+pub fn validate_flag(
+    flag: &Flag,
+    flags: &BTreeMap<String, Flag>,
+    segments: &BTreeMap<String, Segment>,
+) -> Result<(), Vec<Invalid>> {
+    let mut errors = compile_flag(flag, segments, true).err().unwrap_or_default();
+    for (i, p) in flag.prerequisites.iter().enumerate() {
+        let at = format!("/prerequisites/{i}/flag");
+        match flags.get(&p.flag).filter(|other| other.key != flag.key) {
+            None => errors.push(Invalid::new(at, format!("no flag `{}`", p.flag))),
+            Some(other) if other.archived => errors.push(Invalid::new(at, format!("flag `{}` is archived", p.flag))),
+            Some(other) if other.prerequisites.iter().any(|pp| pp.flag == flag.key) => errors.push(Invalid::new(
+                at,
+                format!("prerequisite cycle: `{}` -> `{}` -> `{}`", flag.key, p.flag, flag.key),
+            )),
+            Some(other) if !other.prerequisites.is_empty() => errors.push(Invalid::new(
+                at,
+                format!("flag `{}` has prerequisites of its own; prerequisites are one level deep", p.flag),
+            )),
+            Some(other) => {
+                if let Some(variant) = p.variants.iter().find(|v| {
+                    v.as_str() != "disabled"
+                        && !other.variants.iter().any(|ov| &ov.name == *v)
+                        && !other.rules.iter().any(|r| r.variants.iter().any(|rv| &rv.name == *v))
+                }) {
+                    errors.push(Invalid::new(
+                        format!("/prerequisites/{i}/variants"),
+                        format!("flag `{}` has no variant `{variant}`", p.flag),
+                    ));
+                }
+            }
+        }
+    }
+    if !flag.prerequisites.is_empty()
+        && let Some(dependent) =
+            flags.values().find(|other| !other.archived && other.prerequisites.iter().any(|p| p.flag == flag.key))
+    {
+        errors.push(Invalid::new(
+            "/prerequisites",
+            format!("flag `{}` depends on this flag, so it cannot have prerequisites of its own", dependent.key),
+        ));
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// Checks a segment before it is written.
+pub fn validate_segment(segment: &Segment) -> Result<(), Vec<Invalid>> {
+    let mut errors = Vec::new();
+    check_key(&segment.name, "/name", &mut errors);
+    check_len(&segment.description, MAX_DESCRIPTION_LEN, "/description", &mut errors);
+    check_count(segment.constraints.len(), MAX_CONSTRAINTS, "/constraints", &mut errors);
+    for (i, c) in segment.constraints.iter().enumerate() {
+        compile_constraint(c, &format!("/constraints/{i}"), &mut errors);
+    }
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+fn windows_overlap(a: &Override, b: &Override) -> bool {
+    let starts_before_end = |start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>| match (start, end) {
+        (Some(start), Some(end)) => start < end,
+        _ => true,
+    };
+    starts_before_end(a.starts_at, b.expires_at) && starts_before_end(b.starts_at, a.expires_at)
+}
+
+/// Keys are what Unleash allows in a feature name (URL-safe, printable) so imports keep their names.
+pub(crate) fn check_key(key: &str, at: &str, errors: &mut Vec<Invalid>) {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        errors.push(Invalid::new(at, format!("a key has 1 to {MAX_KEY_LEN} bytes")));
+    } else if key.chars().any(|c| c.is_control() || c.is_whitespace() || matches!(c, '/' | '#' | '?' | '%' | ',')) {
+        errors.push(Invalid::new(at, "a key may not hold whitespace, control characters or any of / # ? % ,"));
+    }
+}
+
+fn check_len(value: &str, max: usize, at: &str, errors: &mut Vec<Invalid>) {
+    if value.len() > max {
+        errors.push(Invalid::new(at, format!("at most {max} bytes")));
+    }
+}
+
+fn check_value(value: &str, at: &str, errors: &mut Vec<Invalid>) {
+    check_len(value, MAX_VALUE_LEN, at, errors);
+}
+
+fn check_count(count: usize, max: usize, at: &str, errors: &mut Vec<Invalid>) {
+    if count > max {
+        errors.push(Invalid::new(at, format!("at most {max} entries, not {count}")));
+    }
+}
+
+fn check_window(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>, at: &str, errors: &mut Vec<Invalid>) {
+    if let (Some(start), Some(end)) = (start, end)
+        && start >= end
+    {
+        errors.push(Invalid::new(at, "the start must come before the end"));
+    }
+}
+
+fn compile_rollout(rollout: &Rollout, flag_key: &str, at: &str, errors: &mut Vec<Invalid>) -> Option<CompiledRollout> {
+    let hundredths = rollout.percentage * 100.0;
+    let basis_points = hundredths.round();
+    if !(0.0..=100.0).contains(&rollout.percentage) || (hundredths - basis_points).abs() > 1e-6 {
+        errors.push(Invalid::new(
+            format!("{at}/rollout/percentage"),
+            "a percentage is from 0 to 100 with at most two decimals",
+        ));
+        return None;
+    }
+    check_stickiness(&rollout.stickiness, &format!("{at}/rollout/stickiness"), errors);
+    let group_id = rollout.group_id.clone().unwrap_or_else(|| flag_key.to_string());
+    check_value(&group_id, &format!("{at}/rollout/group_id"), errors);
+    Some(CompiledRollout {
+        // In range and integral: checked above.
+        basis_points: basis_points as u32,
+        stickiness: Sticky::from(&rollout.stickiness),
+        group_id,
+    })
+}
+
+fn check_stickiness(stickiness: &Stickiness, at: &str, errors: &mut Vec<Invalid>) {
+    if let Stickiness::Field(field) = stickiness
+        && (field.is_empty() || field.len() > MAX_KEY_LEN)
+    {
+        errors.push(Invalid::new(at, format!("a stickiness field has 1 to {MAX_KEY_LEN} bytes")));
+    }
+}
+
+fn compile_variants(
+    variants: &[Variant],
+    stickiness: &Stickiness,
+    group_id: &str,
+    at: &str,
+    stickiness_at: &str,
+    errors: &mut Vec<Invalid>,
+) -> Option<CompiledVariants> {
+    if variants.is_empty() {
+        return None;
+    }
+    check_count(variants.len(), MAX_VARIANTS, at, errors);
+    check_stickiness(stickiness, stickiness_at, errors);
+    let mut names = HashSet::default();
+    let mut overrides = Vec::new();
+    for (i, variant) in variants.iter().enumerate() {
+        if variant.name.is_empty() || variant.name.len() > MAX_KEY_LEN {
+            errors.push(Invalid::new(format!("{at}/{i}/name"), format!("a variant name has 1 to {MAX_KEY_LEN} bytes")));
+        } else if !names.insert(variant.name.as_str()) {
+            errors.push(Invalid::new(format!("{at}/{i}/name"), format!("variant `{}` is named twice", variant.name)));
+        }
+        if variant.weight > MAX_WEIGHT {
+            errors.push(Invalid::new(format!("{at}/{i}/weight"), format!("a weight is from 0 to {MAX_WEIGHT}")));
+        }
+        if let Some(payload) = &variant.payload {
+            check_payload(&payload.kind, &payload.value, &format!("{at}/{i}/payload"), errors);
+        }
+        for (j, o) in variant.overrides.iter().enumerate() {
+            check_count(o.values.len(), MAX_VALUES, &format!("{at}/{i}/overrides/{j}/values"), errors);
+            overrides.push((Field::parse(&o.field), StrSet::new(o.values.iter().cloned()), i));
+        }
+    }
+    let total_weight = variants.iter().map(|v| v.weight).sum();
+    if total_weight == 0 {
+        errors.push(Invalid::new(at, "the variants' weights add up to 0"));
+    }
+    Some(CompiledVariants {
+        variants: variants.to_vec(),
+        overrides,
+        total_weight,
+        stickiness: Sticky::from(stickiness),
+        group_id: group_id.to_string(),
+    })
+}
+
+fn check_payload(kind: &str, value: &str, at: &str, errors: &mut Vec<Invalid>) {
+    check_len(value, model::MAX_PAYLOAD_LEN, &format!("{at}/value"), errors);
+    match kind {
+        "string" | "csv" => {}
+        "json" => {
+            if serde_json::from_str::<serde_json::Value>(value).is_err() {
+                errors.push(Invalid::new(format!("{at}/value"), "a json payload must hold valid JSON"));
+            }
+        }
+        "number" => {
+            if value.trim().parse::<f64>().is_err() {
+                errors.push(Invalid::new(format!("{at}/value"), "a number payload must hold a number"));
+            }
+        }
+        _ => errors.push(Invalid::new(format!("{at}/type"), "a payload type is string, json, number or csv")),
+    }
+}
+
+pub(crate) fn compile_constraint(c: &Constraint, at: &str, errors: &mut Vec<Invalid>) -> Option<CompiledConstraint> {
+    if c.field.is_empty() || c.field.len() > MAX_KEY_LEN {
+        errors.push(Invalid::new(format!("{at}/field"), format!("a field name has 1 to {MAX_KEY_LEN} bytes")));
+    }
+    check_count(c.values.len(), MAX_VALUES, &format!("{at}/values"), errors);
+    for (i, value) in c.values.iter().enumerate() {
+        check_value(value, &format!("{at}/values/{i}"), errors);
+    }
+    let fold = |s: &String| if c.case_insensitive { s.to_lowercase() } else { s.clone() };
+    let mut single = || -> Option<&str> {
+        if c.values.len() == 1 {
+            Some(c.values[0].as_str())
+        } else {
+            errors.push(Invalid::new(
+                format!("{at}/values"),
+                format!("operator {:?} takes exactly one value", c.operator).to_uppercase(),
+            ));
+            None
+        }
+    };
+    let value_at = format!("{at}/values/0");
+    let test = match c.operator {
+        Operator::In => Test::In(StrSet::new(c.values.iter().map(fold))),
+        Operator::NotIn => Test::NotIn(StrSet::new(c.values.iter().map(fold))),
+        Operator::StrStartsWith => Test::StartsWith(c.values.iter().map(fold).collect()),
+        Operator::StrEndsWith => Test::EndsWith(c.values.iter().map(fold).collect()),
+        Operator::StrContains => Test::Contains(c.values.iter().map(fold).collect()),
+        op @ (Operator::NumEq | Operator::NumGt | Operator::NumGte | Operator::NumLt | Operator::NumLte) => {
+            let raw = single()?;
+            match raw.trim().parse::<f64>() {
+                Ok(n) if n.is_finite() => Test::Num(op, n),
+                _ => {
+                    errors.push(Invalid::new(value_at, format!("`{raw}` is not a number")));
+                    return None;
+                }
+            }
+        }
+        op @ (Operator::DateAfter | Operator::DateBefore) => {
+            let raw = single()?;
+            match DateTime::parse_from_rfc3339(raw.trim()) {
+                Ok(at) => Test::Date(op, at.with_timezone(&Utc)),
+                Err(_) => {
+                    errors.push(Invalid::new(value_at, format!("`{raw}` is not an RFC 3339 timestamp")));
+                    return None;
+                }
+            }
+        }
+        op @ (Operator::SemverEq
+        | Operator::SemverGt
+        | Operator::SemverGte
+        | Operator::SemverLt
+        | Operator::SemverLte) => {
+            let raw = single()?;
+            match semver::Version::parse(raw.trim()) {
+                Ok(version) => Test::Semver(op, version),
+                Err(_) => {
+                    errors.push(Invalid::new(value_at, format!("`{raw}` is not a semantic version")));
+                    return None;
+                }
+            }
+        }
+        Operator::Regex => {
+            let raw = single()?;
+            match regex::RegexBuilder::new(raw).case_insensitive(c.case_insensitive).size_limit(1 << 20).build() {
+                Ok(regex) => Test::Regex(regex),
+                Err(_) => {
+                    errors.push(Invalid::new(
+                        value_at,
+                        "the regular expression does not compile (lookaround and backreferences are not supported)",
+                    ));
+                    return None;
+                }
+            }
+        }
+        Operator::InCidr => {
+            let mut blocks = Vec::with_capacity(c.values.len());
+            for (i, raw) in c.values.iter().enumerate() {
+                match parse_cidr(raw) {
+                    Some(block) => blocks.push(block),
+                    None => errors.push(Invalid::new(
+                        format!("{at}/values/{i}"),
+                        format!("`{raw}` is not an IP address or CIDR block"),
+                    )),
+                }
+            }
+            Test::InCidr(blocks)
+        }
+    };
+    Some(CompiledConstraint {
+        field: Field::parse(&c.field),
+        test,
+        inverted: c.inverted,
+        case_insensitive: c.case_insensitive,
+    })
+}
+
+/// An address or a block; a bare address is a block of one.
+pub(crate) fn parse_cidr(raw: &str) -> Option<IpNet> {
+    let raw = raw.trim();
+    raw.parse::<IpNet>().ok().or_else(|| raw.parse::<IpAddr>().ok().map(IpNet::from))
+}

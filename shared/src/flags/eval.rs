@@ -1,0 +1,527 @@
+//! Evaluation: a compiled snapshot of every flag answers for a context without allocating. The order, first
+//! decision wins: unknown flag, kill switch, environment, prerequisites, live override, block list, target users,
+//! allow list, rules in order, default. `explain` runs the same code and records every step.
+
+use super::compile::{
+    CompiledConstraint, CompiledFlag, CompiledRollout, CompiledRule, CompiledVariants, Field, Invalid, Sticky, Test,
+    compile_flag,
+};
+use super::hash;
+use super::model::{Flag, Operator, OverrideAction, Prerequisite, Segment, Variant};
+use chrono::{DateTime, Utc};
+use foldhash::HashMap;
+use serde::Serialize;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+/// What a flag is evaluated for. The API fills organization, user and environment from the caller's token and the
+/// deployment, never from the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    pub organization_id: Option<String>,
+    pub user_id: Option<String>,
+    pub environment: Option<String>,
+    pub session_id: Option<String>,
+    pub remote_address: Option<String>,
+    pub app_name: Option<String>,
+    /// RFC 3339; the evaluation instant when absent.
+    pub current_time: Option<String>,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Context {
+    fn get(&self, field: &Field) -> Option<&str> {
+        match field {
+            Field::Organization => self.organization_id.as_deref(),
+            Field::User => self.user_id.as_deref(),
+            Field::Environment => self.environment.as_deref(),
+            Field::Session => self.session_id.as_deref(),
+            Field::RemoteAddress => self.remote_address.as_deref(),
+            Field::AppName => self.app_name.as_deref(),
+            Field::CurrentTime => self.current_time.as_deref(),
+            Field::Attribute(name) => self.attributes.get(name).map(String::as_str),
+        }
+    }
+}
+
+/// Why an answer is what it is. Keel's reasons are finer than OpenFeature's; `open_feature` maps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    FlagNotFound,
+    Error,
+    Killed,
+    EnvironmentOff,
+    PrerequisiteFailed,
+    Override,
+    Blocked,
+    TargetUser,
+    AllowList,
+    Rule,
+    Rollout,
+    Default,
+    Static,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::FlagNotFound => "flag_not_found",
+            Reason::Error => "error",
+            Reason::Killed => "killed",
+            Reason::EnvironmentOff => "environment_off",
+            Reason::PrerequisiteFailed => "prerequisite_failed",
+            Reason::Override => "override",
+            Reason::Blocked => "blocked",
+            Reason::TargetUser => "target_user",
+            Reason::AllowList => "allow_list",
+            Reason::Rule => "rule",
+            Reason::Rollout => "rollout",
+            Reason::Default => "default",
+            Reason::Static => "static",
+        }
+    }
+
+    /// OpenFeature's resolution reason.
+    pub fn open_feature(self) -> &'static str {
+        match self {
+            Reason::FlagNotFound | Reason::Error => "ERROR",
+            Reason::Killed | Reason::EnvironmentOff | Reason::PrerequisiteFailed => "DISABLED",
+            Reason::Override | Reason::Blocked | Reason::TargetUser | Reason::AllowList | Reason::Rule => {
+                "TARGETING_MATCH"
+            }
+            Reason::Rollout => "SPLIT",
+            Reason::Default => "DEFAULT",
+            Reason::Static => "STATIC",
+        }
+    }
+}
+
+/// OpenFeature's error codes that Keel's answers can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    FlagNotFound,
+    /// The stored flag does not compile (written by an older or newer Keel, or by hand).
+    ParseError,
+    General,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::FlagNotFound => "FLAG_NOT_FOUND",
+            ErrorCode::ParseError => "PARSE_ERROR",
+            ErrorCode::General => "GENERAL",
+        }
+    }
+}
+
+/// One answer. Borrowed from the snapshot, so evaluating allocates nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation<'s> {
+    pub value: bool,
+    /// The chosen variant when the flag is on and has variants.
+    pub variant: Option<&'s Variant>,
+    pub reason: Reason,
+    /// The rule that decided, when one did.
+    pub rule_id: Option<&'s str>,
+    /// The flag's version (0 for an unknown flag).
+    pub version: u64,
+    pub error: Option<(ErrorCode, &'s str)>,
+}
+
+impl<'s> Evaluation<'s> {
+    fn off(reason: Reason, version: u64) -> Self {
+        Self { value: false, variant: None, reason, rule_id: None, version, error: None }
+    }
+
+    fn failed(code: ErrorCode, message: &'s str, version: u64) -> Self {
+        Self {
+            value: false,
+            variant: None,
+            reason: Reason::Error,
+            rule_id: None,
+            version,
+            error: Some((code, message)),
+        }
+    }
+
+    /// The variant's name, or Unleash's `disabled` when there is none.
+    pub fn variant_name(&self) -> &'s str {
+        self.variant.map_or("disabled", |v| v.name.as_str())
+    }
+}
+
+/// One step of an explanation: what was checked, whether it decided, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    pub stage: &'static str,
+    pub decided: bool,
+    pub detail: String,
+}
+
+/// Receives the steps of an evaluation. `()` ignores them at no cost.
+trait Trace {
+    fn step(&mut self, stage: &'static str, decided: bool, detail: impl FnOnce() -> String);
+}
+
+impl Trace for () {
+    #[inline(always)]
+    fn step(&mut self, _: &'static str, _: bool, _: impl FnOnce() -> String) {}
+}
+
+impl Trace for Vec<Step> {
+    fn step(&mut self, stage: &'static str, decided: bool, detail: impl FnOnce() -> String) {
+        self.push(Step { stage, decided, detail: detail() });
+    }
+}
+
+#[derive(Debug)]
+enum Entry {
+    Ready(Box<CompiledFlag>),
+    /// The stored flag does not compile; it answers ERROR (PARSE_ERROR) and the others are unaffected.
+    Broken(String),
+}
+
+/// Every live (unarchived) flag, compiled. Immutable; a refresh builds a new one.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    flags: HashMap<String, Entry>,
+}
+
+impl Snapshot {
+    /// Compiles every unarchived flag. A flag that does not compile is kept as an ERROR answer rather than
+    /// failing the whole snapshot; so is a rule referencing a missing segment.
+    pub fn build(flags: impl IntoIterator<Item = Flag>, segments: &BTreeMap<String, Segment>) -> Self {
+        let flags = flags
+            .into_iter()
+            .filter(|flag| !flag.archived)
+            .map(|flag| {
+                let entry = match compile_flag(&flag, segments, false) {
+                    Ok(compiled) => Entry::Ready(Box::new(compiled)),
+                    Err(errors) => Entry::Broken(describe(&errors)),
+                };
+                (flag.key, entry)
+            })
+            .collect();
+        Self { flags }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+
+    /// Every flag key, sorted.
+    pub fn keys(&self) -> Vec<&str> {
+        let mut keys: Vec<&str> = self.flags.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    pub fn evaluate(&self, key: &str, context: &Context, now: DateTime<Utc>) -> Evaluation<'_> {
+        self.run(key, context, now, true, &mut ())
+    }
+
+    /// The same evaluation, with every step recorded.
+    pub fn explain(&self, key: &str, context: &Context, now: DateTime<Utc>) -> (Evaluation<'_>, Vec<Step>) {
+        let mut steps = Vec::new();
+        let evaluation = self.run(key, context, now, true, &mut steps);
+        (evaluation, steps)
+    }
+
+    fn run<'s>(
+        &'s self,
+        key: &str,
+        context: &Context,
+        now: DateTime<Utc>,
+        with_prerequisites: bool,
+        trace: &mut impl Trace,
+    ) -> Evaluation<'s> {
+        let flag = match self.flags.get(key) {
+            None => {
+                trace.step("flag", true, || format!("no flag `{key}`: fails closed"));
+                return Evaluation::failed(ErrorCode::FlagNotFound, "flag not found", 0);
+            }
+            Some(Entry::Broken(message)) => {
+                trace.step("flag", true, || format!("the stored flag does not compile: {message}"));
+                return Evaluation::failed(ErrorCode::ParseError, message, 0);
+            }
+            Some(Entry::Ready(flag)) => flag,
+        };
+        let version = flag.version;
+        trace.step("flag", false, || format!("version {version}"));
+
+        if !flag.enabled {
+            trace.step("kill_switch", true, || "the flag is switched off".into());
+            return Evaluation::off(Reason::Killed, version);
+        }
+        trace.step("kill_switch", false, || "on".into());
+
+        if !flag.environments.is_empty() {
+            let env = context.environment.as_deref();
+            let targeted = env.is_some_and(|env| flag.environments.iter().any(|e| e == env));
+            trace.step("environment", !targeted, || match env {
+                Some(env) if targeted => format!("environment `{env}` is targeted"),
+                Some(env) => format!("environment `{env}` is not one of {:?}", flag.environments),
+                None => "the context has no environment and the flag targets some".into(),
+            });
+            if !targeted {
+                return Evaluation::off(Reason::EnvironmentOff, version);
+            }
+        }
+
+        if with_prerequisites {
+            for prerequisite in &flag.prerequisites {
+                let (satisfied, why) = self.prerequisite_holds(prerequisite, context, now);
+                trace.step("prerequisite", !satisfied, || why);
+                if !satisfied {
+                    return Evaluation::off(Reason::PrerequisiteFailed, version);
+                }
+            }
+        }
+
+        let org = context.organization_id.as_deref();
+        if let Some(override_) = org
+            .and_then(|org| flag.overrides.get(org))
+            .and_then(|list| list.iter().find(|o| in_force(o.starts_at, o.expires_at, now)))
+        {
+            trace.step("override", true, || {
+                format!("{:?} for this organization: {}", override_.action, override_.reason)
+            });
+            let (value, variant) = match &override_.action {
+                OverrideAction::ForcedOn => (true, flag.variants.as_ref().and_then(|v| v.choose(context))),
+                OverrideAction::ForcedOff => (false, None),
+                OverrideAction::Variant { variant } => (
+                    true,
+                    flag.variants.as_ref().and_then(|v| v.variants.iter().find(|candidate| &candidate.name == variant)),
+                ),
+            };
+            return Evaluation { value, variant, reason: Reason::Override, rule_id: None, version, error: None };
+        }
+
+        if let Some(org) = org
+            && flag.block_orgs.contains(org)
+        {
+            trace.step("block_list", true, || "the organization is on the block list".into());
+            return Evaluation::off(Reason::Blocked, version);
+        }
+        if let Some(user) = context.user_id.as_deref()
+            && flag.target_users.contains(user)
+        {
+            trace.step("target_users", true, || "the user is a target user".into());
+            return on(Reason::TargetUser, None, flag.variants.as_ref(), context, version);
+        }
+        if let Some(org) = org
+            && flag.allow_orgs.contains(org)
+        {
+            trace.step("allow_list", true, || "the organization is on the allow list".into());
+            return on(Reason::AllowList, None, flag.variants.as_ref(), context, version);
+        }
+
+        for rule in &flag.rules {
+            if !in_force(rule.starts_at, rule.ends_at, now) {
+                trace.step("rule", false, || format!("rule `{}` is not in force now", rule.id));
+                continue;
+            }
+            if let Some(why) = &rule.broken {
+                trace.step("rule", true, || why.clone());
+                return Evaluation { rule_id: Some(&rule.id), ..Evaluation::failed(ErrorCode::General, why, version) };
+            }
+            if let Some(position) = rule.constraints.iter().position(|c| !c.holds(context, now)) {
+                trace.step("rule", false, || format!("rule `{}`: constraint {position} does not hold", rule.id));
+                continue;
+            }
+            if let Some(rollout) = &rule.rollout
+                && !rollout.includes(context)
+            {
+                trace.step("rule", false, || {
+                    format!("rule `{}`: matched, but outside its {}% rollout", rule.id, percent(rollout))
+                });
+                continue;
+            }
+            trace.step("rule", true, || match &rule.rollout {
+                Some(rollout) => format!("rule `{}` matched, inside its {}% rollout", rule.id, percent(rollout)),
+                None => format!("rule `{}` matched", rule.id),
+            });
+            let reason = match &rule.rollout {
+                Some(rollout) if rollout.basis_points < hash::FULL => Reason::Rollout,
+                _ => Reason::Rule,
+            };
+            let variants = rule.variants.as_ref().or(flag.variants.as_ref());
+            return on(reason, Some(rule), variants, context, version);
+        }
+
+        let reason = if flag.is_static { Reason::Static } else { Reason::Default };
+        trace.step("default", true, || format!("nothing else decided: the default, {}", flag.default_value));
+        if flag.default_value {
+            on(reason, None, flag.variants.as_ref(), context, version)
+        } else {
+            Evaluation::off(reason, version)
+        }
+    }
+
+    /// One level, as in Unleash: a prerequisite that has prerequisites of its own is never satisfied.
+    fn prerequisite_holds(&self, prerequisite: &Prerequisite, context: &Context, now: DateTime<Utc>) -> (bool, String) {
+        let name = &prerequisite.flag;
+        match self.flags.get(name) {
+            None => (false, format!("prerequisite `{name}` does not exist")),
+            Some(Entry::Broken(_)) => (false, format!("prerequisite `{name}` does not compile")),
+            Some(Entry::Ready(parent)) if !parent.prerequisites.is_empty() => {
+                (false, format!("prerequisite `{name}` has prerequisites of its own, which is not supported"))
+            }
+            Some(Entry::Ready(_)) => {
+                let parent = self.run(name, context, now, false, &mut ());
+                if parent.value != prerequisite.enabled {
+                    return (false, format!("prerequisite `{name}` is {}, not {}", parent.value, prerequisite.enabled));
+                }
+                let variant = parent.variant_name();
+                if !prerequisite.variants.is_empty() && !prerequisite.variants.iter().any(|v| v == variant) {
+                    return (
+                        false,
+                        format!(
+                            "prerequisite `{name}` has variant `{variant}`, not one of {:?}",
+                            prerequisite.variants
+                        ),
+                    );
+                }
+                (true, format!("prerequisite `{name}` holds"))
+            }
+        }
+    }
+}
+
+fn on<'s>(
+    reason: Reason,
+    rule: Option<&'s CompiledRule>,
+    variants: Option<&'s CompiledVariants>,
+    context: &Context,
+    version: u64,
+) -> Evaluation<'s> {
+    Evaluation {
+        value: true,
+        variant: variants.and_then(|v| v.choose(context)),
+        reason,
+        rule_id: rule.map(|r| r.id.as_str()),
+        version,
+        error: None,
+    }
+}
+
+fn percent(rollout: &CompiledRollout) -> f64 {
+    f64::from(rollout.basis_points) / 100.0
+}
+
+fn in_force(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    start.is_none_or(|start| now >= start) && end.is_none_or(|end| now < end)
+}
+
+pub(crate) fn describe(errors: &[Invalid]) -> String {
+    errors.iter().map(|e| format!("{}: {}", e.pointer, e.message)).collect::<Vec<_>>().join("; ")
+}
+
+/// The value a rollout or variant choice hashes: `None` means the context is never in (a rollout) or a random
+/// draw (a variant choice).
+fn stickiness_value<'c>(stickiness: &Sticky, context: &'c Context) -> Option<&'c str> {
+    match stickiness {
+        Sticky::Field(field) => context.get(field),
+        Sticky::UnleashDefault => context.user_id.as_deref().or(context.session_id.as_deref()),
+        Sticky::Random => None,
+    }
+}
+
+impl CompiledRollout {
+    fn includes(&self, context: &Context) -> bool {
+        if self.basis_points == 0 {
+            return false;
+        }
+        let bucket = match (&self.stickiness, stickiness_value(&self.stickiness, context)) {
+            (_, Some(value)) => hash::rollout_bucket(&self.group_id, value),
+            // A named field the context lacks: never in (Unleash does the same).
+            (Sticky::Field(_), None) => return false,
+            (Sticky::UnleashDefault | Sticky::Random, None) => hash::random_bucket(),
+        };
+        bucket < self.basis_points
+    }
+}
+
+impl CompiledVariants {
+    fn choose(&self, context: &Context) -> Option<&Variant> {
+        for (field, values, index) in &self.overrides {
+            if context.get(field).is_some_and(|value| values.contains(value)) {
+                return self.variants.get(*index);
+            }
+        }
+        let target = match stickiness_value(&self.stickiness, context) {
+            Some(value) => hash::variant_target(&self.group_id, value, self.total_weight),
+            None => hash::random_target(self.total_weight),
+        };
+        let mut cumulative = 0;
+        self.variants.iter().find(|variant| {
+            cumulative += variant.weight;
+            cumulative >= target
+        })
+    }
+}
+
+impl CompiledConstraint {
+    fn holds(&self, context: &Context, now: DateTime<Utc>) -> bool {
+        let value: Option<Cow<'_, str>> = match (&self.field, context.get(&self.field)) {
+            (_, Some(value)) => Some(Cow::Borrowed(value)),
+            (Field::CurrentTime, None) => Some(Cow::Owned(now.to_rfc3339())),
+            (_, None) => None,
+        };
+        let result = match value {
+            // A missing field satisfies only NOT_IN.
+            None => matches!(self.test, Test::NotIn(_)),
+            Some(value) => self.test_value(&value),
+        };
+        result != self.inverted
+    }
+
+    fn test_value(&self, raw: &str) -> bool {
+        let folded;
+        let value = if self.case_insensitive {
+            folded = raw.to_lowercase();
+            folded.as_str()
+        } else {
+            raw
+        };
+        match &self.test {
+            Test::In(set) => set.contains(value),
+            Test::NotIn(set) => !set.contains(value),
+            Test::StartsWith(prefixes) => prefixes.iter().any(|p| value.starts_with(p.as_str())),
+            Test::EndsWith(suffixes) => suffixes.iter().any(|s| value.ends_with(s.as_str())),
+            Test::Contains(parts) => parts.iter().any(|p| value.contains(p.as_str())),
+            Test::Num(op, expected) => value.trim().parse::<f64>().is_ok_and(|n| compare(*op, n.partial_cmp(expected))),
+            Test::Date(op, expected) => DateTime::parse_from_rfc3339(value.trim())
+                .is_ok_and(|at| compare(*op, Some(at.with_timezone(&Utc).cmp(expected)))),
+            Test::Semver(op, expected) => {
+                semver::Version::parse(value.trim()).is_ok_and(|v| compare(*op, Some(v.cmp(expected))))
+            }
+            // Case folding is compiled into the regex; match the raw value.
+            Test::Regex(regex) => regex.is_match(raw),
+            Test::InCidr(blocks) => {
+                value.trim().parse::<IpAddr>().is_ok_and(|ip| blocks.iter().any(|block| block.contains(&ip)))
+            }
+        }
+    }
+}
+
+fn compare(op: Operator, ordering: Option<std::cmp::Ordering>) -> bool {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    match (op, ordering) {
+        (_, None) => false,
+        (Operator::NumEq | Operator::SemverEq, Some(o)) => o == Equal,
+        (Operator::NumGt | Operator::SemverGt | Operator::DateAfter, Some(o)) => o == Greater,
+        (Operator::NumGte | Operator::SemverGte, Some(o)) => o != Less,
+        (Operator::NumLt | Operator::SemverLt | Operator::DateBefore, Some(o)) => o == Less,
+        (Operator::NumLte | Operator::SemverLte, Some(o)) => o != Greater,
+        _ => false,
+    }
+}

@@ -1,0 +1,13 @@
+//! Feature flags: the model, a compiled evaluation engine with Unleash's semantics and bucketing, import of
+//! Unleash's client features format, and the store with its in-memory snapshot. Any Keel function can evaluate
+//! flags to gate its own behaviour.
+
+mod compile;
+mod eval;
+pub mod hash;
+pub mod model;
+pub mod unleash;
+
+pub use compile::{Invalid, MAX_WEIGHT, validate_flag, validate_segment};
+pub use eval::{Context, ErrorCode, Evaluation, Reason, Snapshot, Step};
+pub use model::*;

@@ -1,0 +1,359 @@
+//! A flag as it is stored and as the admin API reads and writes it. Field names are Keel's wire names
+//! (snake_case); `compile` checks a flag and turns it into the form evaluation runs on.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Caps that keep one flag inside one DynamoDB item (400 KB) and evaluation bounded.
+pub const MAX_KEY_LEN: usize = 200;
+pub const MAX_DESCRIPTION_LEN: usize = 2000;
+pub const MAX_RULES: usize = 100;
+pub const MAX_CONSTRAINTS: usize = 50;
+pub const MAX_VALUES: usize = 1000;
+pub const MAX_VALUE_LEN: usize = 1000;
+pub const MAX_VARIANTS: usize = 50;
+pub const MAX_LIST: usize = 1000;
+pub const MAX_OVERRIDES: usize = 1000;
+pub const MAX_PREREQUISITES: usize = 10;
+pub const MAX_SEGMENTS: usize = 10;
+pub const MAX_PAYLOAD_LEN: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flag {
+    pub key: String,
+    #[serde(default)]
+    pub description: String,
+    /// The kill switch: `false` turns the flag off everywhere, before any targeting.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Environments the flag is on in; empty means every environment.
+    #[serde(default)]
+    pub environments: Vec<String>,
+    /// Evaluated in order; the first that matches decides.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    /// The flag's variants, chosen by weight when a decision that turns the flag on names none of its own.
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+    /// How variants are bucketed; organizationId unless set.
+    #[serde(default)]
+    pub variant_stickiness: Stickiness,
+    /// Organizations always on (after overrides, block list and target users).
+    #[serde(default)]
+    pub allow_orgs: Vec<String>,
+    /// Organizations always off (after overrides).
+    #[serde(default)]
+    pub block_orgs: Vec<String>,
+    /// Users always on, whatever their organization (the block list still wins).
+    #[serde(default)]
+    pub target_users: Vec<String>,
+    #[serde(default)]
+    pub overrides: Vec<Override>,
+    /// Other flags that must evaluate as stated, for the same context, before this flag's targeting runs. One
+    /// level only, as in Unleash: a prerequisite that has prerequisites of its own is never satisfied.
+    #[serde(default)]
+    pub prerequisites: Vec<Prerequisite>,
+    /// The value when no targeting decides.
+    #[serde(default)]
+    pub default_value: bool,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    #[serde(default)]
+    pub archived: bool,
+    /// Set by the store on every write, starting at 1.
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default)]
+    pub updated_by: String,
+    #[serde(default = "epoch")]
+    pub updated_at: DateTime<Utc>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn epoch() -> DateTime<Utc> {
+    DateTime::UNIX_EPOCH
+}
+
+impl Flag {
+    /// A flag with nothing but a key: on, no targeting, default value `false`.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            description: String::new(),
+            enabled: true,
+            environments: Vec::new(),
+            rules: Vec::new(),
+            variants: Vec::new(),
+            variant_stickiness: Stickiness::default(),
+            allow_orgs: Vec::new(),
+            block_orgs: Vec::new(),
+            target_users: Vec::new(),
+            overrides: Vec::new(),
+            prerequisites: Vec::new(),
+            default_value: false,
+            lifecycle: Lifecycle::default(),
+            archived: false,
+            version: 0,
+            updated_by: String::new(),
+            updated_at: DateTime::UNIX_EPOCH,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Stable within the flag; reported with every decision the rule makes.
+    pub id: String,
+    /// All must hold (and all constraints of every referenced segment).
+    #[serde(default)]
+    pub constraints: Vec<Constraint>,
+    /// Names of segments whose constraints must also hold.
+    #[serde(default)]
+    pub segments: Vec<String>,
+    /// When set, only this share of the matching contexts is in.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
+    /// Variants chosen among when this rule decides; the flag's variants when empty.
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+    /// The rule applies from this instant (inclusive) ...
+    #[serde(default)]
+    pub starts_at: Option<DateTime<Utc>>,
+    /// ... until this instant (exclusive).
+    #[serde(default)]
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Constraint {
+    /// A context field: organizationId, userId, environment, sessionId, remoteAddress, appName, currentTime, or
+    /// any attribute name.
+    pub field: String,
+    pub operator: Operator,
+    /// One value for the NUM_, DATE_, SEMVER_ and REGEX operators; any number for the others.
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default)]
+    pub inverted: bool,
+    #[serde(default)]
+    pub case_insensitive: bool,
+}
+
+/// Unleash's constraint operators, under Unleash's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Operator {
+    In,
+    NotIn,
+    StrStartsWith,
+    StrEndsWith,
+    StrContains,
+    NumEq,
+    NumGt,
+    NumGte,
+    NumLt,
+    NumLte,
+    DateAfter,
+    DateBefore,
+    SemverEq,
+    SemverGt,
+    SemverGte,
+    SemverLt,
+    SemverLte,
+    Regex,
+    InCidr,
+}
+
+impl Operator {
+    /// Operators that compare against exactly one value.
+    pub fn single_valued(self) -> bool {
+        !matches!(
+            self,
+            Operator::In
+                | Operator::NotIn
+                | Operator::StrStartsWith
+                | Operator::StrEndsWith
+                | Operator::StrContains
+                | Operator::InCidr
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// 0 to 100 with at most two decimals.
+    pub percentage: f64,
+    #[serde(default)]
+    pub stickiness: Stickiness,
+    /// Hashed with the stickiness value; the flag's key when absent. Rules sharing a group id bucket alike.
+    #[serde(default)]
+    pub group_id: Option<String>,
+}
+
+/// The context value a rollout or a variant choice hashes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum Stickiness {
+    /// A context field (organizationId by default); a context without it is never in the rollout.
+    Field(String),
+    /// Unleash's `default`: userId, else sessionId, else a random draw.
+    UnleashDefault,
+    /// A fresh random draw on every evaluation.
+    Random,
+}
+
+impl Default for Stickiness {
+    fn default() -> Self {
+        Stickiness::Field(ORGANIZATION_ID.to_string())
+    }
+}
+
+impl From<String> for Stickiness {
+    fn from(raw: String) -> Self {
+        match raw.as_str() {
+            "default" => Stickiness::UnleashDefault,
+            "random" => Stickiness::Random,
+            _ => Stickiness::Field(raw),
+        }
+    }
+}
+
+impl From<Stickiness> for String {
+    fn from(stickiness: Stickiness) -> Self {
+        match stickiness {
+            Stickiness::Field(field) => field,
+            Stickiness::UnleashDefault => "default".into(),
+            Stickiness::Random => "random".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    /// Relative weight among the variants of the same list (0 to 1000 each).
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default)]
+    pub payload: Option<Payload>,
+    /// Contexts that always get this variant, whatever the weights.
+    #[serde(default)]
+    pub overrides: Vec<VariantOverride>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Payload {
+    /// `string`, `json`, `number` or `csv`, as Unleash has them.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantOverride {
+    pub field: String,
+    pub values: Vec<String>,
+}
+
+/// A per-organization decision that beats all targeting but the kill switch, environments and prerequisites.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    pub org_id: String,
+    pub action: OverrideAction,
+    /// Required and non-empty: why the organization is treated differently.
+    pub reason: String,
+    #[serde(default)]
+    pub starts_at: Option<DateTime<Utc>>,
+    /// Past this instant the override is ignored (and a cleanup may remove it).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub created_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OverrideAction {
+    ForcedOn,
+    ForcedOff,
+    /// On, with this variant of the flag.
+    Variant {
+        variant: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prerequisite {
+    pub flag: String,
+    /// The value the prerequisite must evaluate to.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// When non-empty, the prerequisite's variant must be one of these.
+    #[serde(default)]
+    pub variants: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lifecycle {
+    #[serde(rename = "type", default)]
+    pub kind: FlagType,
+    /// Past this instant the flag is reported stale (unless permanent).
+    #[serde(default)]
+    pub stale_after: Option<DateTime<Utc>>,
+    /// Never stale (operational switches, permissions).
+    #[serde(default)]
+    pub permanent: bool,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self { kind: FlagType::Release, stale_after: None, permanent: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlagType {
+    #[default]
+    Release,
+    Experiment,
+    Operational,
+    KillSwitch,
+    Permission,
+}
+
+/// A named, reusable set of constraints rules can reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Segment {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub constraints: Vec<Constraint>,
+}
+
+/// Context field names with a meaning of their own.
+pub const ORGANIZATION_ID: &str = "organizationId";
+pub const USER_ID: &str = "userId";
+pub const ENVIRONMENT: &str = "environment";
+pub const SESSION_ID: &str = "sessionId";
+pub const REMOTE_ADDRESS: &str = "remoteAddress";
+pub const APP_NAME: &str = "appName";
+pub const CURRENT_TIME: &str = "currentTime";
