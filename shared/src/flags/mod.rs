@@ -6,6 +6,7 @@ mod compile;
 mod eval;
 pub mod hash;
 pub mod model;
+pub mod store;
 pub mod unleash;
 
 pub use compile::{Invalid, MAX_WEIGHT, validate_flag, validate_segment};

@@ -1,0 +1,609 @@
+//! Where flags live, and the in-memory snapshot evaluation reads.
+//!
+//! Items in the flags table:
+//! - `FLAG` / `{key}`: one flag (`flag` attribute, the whole document); the item version is the flag's version.
+//! - `SEGMENT` / `{name}`: one segment.
+//! - `AUDIT` / `{ulid}` and `AUDIT#{subject}` / `{ulid}`: the audit trail, overall and per flag or segment. Written
+//!   with `Expect::Absent` in the same transaction as the change it records, so it is append-only and complete.
+//! - `FLAGMETA` / `revision`: a fresh id on every change, in the same transaction. Caches compare it (one read) to
+//!   decide whether to reload every flag.
+//! - `FLAGSEEN` / `{key}`: when a flag was last evaluated, flushed by caches at most once a minute per process.
+//!
+//! Flags are platform-wide configuration, not tenant data: one partition holds them all, and overrides live inside
+//! their flag so that one read of the partition is a complete, consistent snapshot.
+
+use super::compile::{Invalid, validate_flag, validate_segment};
+use super::eval::Snapshot;
+use super::model::{Flag, Segment};
+use super::unleash::Import;
+use crate::clock::Clock;
+use crate::port::PortError;
+use crate::table::{Expect, Item, Key, Page, Query, Table, Write};
+use backon::{ExponentialBuilder, Retryable};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use ulid::Ulid;
+
+const FLAGS: &str = "FLAG";
+const SEGMENTS: &str = "SEGMENT";
+const AUDIT: &str = "AUDIT";
+const USAGE: &str = "FLAGSEEN";
+/// Largest stored flag document; with the before and after copies of an audit entry it stays inside DynamoDB's
+/// 400 KB item limit.
+pub const MAX_FLAG_BYTES: usize = 120_000;
+
+fn meta_key() -> Key {
+    Key::new("FLAGMETA", "revision")
+}
+
+fn audit_partition(subject: &str) -> String {
+    format!("{AUDIT}#{subject}")
+}
+
+/// The audit subject of a flag or a segment.
+pub fn flag_subject(key: &str) -> String {
+    format!("flag:{key}")
+}
+
+pub fn segment_subject(name: &str) -> String {
+    format!("segment:{name}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    AlreadyExists,
+    /// `If-Match` named another version, or a concurrent writer got there first.
+    #[error("version mismatch: the current version is {current}")]
+    VersionMismatch { current: u64 },
+    #[error("invalid")]
+    Invalid(Vec<Invalid>),
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    /// `flag:{key}` or `segment:{name}`.
+    pub subject: String,
+    pub before: Option<Value>,
+    pub after: Option<Value>,
+}
+
+/// What an import did, by flag key and segment name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ImportReport {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: Vec<String>,
+    pub segments_written: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct FlagStore {
+    table: Arc<dyn Table>,
+    clock: Arc<dyn Clock>,
+}
+
+impl FlagStore {
+    pub fn new(table: Arc<dyn Table>, clock: Arc<dyn Clock>) -> Self {
+        Self { table, clock }
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Flag>, StoreError> {
+        let item = self.table.get(&Key::new(FLAGS, key)).await?;
+        item.map(|item| decode(&item, "flag")).transpose()
+    }
+
+    /// Every flag, archived ones included, in key order.
+    pub async fn flags(&self) -> Result<Vec<Flag>, StoreError> {
+        self.all(FLAGS, "flag").await
+    }
+
+    pub async fn segments(&self) -> Result<Vec<Segment>, StoreError> {
+        self.all(SEGMENTS, "segment").await
+    }
+
+    pub async fn segment(&self, name: &str) -> Result<Option<(Segment, u64)>, StoreError> {
+        let item = self.table.get(&Key::new(SEGMENTS, name)).await?;
+        item.map(|item| Ok((decode(&item, "segment")?, item.version))).transpose()
+    }
+
+    async fn all<T: serde::de::DeserializeOwned>(&self, partition: &str, attr: &str) -> Result<Vec<T>, StoreError> {
+        let mut query = Query::partition(partition);
+        query.limit = crate::table::MAX_QUERY_LIMIT;
+        let mut out = Vec::new();
+        loop {
+            let page = self.table.query(&query).await?;
+            for item in &page.items {
+                out.push(decode(item, attr)?);
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The change marker caches compare; `None` before the first write.
+    pub async fn revision(&self) -> Result<Option<String>, PortError> {
+        let item = self.table.get(&meta_key()).await?;
+        Ok(item.and_then(|item| item.attrs.get("revision").and_then(Value::as_str).map(str::to_string)))
+    }
+
+    /// The revision, then every flag and segment compiled. The revision is read first: a change landing in between
+    /// is in the snapshot and makes the next check reload once more, never the reverse.
+    pub async fn load(&self) -> Result<(Option<String>, Snapshot), StoreError> {
+        let revision = self.revision().await?;
+        let flags = self.flags().await?;
+        let segments = self.segments().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
+        Ok((revision, Snapshot::build(flags, &segments)))
+    }
+
+    pub async fn create(&self, flag: Flag, actor: &str) -> Result<Flag, StoreError> {
+        let (flags, segments) = self.context().await?;
+        if flags.contains_key(&flag.key) {
+            return Err(StoreError::AlreadyExists);
+        }
+        validate_flag(&flag, &flags, &segments).map_err(StoreError::Invalid)?;
+        self.write_flag(None, flag, actor, "create").await
+    }
+
+    /// Reads the flag, applies `change`, checks the result among all flags and writes it if nobody wrote in
+    /// between. With `if_match`, the stored version must be that one (412 otherwise); without, a concurrent write
+    /// makes it read and apply the change again (a few times), so independent changes all land.
+    pub async fn update(
+        &self,
+        key: &str,
+        if_match: Option<u64>,
+        actor: &str,
+        action: &str,
+        change: impl Fn(&mut Flag) -> Result<(), Vec<Invalid>>,
+    ) -> Result<Flag, StoreError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (flags, segments) = self.context().await?;
+            let current = flags.get(key).cloned().ok_or(StoreError::NotFound)?;
+            if let Some(expected) = if_match
+                && expected != current.version
+            {
+                return Err(StoreError::VersionMismatch { current: current.version });
+            }
+            let mut next = current.clone();
+            change(&mut next).map_err(StoreError::Invalid)?;
+            if next.key != current.key {
+                return Err(StoreError::Invalid(vec![Invalid {
+                    pointer: "/key".into(),
+                    message: "a flag's key cannot change".into(),
+                }]));
+            }
+            validate_flag(&next, &flags, &segments).map_err(StoreError::Invalid)?;
+            match self.write_flag(Some(&current), next, actor, action).await {
+                Err(StoreError::VersionMismatch { .. }) if if_match.is_none() && attempts < 5 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Creates or replaces a segment; every flag using it must still be valid.
+    pub async fn put_segment(
+        &self,
+        segment: Segment,
+        if_match: Option<u64>,
+        actor: &str,
+    ) -> Result<(Segment, u64), StoreError> {
+        validate_segment(&segment).map_err(StoreError::Invalid)?;
+        let current = self.segment(&segment.name).await?;
+        let version = match (&current, if_match) {
+            (Some((_, v)), Some(expected)) if *v != expected => {
+                return Err(StoreError::VersionMismatch { current: *v });
+            }
+            (None, Some(_)) => return Err(StoreError::NotFound),
+            (Some((_, v)), _) => *v,
+            (None, None) => 0,
+        };
+        let item = encode(Key::new(SEGMENTS, &segment.name), "segment", &segment, version + 1)?;
+        let expect = if version == 0 { Expect::Absent } else { Expect::Version(version) };
+        let before = current.map(|(s, _)| serde_json::to_value(s)).transpose().map_err(invalid_json)?;
+        let after = Some(serde_json::to_value(&segment).map_err(invalid_json)?);
+        let entry = self.entry(actor, "put_segment", segment_subject(&segment.name), before, after);
+        self.commit(Write::Put { item, expect }, entry).await.map_err(|e| match e {
+            StoreError::VersionMismatch { .. } if version == 0 => StoreError::AlreadyExists,
+            other => other,
+        })?;
+        Ok((segment, version + 1))
+    }
+
+    /// Writes an Unleash import: everything is checked first (warnings and invalid flags refuse the whole import,
+    /// nothing written), then segments and flags are written one transaction each. Flags that would not change
+    /// are left alone, so importing the same document twice writes nothing the second time.
+    pub async fn import(&self, import: Import, actor: &str) -> Result<ImportReport, StoreError> {
+        if !import.warnings.is_empty() {
+            return Err(StoreError::Invalid(import.warnings));
+        }
+        let (mut flags, mut segments) = self.context().await?;
+        let existing = flags.clone();
+        let mut errors = Vec::new();
+        for (i, segment) in import.segments.iter().enumerate() {
+            if let Err(found) = validate_segment(segment) {
+                errors.extend(found.into_iter().map(|e| prefixed(&format!("/segments/{i}"), e)));
+            }
+            segments.insert(segment.name.clone(), segment.clone());
+        }
+        for flag in &import.flags {
+            flags.insert(flag.key.clone(), flag.clone());
+        }
+        for (i, flag) in import.flags.iter().enumerate() {
+            if let Err(found) = validate_flag(flag, &flags, &segments) {
+                errors.extend(found.into_iter().map(|e| prefixed(&format!("/flags/{i}"), e)));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(StoreError::Invalid(errors));
+        }
+        let mut report = ImportReport::default();
+        for segment in import.segments {
+            let name = segment.name.clone();
+            let current = self.segment(&name).await?;
+            if current.as_ref().is_some_and(|(s, _)| *s == segment) {
+                continue;
+            }
+            self.put_segment(segment, current.map(|(_, v)| v), actor).await?;
+            report.segments_written.push(name);
+        }
+        for mut flag in import.flags {
+            let key = flag.key.clone();
+            match existing.get(&key) {
+                None => {
+                    self.write_flag(None, flag, actor, "import").await?;
+                    report.created.push(key);
+                }
+                Some(current) => {
+                    // Keep what the import does not carry: overrides, lists and lifecycle set in Keel.
+                    flag.overrides = current.overrides.clone();
+                    if same_content(current, &flag) {
+                        report.unchanged.push(key);
+                        continue;
+                    }
+                    self.write_flag(Some(current), flag, actor, "import").await?;
+                    report.updated.push(key);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// One page of the audit trail, newest first: overall, or for one subject.
+    pub async fn audit(
+        &self,
+        subject: Option<&str>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<AuditEntry>, Option<String>), StoreError> {
+        let mut query = Query::partition(subject.map_or_else(|| AUDIT.to_string(), audit_partition));
+        query.descending = true;
+        query.limit = limit;
+        query.after = after;
+        let Page { items, next } = self.table.query(&query).await?;
+        let entries = items.iter().map(|item| decode(item, "entry")).collect::<Result<_, _>>()?;
+        Ok((entries, next))
+    }
+
+    /// Records when flags were last evaluated (one write per flag).
+    pub async fn record_usage(&self, seen: &BTreeMap<String, DateTime<Utc>>) -> Result<(), PortError> {
+        for (key, at) in seen {
+            let mut attrs = serde_json::Map::new();
+            attrs.insert("last_evaluated_at".into(), Value::String(at.to_rfc3339()));
+            self.table.put(Item::new(Key::new(USAGE, key), attrs), Expect::Any).await?;
+        }
+        Ok(())
+    }
+
+    /// When each flag was last evaluated, as far as caches have flushed.
+    pub async fn usage(&self) -> Result<BTreeMap<String, DateTime<Utc>>, StoreError> {
+        let mut query = Query::partition(USAGE);
+        query.limit = crate::table::MAX_QUERY_LIMIT;
+        let mut out = BTreeMap::new();
+        loop {
+            let page = self.table.query(&query).await?;
+            for item in &page.items {
+                if let Some(at) = item
+                    .attrs
+                    .get("last_evaluated_at")
+                    .and_then(Value::as_str)
+                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                {
+                    out.insert(item.key.sk.clone(), at.with_timezone(&Utc));
+                }
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn context(&self) -> Result<(BTreeMap<String, Flag>, BTreeMap<String, Segment>), StoreError> {
+        let flags = self.flags().await?.into_iter().map(|f| (f.key.clone(), f)).collect();
+        let segments = self.segments().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
+        Ok((flags, segments))
+    }
+
+    async fn write_flag(
+        &self,
+        before: Option<&Flag>,
+        mut after: Flag,
+        actor: &str,
+        action: &str,
+    ) -> Result<Flag, StoreError> {
+        let current = before.map_or(0, |b| b.version);
+        after.version = current + 1;
+        after.updated_by = actor.to_string();
+        after.updated_at = self.clock.now();
+        let item = encode(Key::new(FLAGS, &after.key), "flag", &after, after.version)?;
+        let expect = if current == 0 { Expect::Absent } else { Expect::Version(current) };
+        let before_json = before.map(serde_json::to_value).transpose().map_err(invalid_json)?;
+        let entry = self.entry(
+            actor,
+            action,
+            flag_subject(&after.key),
+            before_json,
+            Some(serde_json::to_value(&after).map_err(invalid_json)?),
+        );
+        match self.commit(Write::Put { item, expect }, entry).await {
+            Ok(()) => Ok(after),
+            Err(StoreError::VersionMismatch { .. }) if current == 0 => Err(StoreError::AlreadyExists),
+            Err(StoreError::VersionMismatch { .. }) => {
+                let now = self.get(&after.key).await?.map_or(0, |f| f.version);
+                Err(StoreError::VersionMismatch { current: now })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    fn entry(
+        &self,
+        actor: &str,
+        action: &str,
+        subject: String,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) -> AuditEntry {
+        AuditEntry {
+            id: Ulid::new().to_string(),
+            at: self.clock.now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            subject,
+            before,
+            after,
+        }
+    }
+
+    /// The change, its two audit entries and a new revision, all or nothing. A transient failure is retried; when
+    /// a retry finds the condition failed, the audit entry tells whether the earlier attempt had in fact landed.
+    async fn commit(&self, change: Write, entry: AuditEntry) -> Result<(), StoreError> {
+        let own_entry = Key::new(AUDIT, &entry.id);
+        let mut writes = vec![change];
+        for partition in [AUDIT.to_string(), audit_partition(&entry.subject)] {
+            writes.push(Write::Put {
+                item: encode(Key::new(partition, &entry.id), "entry", &entry, 1)?,
+                expect: Expect::Absent,
+            });
+        }
+        let mut meta = serde_json::Map::new();
+        meta.insert("revision".into(), Value::String(entry.id.clone()));
+        writes.push(Write::Put { item: Item::new(meta_key(), meta), expect: Expect::Any });
+        let attempt = || async { self.table.transact(writes.clone()).await };
+        let mut tried = 0;
+        let result = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(std::time::Duration::from_millis(10))
+                    .with_max_times(3)
+                    .with_jitter(),
+            )
+            .when(|e: &PortError| matches!(e, PortError::Unavailable(_)))
+            .notify(|_, _| tried += 1)
+            .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(PortError::ConditionFailed { .. }) if tried > 0 && self.table.get(&own_entry).await?.is_some() => {
+                Ok(())
+            }
+            Err(PortError::ConditionFailed { .. }) => Err(StoreError::VersionMismatch { current: 0 }),
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+fn same_content(a: &Flag, b: &Flag) -> bool {
+    let strip =
+        |f: &Flag| Flag { version: 0, updated_by: String::new(), updated_at: DateTime::UNIX_EPOCH, ..f.clone() };
+    strip(a) == strip(b)
+}
+
+fn prefixed(prefix: &str, e: Invalid) -> Invalid {
+    Invalid { pointer: format!("{prefix}{}", e.pointer), message: e.message }
+}
+
+fn invalid_json(e: serde_json::Error) -> StoreError {
+    StoreError::Port(PortError::Invalid(format!("cannot encode: {e}")))
+}
+
+fn encode<T: Serialize>(key: Key, attr: &str, value: &T, version: u64) -> Result<Item, StoreError> {
+    let json = serde_json::to_value(value).map_err(invalid_json)?;
+    if attr == "flag" && serde_json::to_vec(&json).map_or(0, |bytes| bytes.len()) > MAX_FLAG_BYTES {
+        return Err(StoreError::Invalid(vec![Invalid {
+            pointer: String::new(),
+            message: format!("a flag document holds at most {MAX_FLAG_BYTES} bytes"),
+        }]));
+    }
+    let mut attrs = serde_json::Map::new();
+    attrs.insert(attr.to_string(), json);
+    Ok(Item { key, attrs, version, expires_at: None })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(item: &Item, attr: &str) -> Result<T, StoreError> {
+    let value = item.attrs.get(attr).cloned().unwrap_or(Value::Null);
+    serde_json::from_value(value).map_err(|e| {
+        StoreError::Port(PortError::Invalid(format!("stored {attr} `{}` does not decode: {e}", item.key.sk)))
+    })
+}
+
+/// What a cache serves: the snapshot (none before the first successful load) and whether it may be out of date.
+#[derive(Clone)]
+pub struct Served {
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// The last check or load failed; this is the last good snapshot.
+    pub stale: bool,
+    pub loaded_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Default)]
+struct CacheState {
+    snapshot: Option<Arc<Snapshot>>,
+    revision: Option<String>,
+    checked_at: Option<DateTime<Utc>>,
+    loaded_at: Option<DateTime<Utc>>,
+    stale: bool,
+}
+
+/// The in-memory snapshot evaluation reads. At most once per `refresh` it reads the revision (one item) and
+/// reloads everything only when it changed. When the store cannot be read it keeps serving the last good snapshot
+/// and says so; with no snapshot at all, every answer fails closed.
+pub struct FlagCache {
+    store: FlagStore,
+    refresh: Duration,
+    state: Mutex<CacheState>,
+    /// One refresh at a time; other requests keep serving what is there.
+    refreshing: tokio::sync::Mutex<()>,
+    /// Flags evaluated since the last flush, and when.
+    seen: Mutex<BTreeMap<String, DateTime<Utc>>>,
+    flushed_at: Mutex<Option<DateTime<Utc>>>,
+}
+
+/// How often a cache flushes when flags were last evaluated.
+pub const USAGE_FLUSH: Duration = Duration::seconds(60);
+/// The longest a cache may go without checking the store.
+pub const MAX_REFRESH: Duration = Duration::seconds(30);
+
+impl FlagCache {
+    pub fn new(store: FlagStore, refresh: Duration) -> Self {
+        Self {
+            store,
+            refresh: refresh.min(MAX_REFRESH),
+            state: Mutex::new(CacheState::default()),
+            refreshing: tokio::sync::Mutex::new(()),
+            seen: Mutex::new(BTreeMap::new()),
+            flushed_at: Mutex::new(None),
+        }
+    }
+
+    pub fn store(&self) -> &FlagStore {
+        &self.store
+    }
+
+    pub async fn current(&self) -> Served {
+        let now = self.store.clock.now();
+        let (due, have_snapshot) = {
+            let state = lock(&self.state);
+            (state.checked_at.is_none_or(|at| now - at >= self.refresh), state.snapshot.is_some())
+        };
+        if due {
+            // Without a snapshot there is nothing to serve: wait for the refresh in progress. With one, serve it.
+            let guard =
+                if have_snapshot { self.refreshing.try_lock().ok() } else { Some(self.refreshing.lock().await) };
+            if let Some(_guard) = guard {
+                let still_due = lock(&self.state).checked_at.is_none_or(|at| now - at >= self.refresh);
+                if still_due {
+                    self.refresh(now).await;
+                }
+            }
+        }
+        let state = lock(&self.state);
+        Served { snapshot: state.snapshot.clone(), stale: state.stale, loaded_at: state.loaded_at }
+    }
+
+    async fn refresh(&self, now: DateTime<Utc>) {
+        let known = lock(&self.state).revision.clone();
+        let have_snapshot = lock(&self.state).snapshot.is_some();
+        let outcome = match self.store.revision().await {
+            Ok(revision) if have_snapshot && revision == known => Ok(None),
+            Ok(_) => self.store.load().await.map(Some),
+            Err(e) => Err(StoreError::Port(e)),
+        };
+        {
+            let mut state = lock(&self.state);
+            state.checked_at = Some(now);
+            match outcome {
+                Ok(None) => state.stale = false,
+                Ok(Some((revision, snapshot))) => {
+                    state.snapshot = Some(Arc::new(snapshot));
+                    state.revision = revision;
+                    state.loaded_at = Some(now);
+                    state.stale = false;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "flag store unreachable; serving the last good snapshot");
+                    state.stale = true;
+                }
+            }
+        }
+        self.flush_usage(now).await;
+    }
+
+    /// Notes that these flags were evaluated now. In memory only; flushed with the next refresh.
+    pub fn note_evaluated<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
+        let now = self.store.clock.now();
+        let mut seen = lock(&self.seen);
+        for key in keys {
+            match seen.get_mut(key) {
+                Some(at) => *at = now,
+                None => {
+                    seen.insert(key.to_string(), now);
+                }
+            }
+        }
+    }
+
+    async fn flush_usage(&self, now: DateTime<Utc>) {
+        if lock(&self.flushed_at).is_some_and(|at| now - at < USAGE_FLUSH) {
+            return;
+        }
+        let pending = std::mem::take(&mut *lock(&self.seen));
+        if pending.is_empty() {
+            return;
+        }
+        match self.store.record_usage(&pending).await {
+            Ok(()) => *lock(&self.flushed_at) = Some(now),
+            Err(error) => {
+                tracing::warn!(%error, "could not record flag usage; keeping it for the next flush");
+                let mut seen = lock(&self.seen);
+                for (key, at) in pending {
+                    seen.entry(key).or_insert(at);
+                }
+            }
+        }
+    }
+}
+
+/// A poisoned lock only means another request panicked mid-update of plain data; the data is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
