@@ -484,6 +484,13 @@ struct CacheState {
     stale: bool,
 }
 
+impl CacheState {
+    /// Without a snapshot every request tries (it would fail closed otherwise); with one, once per interval.
+    fn due(&self, now: DateTime<Utc>, refresh: Duration) -> bool {
+        self.snapshot.is_none() || self.checked_at.is_none_or(|at| now - at >= refresh)
+    }
+}
+
 /// The in-memory snapshot evaluation reads. At most once per `refresh` it reads the revision (one item) and
 /// reloads everything only when it changed. When the store cannot be read it keeps serving the last good snapshot
 /// and says so; with no snapshot at all, every answer fails closed.
@@ -523,14 +530,14 @@ impl FlagCache {
         let now = self.store.clock.now();
         let (due, have_snapshot) = {
             let state = lock(&self.state);
-            (state.checked_at.is_none_or(|at| now - at >= self.refresh), state.snapshot.is_some())
+            (state.due(now, self.refresh), state.snapshot.is_some())
         };
         if due {
             // Without a snapshot there is nothing to serve: wait for the refresh in progress. With one, serve it.
             let guard =
                 if have_snapshot { self.refreshing.try_lock().ok() } else { Some(self.refreshing.lock().await) };
             if let Some(_guard) = guard {
-                let still_due = lock(&self.state).checked_at.is_none_or(|at| now - at >= self.refresh);
+                let still_due = lock(&self.state).due(now, self.refresh);
                 if still_due {
                     self.refresh(now).await;
                 }

@@ -1,0 +1,242 @@
+//! The flag store and its cache on the embedded backend: writes are versioned and audited, the cache reloads only
+//! when the revision changes, serves the last good snapshot while the store is down, fails closed without one,
+//! and flushes evaluation times without a write per evaluation.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use async_trait::async_trait;
+use chrono::{Duration, TimeZone, Utc};
+use keel::clock::{Clock, ManualClock};
+use keel::embedded::EmbeddedDb;
+use keel::flags::store::{FlagCache, FlagStore, StoreError};
+use keel::flags::{Context, Flag, Reason};
+use keel::port::PortError;
+use keel::table::{Expect, Item, Key, Page, Query, Table, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// A table that counts reads and can be switched off.
+struct Switchable {
+    inner: Arc<dyn Table>,
+    down: AtomicBool,
+    gets: AtomicUsize,
+    queries: AtomicUsize,
+    puts: AtomicUsize,
+}
+
+impl Switchable {
+    fn check(&self) -> Result<(), PortError> {
+        if self.down.load(Ordering::SeqCst) { Err(PortError::Unavailable("switched off".into())) } else { Ok(()) }
+    }
+}
+
+#[async_trait]
+impl Table for Switchable {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, PortError> {
+        self.check()?;
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(key).await
+    }
+    async fn put(&self, item: Item, expect: Expect) -> Result<(), PortError> {
+        self.check()?;
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        self.inner.put(item, expect).await
+    }
+    async fn delete(&self, key: &Key, expect: Expect) -> Result<(), PortError> {
+        self.check()?;
+        self.inner.delete(key, expect).await
+    }
+    async fn query(&self, query: &Query) -> Result<Page, PortError> {
+        self.check()?;
+        self.queries.fetch_add(1, Ordering::SeqCst);
+        self.inner.query(query).await
+    }
+    async fn transact(&self, writes: Vec<Write>) -> Result<(), PortError> {
+        self.check()?;
+        self.inner.transact(writes).await
+    }
+    async fn ping(&self) -> Result<(), PortError> {
+        self.check()
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    table: Arc<Switchable>,
+    store: FlagStore,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap()));
+    let db = EmbeddedDb::open(dir.path()).unwrap();
+    let inner: Arc<dyn Table> = Arc::new(db.table("flags", clock.clone()));
+    let table = Arc::new(Switchable {
+        inner,
+        down: AtomicBool::new(false),
+        gets: AtomicUsize::new(0),
+        queries: AtomicUsize::new(0),
+        puts: AtomicUsize::new(0),
+    });
+    let store = FlagStore::new(table.clone(), clock.clone());
+    Fixture { _dir: dir, clock, table, store }
+}
+
+fn on_flag(key: &str) -> Flag {
+    let mut flag = Flag::new(key);
+    flag.default_value = true;
+    flag
+}
+
+fn org(id: &str) -> Context {
+    Context { organization_id: Some(id.into()), ..Context::default() }
+}
+
+#[tokio::test]
+async fn writes_are_versioned_and_audited_in_the_same_transaction() {
+    let f = fixture();
+    let created = f.store.create(on_flag("checkout"), "alice").await.unwrap();
+    assert_eq!((created.version, created.updated_by.as_str()), (1, "alice"));
+    assert!(matches!(f.store.create(on_flag("checkout"), "bob").await, Err(StoreError::AlreadyExists)));
+
+    let updated = f.store.update("checkout", Some(1), "bob", "update", |flag| {
+        flag.description = "new checkout".into();
+        Ok(())
+    });
+    assert_eq!(updated.await.unwrap().version, 2);
+    let stale = f.store.update("checkout", Some(1), "carol", "update", |_| Ok(())).await;
+    assert!(matches!(stale, Err(StoreError::VersionMismatch { current: 2 })));
+    let invalid = f.store.update("checkout", None, "carol", "update", |flag| {
+        flag.rules.push(keel::flags::Rule {
+            id: "r".into(),
+            constraints: vec![],
+            segments: vec![],
+            rollout: Some(keel::flags::Rollout { percentage: 101.0, stickiness: Default::default(), group_id: None }),
+            variants: vec![],
+            starts_at: None,
+            ends_at: None,
+        });
+        Ok(())
+    });
+    match invalid.await {
+        Err(StoreError::Invalid(errors)) => assert_eq!(errors[0].pointer, "/rules/0/rollout/percentage"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+
+    let (all, _) = f.store.audit(None, None, 100).await.unwrap();
+    let (mine, _) = f.store.audit(Some("flag:checkout"), None, 100).await.unwrap();
+    assert_eq!(all.len(), 2, "one entry per change, none for refused ones");
+    assert_eq!(mine, all);
+    assert_eq!((all[0].actor.as_str(), all[0].action.as_str()), ("bob", "update"));
+    assert_eq!(all[0].before.as_ref().unwrap()["version"], 1);
+    assert_eq!(all[0].after.as_ref().unwrap()["description"], "new checkout");
+    assert_eq!((all[1].action.as_str(), all[1].before.is_none()), ("create", true));
+}
+
+#[tokio::test]
+async fn the_cache_reloads_only_when_the_revision_changes() {
+    let f = fixture();
+    f.store.create(on_flag("a"), "alice").await.unwrap();
+    let cache = FlagCache::new(f.store.clone(), Duration::seconds(10));
+    let served = cache.current().await;
+    assert!(served.snapshot.as_ref().unwrap().evaluate("a", &org("o"), f.clock.now()).value);
+
+    // Within the refresh interval: no reads at all.
+    let (gets, queries) = (f.table.gets.load(Ordering::SeqCst), f.table.queries.load(Ordering::SeqCst));
+    cache.current().await;
+    f.clock.advance(Duration::seconds(9));
+    cache.current().await;
+    assert_eq!(f.table.gets.load(Ordering::SeqCst), gets);
+
+    // Due, unchanged: one read of the revision, no query.
+    f.clock.advance(Duration::seconds(1));
+    cache.current().await;
+    assert_eq!(f.table.gets.load(Ordering::SeqCst), gets + 1);
+    assert_eq!(f.table.queries.load(Ordering::SeqCst), queries);
+
+    // A change is invisible until the next check, then visible.
+    f.store
+        .update("a", None, "alice", "update", |flag| {
+            flag.enabled = false;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let snapshot = cache.current().await.snapshot.unwrap();
+    assert!(snapshot.evaluate("a", &org("o"), f.clock.now()).value);
+    f.clock.advance(Duration::seconds(10));
+    let snapshot = cache.current().await.snapshot.unwrap();
+    let answer = snapshot.evaluate("a", &org("o"), f.clock.now());
+    assert_eq!((answer.value, answer.reason, answer.version), (false, Reason::Killed, 2));
+}
+
+#[tokio::test]
+async fn a_refresh_interval_above_30_seconds_is_capped() {
+    let f = fixture();
+    let cache = FlagCache::new(f.store.clone(), Duration::seconds(300));
+    cache.current().await;
+    f.store.create(on_flag("late"), "alice").await.unwrap();
+    f.clock.advance(Duration::seconds(30));
+    let snapshot = cache.current().await.snapshot.unwrap();
+    assert!(snapshot.evaluate("late", &org("o"), f.clock.now()).value, "visible within 30 s");
+}
+
+#[tokio::test]
+async fn a_failing_store_keeps_the_last_good_snapshot_and_says_so() {
+    let f = fixture();
+    f.store.create(on_flag("a"), "alice").await.unwrap();
+    let cache = FlagCache::new(f.store.clone(), Duration::seconds(5));
+    assert!(!cache.current().await.stale);
+
+    f.table.down.store(true, Ordering::SeqCst);
+    f.clock.advance(Duration::seconds(5));
+    let served = cache.current().await;
+    assert!(served.stale);
+    assert!(served.snapshot.unwrap().evaluate("a", &org("o"), f.clock.now()).value, "last good snapshot");
+
+    f.table.down.store(false, Ordering::SeqCst);
+    f.clock.advance(Duration::seconds(5));
+    assert!(!cache.current().await.stale, "recovers on the next check");
+}
+
+#[tokio::test]
+async fn without_any_snapshot_flags_fail_closed() {
+    let f = fixture();
+    f.store.create(on_flag("a"), "alice").await.unwrap();
+    f.table.down.store(true, Ordering::SeqCst);
+    let cache = FlagCache::new(f.store.clone(), Duration::seconds(5));
+    let served = cache.current().await;
+    assert!(served.snapshot.is_none() && served.stale);
+    // The next request tries again at once rather than waiting out the interval.
+    f.table.down.store(false, Ordering::SeqCst);
+    assert!(cache.current().await.snapshot.is_some());
+}
+
+#[tokio::test]
+async fn evaluation_times_are_flushed_once_per_interval_not_per_evaluation() {
+    let f = fixture();
+    f.store.create(on_flag("a"), "alice").await.unwrap();
+    f.store.create(on_flag("b"), "alice").await.unwrap();
+    let cache = FlagCache::new(f.store.clone(), Duration::seconds(10));
+    cache.current().await;
+    let puts = f.table.puts.load(Ordering::SeqCst);
+    for _ in 0..1000 {
+        cache.note_evaluated(["a", "b"]);
+    }
+    assert_eq!(f.table.puts.load(Ordering::SeqCst), puts, "noting writes nothing");
+    f.clock.advance(Duration::seconds(10));
+    cache.current().await;
+    assert_eq!(f.table.puts.load(Ordering::SeqCst), puts + 2, "one write per flag at the flush");
+    let usage = f.store.usage().await.unwrap();
+    assert_eq!(usage.keys().collect::<Vec<_>>(), ["a", "b"]);
+
+    // Within a minute of the last flush, nothing more is written.
+    cache.note_evaluated(["a"]);
+    f.clock.advance(Duration::seconds(10));
+    cache.current().await;
+    assert_eq!(f.table.puts.load(Ordering::SeqCst), puts + 2);
+    f.clock.advance(Duration::seconds(50));
+    cache.current().await;
+    assert_eq!(f.table.puts.load(Ordering::SeqCst), puts + 3);
+}
