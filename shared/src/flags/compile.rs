@@ -361,9 +361,11 @@ pub fn validate_flag(
             }
         }
     }
+    // This flag's own stored version is not a dependent of it (a self-reference is reported above).
     if !flag.prerequisites.is_empty()
-        && let Some(dependent) =
-            flags.values().find(|other| !other.archived && other.prerequisites.iter().any(|p| p.flag == flag.key))
+        && let Some(dependent) = flags.values().find(|other| {
+            other.key != flag.key && !other.archived && other.prerequisites.iter().any(|p| p.flag == flag.key)
+        })
     {
         errors.push(Invalid::new(
             "/prerequisites",
@@ -531,9 +533,11 @@ pub(crate) fn compile_constraint(c: &Constraint, at: &str, errors: &mut Vec<Inva
         if c.values.len() == 1 {
             Some(c.values[0].as_str())
         } else {
+            // The operator's wire name (NUM_EQ), as the flag document spells it.
+            let name = serde_json::to_value(c.operator).ok().and_then(|v| v.as_str().map(str::to_owned));
             errors.push(Invalid::new(
                 format!("{at}/values"),
-                format!("operator {:?} takes exactly one value", c.operator).to_uppercase(),
+                format!("operator {} takes exactly one value", name.unwrap_or_default()),
             ));
             None
         }
