@@ -15,6 +15,16 @@ pub struct Problem {
     /// A JSON pointer or parameter name locating the offending input, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pointer: Option<String>,
+    /// Every problem found in the input, when there are several (`pointer` locates the first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+}
+
+/// One problem with the input: where (a JSON pointer or parameter name) and what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub pointer: String,
+    pub message: String,
 }
 
 impl Problem {
@@ -26,11 +36,21 @@ impl Problem {
             detail: detail.into(),
             code: code.to_string(),
             pointer: None,
+            errors: None,
         }
     }
 
     pub fn at(mut self, pointer: impl Into<String>) -> Self {
         self.pointer = Some(pointer.into());
+        self
+    }
+
+    /// Lists every problem found; `pointer` is set to the first one's when not already set.
+    pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
+        if self.pointer.is_none() {
+            self.pointer = errors.first().map(|e| e.pointer.clone());
+        }
+        self.errors = Some(errors);
         self
     }
 
@@ -77,6 +97,7 @@ fn title_for(status: u16) -> &'static str {
         413 => "Content Too Large",
         415 => "Unsupported Media Type",
         422 => "Unprocessable Content",
+        428 => "Precondition Required",
         429 => "Too Many Requests",
         503 => "Service Unavailable",
         _ => "Error",

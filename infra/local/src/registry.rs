@@ -58,6 +58,8 @@ impl Registry {
             .http("webhook-ingest", webhook_ingest::build)
             .queue("webhook-worker", webhook_worker::build)
             .http("webhook-ops", webhook_ops::build)
+            .http("flags-eval", flags_eval::build)
+            .http("flags-admin", flags_admin::build)
     }
 
     pub fn http<T, F>(mut self, binary: &str, build: F) -> Self

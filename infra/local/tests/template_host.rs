@@ -69,7 +69,12 @@ async fn serves_exactly_what_the_template_declares() {
     let client = reqwest::Client::new();
     let token = host.token("org-1", "operator", &["platform-admin"]);
     for (method, path) in &declared.routes {
-        let concrete = path.replace("{provider}", "acme").replace("{deliveryId}", "01HZZZZZZZZZZZZZZZZZZZZZZZ");
+        let concrete = path
+            .replace("{provider}", "acme")
+            .replace("{deliveryId}", "01HZZZZZZZZZZZZZZZZZZZZZZZ")
+            .replace("{key}", "a-flag")
+            .replace("{orgId}", "org-1")
+            .replace("{name}", "a-segment");
         assert!(!concrete.contains('{'), "a path parameter this test does not know: {path}");
         let response = client
             .request(method.parse().unwrap(), format!("http://{}{concrete}", host.addr()))

@@ -34,6 +34,8 @@ const USAGE: &str = "FLAGSEEN";
 /// Largest stored flag document; with the before and after copies of an audit entry it stays inside DynamoDB's
 /// 400 KB item limit.
 pub const MAX_FLAG_BYTES: usize = 120_000;
+/// Attempts of an update without `If-Match` that keeps losing to concurrent writers.
+const MAX_UPDATE_ATTEMPTS: u64 = 25;
 
 fn meta_key() -> Key {
     Key::new("FLAGMETA", "revision")
@@ -194,7 +196,13 @@ impl FlagStore {
             }
             validate_flag(&next, &flags, &segments).map_err(StoreError::Invalid)?;
             match self.write_flag(Some(&current), next, actor, action).await {
-                Err(StoreError::VersionMismatch { .. }) if if_match.is_none() && attempts < 5 => continue,
+                // Each conflict is another writer's success, so this ends; a short random pause keeps writers that
+                // read the same version from colliding again in lockstep.
+                Err(StoreError::VersionMismatch { .. }) if if_match.is_none() && attempts < MAX_UPDATE_ATTEMPTS => {
+                    let pause = rand::random_range(0..=attempts * 5);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    continue;
+                }
                 other => return other,
             }
         }
@@ -222,10 +230,15 @@ impl FlagStore {
         let before = current.map(|(s, _)| serde_json::to_value(s)).transpose().map_err(invalid_json)?;
         let after = Some(serde_json::to_value(&segment).map_err(invalid_json)?);
         let entry = self.entry(actor, "put_segment", segment_subject(&segment.name), before, after);
-        self.commit(Write::Put { item, expect }, entry).await.map_err(|e| match e {
-            StoreError::VersionMismatch { .. } if version == 0 => StoreError::AlreadyExists,
-            other => other,
-        })?;
+        match self.commit(Write::Put { item, expect }, entry).await {
+            Ok(()) => {}
+            Err(StoreError::VersionMismatch { .. }) if version == 0 => return Err(StoreError::AlreadyExists),
+            Err(StoreError::VersionMismatch { .. }) => {
+                let current = self.segment(&segment.name).await?.map_or(0, |(_, v)| v);
+                return Err(StoreError::VersionMismatch { current });
+            }
+            Err(other) => return Err(other),
+        }
         Ok((segment, version + 1))
     }
 
@@ -274,8 +287,16 @@ impl FlagStore {
                     report.created.push(key);
                 }
                 Some(current) => {
-                    // Keep what the import does not carry: overrides, lists and lifecycle set in Keel.
+                    // Keep what the import does not carry: overrides, lists and lifecycle set in Keel. An Unleash
+                    // `stale: true` becomes `stale_after: now` on the first import only, so the same document
+                    // imported again is unchanged.
                     flag.overrides = current.overrides.clone();
+                    flag.environments = current.environments.clone();
+                    flag.allow_orgs = current.allow_orgs.clone();
+                    flag.block_orgs = current.block_orgs.clone();
+                    flag.target_users = current.target_users.clone();
+                    flag.lifecycle.permanent = current.lifecycle.permanent;
+                    flag.lifecycle.stale_after = current.lifecycle.stale_after.or(flag.lifecycle.stale_after);
                     if same_content(current, &flag) {
                         report.unchanged.push(key);
                         continue;

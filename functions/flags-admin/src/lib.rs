@@ -1,0 +1,802 @@
+//! The feature-flag admin API (role `platform-admin`): list, create, read and replace flags (optimistic
+//! concurrency with `ETag`/`If-Match`), add and reorder rules, set and clear per-organization overrides, archive,
+//! import Unleash documents, explain an evaluation, the audit trail, and segments.
+//!
+//! Every change goes through [`FlagStore`], which validates the whole flag among all flags and writes the change,
+//! its audit entry (who, when, action, before, after) and a new revision in one transaction: bad input is a 422 that
+//! locates the offending field and nothing is written.
+//!
+//! Decisions worth knowing:
+//! - `ETag` is the flag's (or segment's) version as a strong entity tag, `"3"`. `If-Match` takes exactly one such
+//!   tag (anything else is 400); it is required on `PUT /v1/admin/flags/{key}` (428 without) and honoured when
+//!   given on every other change. A stale tag is 412 with the current version in `detail`.
+//! - 422 problems carry `pointer` (the first problem) and `errors: [{pointer, message}]` (all of them). Pointers
+//!   locate the field in the request body: for the rule and override routes, a problem inside the submitted rule or
+//!   override points into that body (`/constraints/0/operator`), anything else into the flag (`/variants`). A
+//!   query parameter is named bare (`limit`, `position`). Import problems point into the Unleash document
+//!   (`/features/0/strategies/1/name`) or, for a converted flag, at `/flags/{i}/...` of the converted flags (the
+//!   same index as the feature).
+//! - A flag is stale when it is not permanent, not archived, and either past its `lifecycle.stale_after`
+//!   (`stale_reason: "past_stale_after"`) or not evaluated for [`UNUSED_DAYS`] days (`"not_evaluated"`): its last
+//!   evaluation (as flushed by the evaluation caches) or, never evaluated, its last change is that old.
+//! - Changes without `If-Match` are re-read and re-applied when a concurrent writer got there first, so
+//!   independent changes (overrides for different organizations) all land; one that keeps losing answers 409
+//!   `concurrent_update` (retry), never 412, since the client set no precondition.
+//! - Adding a rule answers 201; setting an override 201 when the organization had none, 200 when it replaced one;
+//!   creating a segment 201, replacing it 200. Every answer that carries a flag or segment carries its `ETag`.
+//! - Explain loads a fresh snapshot from the store (no cache). An archived flag is explained as evaluation sees it
+//!   (not found, fails closed); a flag that never existed is 404.
+//! - Overrides on a missing flag answer 422 `unknown_flag` at `/key` (the path names a flag that does not exist);
+//!   every other route answers 404 for a missing flag.
+//! - Archiving is refused (409) while a live flag lists the flag as a prerequisite. The check reads all flags
+//!   just before the write, so a prerequisite added in the same instant can slip past it; evaluation then treats
+//!   the archived prerequisite as missing, which fails closed.
+
+use ::http::HeaderValue;
+use async_trait::async_trait;
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Duration, Utc};
+use keel::config::{ConfigError, Env};
+use keel::flags::store::{FlagStore, StoreError, flag_subject};
+use keel::flags::{Context, FlagType, Invalid, Override, OverrideAction, Rule, Segment, unleash};
+use keel::flags::{ErrorCode, Flag};
+use keel::function::{HttpFunction, Invocation};
+use keel::http;
+use keel::identity::Role;
+use keel::problem::{FieldError, Problem};
+use keel::resources::Resources;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use ulid::Ulid;
+
+pub const TABLE_VAR: &str = "FLAGS_TABLE";
+/// Largest request body, except an import.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Largest import body (an Unleash document).
+pub const MAX_IMPORT_BYTES: usize = 1024 * 1024;
+/// Page size cap of the flag list and the audit trail.
+pub const MAX_LIMIT: usize = 100;
+const DEFAULT_LIMIT: usize = 50;
+/// A flag not evaluated for this many days is reported stale.
+pub const UNUSED_DAYS: i64 = 30;
+
+/// Every route this function serves, as template.yaml declares them.
+pub const ROUTES: [&str; 15] = [
+    "GET /v1/admin/flags",
+    "POST /v1/admin/flags",
+    "POST /v1/admin/flags/import",
+    "GET /v1/admin/flags/{key}",
+    "PUT /v1/admin/flags/{key}",
+    "POST /v1/admin/flags/{key}/rules",
+    "PUT /v1/admin/flags/{key}/rules/order",
+    "PUT /v1/admin/flags/{key}/overrides/{orgId}",
+    "DELETE /v1/admin/flags/{key}/overrides/{orgId}",
+    "POST /v1/admin/flags/{key}/archive",
+    "POST /v1/admin/flags/{key}/explain",
+    "GET /v1/admin/flags/{key}/audit",
+    "GET /v1/admin/flag-audit",
+    "GET /v1/admin/segments",
+    "PUT /v1/admin/segments/{name}",
+];
+
+type Response = ApiGatewayV2httpResponse;
+
+pub struct FlagsAdmin {
+    store: FlagStore,
+}
+
+pub fn build(_env: &Env, resources: &dyn Resources) -> Result<FlagsAdmin, ConfigError> {
+    Ok(FlagsAdmin { store: FlagStore::new(resources.table(TABLE_VAR)?, resources.clock()) })
+}
+
+#[async_trait]
+impl HttpFunction for FlagsAdmin {
+    async fn call(&self, request: ApiGatewayV2httpRequest, _invocation: Invocation) -> Response {
+        let result = match http::require_role(&request, Role::PlatformAdmin) {
+            Err(problem) => Err(problem),
+            Ok(identity) => {
+                tracing::info!(user = %identity.user_id, route = ?request.route_key, "flag admin request");
+                self.route(&request, &identity.user_id).await
+            }
+        };
+        result.unwrap_or_else(Problem::into_response)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Requests: bodies, parameters, If-Match, cursors
+// ------------------------------------------------------------------------------------------------------------------
+
+/// The body as JSON: 413 over `cap`, 400 when empty or not JSON.
+fn body_value(request: &ApiGatewayV2httpRequest, cap: usize) -> Result<Value, Problem> {
+    let raw = http::raw_body(request)?;
+    if raw.len() > cap {
+        return Err(Problem::new(413, "body_too_large", format!("the body is over {cap} bytes")));
+    }
+    if raw.is_empty() {
+        return Err(Problem::bad_request("missing_body", "a JSON body is required"));
+    }
+    serde_json::from_slice(&raw)
+        .map_err(|e| Problem::bad_request("malformed_json", format!("the body is not JSON: {e}")))
+}
+
+/// Deserializes a JSON value; a value of the wrong shape is a 422 pointing at the field that did not fit.
+fn from_json<T: DeserializeOwned>(value: Value, code: &str) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let pointer = json_pointer(error.path());
+        let message = error.inner().to_string();
+        unprocessable(code, vec![FieldError { pointer, message }])
+    })
+}
+
+fn parse_body<T: DeserializeOwned>(request: &ApiGatewayV2httpRequest) -> Result<T, Problem> {
+    from_json(body_value(request, MAX_BODY_BYTES)?, "invalid_body")
+}
+
+/// A serde path as an RFC 6901 JSON pointer.
+pub fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => {
+                pointer.push('/');
+                pointer.push_str(&index.to_string());
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                pointer.push('/');
+                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            }
+            Segment::Unknown => break,
+        }
+    }
+    pointer
+}
+
+/// 422 listing every problem; `pointer` names the first.
+fn unprocessable(code: &str, errors: Vec<FieldError>) -> Problem {
+    let detail = match errors.as_slice() {
+        [] => "the request is not valid".to_string(),
+        [only] => only.message.clone(),
+        [first, rest @ ..] => format!("{} (and {} more problems, listed in `errors`)", first.message, rest.len()),
+    };
+    Problem::unprocessable(code, detail).with_errors(errors)
+}
+
+fn field_error(pointer: &str, message: impl Into<String>) -> FieldError {
+    FieldError { pointer: pointer.to_string(), message: message.into() }
+}
+
+fn invalid_param(name: &str, message: impl Into<String>) -> Problem {
+    unprocessable("invalid_parameter", vec![field_error(name, message)])
+}
+
+fn path_param<'r>(request: &'r ApiGatewayV2httpRequest, name: &str, what: &str) -> Result<&'r str, Problem> {
+    http::path_param(request, name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Problem::not_found(format!("no such {what}")))
+}
+
+fn bool_param(request: &ApiGatewayV2httpRequest, name: &str) -> Result<Option<bool>, Problem> {
+    match http::query_param(request, name) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(invalid_param(name, format!("{name} is true or false"))),
+    }
+}
+
+fn limit_param(request: &ApiGatewayV2httpRequest) -> Result<usize, Problem> {
+    match http::query_param(request, "limit") {
+        None => Ok(DEFAULT_LIMIT),
+        Some(raw) => raw
+            .parse()
+            .ok()
+            .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+            .ok_or_else(|| invalid_param("limit", format!("limit is an integer from 1 to {MAX_LIMIT}"))),
+    }
+}
+
+fn encode_cursor(position: &str) -> String {
+    URL_SAFE_NO_PAD.encode(position)
+}
+
+fn decode_cursor(request: &ApiGatewayV2httpRequest, valid: impl Fn(&str) -> bool) -> Result<Option<String>, Problem> {
+    let Some(raw) = http::query_param(request, "cursor") else { return Ok(None) };
+    URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|position| valid(position))
+        .map(Some)
+        .ok_or_else(|| invalid_param("cursor", "the cursor is not one this API returned"))
+}
+
+/// `If-Match: "<version>"`: exactly one strong entity tag as `ETag` sends it.
+fn if_match(request: &ApiGatewayV2httpRequest) -> Result<Option<u64>, Problem> {
+    let Some(value) = request.headers.get("if-match") else { return Ok(None) };
+    value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .and_then(|raw| raw.strip_prefix('"')?.strip_suffix('"')?.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Problem::bad_request("invalid_if_match", r#"If-Match takes one entity tag as ETag gives it, such as "3""#)
+                .at("If-Match")
+        })
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Responses and errors
+// ------------------------------------------------------------------------------------------------------------------
+
+fn set_header(response: &mut Response, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers.insert(name, value);
+    }
+}
+
+fn with_etag(status: u16, value: &impl serde::Serialize, version: u64) -> Response {
+    let mut response = http::json(status, value);
+    set_header(&mut response, "etag", &format!("\"{version}\""));
+    response
+}
+
+fn flag_response(status: u16, flag: &Flag) -> Response {
+    with_etag(status, flag, flag.version)
+}
+
+/// Moves pointers that locate a problem inside the submitted sub-document (`/rules/3/...` for an added rule) to
+/// the request body (`/...`); others stay pointers into the flag.
+fn rebase(errors: Vec<Invalid>, prefix: Option<&str>) -> Vec<FieldError> {
+    errors
+        .into_iter()
+        .map(|e| {
+            let pointer = match prefix {
+                Some(prefix) if e.pointer == prefix => String::new(),
+                Some(prefix) => match e.pointer.strip_prefix(prefix) {
+                    Some(rest) if rest.starts_with('/') => rest.to_string(),
+                    _ => e.pointer,
+                },
+                None => e.pointer,
+            };
+            FieldError { pointer, message: e.message }
+        })
+        .collect()
+}
+
+/// What a store error means to the client. `missing` is the 404's detail.
+fn store_problem(error: StoreError, missing: &str, prefix: Option<&str>) -> Problem {
+    match error {
+        StoreError::NotFound => Problem::not_found(missing),
+        StoreError::AlreadyExists => {
+            Problem::new(409, "already_exists", "a flag with this key exists (it may be archived)")
+        }
+        StoreError::VersionMismatch { current } => Problem::new(
+            412,
+            "version_mismatch",
+            format!("If-Match does not name the current version; the current version is {current}"),
+        ),
+        StoreError::Invalid(errors) => unprocessable("validation_failed", rebase(errors, prefix)),
+        StoreError::Port(error) => {
+            tracing::warn!(%error, "flag store failed");
+            Problem::unavailable()
+        }
+    }
+}
+
+fn flag_not_found(error: StoreError) -> Problem {
+    store_problem(error, "no such flag", None)
+}
+
+/// An update without `If-Match` that lost every retry to concurrent writers: a conflict to retry, not a failed
+/// precondition the client never set.
+fn update_problem(error: StoreError, expected: Option<u64>, prefix: Option<&str>) -> Problem {
+    match error {
+        StoreError::VersionMismatch { .. } if expected.is_none() => {
+            Problem::new(409, "concurrent_update", "the flag kept changing while this change was applied; retry")
+        }
+        other => store_problem(other, "no such flag", prefix),
+    }
+}
+
+/// The closures given to `FlagStore::update` report a condition that is not a validation problem through a flag
+/// and an (ignored) error list, which stops the write.
+fn abort(flag: &AtomicBool) -> Result<(), Vec<Invalid>> {
+    flag.store(true, Ordering::SeqCst);
+    Err(Vec::new())
+}
+
+fn invalid(pointer: &str, message: impl Into<String>) -> Vec<Invalid> {
+    vec![Invalid { pointer: pointer.to_string(), message: message.into() }]
+}
+
+/// Overrides and flags submitted without an author get the caller.
+fn fill_created_by(overrides: &mut [Override], actor: &str) {
+    for o in overrides.iter_mut().filter(|o| o.created_by.is_empty()) {
+        o.created_by = actor.to_string();
+    }
+}
+
+/// Matches a request path against a route pattern (`{param}` matches one non-empty segment).
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let pattern: Vec<&str> = pattern.trim_end_matches('/').split('/').collect();
+    let path: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    pattern.len() == path.len()
+        && pattern.iter().zip(&path).all(|(p, s)| if p.starts_with('{') { !s.is_empty() } else { p == s })
+}
+
+/// A request no route took: 405 (with `Allow`) when the path is one of ours under another method, else 404.
+fn unmatched(request: &ApiGatewayV2httpRequest) -> Result<Response, Problem> {
+    let path = request.raw_path.as_deref().unwrap_or_default();
+    let method = request.http_method.as_str();
+    let allowed: Vec<&str> = ROUTES
+        .iter()
+        .filter_map(|route| route.split_once(' '))
+        .filter(|(_, pattern)| path_matches(pattern, path))
+        .map(|(m, _)| m)
+        .collect();
+    if allowed.is_empty() || allowed.contains(&method) {
+        return Err(Problem::not_found("no such operation"));
+    }
+    let mut response =
+        Problem::new(405, "method_not_allowed", format!("{method} is not allowed here; use {}", allowed.join(", ")))
+            .into_response();
+    set_header(&mut response, "allow", &allowed.join(", "));
+    Ok(response)
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Stale flags
+// ------------------------------------------------------------------------------------------------------------------
+
+/// Why a flag is stale, or `None`. Archived and permanent flags never are.
+pub fn stale_reason(flag: &Flag, last_evaluated: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<&'static str> {
+    if flag.archived || flag.lifecycle.permanent {
+        return None;
+    }
+    if flag.lifecycle.stale_after.is_some_and(|at| at <= now) {
+        return Some("past_stale_after");
+    }
+    let since = last_evaluated.unwrap_or(flag.updated_at);
+    (now - since >= Duration::days(UNUSED_DAYS)).then_some("not_evaluated")
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Bodies
+// ------------------------------------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleOrder {
+    rule_ids: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideBody {
+    action: OverrideAction,
+    reason: String,
+    #[serde(default)]
+    starts_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ExplainBody {
+    organization_id: Option<String>,
+    user_id: Option<String>,
+    environment: Option<String>,
+    session_id: Option<String>,
+    remote_address: Option<String>,
+    app_name: Option<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+    /// The evaluation instant; now when absent.
+    at: Option<DateTime<Utc>>,
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Handlers
+// ------------------------------------------------------------------------------------------------------------------
+
+impl FlagsAdmin {
+    async fn route(&self, request: &ApiGatewayV2httpRequest, actor: &str) -> Result<Response, Problem> {
+        let route = request.route_key.as_deref().or(request.request_context.route_key.as_deref()).unwrap_or_default();
+        match route {
+            "GET /v1/admin/flags" => self.list(request).await,
+            "POST /v1/admin/flags" => self.create(request, actor).await,
+            "POST /v1/admin/flags/import" => self.import(request, actor).await,
+            "GET /v1/admin/flags/{key}" => self.show(request).await,
+            "PUT /v1/admin/flags/{key}" => self.replace(request, actor).await,
+            "POST /v1/admin/flags/{key}/rules" => self.add_rule(request, actor).await,
+            "PUT /v1/admin/flags/{key}/rules/order" => self.reorder_rules(request, actor).await,
+            "PUT /v1/admin/flags/{key}/overrides/{orgId}" => self.set_override(request, actor).await,
+            "DELETE /v1/admin/flags/{key}/overrides/{orgId}" => self.clear_override(request, actor).await,
+            "POST /v1/admin/flags/{key}/archive" => self.archive(request, actor).await,
+            "POST /v1/admin/flags/{key}/explain" => self.explain(request).await,
+            "GET /v1/admin/flags/{key}/audit" => self.audit(request, true).await,
+            "GET /v1/admin/flag-audit" => self.audit(request, false).await,
+            "GET /v1/admin/segments" => self.segments().await,
+            "PUT /v1/admin/segments/{name}" => self.put_segment(request, actor).await,
+            _ => unmatched(request),
+        }
+    }
+
+    async fn list(&self, request: &ApiGatewayV2httpRequest) -> Result<Response, Problem> {
+        let archived = bool_param(request, "archived")?.unwrap_or(false);
+        let kind = match http::query_param(request, "type") {
+            None => None,
+            Some(raw) => Some(serde_json::from_value::<FlagType>(Value::String(raw.to_string())).map_err(|_| {
+                invalid_param("type", "type is one of release, experiment, operational, kill-switch, permission")
+            })?),
+        };
+        let stale = bool_param(request, "stale")?;
+        let prefix = http::query_param(request, "prefix");
+        let limit = limit_param(request)?;
+        let after = decode_cursor(request, |_| true)?;
+        let now = self.store.clock().now();
+        let flags = self.store.flags().await.map_err(flag_not_found)?;
+        let usage = self.store.usage().await.map_err(flag_not_found)?;
+        let mut items = Vec::new();
+        let mut next_cursor = None;
+        for flag in flags {
+            let wanted = after.as_ref().is_none_or(|after| flag.key > *after)
+                && flag.archived == archived
+                && kind.is_none_or(|kind| flag.lifecycle.kind == kind)
+                && prefix.is_none_or(|prefix| flag.key.starts_with(prefix));
+            if !wanted {
+                continue;
+            }
+            let last_evaluated = usage.get(&flag.key).copied();
+            let reason = stale_reason(&flag, last_evaluated, now);
+            if stale.is_some_and(|stale| stale != reason.is_some()) {
+                continue;
+            }
+            if items.len() == limit {
+                next_cursor =
+                    items.last().and_then(|item: &Value| item.get("key")).and_then(Value::as_str).map(encode_cursor);
+                break;
+            }
+            let mut item = serde_json::to_value(&flag).unwrap_or_default();
+            if let Some(map) = item.as_object_mut() {
+                map.insert("stale".into(), Value::Bool(reason.is_some()));
+                map.insert("stale_reason".into(), reason.map_or(Value::Null, |r| Value::String(r.into())));
+                map.insert("last_evaluated_at".into(), json!(last_evaluated));
+            }
+            items.push(item);
+        }
+        Ok(http::json(200, &json!({ "items": items, "next_cursor": next_cursor })))
+    }
+
+    async fn create(&self, request: &ApiGatewayV2httpRequest, actor: &str) -> Result<Response, Problem> {
+        let mut flag: Flag = parse_body(request)?;
+        fill_created_by(&mut flag.overrides, actor);
+        let flag = self.store.create(flag, actor).await.map_err(flag_not_found)?;
+        let mut response = flag_response(201, &flag);
+        set_header(&mut response, "location", &format!("/v1/admin/flags/{}", flag.key));
+        Ok(response)
+    }
+
+    async fn show(&self, request: &ApiGatewayV2httpRequest) -> Result<Response, Problem> {
+        let key = path_param(request, "key", "flag")?;
+        let flag =
+            self.store.get(key).await.map_err(flag_not_found)?.ok_or_else(|| Problem::not_found("no such flag"))?;
+        Ok(flag_response(200, &flag))
+    }
+
+    /// Full replace; `If-Match` is required.
+    async fn replace(&self, request: &ApiGatewayV2httpRequest, actor: &str) -> Result<Response, Problem> {
+        let key = path_param(request, "key", "flag")?;
+        let expected = if_match(request)?.ok_or_else(|| {
+            Problem::new(
+                428,
+                "precondition_required",
+                r#"replacing a flag requires If-Match with the version it replaces (its ETag, e.g. "3")"#,
+            )
+        })?;
+        let mut body: Flag = parse_body(request)?;
+        if body.key != key {
+            return Err(unprocessable("invalid_body", vec![field_error("/key", "the key must be the path's key")]));
+        }
+        fill_created_by(&mut body.overrides, actor);
+        let flag = self
+            .store
+            .update(key, Some(expected), actor, "update", |flag| {
+                *flag = body.clone();
+                Ok(())
+            })
+            .await
+            .map_err(flag_not_found)?;
+        Ok(flag_response(200, &flag))
+    }
+
+    async fn add_rule(&self, request: &ApiGatewayV2httpRequest, actor: &str) -> Result<Response, Problem> {
+        let key = path_param(request, "key", "flag")?;
+        let position = match http::query_param(request, "position") {
+            None => None,
+            Some(raw) => Some(raw.parse::<usize>().map_err(|_| {
+                invalid_param("position", "position is the 0-based index the rule takes among the rules")
+            })?),
+        };
+        let expected = if_match(request)?;
+        let rule: Rule = parse_body(request)?;
+        let placed = AtomicUsize::new(0);
+        let result = self
+            .store
+            .update(key, expected, actor, "add_rule", |flag| {
+                let at = position.unwrap_or(flag.rules.len());
+                if at > flag.rules.len() {
+                    return Err(invalid("position", format!("position is from 0 to {}", flag.rules.len())));
+                }
+                if flag.rules.iter().any(|r| r.id == rule.id) {
+                    return Err(invalid("/id", format!("the flag already has a rule `{}`", rule.id)));
+                }
+                placed.store(at, Ordering::SeqCst);
+                flag.rules.insert(at, rule.clone());
+                Ok(())
+            })
+            .await;
+        let prefix = format!("/rules/{}", placed.load(Ordering::SeqCst));
+        let flag = result.map_err(|e| update_problem(e, expected, Some(&prefix)))?;
+        Ok(flag_response(201, &flag))
+    }
+
+    async fn reorder_rules(&self, request: &ApiGatewayV2httpRequest, actor: &str) -> Result<Response, Problem> {
+        let key = path_param(request, "key", "flag")?;
+        let expected = if_match(request)?;
+        let order: RuleOrder = parse_body(request)?;
+        let flag = self
+            .store
+            .update(key, expected, actor, "reorder_rules", |flag| {
+                let mut current: Vec<&str> = flag.rules.iter().map(|r| r.id.as_str()).collect();
+                let mut wanted: Vec<&str> = order.rule_ids.iter().map(String::as_str).collect();
+                current.sort_unstable();
+                wanted.sort_unstable();
+                if current != wanted {
+                    return Err(invalid(
+                        "/rule_ids",
+                        format!("rule_ids must list each of the flag's rules once: {current:?}"),
+                    ));
+                }
+                let mut rules = std::mem::take(&mut flag.rules);
+                for id in &order.rule_ids {
+                    if let Some(index) = rules.iter().position(|r| &r.id == id) {
+                        flag.rules.push(rules.swap_remove(index));
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| update_problem(e, expected, None))?;
+        Ok(flag_response(200, &flag))
+    }
+
+    /// Sets the organization's override, replacing any it had (201 when it had none).
+    async fn set_override(&self, request: &ApiGatewayV2httpRequest, actor: &str) -> Result<Response, Problem> {
+        let key = path_param(request, "key", "flag")?;
+        let org = path_param(request, "orgId", "organization")?;
+        let expected = if_match(request)?;
+        let body: OverrideBody = parse_body(request)?;
+        let new = Override {
+            org_id: org.to_string(),
+            action: body.action,
+            reason: body.reason,
+            starts_at: body.starts_at,
+            expires_at: body.expires_at,
+            created_by: actor.to_string(),
+        };
+        let replaced = AtomicBool::new(false);
+        let placed = AtomicUsize::new(0);
+        let result = self
+            .store
+            .update(key, expected, actor, "set_override", |flag| {
+                let before = flag.overrides.len();
+                flag.overrides.retain(|o| o.org_id != org);
+                replaced.store(flag.overrides.len() != before, Ordering::SeqCst);
+                placed.store(flag.overrides.len(), Ordering::SeqCst);
+                flag.overrides.push(new.clone());
+                Ok(())
+            })
+            .await;
+        let prefix = format!("/overrides/{}", placed.load(Ordering::SeqCst));
+        let flag = result.map_err(|e| match e {
+            StoreError::NotFound => unknown_flag(key),
+            other => update_problem(other, expected, Some(&prefix)),
+        })?;
+        Ok(flag_response(if replaced.load(Ordering::SeqCst) { 200 } else { 201 }, &flag))
+    }
+
+    async fn clear_override(&self, request: &ApiGatewayV2httpRequest, actor: &str) -> Result<Response, Problem> {
+        let key = path_param(request, "key", "flag")?;
+        let org = path_param(request, "orgId", "organization")?;
+        let expected = if_match(request)?;
+        let none = AtomicBool::new(false);
+        let result = self
+            .store
+            .update(key, expected, actor, "clear_override", |flag| {
+                let before = flag.overrides.len();
+                flag.overrides.retain(|o| o.org_id != org);
+                if flag.overrides.len() == before {
+                    return abort(&none);
+                }
+                Ok(())
+            })
+            .await;
+        if none.load(Ordering::SeqCst) {
+            return Err(Problem::not_found("the organization has no override on this flag"));
+        }
+        let flag = result.map_err(|e| match e {
+            StoreError::NotFound => unknown_flag(key),
+            other => update_problem(other, expected, None),
+        })?;
+        Ok(flag_response(200, &flag))
+    }
+
+    /// Archives the flag; an archived flag is answered as it is (no new version).
+    async fn archive(&self, request: &ApiGatewayV2httpRequest, actor: &str) -> Result<Response, Problem> {
+        let key = path_param(request, "key", "flag")?;
+        let expected = if_match(request)?;
+        let flags = self.store.flags().await.map_err(flag_not_found)?;
+        let flag = flags.iter().find(|f| f.key == key).ok_or_else(|| Problem::not_found("no such flag"))?;
+        if flag.archived && expected.is_none_or(|v| v == flag.version) {
+            return Ok(flag_response(200, flag));
+        }
+        let dependents: Vec<&str> = flags
+            .iter()
+            .filter(|f| !f.archived && f.prerequisites.iter().any(|p| p.flag == key))
+            .map(|f| f.key.as_str())
+            .collect();
+        if !dependents.is_empty() {
+            return Err(Problem::new(
+                409,
+                "flag_has_dependents",
+                format!("live flags list this flag as a prerequisite: {}", dependents.join(", ")),
+            ));
+        }
+        let already = AtomicBool::new(false);
+        let result = self
+            .store
+            .update(key, expected, actor, "archive", |flag| {
+                if flag.archived {
+                    return abort(&already);
+                }
+                flag.archived = true;
+                Ok(())
+            })
+            .await;
+        if already.load(Ordering::SeqCst) {
+            // Archived concurrently: the same answer as archiving an archived flag.
+            let flag =
+                self.store.get(key).await.map_err(flag_not_found)?.ok_or_else(|| Problem::not_found("no such flag"))?;
+            return Ok(flag_response(200, &flag));
+        }
+        Ok(flag_response(200, &result.map_err(|e| update_problem(e, expected, None))?))
+    }
+
+    async fn import(&self, request: &ApiGatewayV2httpRequest, actor: &str) -> Result<Response, Problem> {
+        let document = body_value(request, MAX_IMPORT_BYTES)?;
+        let features = if document.get("events").is_some() {
+            unleash::parse(&document).map_err(|message| {
+                unprocessable("invalid_import", vec![FieldError { pointer: "/events".into(), message }])
+            })?
+        } else {
+            from_json::<unleash::ClientFeatures>(document, "invalid_import")?
+        };
+        let import = unleash::convert(&features, self.store.clock().now());
+        let report = self.store.import(import, actor).await.map_err(|e| match e {
+            StoreError::Invalid(errors) => unprocessable("invalid_import", rebase(errors, None)),
+            other => flag_not_found(other),
+        })?;
+        Ok(http::json(200, &report))
+    }
+
+    async fn explain(&self, request: &ApiGatewayV2httpRequest) -> Result<Response, Problem> {
+        let key = path_param(request, "key", "flag")?;
+        let body: ExplainBody =
+            if http::raw_body(request)?.is_empty() { ExplainBody::default() } else { parse_body(request)? };
+        let at = body.at.unwrap_or_else(|| self.store.clock().now());
+        let context = Context {
+            organization_id: body.organization_id,
+            user_id: body.user_id,
+            environment: body.environment,
+            session_id: body.session_id,
+            remote_address: body.remote_address,
+            app_name: body.app_name,
+            current_time: None,
+            attributes: body.attributes,
+        };
+        let (_, snapshot) = self.store.load().await.map_err(flag_not_found)?;
+        let (evaluation, steps) = snapshot.explain(key, &context, at);
+        if evaluation.error.is_some_and(|(code, _)| code == ErrorCode::FlagNotFound)
+            && self.store.get(key).await.map_err(flag_not_found)?.is_none()
+        {
+            return Err(Problem::not_found("no such flag"));
+        }
+        Ok(http::json(
+            200,
+            &json!({
+                "evaluation": {
+                    "value": evaluation.value,
+                    "variant": evaluation.variant.map(|v| v.name.as_str()),
+                    "reason": evaluation.reason.as_str(),
+                    "open_feature_reason": evaluation.reason.open_feature(),
+                    "rule_id": evaluation.rule_id,
+                    "version": evaluation.version,
+                    "error_code": evaluation.error.map(|(code, _)| code.as_str()),
+                },
+                "at": at,
+                "steps": steps,
+            }),
+        ))
+    }
+
+    async fn audit(&self, request: &ApiGatewayV2httpRequest, per_flag: bool) -> Result<Response, Problem> {
+        let subject = if per_flag {
+            let key = path_param(request, "key", "flag")?;
+            self.store.get(key).await.map_err(flag_not_found)?.ok_or_else(|| Problem::not_found("no such flag"))?;
+            Some(flag_subject(key))
+        } else {
+            None
+        };
+        let limit = limit_param(request)?;
+        let after = decode_cursor(request, |position| Ulid::from_string(position).is_ok())?;
+        let (entries, next) = self.store.audit(subject.as_deref(), after, limit).await.map_err(flag_not_found)?;
+        let next_cursor = next.as_deref().map(encode_cursor);
+        Ok(http::json(200, &json!({ "items": entries, "next_cursor": next_cursor })))
+    }
+
+    async fn segments(&self) -> Result<Response, Problem> {
+        let segments = self.store.segments().await.map_err(flag_not_found)?;
+        Ok(http::json(200, &json!({ "items": segments })))
+    }
+
+    /// Creates (201) or replaces (200) a segment.
+    async fn put_segment(&self, request: &ApiGatewayV2httpRequest, actor: &str) -> Result<Response, Problem> {
+        let name = path_param(request, "name", "segment")?;
+        let expected = if_match(request)?;
+        let segment: Segment = parse_body(request)?;
+        if segment.name != name {
+            return Err(unprocessable("invalid_body", vec![field_error("/name", "the name must be the path's name")]));
+        }
+        let (segment, version) = self.store.put_segment(segment, expected, actor).await.map_err(|e| match e {
+            StoreError::NotFound => {
+                Problem::new(412, "version_mismatch", "If-Match names a version of a segment that does not exist")
+            }
+            StoreError::AlreadyExists => Problem::new(409, "conflict", "the segment was created concurrently; retry"),
+            other => store_problem(other, "no such segment", None),
+        })?;
+        Ok(with_etag(if version == 1 { 201 } else { 200 }, &segment, version))
+    }
+}
+
+fn unknown_flag(key: &str) -> Problem {
+    unprocessable("unknown_flag", vec![field_error("/key", format!("no flag `{key}`"))])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_paths_become_json_pointers() {
+        let value = json!({"key": "k", "rules": [{"id": "r", "constraints": [{"field": "a/b", "operator": "NOPE"}]}]});
+        let error = serde_path_to_error::deserialize::<_, Flag>(value).err();
+        assert_eq!(error.map(|e| json_pointer(e.path())).as_deref(), Some("/rules/0/constraints/0/operator"));
+    }
+
+    #[test]
+    fn route_patterns_match_segments() {
+        assert!(path_matches("/v1/admin/flags/{key}", "/v1/admin/flags/a"));
+        assert!(!path_matches("/v1/admin/flags/{key}", "/v1/admin/flags/a/b"));
+        assert!(!path_matches("/v1/admin/flags/{key}", "/v1/admin/flags/"));
+    }
+}
