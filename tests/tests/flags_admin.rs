@@ -273,6 +273,26 @@ async fn only_platform_admins_get_in() {
 }
 
 #[tokio::test]
+async fn serves_exactly_the_routes_the_template_declares() {
+    let template = keel_local::Template::load(&repo_root().join("template.yaml")).unwrap();
+    let function = template.functions.iter().find(|f| f.binary == "flags-admin").unwrap();
+    let mut declared: Vec<String> = function.routes.iter().map(|r| r.route_key()).collect();
+    let mut ours: Vec<String> = flags_admin::ROUTES.iter().map(|r| r.to_string()).collect();
+    declared.sort();
+    ours.sort();
+    assert_eq!(ours, declared);
+    // Each one reaches its handler, never the function's own "no such operation".
+    let admin = Admin::new();
+    for route in flags_admin::ROUTES {
+        let (method, pattern) = route.split_once(' ').unwrap();
+        let path = pattern.replace("{key}", "f").replace("{orgId}", "o").replace("{name}", "s");
+        let answer = admin.send(req(method.parse().unwrap(), &path).json(json!({}))).await;
+        assert_ne!(answer.body["detail"], "no such operation", "{route}: {}", answer.body);
+        assert_ne!(answer.status, 405, "{route}");
+    }
+}
+
+#[tokio::test]
 async fn unknown_routes_are_404_and_wrong_methods_405() {
     let admin = Admin::new();
     let answer = admin.send(req(Method::GET, "/v1/admin/nothing")).await;
