@@ -4,7 +4,9 @@
 #   2. release zip and binary sizes, as `cargo lambda build --release --arm64 --output-format zip` makes them;
 #   3. ingest handler CPU per 1 KiB webhook (criterion, backends replaced by no-op adapters);
 #   4. keel-local (embedded backend) under a bounded loopback load: /health/live, duplicate and unique webhooks,
-#      with the data directory on disk and then on tmpfs.
+#      with the data directory on disk and then on tmpfs;
+#   5. feature-flag evaluation (criterion): Keel's engine against Unleash's yggdrasil on the same flags, 100 flags
+#      for one context, and loading a snapshot of 1,000 flags.
 #
 #   bash infra/bench.sh
 #
@@ -135,6 +137,14 @@ host_load() { # label, parent directory of the data directory
     if [ -d /dev/shm ] && [ -w /dev/shm ]; then host_load tmpfs /dev/shm; fi
 } | tee "$out/load.txt"
 
+step "5. feature flags: Keel against yggdrasil (criterion)"
+timeout 1800 cargo bench --locked -p keel-bench --bench flags -- --warm-up-time 1 --measurement-time 3 \
+    >"$out/flags.txt" 2>&1 || {
+    tail -30 "$out/flags.txt"
+    exit 1
+}
+grep -E "time:" -B1 "$out/flags.txt" | grep -vE "^--$" || true
+
 step "summary"
 python3 - "$out" <<'PY'
 import json, os, sys
@@ -164,4 +174,25 @@ print("\nkeel-local, embedded backend (host_cpu_us_per_req: the host's CPU time 
 for line in open(os.path.join(out, "load.txt")):
     if line.startswith("RESULT"):
         print("  " + line[len("RESULT "):].strip())
+print("\nfeature flags, criterion median (targets: 100 flags <= 10 us, 1,000-flag snapshot <= 10 ms):")
+def median_ns(group, bench):
+    est = os.path.join("target/criterion", group, bench, "new", "estimates.json")
+    return json.load(open(est))["median"]["point_estimate"] if os.path.exists(est) else None
+for scenario in ("no_rules", "one_constraint", "two_constraints", "rollout_50", "variants"):
+    group = "flags_" + scenario
+    keel, resolve, enabled = (median_ns(group, b) for b in ("keel", "yggdrasil_resolve", "yggdrasil_is_enabled"))
+    if None in (keel, resolve, enabled):
+        continue
+    print(f"  {scenario:<16} keel {keel:7.1f} ns  yggdrasil resolve {resolve:7.1f} ns ({resolve / keel:4.1f}x)"
+          f"  is_enabled {enabled:7.1f} ns ({enabled / keel:4.1f}x)")
+for group, bench, unit, scale in (
+    ("flags_bulk100", "keel", "us", 1e3),
+    ("flags_bulk100", "yggdrasil_resolve_all", "us", 1e3),
+    ("flags_bulk100", "yggdrasil_is_enabled_each", "us", 1e3),
+    ("flags_snapshot1000", "parse_and_build", "ms", 1e6),
+    ("flags_snapshot1000", "build", "ms", 1e6),
+):
+    value = median_ns(group, bench)
+    if value is not None:
+        print(f"  {group[len('flags_'):] + '/' + bench:<40} {value / scale:8.2f} {unit}")
 PY
