@@ -443,7 +443,7 @@ fn constraint(c: &UnleashConstraint, at: &str, problems: &mut Vec<Invalid>) -> O
             ),
     };
     let before = problems.len();
-    compile_constraint(&converted, at, problems);
+    compile_constraint(&converted, at, true, problems);
     (problems.len() == before).then_some(converted)
 }
 
