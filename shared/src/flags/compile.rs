@@ -624,7 +624,7 @@ pub(crate) fn compile_constraint(
             let raw = single()?;
             // Writes compile the pattern now, so one over the size limit is refused; snapshots only parse it.
             let checked = if eager {
-                LazyRegex::build(raw, c.case_insensitive).map(|regex| Some(regex)).map_err(|_| ())
+                LazyRegex::build(raw, c.case_insensitive).map(Some).map_err(|_| ())
             } else {
                 regex_syntax::ParserBuilder::new()
                     .case_insensitive(c.case_insensitive)
