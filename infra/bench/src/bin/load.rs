@@ -5,10 +5,16 @@
 //! - `unique`: every request is a correctly signed Keel webhook with its own event id (the accept path: verify,
 //!   idempotency + delivery transaction, queue send);
 //! - `duplicate`: one signed request repeated (after the first: verify, then the idempotency read of a duplicate);
-//! - `get`: a plain GET of `--path` (e.g. `/health/live`, the host's own overhead).
+//! - `get`: a plain GET of `--path` (e.g. `/health/live`, the host's own overhead);
+//! - `ofrep`: the bulk OpenFeature evaluation, `POST /ofrep/v1/evaluate/flags` with a bearer `--token` and the
+//!   `--context`: every flag evaluated, serialised and hashed into the ETag. `--revalidate` sends the ETag of a
+//!   first response as `If-None-Match` (the 304 path: the same work, no body on the wire). `--seed-flags N` first
+//!   creates N flags of a fixed mix through the admin API (`--admin-token`, role platform-admin; existing ones kept).
 //!
 //! ```text
 //! target/release/load --url http://127.0.0.1:8787 --mode unique --requests 5000 --concurrency 16
+//! target/release/load --url http://127.0.0.1:8787 --mode ofrep --token "$MEMBER" --seed-flags 100 \
+//!     --admin-token "$ADMIN" --requests 5000 --concurrency 16
 //! ```
 
 use clap::{Parser, ValueEnum};
@@ -23,6 +29,26 @@ enum Mode {
     Unique,
     Duplicate,
     Get,
+    Ofrep,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Unique => "unique",
+            Mode::Duplicate => "duplicate",
+            Mode::Get => "get",
+            Mode::Ofrep => "ofrep",
+        }
+    }
+
+    fn default_path(self) -> &'static str {
+        match self {
+            Mode::Unique | Mode::Duplicate => "/webhooks/acme",
+            Mode::Get => "/health/live",
+            Mode::Ofrep => "/ofrep/v1/evaluate/flags",
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -33,9 +59,9 @@ struct Args {
     url: String,
     #[arg(long, value_enum)]
     mode: Mode,
-    /// Request path (the webhook route for `unique`/`duplicate`, e.g. `/health/live` for `get`).
-    #[arg(long, default_value = "/webhooks/acme")]
-    path: String,
+    /// Request path; by mode `/webhooks/acme`, `/health/live` (`get`) or `/ofrep/v1/evaluate/flags` (`ofrep`).
+    #[arg(long)]
+    path: Option<String>,
     /// The provider's Keel-scheme secret (`WEBHOOK_SECRET_<PROVIDER>` on the host).
     #[arg(long, default_value = "bench-secret")]
     secret: String,
@@ -61,6 +87,21 @@ struct Args {
     /// request, which stays meaningful when other work shares the machine and skews throughput.
     #[arg(long)]
     host_pid: Option<u32>,
+    /// `ofrep`: a bearer token of a member of an organization (`keel-local token --roles member`).
+    #[arg(long)]
+    token: Option<String>,
+    /// `ofrep`: the evaluation context, a JSON object.
+    #[arg(long, default_value = r#"{"targetingKey":"bench-user","plan":"pro","country":"CA"}"#)]
+    context: String,
+    /// `ofrep`: send the first response's ETag as `If-None-Match` (measures the 304 path).
+    #[arg(long)]
+    revalidate: bool,
+    /// `ofrep`: create this many flags (a fixed mix) through `POST /v1/admin/flags` before the run.
+    #[arg(long, default_value_t = 0)]
+    seed_flags: usize,
+    /// `ofrep`: a platform-admin bearer token for `--seed-flags`.
+    #[arg(long)]
+    admin_token: Option<String>,
 }
 
 /// A process's CPU time so far (utime + stime from /proc/<pid>/stat, in clock ticks of 1/100 s).
@@ -81,6 +122,9 @@ struct Plan {
     nonce: u128,
     duplicate_id: String,
     duplicate_ts: String,
+    /// `ofrep`: `Bearer <token>`, the request body, and the `If-None-Match` to send.
+    authorization: String,
+    if_none_match: Option<String>,
 }
 
 #[derive(Default)]
@@ -108,6 +152,17 @@ fn unix_seconds() -> String {
 fn request(client: &reqwest::Client, plan: &Plan, index: usize) -> reqwest::RequestBuilder {
     match plan.mode {
         Mode::Get => client.get(&plan.url),
+        Mode::Ofrep => {
+            let builder = client
+                .post(&plan.url)
+                .header("content-type", "application/json")
+                .header("authorization", &plan.authorization)
+                .body(plan.body.clone());
+            match &plan.if_none_match {
+                Some(tag) => builder.header("if-none-match", tag),
+                None => builder,
+            }
+        }
         Mode::Unique => {
             let ts = unix_seconds();
             let id = format!("bench-{:x}-{index}", plan.nonce);
@@ -158,15 +213,23 @@ async fn run(args: Args) -> Result<(), String> {
         .build()
         .map_err(|e| format!("client: {e}"))?;
     let nonce = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
-    let plan = Arc::new(Plan {
-        url: format!("{}{}", args.url.trim_end_matches('/'), args.path),
+    let path = args.path.clone().unwrap_or_else(|| args.mode.default_path().to_string());
+    let base = args.url.trim_end_matches('/');
+    let mut plan = Plan {
+        url: format!("{base}{path}"),
         mode: args.mode,
         secret: args.secret.clone().into_bytes(),
         body: json_body(args.body_bytes, "invoice.paid"),
         nonce,
         duplicate_id: format!("bench-dup-{nonce:x}"),
         duplicate_ts: unix_seconds(),
-    });
+        authorization: String::new(),
+        if_none_match: None,
+    };
+    if args.mode == Mode::Ofrep {
+        prepare_ofrep(&client, &args, base, &mut plan).await?;
+    }
+    let plan = Arc::new(plan);
 
     // Warm-up: one request first (for `duplicate`, this is the one that gets accepted), then the rest in parallel.
     let mut scratch = Tally::default();
@@ -211,19 +274,15 @@ async fn run(args: Args) -> Result<(), String> {
     let host_cpu =
         host_cpu_before.zip(args.host_pid.and_then(cpu_time)).map(|(before, after)| after.saturating_sub(before));
 
-    let mode = match args.mode {
-        Mode::Unique => "unique",
-        Mode::Duplicate => "duplicate",
-        Mode::Get => "get",
-    };
+    let mode = args.mode.name();
     let done = total.latencies.len();
     let statuses: Vec<String> = total.statuses.iter().map(|(s, n)| format!("{s}x{n}")).collect();
     println!(
         "load mode={mode} {} {} concurrency={} body={}B: {done} responses in {:.2} s ({} cut by the time cap), {} transport errors, statuses [{}]",
         if args.mode == Mode::Get { "GET" } else { "POST" },
-        args.path,
+        path,
         args.concurrency,
-        if args.mode == Mode::Get { 0 } else { args.body_bytes },
+        if args.mode == Mode::Get { 0 } else { plan.body.len() },
         wall.as_secs_f64(),
         args.requests.saturating_sub(done + total.transport_errors),
         total.transport_errors,
@@ -234,8 +293,9 @@ async fn run(args: Args) -> Result<(), String> {
             .map(|cpu| format!(" host_cpu_us_per_req={:.0}", cpu.as_secs_f64() * 1e6 / done as f64))
             .unwrap_or_default();
         println!(
-            "RESULT mode={mode} path={} rps={:.0} p50_ms={} p90_ms={} p99_ms={} max_ms={}{cpu}",
-            args.path,
+            "RESULT mode={mode}{} path={} rps={:.0} p50_ms={} p90_ms={} p99_ms={} max_ms={}{cpu}",
+            if args.revalidate { " revalidate" } else { "" },
+            path,
             done as f64 / wall.as_secs_f64(),
             ms(s.p50),
             ms(s.p90),
@@ -244,6 +304,79 @@ async fn run(args: Args) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// One flag of the `--seed-flags` mix, by index: a fifth each of static, attribute rule, 50 % rollout, two weighted
+/// variants with payloads, and an allow list of 20 organizations.
+fn seed_flag(i: usize) -> serde_json::Value {
+    let key = format!("bench-{i:03}");
+    match i % 5 {
+        0 => serde_json::json!({"key": key, "default_value": true}),
+        1 => serde_json::json!({"key": key, "rules": [{"id": "plan", "constraints": [
+            {"field": "plan", "operator": "IN", "values": ["pro", "enterprise"]},
+            {"field": "country", "operator": "NOT_IN", "values": ["XX"]}]}]}),
+        2 => serde_json::json!({"key": key, "rules": [{"id": "half", "rollout": {"percentage": 50}}]}),
+        3 => serde_json::json!({"key": key, "default_value": true, "variants": [
+            {"name": "blue", "weight": 1, "payload": {"type": "string", "value": "#0000ff"}},
+            {"name": "wide", "weight": 1, "payload": {"type": "json", "value": "{\"columns\": 3}"}}]}),
+        _ => serde_json::json!({"key": key,
+            "allow_orgs": (0..20).map(|n| format!("org-{n}")).collect::<Vec<_>>()}),
+    }
+}
+
+/// `ofrep`: seeds flags if asked, checks that the route answers 200, and takes the ETag for `--revalidate`.
+async fn prepare_ofrep(client: &reqwest::Client, args: &Args, base: &str, plan: &mut Plan) -> Result<(), String> {
+    let token = args.token.as_deref().ok_or("--mode ofrep needs --token (keel-local token --roles member)")?;
+    plan.authorization = format!("Bearer {token}");
+    let context: serde_json::Value =
+        serde_json::from_str(&args.context).map_err(|e| format!("--context is not JSON: {e}"))?;
+    plan.body = serde_json::json!({ "context": context }).to_string();
+    if args.seed_flags > 0 {
+        let admin = args.admin_token.as_deref().ok_or("--seed-flags needs --admin-token (role platform-admin)")?;
+        let mut created = 0;
+        for i in 0..args.seed_flags {
+            let response = client
+                .post(format!("{base}/v1/admin/flags"))
+                .header("authorization", format!("Bearer {admin}"))
+                .json(&seed_flag(i))
+                .send()
+                .await
+                .map_err(|e| format!("seeding: {e}"))?;
+            match response.status().as_u16() {
+                201 => created += 1,
+                409 => {}
+                status => {
+                    let text = response.text().await.unwrap_or_default();
+                    return Err(format!("seeding flag {i}: {status} {text}"));
+                }
+            }
+        }
+        println!("seeded {} flags ({created} created, the rest existed)", args.seed_flags);
+    }
+    // The cache refreshes on its own schedule; a first request after seeding may still see the old snapshot, so
+    // wait until the answer holds at least the seeded flags (bounded).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let response = request(client, plan, 0).send().await.map_err(|e| format!("probe: {e}"))?;
+        let status = response.status().as_u16();
+        let etag = response.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = response.bytes().await.map_err(|e| format!("probe body: {e}"))?;
+        if status != 200 {
+            return Err(format!("probe: {status} {}", String::from_utf8_lossy(&body)));
+        }
+        let flags = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["flags"].as_array().map(Vec::len))
+            .unwrap_or_default();
+        if flags >= args.seed_flags || Instant::now() >= deadline {
+            println!("probe: 200, {flags} flags, {} B body, ETag {}", body.len(), etag.as_deref().unwrap_or("-"));
+            if args.revalidate {
+                plan.if_none_match = Some(etag.ok_or("--revalidate: the probe had no ETag")?);
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn main() -> Result<(), String> {
