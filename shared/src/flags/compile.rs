@@ -192,8 +192,10 @@ pub(crate) struct CompiledFlag {
 /// Checks a flag on its own (everything but references to other flags and segments) and compiles it.
 /// Segment references resolve against `segments`; a missing one is reported when `strict`, and otherwise compiles
 /// into a rule that answers ERROR when reached (a snapshot must not lose every flag to one deleted segment).
+/// Takes the flag by value so that a snapshot moves its strings instead of copying them (allocation was most of the
+/// time a 1,000-flag snapshot took to build).
 pub(crate) fn compile_flag(
-    flag: &Flag,
+    flag: Flag,
     segments: &BTreeMap<String, Segment>,
     strict: bool,
 ) -> Result<CompiledFlag, Vec<Invalid>> {
@@ -288,7 +290,6 @@ pub(crate) fn compile_flag(
         })
         .collect();
 
-    let mut overrides: BTreeMap<String, Vec<Override>> = BTreeMap::new();
     for (i, o) in flag.overrides.iter().enumerate() {
         let at = format!("/overrides/{i}");
         check_value(&o.org_id, format_args!("{at}/org_id"), &mut errors);
@@ -305,14 +306,12 @@ pub(crate) fn compile_flag(
         {
             errors.push(Invalid::new(format!("{at}/action/variant"), format!("the flag has no variant `{variant}`")));
         }
-        let same_org = overrides.entry(o.org_id.clone()).or_default();
-        if same_org.iter().any(|other| windows_overlap(other, o)) {
+        if flag.overrides[..i].iter().any(|other| other.org_id == o.org_id && windows_overlap(other, o)) {
             errors.push(Invalid::new(
                 format!("{at}/org_id"),
                 format!("organization `{}` already has an override in force at the same time", o.org_id),
             ));
         }
-        same_org.push(o.clone());
     }
 
     for (i, p) in flag.prerequisites.iter().enumerate() {
@@ -331,15 +330,19 @@ pub(crate) fn compile_flag(
         && flag.target_users.is_empty()
         && flag.prerequisites.is_empty()
         && flag.environments.is_empty();
+    let mut overrides: BTreeMap<String, Vec<Override>> = BTreeMap::new();
+    for o in flag.overrides {
+        overrides.entry(o.org_id.clone()).or_default().push(o);
+    }
     Ok(CompiledFlag {
         version: flag.version,
         enabled: flag.enabled,
-        environments: flag.environments.clone(),
-        prerequisites: flag.prerequisites.clone(),
+        environments: flag.environments,
+        prerequisites: flag.prerequisites,
         overrides,
-        block_orgs: StrSet::new(flag.block_orgs.iter().cloned()),
-        target_users: StrSet::new(flag.target_users.iter().cloned()),
-        allow_orgs: StrSet::new(flag.allow_orgs.iter().cloned()),
+        block_orgs: StrSet::new(flag.block_orgs),
+        target_users: StrSet::new(flag.target_users),
+        allow_orgs: StrSet::new(flag.allow_orgs),
         rules,
         variants,
         default_value: flag.default_value,
@@ -356,7 +359,7 @@ pub fn validate_flag(
     flags: &BTreeMap<String, Flag>,
     segments: &BTreeMap<String, Segment>,
 ) -> Result<(), Vec<Invalid>> {
-    let mut errors = compile_flag(flag, segments, true).err().unwrap_or_default();
+    let mut errors = compile_flag(flag.clone(), segments, true).err().unwrap_or_default();
     for (i, p) in flag.prerequisites.iter().enumerate() {
         let at = format!("/prerequisites/{i}/flag");
         match flags.get(&p.flag).filter(|other| other.key != flag.key) {

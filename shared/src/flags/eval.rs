@@ -203,11 +203,12 @@ impl Snapshot {
             .into_iter()
             .filter(|flag| !flag.archived)
             .map(|flag| {
-                let entry = match compile_flag(&flag, segments, false) {
+                let (key, version) = (flag.key.clone(), flag.version);
+                let entry = match compile_flag(flag, segments, false) {
                     Ok(compiled) => Entry::Ready(Box::new(compiled)),
-                    Err(errors) => Entry::Broken { message: describe(&errors), version: flag.version },
+                    Err(errors) => Entry::Broken { message: describe(&errors), version },
                 };
-                (flag.key, entry)
+                (key, entry)
             })
             .collect();
         Self { flags }
