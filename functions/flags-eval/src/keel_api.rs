@@ -13,7 +13,7 @@
 //! read.
 
 use crate::context::{self, Dialect};
-use crate::{Call, FlagsEval, MAX_BODY_BYTES, MAX_KEYS, keel_reason, rfc3339};
+use crate::{Call, FlagsEval, MAX_BODY_BYTES, MAX_KEYS, rfc3339};
 use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
 use keel::flags::{self, Context, ErrorCode, Evaluation, Payload, Reason};
 use keel::http;
@@ -38,7 +38,7 @@ struct Answer<'s> {
 
 impl<'s> Answer<'s> {
     fn from_evaluation(evaluation: &Evaluation<'s>, stale: bool) -> Self {
-        let reason = keel_reason(evaluation);
+        let reason = evaluation.reason;
         Self {
             value: evaluation.value,
             variant: evaluation.variant.map(|v| v.name.as_str()),

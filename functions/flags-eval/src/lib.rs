@@ -24,7 +24,7 @@ use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use http::HeaderValue;
 use keel::config::{ConfigError, Env};
 use keel::flags::store::{FlagCache, FlagStore, Served};
-use keel::flags::{ErrorCode, Evaluation, Reason};
+use keel::flags::{ErrorCode, Evaluation};
 use keel::function::{HttpFunction, Invocation};
 use keel::identity::Identity;
 use keel::problem::Problem;
@@ -152,14 +152,6 @@ fn route_of(request: &ApiGatewayV2httpRequest) -> (&str, &str) {
 
 pub(crate) fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Keel's reason for an answer: the engine's, with an unknown flag told apart from other errors.
-pub(crate) fn keel_reason(evaluation: &Evaluation<'_>) -> Reason {
-    match evaluation.error {
-        Some((ErrorCode::FlagNotFound, _)) => Reason::FlagNotFound,
-        _ => evaluation.reason,
-    }
 }
 
 /// Logs why a stored flag could not be evaluated. The engine's message may quote the flag's stored configuration

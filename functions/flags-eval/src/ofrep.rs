@@ -15,7 +15,7 @@
 //! `ruleId`, `flagVersion`, and `stale` with `snapshotLoadedAt` when the snapshot may be out of date.
 
 use crate::context::{self, Dialect};
-use crate::{Call, FlagsEval, MAX_BODY_BYTES, error_details, keel_reason, log_failure, rfc3339};
+use crate::{Call, FlagsEval, MAX_BODY_BYTES, error_details, log_failure, rfc3339};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use http::HeaderValue;
 use http::header::{CACHE_CONTROL, ETAG};
@@ -186,7 +186,7 @@ fn metadata<'s>(reason: Reason, evaluation: &Evaluation<'s>, served: &Served) ->
 
 /// One flag's OFREP entry.
 fn entry<'s>(key: &'s str, evaluation: &Evaluation<'s>, served: &Served) -> Entry<'s> {
-    let reason = keel_reason(evaluation);
+    let reason = evaluation.reason;
     let metadata = metadata(reason, evaluation, served);
     if let Some((code, details)) = error_details(key, evaluation) {
         log_failure(key, evaluation);
