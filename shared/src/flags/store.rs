@@ -126,14 +126,17 @@ impl FlagStore {
     }
 
     async fn all<T: serde::de::DeserializeOwned>(&self, partition: &str, attr: &str) -> Result<Vec<T>, StoreError> {
+        self.partition(partition).await?.iter().map(|item| decode(item, attr)).collect()
+    }
+
+    /// Every live item of a partition, page after page.
+    async fn partition(&self, partition: &str) -> Result<Vec<Item>, PortError> {
         let mut query = Query::partition(partition);
         query.limit = crate::table::MAX_QUERY_LIMIT;
         let mut out = Vec::new();
         loop {
             let page = self.table.query(&query).await?;
-            for item in &page.items {
-                out.push(decode(item, attr)?);
-            }
+            out.extend(page.items);
             match page.next {
                 Some(next) => query.after = Some(next),
                 None => return Ok(out),
@@ -337,26 +340,15 @@ impl FlagStore {
 
     /// When each flag was last evaluated, as far as caches have flushed.
     pub async fn usage(&self) -> Result<BTreeMap<String, DateTime<Utc>>, StoreError> {
-        let mut query = Query::partition(USAGE);
-        query.limit = crate::table::MAX_QUERY_LIMIT;
-        let mut out = BTreeMap::new();
-        loop {
-            let page = self.table.query(&query).await?;
-            for item in &page.items {
-                if let Some(at) = item
-                    .attrs
-                    .get("last_evaluated_at")
-                    .and_then(Value::as_str)
-                    .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-                {
-                    out.insert(item.key.sk.clone(), at.with_timezone(&Utc));
-                }
-            }
-            match page.next {
-                Some(next) => query.after = Some(next),
-                None => return Ok(out),
-            }
-        }
+        let items = self.partition(USAGE).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|item| {
+                let at = item.attrs.get("last_evaluated_at").and_then(Value::as_str)?;
+                let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
+                Some((item.key.sk, at))
+            })
+            .collect())
     }
 
     async fn context(&self) -> Result<(BTreeMap<String, Flag>, BTreeMap<String, Segment>), StoreError> {
