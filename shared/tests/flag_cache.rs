@@ -4,66 +4,19 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use async_trait::async_trait;
 use chrono::{Duration, TimeZone, Utc};
 use keel::clock::{Clock, ManualClock};
 use keel::embedded::EmbeddedDb;
 use keel::flags::store::{FlagCache, FlagStore, StoreError};
 use keel::flags::{Context, Flag, Reason};
-use keel::port::PortError;
-use keel::table::{Expect, Item, Key, Page, Query, Table, Write};
+use keel::table::Table;
+use keel::testing::SwitchableTable;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-/// A table that counts reads and can be switched off.
-struct Switchable {
-    inner: Arc<dyn Table>,
-    down: AtomicBool,
-    gets: AtomicUsize,
-    queries: AtomicUsize,
-    puts: AtomicUsize,
-}
-
-impl Switchable {
-    fn check(&self) -> Result<(), PortError> {
-        if self.down.load(Ordering::SeqCst) { Err(PortError::Unavailable("switched off".into())) } else { Ok(()) }
-    }
-}
-
-#[async_trait]
-impl Table for Switchable {
-    async fn get(&self, key: &Key) -> Result<Option<Item>, PortError> {
-        self.check()?;
-        self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(key).await
-    }
-    async fn put(&self, item: Item, expect: Expect) -> Result<(), PortError> {
-        self.check()?;
-        self.puts.fetch_add(1, Ordering::SeqCst);
-        self.inner.put(item, expect).await
-    }
-    async fn delete(&self, key: &Key, expect: Expect) -> Result<(), PortError> {
-        self.check()?;
-        self.inner.delete(key, expect).await
-    }
-    async fn query(&self, query: &Query) -> Result<Page, PortError> {
-        self.check()?;
-        self.queries.fetch_add(1, Ordering::SeqCst);
-        self.inner.query(query).await
-    }
-    async fn transact(&self, writes: Vec<Write>) -> Result<(), PortError> {
-        self.check()?;
-        self.inner.transact(writes).await
-    }
-    async fn ping(&self) -> Result<(), PortError> {
-        self.check()
-    }
-}
 
 struct Fixture {
     _dir: tempfile::TempDir,
     clock: Arc<ManualClock>,
-    table: Arc<Switchable>,
+    table: Arc<SwitchableTable>,
     store: FlagStore,
 }
 
@@ -72,13 +25,7 @@ fn fixture() -> Fixture {
     let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap()));
     let db = EmbeddedDb::open(dir.path()).unwrap();
     let inner: Arc<dyn Table> = Arc::new(db.table("flags", clock.clone()));
-    let table = Arc::new(Switchable {
-        inner,
-        down: AtomicBool::new(false),
-        gets: AtomicUsize::new(0),
-        queries: AtomicUsize::new(0),
-        puts: AtomicUsize::new(0),
-    });
+    let table = Arc::new(SwitchableTable::new(inner));
     let store = FlagStore::new(table.clone(), clock.clone());
     Fixture { _dir: dir, clock, table, store }
 }
@@ -143,17 +90,17 @@ async fn the_cache_reloads_only_when_the_revision_changes() {
     assert!(served.snapshot.as_ref().unwrap().evaluate("a", &org("o"), f.clock.now()).value);
 
     // Within the refresh interval: no reads at all.
-    let (gets, queries) = (f.table.gets.load(Ordering::SeqCst), f.table.queries.load(Ordering::SeqCst));
+    let (gets, queries) = (f.table.gets(), f.table.queries());
     cache.current().await;
     f.clock.advance(Duration::seconds(9));
     cache.current().await;
-    assert_eq!(f.table.gets.load(Ordering::SeqCst), gets);
+    assert_eq!(f.table.gets(), gets);
 
     // Due, unchanged: one read of the revision, no query.
     f.clock.advance(Duration::seconds(1));
     cache.current().await;
-    assert_eq!(f.table.gets.load(Ordering::SeqCst), gets + 1);
-    assert_eq!(f.table.queries.load(Ordering::SeqCst), queries);
+    assert_eq!(f.table.gets(), gets + 1);
+    assert_eq!(f.table.queries(), queries);
 
     // A change is invisible until the next check, then visible.
     f.store
@@ -189,13 +136,13 @@ async fn a_failing_store_keeps_the_last_good_snapshot_and_says_so() {
     let cache = FlagCache::new(f.store.clone(), Duration::seconds(5));
     assert!(!cache.current().await.stale);
 
-    f.table.down.store(true, Ordering::SeqCst);
+    f.table.set_down(true);
     f.clock.advance(Duration::seconds(5));
     let served = cache.current().await;
     assert!(served.stale);
     assert!(served.snapshot.unwrap().evaluate("a", &org("o"), f.clock.now()).value, "last good snapshot");
 
-    f.table.down.store(false, Ordering::SeqCst);
+    f.table.set_down(false);
     f.clock.advance(Duration::seconds(5));
     assert!(!cache.current().await.stale, "recovers on the next check");
 }
@@ -204,12 +151,12 @@ async fn a_failing_store_keeps_the_last_good_snapshot_and_says_so() {
 async fn without_any_snapshot_flags_fail_closed() {
     let f = fixture();
     f.store.create(on_flag("a"), "alice").await.unwrap();
-    f.table.down.store(true, Ordering::SeqCst);
+    f.table.set_down(true);
     let cache = FlagCache::new(f.store.clone(), Duration::seconds(5));
     let served = cache.current().await;
     assert!(served.snapshot.is_none() && served.stale);
     // The next request tries again at once rather than waiting out the interval.
-    f.table.down.store(false, Ordering::SeqCst);
+    f.table.set_down(false);
     assert!(cache.current().await.snapshot.is_some());
 }
 
@@ -220,14 +167,14 @@ async fn evaluation_times_are_flushed_once_per_interval_not_per_evaluation() {
     f.store.create(on_flag("b"), "alice").await.unwrap();
     let cache = FlagCache::new(f.store.clone(), Duration::seconds(10));
     cache.current().await;
-    let puts = f.table.puts.load(Ordering::SeqCst);
+    let puts = f.table.puts();
     for _ in 0..1000 {
         cache.note_evaluated(["a", "b"]);
     }
-    assert_eq!(f.table.puts.load(Ordering::SeqCst), puts, "noting writes nothing");
+    assert_eq!(f.table.puts(), puts, "noting writes nothing");
     f.clock.advance(Duration::seconds(10));
     cache.current().await;
-    assert_eq!(f.table.puts.load(Ordering::SeqCst), puts + 2, "one write per flag at the flush");
+    assert_eq!(f.table.puts(), puts + 2, "one write per flag at the flush");
     let usage = f.store.usage().await.unwrap();
     assert_eq!(usage.keys().collect::<Vec<_>>(), ["a", "b"]);
 
@@ -235,8 +182,8 @@ async fn evaluation_times_are_flushed_once_per_interval_not_per_evaluation() {
     cache.note_evaluated(["a"]);
     f.clock.advance(Duration::seconds(10));
     cache.current().await;
-    assert_eq!(f.table.puts.load(Ordering::SeqCst), puts + 2);
+    assert_eq!(f.table.puts(), puts + 2);
     f.clock.advance(Duration::seconds(50));
     cache.current().await;
-    assert_eq!(f.table.puts.load(Ordering::SeqCst), puts + 3);
+    assert_eq!(f.table.puts(), puts + 3);
 }

@@ -2,7 +2,6 @@
 //! bad input, refresh timing, stale serving and fail-closed answers. OFREP answers are validated against the
 //! protocol's OpenAPI document (`$KEEL_FIXTURES_DIR/ofrep/openapi.yaml`).
 
-use async_trait::async_trait;
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use flags_eval::FlagsEval;
@@ -14,14 +13,13 @@ use keel::faults::Faults;
 use keel::flags::store::FlagStore;
 use keel::flags::{Flag, hash};
 use keel::function::HttpFunction;
-use keel::port::PortError;
 use keel::resources::StaticResources;
-use keel::table::{Expect, Item, Key, Page, Query, Table, Write};
+use keel::table::{Expect, Item, Key, Table};
+use keel::testing::SwitchableTable;
 use keel_tests::{api_request, body_json, invocation, set_body, with_claims};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 const ORG_A: &str = "org-a";
@@ -150,50 +148,6 @@ fn the_documents_value_alternatives_overlap_without_the_amendments() {
 // The world: an embedded flags table, a manual clock, the function, and a store for seeding
 // ------------------------------------------------------------------------------------------------------------------
 
-/// A table that fails every call while `failing` is set, as an unreachable store would.
-struct Switch {
-    inner: Arc<dyn Table>,
-    failing: AtomicBool,
-}
-
-impl Switch {
-    fn check(&self) -> Result<(), PortError> {
-        if self.failing.load(Ordering::SeqCst) {
-            Err(PortError::Unavailable("switched off by the test".into()))
-        } else {
-            Ok(())
-        }
-    }
-}
-
-#[async_trait]
-impl Table for Switch {
-    async fn get(&self, key: &Key) -> Result<Option<Item>, PortError> {
-        self.check()?;
-        self.inner.get(key).await
-    }
-    async fn put(&self, item: Item, expect: Expect) -> Result<(), PortError> {
-        self.check()?;
-        self.inner.put(item, expect).await
-    }
-    async fn delete(&self, key: &Key, expect: Expect) -> Result<(), PortError> {
-        self.check()?;
-        self.inner.delete(key, expect).await
-    }
-    async fn query(&self, query: &Query) -> Result<Page, PortError> {
-        self.check()?;
-        self.inner.query(query).await
-    }
-    async fn transact(&self, writes: Vec<Write>) -> Result<(), PortError> {
-        self.check()?;
-        self.inner.transact(writes).await
-    }
-    async fn ping(&self) -> Result<(), PortError> {
-        self.check()?;
-        self.inner.ping().await
-    }
-}
-
 fn start() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap()
 }
@@ -210,7 +164,7 @@ struct World {
     /// The store on the table itself (seeding never fails).
     store: FlagStore,
     /// Between the function and the table.
-    switch: Arc<Switch>,
+    switch: Arc<SwitchableTable>,
     function: FlagsEval,
 }
 
@@ -226,7 +180,7 @@ impl World {
         let clock = Arc::new(ManualClock::new(start()));
         let dyn_clock: Arc<dyn Clock> = clock.clone();
         let table: Arc<dyn Table> = Arc::new(db.table("FlagsTable", dyn_clock.clone()));
-        let switch = Arc::new(Switch { inner: wrap(table.clone()), failing: AtomicBool::new(false) });
+        let switch = Arc::new(SwitchableTable::new(wrap(table.clone())));
         let resources = StaticResources::new(dyn_clock.clone()).with_table("FLAGS_TABLE", switch.clone());
         let function = flags_eval::build(&env(), &resources).unwrap();
         let store = FlagStore::new(table.clone(), dyn_clock);
@@ -255,7 +209,7 @@ impl World {
     }
 
     fn fail_store(&self, failing: bool) {
-        self.switch.failing.store(failing, Ordering::SeqCst);
+        self.switch.set_down(failing);
     }
 
     async fn call(&self, request: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
