@@ -77,3 +77,14 @@ pub fn require_role(request: &ApiGatewayV2httpRequest, role: Role) -> Result<Ide
         Err(Problem::forbidden(format!("this operation requires the `{}` role", role.as_str())))
     }
 }
+
+/// An opaque pagination cursor for a table position (a sort key).
+pub fn encode_cursor(position: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(position)
+}
+
+/// The position an [`encode_cursor`] cursor holds, if `raw` is one; callers decide what a bad cursor answers.
+pub fn decode_cursor(raw: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw).ok()?;
+    String::from_utf8(bytes).ok()
+}

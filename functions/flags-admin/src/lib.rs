@@ -35,8 +35,6 @@
 use ::http::HeaderValue;
 use async_trait::async_trait;
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
 use keel::config::{ConfigError, Env};
 use keel::flags::store::{FlagStore, StoreError, flag_subject};
@@ -203,16 +201,9 @@ fn limit_param(request: &ApiGatewayV2httpRequest) -> Result<usize, Problem> {
     }
 }
 
-fn encode_cursor(position: &str) -> String {
-    URL_SAFE_NO_PAD.encode(position)
-}
-
 fn decode_cursor(request: &ApiGatewayV2httpRequest, valid: impl Fn(&str) -> bool) -> Result<Option<String>, Problem> {
     let Some(raw) = http::query_param(request, "cursor") else { return Ok(None) };
-    URL_SAFE_NO_PAD
-        .decode(raw)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
+    http::decode_cursor(raw)
         .filter(|position| valid(position))
         .map(Some)
         .ok_or_else(|| invalid_param("cursor", "the cursor is not one this API returned"))
@@ -463,8 +454,11 @@ impl FlagsAdmin {
                 continue;
             }
             if items.len() == limit {
-                next_cursor =
-                    items.last().and_then(|item: &Value| item.get("key")).and_then(Value::as_str).map(encode_cursor);
+                next_cursor = items
+                    .last()
+                    .and_then(|item: &Value| item.get("key"))
+                    .and_then(Value::as_str)
+                    .map(http::encode_cursor);
                 break;
             }
             let mut item = serde_json::to_value(&flag).unwrap_or_default();
@@ -751,7 +745,7 @@ impl FlagsAdmin {
         let limit = limit_param(request)?;
         let after = decode_cursor(request, |position| Ulid::from_string(position).is_ok())?;
         let (entries, next) = self.store.audit(subject.as_deref(), after, limit).await.map_err(flag_not_found)?;
-        let next_cursor = next.as_deref().map(encode_cursor);
+        let next_cursor = next.as_deref().map(http::encode_cursor);
         Ok(http::json(200, &json!({ "items": entries, "next_cursor": next_cursor })))
     }
 

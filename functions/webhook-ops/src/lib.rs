@@ -3,8 +3,6 @@
 
 use async_trait::async_trait;
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration};
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
@@ -136,15 +134,8 @@ fn time_bound(raw: &str, field: &str, random: u128) -> Result<String, Problem> {
     Ok(Ulid::from_parts(ms, random).to_string())
 }
 
-fn encode_cursor(sort_key: &str) -> String {
-    URL_SAFE_NO_PAD.encode(sort_key)
-}
-
 fn decode_cursor(raw: &str) -> Result<String, Problem> {
-    URL_SAFE_NO_PAD
-        .decode(raw)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
+    http::decode_cursor(raw)
         .filter(|sk| Ulid::from_string(sk).is_ok())
         .ok_or_else(|| Problem::unprocessable("invalid_cursor", "the cursor is not one this API returned").at("cursor"))
 }
@@ -204,11 +195,13 @@ impl Ops {
             }
             match page.next {
                 None => return Ok((found, None)),
-                Some(next) if found.len() >= parsed.query.limit => return Ok((found, Some(encode_cursor(&next)))),
+                Some(next) if found.len() >= parsed.query.limit => {
+                    return Ok((found, Some(http::encode_cursor(&next))));
+                }
                 Some(next) => query.after = Some(next),
             }
         }
-        Ok((found, query.after.as_deref().map(encode_cursor)))
+        Ok((found, query.after.as_deref().map(http::encode_cursor)))
     }
 
     async fn list(&self, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, Problem> {
