@@ -18,6 +18,8 @@ struct Fixture {
     clock: Arc<ManualClock>,
     table: Arc<SwitchableTable>,
     store: FlagStore,
+    /// The same table through another table object, as another process (another Lambda function) writes it.
+    elsewhere: FlagStore,
 }
 
 fn fixture() -> Fixture {
@@ -25,9 +27,10 @@ fn fixture() -> Fixture {
     let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap()));
     let db = EmbeddedDb::open(dir.path()).unwrap();
     let inner: Arc<dyn Table> = Arc::new(db.table("flags", clock.clone()));
-    let table = Arc::new(SwitchableTable::new(inner));
+    let table = Arc::new(SwitchableTable::new(inner.clone()));
     let store = FlagStore::new(table.clone(), clock.clone());
-    Fixture { _dir: dir, clock, table, store }
+    let elsewhere = FlagStore::new(inner, clock.clone());
+    Fixture { _dir: dir, clock, table, store, elsewhere }
 }
 
 fn on_flag(key: &str) -> Flag {
@@ -63,6 +66,7 @@ async fn writes_are_versioned_and_audited_in_the_same_transaction() {
             variants: vec![],
             starts_at: None,
             ends_at: None,
+            disabled: false,
         });
         Ok(())
     });
@@ -102,8 +106,8 @@ async fn the_cache_reloads_only_when_the_revision_changes() {
     assert_eq!(f.table.gets(), gets + 1);
     assert_eq!(f.table.queries(), queries);
 
-    // A change is invisible until the next check, then visible.
-    f.store
+    // A change made elsewhere is invisible until the next check, then visible.
+    f.elsewhere
         .update("a", None, "alice", "update", |flag| {
             flag.enabled = false;
             Ok(())
@@ -119,11 +123,29 @@ async fn the_cache_reloads_only_when_the_revision_changes() {
 }
 
 #[tokio::test]
+async fn a_write_through_the_same_table_in_this_process_is_visible_to_the_next_request() {
+    // keel-local runs the admin API and evaluation in one process on one table object.
+    let f = fixture();
+    let cache = FlagCache::new(f.store.clone(), Duration::seconds(30));
+    assert!(cache.current().await.snapshot.unwrap().is_empty());
+    let admin = FlagStore::new(f.table.clone(), f.clock.clone());
+    admin.create(on_flag("fresh"), "alice").await.unwrap();
+    let answer = cache.current().await.snapshot.unwrap().evaluate("fresh", &org("o"), f.clock.now()).value;
+    assert!(answer, "visible without waiting for the refresh period");
+
+    // Once seen, the interval holds again: no further reads until it passes.
+    let gets = f.table.gets();
+    cache.current().await;
+    assert_eq!(f.table.gets(), gets);
+}
+
+#[tokio::test]
 async fn a_refresh_interval_above_30_seconds_is_capped() {
     let f = fixture();
     let cache = FlagCache::new(f.store.clone(), Duration::seconds(300));
     cache.current().await;
-    f.store.create(on_flag("late"), "alice").await.unwrap();
+    f.elsewhere.create(on_flag("late"), "alice").await.unwrap();
+    assert!(cache.current().await.snapshot.unwrap().evaluate("late", &org("o"), f.clock.now()).error.is_some());
     f.clock.advance(Duration::seconds(30));
     let snapshot = cache.current().await.snapshot.unwrap();
     assert!(snapshot.evaluate("late", &org("o"), f.clock.now()).value, "visible within 30 s");

@@ -7,9 +7,9 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use keel::flags::{
-    Constraint, Context, ErrorCode, Evaluation, Flag, Invalid, MAX_LIST, MAX_VALUES, Operator, Override,
-    OverrideAction, Prerequisite, Reason, Rollout, Rule, Segment, Snapshot, Stickiness, Variant, VariantOverride, hash,
-    unleash, validate_flag,
+    Constraint, Context, DefaultVariant, ErrorCode, Evaluation, Flag, Invalid, MAX_LIST, MAX_VALUES, Operator,
+    Override, OverrideAction, Payload, Prerequisite, Reason, Rollout, Rule, Segment, Snapshot, Stickiness, ValueType,
+    Variant, VariantOverride, hash, payload_value, unleash, validate_flag,
 };
 use proptest::prelude::*;
 use serde_json::json;
@@ -77,6 +77,7 @@ fn rule(id: &str, constraints: Vec<Constraint>) -> Rule {
         variants: Vec::new(),
         starts_at: None,
         ends_at: None,
+        disabled: false,
     }
 }
 
@@ -341,6 +342,94 @@ fn flag_without_targeting_answers_static() {
     let s = snapshot(vec![on, off]);
     expect(&s.evaluate("on", &org("org-a"), now()), true, Reason::Static, None, "STATIC");
     expect(&s.evaluate("off", &Context::default(), now()), false, Reason::Static, None, "STATIC");
+}
+
+#[test]
+fn weighted_variants_without_targeting_answer_split() {
+    let mut split = flag("split");
+    split.default_value = true;
+    split.variants = vec![variant("a", 1), variant("b", 1)];
+    let mut single = flag("single");
+    single.default_value = true;
+    single.variants = vec![variant("a", 1), variant("never", 0)];
+    let mut split_off = flag("split-off");
+    split_off.variants = vec![variant("a", 1), variant("b", 1)];
+    let s = snapshot(vec![split, single, split_off]);
+    let names: BTreeSet<&str> =
+        (0..50).map(|i| s.evaluate("split", &org(&format!("org-{i}")), now()).served_name()).collect();
+    assert_eq!(names, BTreeSet::from(["a", "b"]), "organizations get different variants");
+    expect(&s.evaluate("split", &org("org-a"), now()), true, Reason::Rollout, None, "SPLIT");
+    // One variant with weight: everyone gets the same answer.
+    expect(&s.evaluate("single", &org("org-a"), now()), true, Reason::Static, None, "STATIC");
+    expect(&s.evaluate("split-off", &org("org-a"), now()), false, Reason::Static, None, "STATIC");
+}
+
+#[test]
+fn typed_flags_serve_their_default_variant_whenever_none_is_chosen() {
+    let payload = |value: &str| Some(Payload { kind: "number".into(), value: value.into() });
+    let mut limit = flag("limit");
+    limit.value_type = ValueType::Number;
+    limit.default_value = true;
+    limit.default_variant = Some(DefaultVariant { name: "none".into(), payload: payload("0") });
+    limit.variants = vec![Variant { payload: payload("25"), ..variant("high", 1) }];
+    limit.block_orgs = vec!["org-blocked".into()];
+    // A rule deciding without variants of its own falls back to the flag's.
+    limit.rules = vec![rule("pro", vec![constraint("plan", Operator::In, &["pro"])])];
+    let mut killed = limit.clone();
+    killed.key = "killed".into();
+    killed.enabled = false;
+    let s = snapshot(vec![limit, killed]);
+    let on = s.evaluate("limit", &with_attr(org("org-a"), "plan", "pro"), now());
+    assert_eq!((on.typed_value(), on.served_name(), on.value), (Some(json!(25)), "high", true));
+    for (key, who) in [("limit", "org-blocked"), ("killed", "org-a")] {
+        let off = s.evaluate(key, &org(who), now());
+        assert_eq!((off.typed_value(), off.served_name(), off.value), (Some(json!(0)), "none", false), "{key}");
+        assert!(off.variant.is_none(), "no variant was chosen: Unleash's `disabled`");
+    }
+    // A boolean flag without a default variant names its answers on and off.
+    let mut plain = flag("plain");
+    plain.block_orgs = vec!["org-blocked".into()];
+    plain.default_value = true;
+    let s = snapshot(vec![plain]);
+    assert_eq!(s.evaluate("plain", &org("org-a"), now()).served_name(), keel::flags::ON);
+    assert_eq!(s.evaluate("plain", &org("org-blocked"), now()).served_name(), keel::flags::OFF);
+    assert_eq!(s.evaluate("plain", &org("org-a"), now()).typed_value(), Some(json!(true)));
+}
+
+#[test]
+fn payloads_become_values_as_they_are_written() {
+    let p = |kind: &str, value: &str| Payload { kind: kind.into(), value: value.into() };
+    assert_eq!(payload_value(&p("string", "x")), Some(json!("x")));
+    assert_eq!(payload_value(&p("csv", "a,b")), Some(json!("a,b")));
+    assert_eq!(payload_value(&p("number", " 42 ")), Some(json!(42)));
+    // An SDK asking for a float refuses `2`, one asking for an integer refuses `2.0`: the author's form is kept.
+    assert_eq!(payload_value(&p("number", "2.0")), Some(json!(2.0)));
+    assert_eq!(payload_value(&p("number", "1e3")), Some(json!(1000.0)));
+    assert_eq!(payload_value(&p("number", "2.5")), Some(json!(2.5)));
+    assert_eq!(payload_value(&p("number", "NaN")), None);
+    assert_eq!(payload_value(&p("number", "inf")), None);
+    assert_eq!(payload_value(&p("json", r#"{"a":[1]}"#)), Some(json!({"a": [1]})));
+    assert_eq!(payload_value(&p("xml", "<a/>")), None);
+}
+
+#[test]
+fn is_enabled_decides_exactly_as_evaluate() {
+    let mut flags = Vec::new();
+    for (i, percentage) in [0.0, 12.5, 50.0, 100.0].into_iter().enumerate() {
+        let mut f = flag(&format!("f{i}"));
+        f.variants = vec![variant("a", 3), variant("b", 1)];
+        f.rules = vec![rollout_rule("r", percentage)];
+        f.block_orgs = vec!["org-3".into()];
+        f.overrides = vec![override_("org-4", OverrideAction::Variant { variant: "b".into() }, "pilot")];
+        flags.push(f);
+    }
+    let s = snapshot(flags);
+    for key in ["f0", "f1", "f2", "f3", "missing"] {
+        for i in 0..200 {
+            let context = org(&format!("org-{i}"));
+            assert_eq!(s.is_enabled(key, &context, now()), s.evaluate(key, &context, now()).value, "{key} org-{i}");
+        }
+    }
 }
 
 #[test]
@@ -1841,8 +1930,20 @@ fn unleash_unknown_strategy_is_reported() {
     assert_eq!(result.warnings.len(), 2, "{:?}", result.warnings);
     assert!(warned_at(&result, "/features/1/strategies/1/name").contains("applicationHostname"));
     assert!(warned_at(&result, "/features/1/strategies/2/name").contains("myCustomStrategy"));
-    // The strategies Keel can carry are kept.
-    assert_eq!(result.flags[1].rules.len(), 1);
+    // Every strategy is kept; those Unleash never matches as disabled rules, each with its warning on the flag.
+    let rules: Vec<bool> = result.flags[1].rules.iter().map(|r| r.disabled).collect();
+    assert_eq!(rules, [false, true, true]);
+    let on_flag: Vec<(&str, &str)> =
+        result.flags[1].warnings.iter().map(|w| (w.pointer.as_str(), w.source.as_str())).collect();
+    assert_eq!(on_flag, [("/rules/1", "/features/1/strategies/1/name"), ("/rules/2", "/features/1/strategies/2/name")]);
+    assert!(result.flags[0].warnings.is_empty());
+    // A disabled rule never matches, so only the `default` strategy decides.
+    let mut only_custom = result.flags[1].clone();
+    only_custom.rules.remove(0);
+    let s = snapshot(vec![only_custom]);
+    let (answer, steps) = s.explain("f", &org("o"), now());
+    assert_eq!((answer.value, answer.reason), (false, Reason::Default));
+    assert!(steps.iter().any(|s| s.detail.contains("disabled")), "{steps:?}");
 }
 
 #[test]

@@ -346,6 +346,13 @@ async fn if_match_is_required_to_replace_and_checked_everywhere() {
     assert_eq!(admin.store.get("f").await.unwrap().unwrap().version, 3);
 }
 
+/// A flag of `value_type` with one variant `v` (payload `kind`/`value`) and a default variant (`default_kind`).
+fn typed(value_type: &str, default_kind: &str, default: &str, kind: &str, value: &str) -> Value {
+    json!({"key": "n", "value_type": value_type,
+        "default_variant": {"name": "d", "payload": {"type": default_kind, "value": default}},
+        "variants": [{"name": "v", "payload": {"type": kind, "value": value}}]})
+}
+
 /// Each bad input is a 422 whose pointer names the offending field, and the store is exactly as before.
 #[tokio::test]
 async fn bad_input_is_422_at_the_field_and_writes_nothing() {
@@ -374,6 +381,63 @@ async fn bad_input_is_422_at_the_field_and_writes_nothing() {
             req(Method::POST, "/v1/admin/flags").json(json!({"key": "n", "lifecycle": {"typo": 1}})),
             "/lifecycle/typo",
             "invalid_body",
+        ),
+        (
+            "a typed flag without a default variant",
+            req(Method::POST, "/v1/admin/flags").json(json!({"key": "n", "value_type": "string"})),
+            "/default_variant",
+            "validation_failed",
+        ),
+        (
+            "an unknown value type",
+            req(Method::POST, "/v1/admin/flags").json(json!({"key": "n", "value_type": "date"})),
+            "/value_type",
+            "invalid_body",
+        ),
+        (
+            "a string payload on a number flag",
+            req(Method::POST, "/v1/admin/flags").json(typed("number", "number", "1", "string", "x")),
+            "/variants/0/payload",
+            "validation_failed",
+        ),
+        (
+            "a json array on an object flag",
+            req(Method::POST, "/v1/admin/flags").json(typed("object", "json", "{}", "json", "[1]")),
+            "/variants/0/payload",
+            "validation_failed",
+        ),
+        (
+            "a number payload that is not finite",
+            req(Method::POST, "/v1/admin/flags").json(typed("number", "number", "0", "number", "1e999")),
+            "/variants/0/payload/value",
+            "validation_failed",
+        ),
+        (
+            "a default variant of another type",
+            req(Method::POST, "/v1/admin/flags").json(typed("string", "number", "0", "string", "x")),
+            "/default_variant/payload",
+            "validation_failed",
+        ),
+        (
+            "a rule's variant of another type",
+            req(Method::POST, "/v1/admin/flags").json({
+                let mut flag = typed("string", "string", "", "string", "x");
+                flag["rules"] =
+                    json!([{"id": "r", "variants": [{"name": "n", "payload": {"type": "number", "value": "1"}}]}]);
+                flag
+            }),
+            "/rules/0/variants/0/payload",
+            "validation_failed",
+        ),
+        (
+            "a default variant named like a listed variant with another payload",
+            req(Method::POST, "/v1/admin/flags").json({
+                let mut flag = typed("string", "string", "off", "string", "on");
+                flag["default_variant"]["name"] = json!("v");
+                flag
+            }),
+            "/default_variant/payload",
+            "validation_failed",
         ),
         (
             "percentage over 100",
@@ -776,8 +840,9 @@ async fn unleash_documents_import_then_reimport_unchanged_then_update() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(
         answer.body,
-        json!({"created": ["new-checkout", "beta-banner", "needs-checkout"], "updated": [], "unchanged": [],
-            "segments_written": ["unleash-segment-1"]})
+        json!({"mode": "lenient", "dry_run": false, "accepted": true,
+            "created": ["new-checkout", "beta-banner", "needs-checkout"], "updated": [], "unchanged": [],
+            "segments_written": ["unleash-segment-1"], "refused": [], "warnings": []})
     );
     let stored = admin.store.get("new-checkout").await.unwrap().unwrap();
     assert_eq!(stored.rules[0].rollout.as_ref().unwrap().percentage, 25.0);
@@ -821,26 +886,132 @@ async fn unleash_documents_import_then_reimport_unchanged_then_update() {
     assert_eq!(answer.body["created"], json!(["from-delta", "from-delta-2"]), "{}", answer.body);
 }
 
-#[tokio::test]
-async fn an_import_with_anything_lost_is_refused_whole() {
-    let admin = Admin::new();
+/// A document with what Keel does not support as such: a hostname strategy, an unknown operator, a dependency on a
+/// missing feature and a dependency cycle.
+fn messy_document() -> Value {
     let mut doc = unleash_document(25);
     doc["features"][1]["strategies"] = json!([{"name": "applicationHostname", "parameters": {"hostNames": "a"}}]);
     doc["features"][2]["strategies"][0]["constraints"] =
         json!([{"contextName": "x", "operator": "SOUNDS_LIKE", "values": ["y"]}]);
-    let answer = admin.send(req(Method::POST, "/v1/admin/flags/import").json(doc)).await;
+    let features = doc["features"].as_array_mut().unwrap();
+    features.push(json!({"name": "orphan", "enabled": true, "strategies": [],
+        "dependencies": [{"feature": "not-in-the-document"}]}));
+    features.push(json!({"name": "ping", "enabled": true, "strategies": [], "dependencies": [{"feature": "pong"}]}));
+    features.push(json!({"name": "pong", "enabled": true, "strategies": [], "dependencies": [{"feature": "ping"}]}));
+    doc
+}
+
+const MESSY_SOURCES: [&str; 5] = [
+    "/features/1/strategies/0/name",
+    "/features/2/strategies/0/constraints/0/operator",
+    "/features/3/dependencies/0/flag",
+    "/features/4/dependencies/0/flag",
+    "/features/5/dependencies/0/flag",
+];
+
+#[tokio::test]
+async fn a_strict_import_with_anything_lost_is_refused_whole() {
+    let admin = Admin::new();
+    let strict = || req(Method::POST, "/v1/admin/flags/import").query("mode", "strict");
+    let answer = admin.send(strict().json(messy_document())).await;
     assert_eq!((answer.status, answer.body["code"].as_str()), (422, Some("invalid_import")), "{}", answer.body);
     let pointers: Vec<&str> =
         answer.body["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
-    assert_eq!(pointers, ["/features/1/strategies/0/name", "/features/2/strategies/0/constraints/0/operator"]);
+    assert_eq!(pointers, MESSY_SOURCES);
     assert_eq!(answer.pointer(), "/features/1/strategies/0/name");
     assert!(admin.store.flags().await.unwrap().is_empty());
     assert!(admin.store.segments().await.unwrap().is_empty());
     assert_eq!(admin.state().await.1, 0);
 
+    // A strict dry run says the same, as a report.
+    let answer = admin.send(strict().query("dry_run", "true").json(messy_document())).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!((answer.body["accepted"].as_bool(), answer.body["mode"].as_str()), (Some(false), Some("strict")));
+    let refused: Vec<&str> =
+        answer.body["refused"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
+    assert_eq!(refused, MESSY_SOURCES);
+    assert_eq!(admin.state().await.1, 0);
+
     let answer =
         admin.send(req(Method::POST, "/v1/admin/flags/import").json(json!({"features": [{"enabled": true}]}))).await;
     assert_eq!((answer.status, answer.pointer()), (422, "/features/0"), "{}", answer.body);
+    for (name, value) in [("mode", "loose"), ("dry_run", "yes")] {
+        let answer =
+            admin.send(req(Method::POST, "/v1/admin/flags/import").query(name, value).json(unleash_document(25))).await;
+        assert_eq!((answer.status, answer.pointer()), (422, name), "{}", answer.body);
+    }
+}
+
+#[tokio::test]
+async fn a_lenient_import_carries_everything_over_with_warnings_on_the_flags() {
+    let admin = Admin::new();
+    let import = || req(Method::POST, "/v1/admin/flags/import");
+
+    // The dry run reports exactly what the import then does, and writes nothing.
+    let dry = admin.send(import().query("dry_run", "true").json(messy_document())).await;
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    assert_eq!(admin.state().await.1, 0, "a dry run writes nothing");
+    let answer = admin.send(import().json(messy_document())).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    for field in ["created", "updated", "unchanged", "refused", "warnings", "segments_written", "accepted"] {
+        assert_eq!(dry.body[field], answer.body[field], "{field}");
+    }
+    assert_eq!(dry.body["dry_run"], true);
+    assert_eq!(answer.body["dry_run"], false);
+    assert_eq!(
+        answer.body["created"],
+        json!(["new-checkout", "beta-banner", "needs-checkout", "orphan", "ping", "pong"])
+    );
+    let warnings = answer.body["warnings"].as_array().unwrap();
+    let sources: Vec<&str> = warnings.iter().map(|w| w["source"].as_str().unwrap()).collect();
+    assert_eq!(sources, MESSY_SOURCES);
+    let flags: Vec<&str> = warnings.iter().map(|w| w["flag"].as_str().unwrap()).collect();
+    assert_eq!(flags, ["beta-banner", "needs-checkout", "orphan", "ping", "pong"]);
+
+    // Each flag keeps its warnings, pointing into the flag, and the admin API returns them.
+    let flag = admin.send(req(Method::GET, "/v1/admin/flags/beta-banner")).await;
+    assert_eq!(flag.body["rules"][0]["disabled"], true, "{}", flag.body);
+    assert_eq!(flag.body["warnings"][0]["pointer"], "/rules/0");
+    assert_eq!(flag.body["warnings"][0]["source"], "/features/1/strategies/0/name");
+    assert!(flag.body["warnings"][0]["message"].as_str().unwrap().contains("applicationHostname"));
+    let orphan = admin.store.get("orphan").await.unwrap().unwrap();
+    assert_eq!(orphan.warnings[0].pointer, "/prerequisites/0/flag");
+
+    // They evaluate as Unleash does: the never-matching strategy, the missing parent and the cycle leave them off.
+    let explain =
+        |key: &str| req(Method::POST, &format!("/v1/admin/flags/{key}/explain")).json(json!({"user_id": "u"}));
+    for key in ["needs-checkout", "orphan", "ping", "pong"] {
+        let answer = admin.send(explain(key)).await;
+        assert_eq!(answer.body["evaluation"]["value"], false, "{key}: {}", answer.body);
+    }
+    let beta = admin.send(explain("beta-banner")).await;
+    assert_eq!(beta.body["evaluation"]["reason"], "killed");
+
+    // The same document again changes nothing; a strict import of it is still refused.
+    let again = admin.send(import().json(messy_document())).await;
+    assert_eq!(again.body["unchanged"].as_array().unwrap().len(), 6, "{}", again.body);
+    assert_eq!(admin.send(import().query("mode", "strict").json(messy_document())).await.status, 422);
+}
+
+#[tokio::test]
+async fn a_lenient_import_refuses_only_the_flags_that_cannot_be_stored() {
+    let admin = Admin::new();
+    let doc = json!({"features": [
+        {"name": "fine", "enabled": true, "strategies": []},
+        {"name": "has space", "enabled": true, "strategies": []},
+        {"name": "heavy", "enabled": true, "strategies": [], "variants": [{"name": "a", "weight": 5000}]},
+    ]});
+    let answer = admin.send(req(Method::POST, "/v1/admin/flags/import").json(doc)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["created"], json!(["fine"]));
+    let refused: Vec<(&str, &str)> = answer.body["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["flag"].as_str().unwrap(), e["pointer"].as_str().unwrap()))
+        .collect();
+    assert_eq!(refused, [("has space", "/flags/1/key"), ("heavy", "/flags/2/variants/0/weight")]);
+    assert!(admin.store.get("heavy").await.unwrap().is_none());
 }
 
 #[tokio::test]

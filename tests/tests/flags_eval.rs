@@ -346,18 +346,19 @@ async fn get_answers_the_named_flags_with_the_full_shape() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(
         body["flags"]["color"],
-        json!({"value": true, "variant": "blue", "payload": {"type": "string", "value": "#00f"}, "reason": "static",
-            "open_feature_reason": "STATIC", "rule_id": null, "version": 1, "error_code": null, "stale": false})
+        json!({"value": true, "value_type": "boolean", "enabled": true, "variant": "blue",
+            "payload": {"type": "string", "value": "#00f"}, "reason": "static", "open_feature_reason": "STATIC",
+            "rule_id": null, "version": 1, "error_code": null, "stale": false})
     );
     assert_eq!(body["flags"]["plain"]["value"], json!(false));
-    assert_eq!(body["flags"]["plain"]["variant"], Value::Null);
+    assert_eq!(body["flags"]["plain"]["variant"], "off");
     assert_eq!(body["flags"]["plain"]["payload"], Value::Null);
     // Unknown flags fail closed.
     assert_eq!(
         body["flags"]["missing"],
-        json!({"value": false, "variant": null, "payload": null, "reason": "flag_not_found",
-            "open_feature_reason": "ERROR", "rule_id": null, "version": 0, "error_code": "FLAG_NOT_FOUND",
-            "stale": false})
+        json!({"value": false, "value_type": "boolean", "enabled": false, "variant": null, "payload": null,
+            "reason": "flag_not_found", "open_feature_reason": "ERROR", "rule_id": null, "version": 0,
+            "error_code": "FLAG_NOT_FOUND", "stale": false})
     );
     assert_eq!(keys_of(&body["flags"]), ["color", "missing", "plain"]);
     assert_eq!(body["snapshot"], json!({"loaded_at": "2026-03-02T09:00:00.000Z", "stale": false}));
@@ -688,9 +689,9 @@ async fn with_a_store_failing_from_the_start_every_flag_fails_closed() {
     for key in ["on", "other"] {
         assert_eq!(
             body["flags"][key],
-            json!({"value": false, "variant": null, "payload": null, "reason": "error",
-                "open_feature_reason": "ERROR", "rule_id": null, "version": 0, "error_code": "GENERAL",
-                "stale": true})
+            json!({"value": false, "value_type": "boolean", "enabled": false, "variant": null, "payload": null,
+                "reason": "error", "open_feature_reason": "ERROR", "rule_id": null, "version": 0,
+                "error_code": "GENERAL", "stale": true})
         );
     }
     assert_eq!(body["snapshot"], json!({"loaded_at": null, "stale": true}));
@@ -729,63 +730,144 @@ async fn evaluated_flags_are_recorded_as_used() {
 // ------------------------------------------------------------------------------------------------------------------
 
 async fn seed_values(world: &World) {
+    let grey = json!({"name": "grey", "payload": {"type": "string", "value": "#888888"}});
     for flag in [
         json!({"key": "bool-flag", "default_value": true}),
-        json!({"key": "string-flag", "default_value": true,
+        json!({"key": "off-flag"}),
+        // A boolean flag stays boolean whatever its variants carry; the variant names the payload.
+        json!({"key": "boolean-with-payload", "default_value": true,
             "variants": [{"name": "blue", "payload": {"type": "string", "value": "#0000ff"}}]}),
-        json!({"key": "object-flag", "default_value": true,
+        json!({"key": "string-flag", "value_type": "string", "default_value": true, "default_variant": grey,
+            "variants": [{"name": "blue", "payload": {"type": "string", "value": "#0000ff"}}]}),
+        json!({"key": "string-flag-off", "value_type": "string", "default_variant": grey,
+            "variants": [{"name": "blue", "payload": {"type": "string", "value": "#0000ff"}}]}),
+        json!({"key": "object-flag", "value_type": "object", "default_value": true,
+            "default_variant": {"name": "none", "payload": {"type": "json", "value": "{}"}},
             "variants": [{"name": "big", "payload": {"type": "json", "value": "{\"max\": 10, \"tags\": [\"a\"]}"}}]}),
-        json!({"key": "number-flag", "default_value": true,
-            "variants": [{"name": "ratio", "payload": {"type": "number", "value": "2.5"}}]}),
-        json!({"key": "integer-flag", "default_value": true,
-            "variants": [{"name": "limit", "payload": {"type": "number", "value": "1e3"}}]}),
-        json!({"key": "csv-flag", "default_value": true,
-            "variants": [{"name": "list", "payload": {"type": "csv", "value": "a,b,c"}}]}),
-        json!({"key": "named-flag", "default_value": true, "variants": [{"name": "treatment"}]}),
-        json!({"key": "off-flag", "variants": [{"name": "treatment"}]}),
-        // Valid to Keel, not representable in OFREP's value types.
-        json!({"key": "nan-flag", "default_value": true,
-            "variants": [{"name": "n", "payload": {"type": "number", "value": "NaN"}}]}),
-        json!({"key": "array-flag", "default_value": true,
+        // Any payload on a boolean flag: its value stays the boolean.
+        json!({"key": "array-on-boolean", "default_value": true,
             "variants": [{"name": "arr", "payload": {"type": "json", "value": "[1, 2]"}}]}),
+        json!({"key": "number-flag", "value_type": "number", "default_value": true,
+            "default_variant": {"name": "zero", "payload": {"type": "number", "value": "0.0"}},
+            "variants": [{"name": "ratio", "payload": {"type": "number", "value": "2.5"}}]}),
+        json!({"key": "integer-flag", "value_type": "number", "default_value": true,
+            "default_variant": {"name": "zero", "payload": {"type": "number", "value": "0"}},
+            "variants": [{"name": "limit", "payload": {"type": "number", "value": "1000"}}]}),
+        json!({"key": "exponent-flag", "value_type": "number", "default_value": true,
+            "default_variant": {"name": "zero", "payload": {"type": "number", "value": "0.0"}},
+            "variants": [{"name": "limit", "payload": {"type": "number", "value": "1e3"}}]}),
+        json!({"key": "csv-flag", "value_type": "string", "default_value": true, "default_variant": {"name": "none"},
+            "variants": [{"name": "list", "payload": {"type": "csv", "value": "a,b,c"}}]}),
+        json!({"key": "named-flag", "value_type": "string", "default_value": true,
+            "default_variant": {"name": "control"}, "variants": [{"name": "treatment"}]}),
+        json!({"key": "named-flag-off", "value_type": "string", "default_variant": {"name": "control"},
+            "variants": [{"name": "treatment"}]}),
     ] {
         world.create(flag).await;
     }
+    // Stored by hand: a number flag whose payload is not a number. The snapshot refuses it as a write would.
+    world
+        .put_raw(json!({"key": "nan-flag", "version": 1, "value_type": "number", "default_value": true,
+            "default_variant": {"name": "zero", "payload": {"type": "number", "value": "0"}},
+            "variants": [{"name": "n", "payload": {"type": "number", "value": "NaN"}}]}))
+        .await;
 }
 
 #[tokio::test]
 async fn ofrep_single_flag_values_by_type() {
     let world = World::new();
     seed_values(&world).await;
-    let metadata = json!({"keelReason": "static", "flagVersion": 1});
-    for (key, variant, value) in [
-        ("bool-flag", None, json!(true)),
-        ("string-flag", Some("blue"), json!("#0000ff")),
-        ("object-flag", Some("big"), json!({"max": 10, "tags": ["a"]})),
-        ("number-flag", Some("ratio"), json!(2.5)),
-        ("integer-flag", Some("limit"), json!(1000)),
-        ("csv-flag", Some("list"), json!("a,b,c")),
-        ("named-flag", Some("treatment"), json!("treatment")),
-        ("off-flag", None, json!(false)),
+    for (key, reason, variant, value) in [
+        ("bool-flag", "STATIC", "on", json!(true)),
+        ("off-flag", "STATIC", "off", json!(false)),
+        ("boolean-with-payload", "STATIC", "blue", json!(true)),
+        ("string-flag", "STATIC", "blue", json!("#0000ff")),
+        ("string-flag-off", "STATIC", "grey", json!("#888888")),
+        ("object-flag", "STATIC", "big", json!({"max": 10, "tags": ["a"]})),
+        ("array-on-boolean", "STATIC", "arr", json!(true)),
+        ("number-flag", "STATIC", "ratio", json!(2.5)),
+        ("integer-flag", "STATIC", "limit", json!(1000)),
+        ("exponent-flag", "STATIC", "limit", json!(1000.0)),
+        ("csv-flag", "STATIC", "list", json!("a,b,c")),
+        ("named-flag", "STATIC", "treatment", json!("treatment")),
+        ("named-flag-off", "STATIC", "control", json!("control")),
     ] {
         let (code, body) = world.ofrep_one(ORG_A, key, NO_CONTEXT).await;
         assert_eq!(code, 200, "{key}: {body}");
-        let mut expected = json!({"key": key, "reason": "STATIC", "value": value, "metadata": metadata});
-        if let Some(variant) = variant {
-            expected["variant"] = json!(variant);
-        }
+        let enabled = !key.ends_with("-off") && key != "off-flag";
+        let metadata = json!({"enabled": enabled, "keelReason": "static", "flagVersion": 1});
+        let expected = json!({"key": key, "reason": reason, "variant": variant, "value": value, "metadata": metadata});
         assert_eq!(body, expected, "{key}");
+        // Keel's API answers the same value, variant and state.
+        let (_, keel) = world.get(ORG_A, &[("keys", key)]).await;
+        let answer = &keel["flags"][key];
+        assert_eq!(
+            (&answer["value"], &answer["variant"], &answer["enabled"]),
+            (&value, &json!(variant), &json!(enabled))
+        );
     }
-    // A payload OFREP cannot carry is the document's PARSE_ERROR (400), saying which variant.
-    for key in ["nan-flag", "array-flag"] {
+    // 1000 and 1e3 are told apart on the wire: SDKs check integers and floats separately.
+    let (_, body) = world.ofrep_one(ORG_A, "exponent-flag", NO_CONTEXT).await;
+    assert!(body["value"].is_f64() && body.to_string().contains("1000.0"), "{body}");
+    // A payload that does not parse as the flag's type is the document's PARSE_ERROR (400).
+    let (code, body) = world.ofrep_one(ORG_A, "nan-flag", NO_CONTEXT).await;
+    assert_eq!((code, body["errorCode"].as_str()), (400, Some("PARSE_ERROR")), "{body}");
+    assert_eq!(body["key"], "nan-flag");
+}
+
+/// A typed flag answers its type on every path that turns it off, in OFREP and in Keel's API.
+#[tokio::test]
+async fn typed_flags_answer_their_type_on_every_path() {
+    let world = World::new();
+    world.create(json!({"key": "parent"})).await;
+    let typed = |key: &str, extra: Value| {
+        let mut flag = json!({"key": key, "value_type": "string", "default_value": true,
+            "default_variant": {"name": "control", "payload": {"type": "string", "value": "old checkout"}},
+            "variants": [{"name": "one-page", "payload": {"type": "string", "value": "one-page checkout"}}]});
+        for (name, value) in extra.as_object().unwrap() {
+            flag[name] = value.clone();
+        }
+        flag
+    };
+    for flag in [
+        typed("t-on", json!({})),
+        typed("t-killed", json!({"enabled": false})),
+        typed("t-env", json!({"environments": ["elsewhere"]})),
+        typed("t-prereq", json!({"prerequisites": [{"flag": "parent"}]})),
+        typed("t-blocked", json!({"block_orgs": [ORG_A]})),
+        typed(
+            "t-forced-off",
+            json!({"overrides": [{"org_id": ORG_A, "action": {"type": "forced_off"}, "reason": "x"}]}),
+        ),
+        typed(
+            "t-default",
+            json!({"default_value": false,
+            "rules": [{"id": "r", "constraints": [{"field": "plan", "operator": "IN", "values": ["none"]}]}]}),
+        ),
+    ] {
+        world.create(flag).await;
+    }
+    for (key, reason, variant, value) in [
+        ("t-on", "STATIC", "one-page", "one-page checkout"),
+        ("t-killed", "DISABLED", "control", "old checkout"),
+        ("t-env", "DISABLED", "control", "old checkout"),
+        ("t-prereq", "DISABLED", "control", "old checkout"),
+        ("t-blocked", "TARGETING_MATCH", "control", "old checkout"),
+        ("t-forced-off", "TARGETING_MATCH", "control", "old checkout"),
+        ("t-default", "UNKNOWN", "control", "old checkout"),
+    ] {
         let (code, body) = world.ofrep_one(ORG_A, key, NO_CONTEXT).await;
-        assert_eq!((code, body["errorCode"].as_str()), (400, Some("PARSE_ERROR")), "{key}: {body}");
-        assert_eq!(body["key"], key);
-        assert!(body["errorDetails"].as_str().unwrap().contains("variant"), "{body}");
+        assert_eq!(code, 200, "{key}: {body}");
+        assert_eq!((body["reason"].as_str(), body["variant"].as_str()), (Some(reason), Some(variant)), "{key}");
+        assert_eq!(body["value"], value, "{key}");
+        assert_eq!(body["metadata"]["enabled"], key == "t-on", "{key}");
+        let (_, keel) = world.get(ORG_A, &[("keys", key)]).await;
+        assert_eq!(keel["flags"][key]["value"], value, "{key}");
+        assert_eq!(keel["flags"][key]["value_type"], "string", "{key}");
     }
-    // Keel's own API serves those payloads as stored.
-    let (_, keel) = world.get(ORG_A, &[("keys", "nan-flag,array-flag")]).await;
-    assert_eq!(keel["flags"]["array-flag"]["payload"], json!({"type": "json", "value": "[1, 2]"}));
+    // Another organization is not blocked: the same flag answers its variant.
+    let (_, body) = world.ofrep_one(ORG_B, "t-blocked", NO_CONTEXT).await;
+    assert_eq!(body["value"], "one-page checkout");
 }
 
 #[tokio::test]
@@ -805,7 +887,9 @@ async fn ofrep_reasons_metadata_and_failures_follow_the_document() {
                 assert_eq!(body["metadata"]["keelReason"], keel_reason, "{key}");
                 assert_eq!(body["metadata"]["flagVersion"], 1, "{key}");
                 assert_eq!(body["metadata"].get("ruleId").and_then(Value::as_str), rule, "{key}");
-                assert!(body.get("variant").is_none(), "{key}: no variants, no variant");
+                let name = if value { "on" } else { "off" };
+                assert_eq!(body["variant"], name, "{key}: no variants, so on or off");
+                assert_eq!(body["metadata"]["enabled"], value, "{key}");
             }
             Some("FLAG_NOT_FOUND") => {
                 assert_eq!(code, 404);
@@ -841,7 +925,7 @@ async fn ofrep_bulk_answers_every_live_flag_with_an_etag_and_304() {
     let mut sorted = keys.clone();
     sorted.sort_unstable();
     assert_eq!(keys, sorted, "in key order");
-    assert_eq!(keys.len(), 13 + 10, "every live flag, none missing");
+    assert_eq!(keys.len(), 13 + 14, "every live flag, none missing");
     let by_key = |key: &str| entries.iter().find(|e| e["key"] == key).unwrap().clone();
     assert_eq!(by_key("rule")["reason"], "TARGETING_MATCH");
     assert_eq!(by_key("object-flag")["value"], json!({"max": 10, "tags": ["a"]}));

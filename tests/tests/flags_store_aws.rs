@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use keel::aws::{AwsResources, DynamoTable, provision};
 use keel::clock::{Clock, ManualClock};
 use keel::config::Env;
-use keel::flags::store::{FlagStore, StoreError, flag_subject};
+use keel::flags::store::{FlagStore, ImportMode, StoreError, flag_subject};
 use keel::flags::{Context, Flag, Override, OverrideAction, Reason, Rollout, Rule, Stickiness, unleash};
 use keel::function::HttpFunction;
 use keel::port::PortError;
@@ -90,6 +90,7 @@ fn rollout_flag(key: &str, percentage: f64) -> Flag {
         variants: vec![],
         starts_at: None,
         ends_at: None,
+        disabled: false,
     });
     flag
 }
@@ -180,24 +181,27 @@ async fn the_store_on_dynamodb() {
             {"name": "search-v2", "enabled": true, "type": "experiment", "strategies": [
                 {"name": "flexibleRollout", "parameters": {"rollout": rollout, "stickiness": "userId", "groupId": "search-v2"},
                  "segments": [7]}],
-             "variants": [{"name": "a", "weight": 500, "payload": {"type": "json", "value": "{\"x\":1}"}}, {"name": "b", "weight": 500}]},
+             "variants": [{"name": "a", "weight": 500, "payload": {"type": "json", "value": "{\"x\":1}"}}, {"name": "b", "weight": 500, "payload": {"type": "json", "value": "{\"x\":2}"}}]},
             {"name": "kill-exports", "enabled": false, "type": "kill-switch", "strategies": []}],
          "segments": [{"id": 7, "name": "beta", "constraints": [
             {"contextName": "email", "operator": "STR_ENDS_WITH", "values": ["@beta.example"]}]}]})
     };
     let import = |doc: serde_json::Value| unleash::convert(&unleash::parse(&doc).unwrap(), start());
-    let report = store.import(import(document("30")), "importer").await.unwrap();
+    let report = store.import(import(document("30")), "importer", ImportMode::Strict, false).await.unwrap();
     assert_eq!(report.created, ["search-v2", "kill-exports"]);
     assert_eq!(report.segments_written, ["unleash-segment-7"]);
-    let report = store.import(import(document("30")), "importer").await.unwrap();
+    let report = store.import(import(document("30")), "importer", ImportMode::Strict, false).await.unwrap();
     assert_eq!((report.created.len(), report.updated.len(), report.unchanged.len()), (0, 0, 2));
     assert!(report.segments_written.is_empty());
-    let report = store.import(import(document("70")), "importer").await.unwrap();
+    let report = store.import(import(document("70")), "importer", ImportMode::Strict, false).await.unwrap();
     assert_eq!(report.updated, ["search-v2"]);
     let mut bad = document("30");
     bad["features"][0]["strategies"][0]["name"] = json!("applicationHostname");
     let before = store.audit(None, None, 100).await.unwrap().0.len();
-    assert!(matches!(store.import(import(bad), "importer").await, Err(StoreError::Invalid(_))));
+    assert!(matches!(
+        store.import(import(bad), "importer", ImportMode::Strict, false).await,
+        Err(StoreError::Invalid(_))
+    ));
     assert_eq!(store.audit(None, None, 100).await.unwrap().0.len(), before);
 
     // Segments: versioned like flags.

@@ -37,7 +37,7 @@ use async_trait::async_trait;
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::{DateTime, Duration, Utc};
 use keel::config::{ConfigError, Env};
-use keel::flags::store::{FlagStore, StoreError, flag_subject};
+use keel::flags::store::{FlagStore, ImportMode, StoreError, flag_subject};
 use keel::flags::{Context, FlagType, Invalid, Override, OverrideAction, Rule, Segment, unleash};
 use keel::flags::{ErrorCode, Flag};
 use keel::function::{HttpFunction, Invocation};
@@ -686,8 +686,14 @@ impl FlagsAdmin {
         } else {
             from_json::<unleash::ClientFeatures>(document, "invalid_import")?
         };
+        let mode = match http::query_param(request, "mode") {
+            None | Some("lenient") => ImportMode::Lenient,
+            Some("strict") => ImportMode::Strict,
+            Some(_) => return Err(invalid_param("mode", "mode is lenient (the default) or strict")),
+        };
+        let dry_run = bool_param(request, "dry_run")?.unwrap_or(false);
         let import = unleash::convert(&features, self.store.clock().now());
-        let report = self.store.import(import, actor).await.map_err(|e| match e {
+        let report = self.store.import(import, actor, mode, dry_run).await.map_err(|e| match e {
             StoreError::Invalid(errors) => unprocessable("invalid_import", rebase(errors, None)),
             other => flag_not_found(other),
         })?;

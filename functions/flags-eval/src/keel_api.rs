@@ -1,11 +1,16 @@
 //! Keel's own evaluation API: `GET /v1/flags?keys=a,b` and `POST /v1/flags/evaluate`.
 //!
 //! ```json
-//! {"flags": {"<key>": {"value": true, "variant": "blue", "payload": {"type": "string", "value": "#00f"},
-//!                      "reason": "rule", "open_feature_reason": "TARGETING_MATCH", "rule_id": "r1", "version": 3,
+//! {"flags": {"<key>": {"value": "#00f", "value_type": "string", "enabled": true, "variant": "blue",
+//!                      "payload": {"type": "string", "value": "#00f"}, "reason": "rule",
+//!                      "open_feature_reason": "TARGETING_MATCH", "rule_id": "r1", "version": 3,
 //!                      "error_code": null, "stale": false}},
 //!  "snapshot": {"loaded_at": "2026-01-01T00:00:00.000Z", "stale": false}}
 //! ```
+//!
+//! `value` is of the flag's `value_type` on every path (a boolean flag's on/off, else the served variant's payload:
+//! the chosen variant, or the default variant when none was chosen); `enabled` says whether the flag is on for the
+//! context; `variant` names the served variant, else `on` or `off`, and is null only for an error.
 //!
 //! Every requested key gets an answer: an unknown flag fails closed (`false`, reason `flag_not_found`, error code
 //! `FLAG_NOT_FOUND`), and with no snapshot at all every requested flag fails closed with reason `error` and error
@@ -25,7 +30,9 @@ use std::collections::BTreeMap;
 /// One flag's answer on the wire.
 #[derive(Debug, Serialize)]
 struct Answer<'s> {
-    value: bool,
+    value: Value,
+    value_type: &'static str,
+    enabled: bool,
     variant: Option<&'s str>,
     payload: Option<&'s Payload>,
     reason: &'static str,
@@ -40,9 +47,11 @@ impl<'s> Answer<'s> {
     fn from_evaluation(evaluation: &Evaluation<'s>, stale: bool) -> Self {
         let reason = evaluation.reason;
         Self {
-            value: evaluation.value,
-            variant: evaluation.variant.map(|v| v.name.as_str()),
-            payload: evaluation.variant.and_then(|v| v.payload.as_ref()),
+            value: evaluation.typed_value().unwrap_or(Value::Bool(false)),
+            value_type: evaluation.value_type.as_str(),
+            enabled: evaluation.value,
+            variant: evaluation.error.is_none().then(|| evaluation.served_name()),
+            payload: evaluation.served_variant().and_then(|v| v.payload.as_ref()),
             reason: reason.as_str(),
             open_feature_reason: reason.open_feature(),
             rule_id: evaluation.rule_id,
@@ -55,7 +64,9 @@ impl<'s> Answer<'s> {
     /// No snapshot has ever loaded: off, as an error.
     fn unavailable() -> Self {
         Self {
-            value: false,
+            value: Value::Bool(false),
+            value_type: keel::flags::ValueType::Boolean.as_str(),
+            enabled: false,
             variant: None,
             payload: None,
             reason: Reason::Error.as_str(),

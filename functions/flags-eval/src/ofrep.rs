@@ -9,9 +9,11 @@
 //! - Before any snapshot has loaded, both answer 500 `{errorDetails}` (the document's general error): the SDKs then
 //!   serve the code's defaults with reason ERROR, and a client-side provider keeps no empty flag set.
 //!
-//! The value: a variant's payload parsed by its type (`string` and `csv` a string, `number` a number, `json` the
-//! JSON value); a variant without payload, its name; no variant, the flag's boolean. `reason` is OpenFeature's,
-//! limited to the document's list (Keel's `default` is `UNKNOWN` there); `metadata` carries `keelReason`,
+//! The value is of the flag's `value_type` on every path: a boolean flag's on/off, else the served variant's
+//! payload (the chosen variant, or the flag's default variant when none was chosen). Every success names a
+//! variant: the served one, else `on` or `off` (as flagd does), since some providers (Python's) refuse a success
+//! without one. `reason` is OpenFeature's, limited to the document's list (Keel's `default` is `UNKNOWN` there);
+//! `metadata` carries `enabled` (whether the flag is on for the context, Unleash's `isEnabled`), `keelReason`,
 //! `ruleId`, `flagVersion`, and `stale` with `snapshotLoadedAt` when the snapshot may be out of date.
 
 use crate::context::{self, Dialect};
@@ -20,7 +22,7 @@ use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse
 use http::HeaderValue;
 use http::header::{CACHE_CONTROL, ETAG};
 use keel::flags::store::Served;
-use keel::flags::{Context, ErrorCode, Evaluation, Payload, Reason, Snapshot};
+use keel::flags::{Context, ErrorCode, Evaluation, Reason, Snapshot};
 use keel::http as kh;
 use keel::problem::Problem;
 use serde::Serialize;
@@ -39,6 +41,7 @@ pub(crate) fn key_of_path(path: &str) -> Option<&str> {
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Metadata<'s> {
+    enabled: bool,
     keel_reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     rule_id: Option<&'s str>,
@@ -54,8 +57,7 @@ struct Metadata<'s> {
 struct Success<'s> {
     key: &'s str,
     reason: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    variant: Option<&'s str>,
+    variant: &'s str,
     value: Value,
     metadata: Metadata<'s>,
 }
@@ -138,44 +140,9 @@ fn ofrep_reason(reason: Reason) -> &'static str {
     }
 }
 
-/// The flag's value as OFREP carries it; `Err` when a payload cannot be represented (a PARSE_ERROR).
-fn value_of(key: &str, evaluation: &Evaluation<'_>) -> Result<Value, String> {
-    let Some(variant) = evaluation.variant else { return Ok(Value::Bool(evaluation.value)) };
-    let Some(payload) = &variant.payload else { return Ok(Value::String(variant.name.clone())) };
-    payload_value(payload).map_err(|why| format!("variant '{}' of flag '{key}' {why}", variant.name))
-}
-
-fn payload_value(payload: &Payload) -> Result<Value, &'static str> {
-    match payload.kind.as_str() {
-        "string" | "csv" => Ok(Value::String(payload.value.clone())),
-        "number" => number(payload.value.trim()).ok_or("has a number payload that is not a finite number"),
-        "json" => match serde_json::from_str::<Value>(&payload.value) {
-            Ok(value @ (Value::Object(_) | Value::String(_) | Value::Number(_) | Value::Bool(_))) => Ok(value),
-            Ok(_) => Err("has a json payload that is neither an object, a string, a number nor a boolean"),
-            Err(_) => Err("has a json payload that is not valid JSON"),
-        },
-        _ => Err("has a payload of an unknown type"),
-    }
-}
-
-/// 2^53: below it every integer is exactly a float.
-const EXACT_INTEGERS: f64 = 9_007_199_254_740_992.0;
-
-/// A number payload: an integer when it is one (and fits), else a finite float.
-fn number(raw: &str) -> Option<Value> {
-    if let Ok(integer) = raw.parse::<i64>() {
-        return Some(Value::from(integer));
-    }
-    let float = raw.parse::<f64>().ok().filter(|f| f.is_finite())?;
-    // Integral floats within the exactly representable range read as integers too ("1e3" is 1000).
-    if float.fract() == 0.0 && float.abs() < EXACT_INTEGERS {
-        return Some(Value::from(float as i64));
-    }
-    serde_json::Number::from_f64(float).map(Value::Number)
-}
-
 fn metadata<'s>(reason: Reason, evaluation: &Evaluation<'s>, served: &Served) -> Metadata<'s> {
     Metadata {
+        enabled: evaluation.value,
         keel_reason: reason.as_str(),
         rule_id: evaluation.rule_id,
         flag_version: evaluation.version,
@@ -197,15 +164,17 @@ fn entry<'s>(key: &'s str, evaluation: &Evaluation<'s>, served: &Served) -> Entr
             metadata: Some(metadata),
         });
     }
-    match value_of(key, evaluation) {
-        Ok(value) => Entry::Success(Success {
+    match evaluation.typed_value() {
+        Some(value) => Entry::Success(Success {
             key,
             reason: ofrep_reason(reason),
-            variant: evaluation.variant.map(|v| v.name.as_str()),
+            variant: evaluation.served_name(),
             value,
             metadata,
         }),
-        Err(details) => {
+        None => {
+            // Writes refuse such payloads and a snapshot compiles them the same way: a flag stored by hand.
+            let details = format!("flag '{key}' has no value of its type for this answer");
             tracing::warn!(flag = key, details, "flag value cannot be served over OFREP; answering PARSE_ERROR");
             Entry::Failure(Failure {
                 key,
@@ -325,22 +294,6 @@ fn matches(header: &str, etag: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn payloads_become_typed_values() {
-        let p = |kind: &str, value: &str| Payload { kind: kind.into(), value: value.into() };
-        assert_eq!(payload_value(&p("string", "x")), Ok(Value::from("x")));
-        assert_eq!(payload_value(&p("csv", "a,b")), Ok(Value::from("a,b")));
-        assert_eq!(payload_value(&p("number", " 42 ")), Ok(Value::from(42)));
-        assert_eq!(payload_value(&p("number", "1e3")), Ok(Value::from(1000)));
-        assert_eq!(payload_value(&p("number", "2.5")), Ok(Value::from(2.5)));
-        assert!(payload_value(&p("number", "NaN")).is_err());
-        assert!(payload_value(&p("number", "inf")).is_err());
-        assert_eq!(payload_value(&p("json", r#"{"a":[1]}"#)), Ok(serde_json::json!({"a": [1]})));
-        assert!(payload_value(&p("json", "[1,2]")).is_err());
-        assert!(payload_value(&p("json", "null")).is_err());
-        assert!(payload_value(&p("xml", "<a/>")).is_err());
-    }
 
     #[test]
     fn if_none_match_compares_weakly_and_accepts_lists() {

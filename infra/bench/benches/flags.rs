@@ -289,6 +289,7 @@ fn rule(id: &str, constraints: Vec<Constraint>) -> Rule {
         variants: Vec::new(),
         starts_at: None,
         ends_at: None,
+        disabled: false,
     }
 }
 

@@ -2,10 +2,11 @@
 //! dates, versions, CIDR blocks, regexes), lists turned into sets, segments resolved into their rules. Checking and
 //! compiling are one pass, so a flag that compiles is exactly a flag that is valid.
 
+use super::eval::Reason;
 use super::model::{
     self, Constraint, Flag, MAX_CONSTRAINTS, MAX_DESCRIPTION_LEN, MAX_KEY_LEN, MAX_LIST, MAX_OVERRIDES,
-    MAX_PREREQUISITES, MAX_RULES, MAX_SEGMENTS, MAX_VALUE_LEN, MAX_VALUES, MAX_VARIANTS, Operator, Override,
-    OverrideAction, Prerequisite, Rollout, Segment, Stickiness, Variant,
+    MAX_PREREQUISITES, MAX_RULES, MAX_SEGMENTS, MAX_VALUE_LEN, MAX_VALUES, MAX_VARIANTS, MAX_WARNINGS, Operator,
+    Override, OverrideAction, Payload, Prerequisite, Rollout, Segment, Stickiness, ValueType, Variant,
 };
 use chrono::{DateTime, Utc};
 use foldhash::HashSet;
@@ -169,6 +170,8 @@ pub(crate) struct CompiledRule {
     pub(crate) ends_at: Option<DateTime<Utc>>,
     /// Why the rule cannot be evaluated (a segment that no longer exists); reaching it is an ERROR answer.
     pub(crate) broken: Option<String>,
+    /// Never matches (kept so that explain can say so).
+    pub(crate) disabled: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -185,8 +188,12 @@ pub(crate) struct CompiledFlag {
     pub(crate) rules: Vec<CompiledRule>,
     pub(crate) variants: Option<CompiledVariants>,
     pub(crate) default_value: bool,
-    /// No targeting at all: the answer is the same for everyone (reason STATIC).
-    pub(crate) is_static: bool,
+    pub(crate) value_type: ValueType,
+    /// Served when evaluation chooses no variant.
+    pub(crate) default_variant: Option<Variant>,
+    /// The reason of an answer nothing else decided: STATIC when the flag has no targeting and answers everyone
+    /// alike, SPLIT (`Rollout`) when it has none but its weighted variants split contexts, else DEFAULT.
+    pub(crate) default_reason: Reason,
 }
 
 /// Checks a flag on its own (everything but references to other flags and segments) and compiles it.
@@ -220,14 +227,24 @@ pub(crate) fn compile_flag(
         errors.push(Invalid::new("/allow_orgs", format!("organization `{org}` is on both the allow and block lists")));
     }
 
+    let value_type = flag.value_type;
     let variants = compile_variants(
         &flag.variants,
+        value_type,
         &flag.variant_stickiness,
         &flag.key,
         "/variants",
         "/variant_stickiness",
         &mut errors,
     );
+    let default_variant = compile_default_variant(&flag, &mut errors);
+    check_count(flag.warnings.len(), MAX_WARNINGS, "/warnings", &mut errors);
+    for (i, warning) in flag.warnings.iter().enumerate() {
+        for (name, text) in [("pointer", &warning.pointer), ("source", &warning.source), ("message", &warning.message)]
+        {
+            check_value(text, format_args!("/warnings/{i}/{name}"), &mut errors);
+        }
+    }
     let mut rule_ids = HashSet::default();
     let rules: Vec<CompiledRule> = flag
         .rules
@@ -272,6 +289,7 @@ pub(crate) fn compile_flag(
             };
             let variants = compile_variants(
                 &rule.variants,
+                value_type,
                 &stickiness,
                 &group_id,
                 format_args!("{at}/variants"),
@@ -286,6 +304,7 @@ pub(crate) fn compile_flag(
                 starts_at: rule.starts_at,
                 ends_at: rule.ends_at,
                 broken,
+                disabled: rule.disabled,
             }
         })
         .collect();
@@ -323,13 +342,18 @@ pub(crate) fn compile_flag(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let is_static = flag.rules.is_empty()
+    let targeted = !(flag.rules.is_empty()
         && flag.overrides.is_empty()
         && flag.allow_orgs.is_empty()
         && flag.block_orgs.is_empty()
         && flag.target_users.is_empty()
         && flag.prerequisites.is_empty()
-        && flag.environments.is_empty();
+        && flag.environments.is_empty());
+    let default_reason = match (targeted, flag.default_value && variants.as_ref().is_some_and(splits)) {
+        (true, _) => Reason::Default,
+        (false, true) => Reason::Rollout,
+        (false, false) => Reason::Static,
+    };
     let mut overrides: BTreeMap<String, Vec<Override>> = BTreeMap::new();
     for o in flag.overrides {
         overrides.entry(o.org_id.clone()).or_default().push(o);
@@ -346,7 +370,9 @@ pub(crate) fn compile_flag(
         rules,
         variants,
         default_value: flag.default_value,
-        is_static,
+        value_type,
+        default_variant,
+        default_reason,
     })
 }
 
@@ -360,6 +386,14 @@ pub fn validate_flag(
     segments: &BTreeMap<String, Segment>,
 ) -> Result<(), Vec<Invalid>> {
     let mut errors = compile_flag(flag.clone(), segments, true).err().unwrap_or_default();
+    errors.extend(check_neighbours(flag, flags));
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// The flag's place among the others (the part of `validate_flag` a lenient import may carry over, since
+/// evaluation treats each of these as Unleash does: the prerequisite is never satisfied).
+pub fn check_neighbours(flag: &Flag, flags: &BTreeMap<String, Flag>) -> Vec<Invalid> {
+    let mut errors = Vec::new();
     for (i, p) in flag.prerequisites.iter().enumerate() {
         let at = format!("/prerequisites/{i}/flag");
         match flags.get(&p.flag).filter(|other| other.key != flag.key) {
@@ -390,7 +424,11 @@ pub fn validate_flag(
     // This flag's own stored version is not a dependent of it (a self-reference is reported above).
     if !flag.prerequisites.is_empty()
         && let Some(dependent) = flags.values().find(|other| {
-            other.key != flag.key && !other.archived && other.prerequisites.iter().any(|p| p.flag == flag.key)
+            other.key != flag.key
+                && !other.archived
+                && other.prerequisites.iter().any(|p| p.flag == flag.key)
+                // A dependent that is also a prerequisite is a cycle, reported as such above.
+                && !flag.prerequisites.iter().any(|p| p.flag == other.key)
         })
     {
         errors.push(Invalid::new(
@@ -398,7 +436,12 @@ pub fn validate_flag(
             format!("flag `{}` depends on this flag, so it cannot have prerequisites of its own", dependent.key),
         ));
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    errors
+}
+
+/// Checks a flag on its own, strictly (everything but its place among the other flags).
+pub fn check_flag(flag: &Flag, segments: &BTreeMap<String, Segment>) -> Vec<Invalid> {
+    compile_flag(flag.clone(), segments, true).err().unwrap_or_default()
 }
 
 /// Checks a segment before it is written.
@@ -491,8 +534,70 @@ fn check_stickiness(stickiness: &Stickiness, at: impl Display, errors: &mut Vec<
     }
 }
 
+/// Whether contexts can get different variants from the list: two variants with weight, or overrides.
+fn splits(variants: &CompiledVariants) -> bool {
+    !variants.overrides.is_empty() || variants.variants.iter().filter(|v| v.weight > 0).count() > 1
+}
+
+/// The flag's default variant, as a variant evaluation can serve; required unless the flag is boolean.
+fn compile_default_variant(flag: &Flag, errors: &mut Vec<Invalid>) -> Option<Variant> {
+    let Some(default) = &flag.default_variant else {
+        if flag.value_type != ValueType::Boolean {
+            errors.push(Invalid::new(
+                "/default_variant",
+                format!(
+                    "a {} flag needs a default_variant: the value it serves when it is off or chooses no variant",
+                    flag.value_type.as_str()
+                ),
+            ));
+        }
+        return None;
+    };
+    if default.name.is_empty() || default.name.len() > MAX_KEY_LEN {
+        errors.push(Invalid::new("/default_variant/name", format!("a variant name has 1 to {MAX_KEY_LEN} bytes")));
+    }
+    if let Some(payload) = &default.payload {
+        check_payload(&payload.kind, &payload.value, "/default_variant/payload", errors);
+    }
+    check_value_type(flag.value_type, default.payload.as_ref(), "/default_variant/payload", errors);
+    let listed = flag.variants.iter().chain(flag.rules.iter().flat_map(|r| &r.variants));
+    if let Some(other) = listed.into_iter().find(|v| v.name == default.name && v.payload != default.payload) {
+        errors.push(Invalid::new(
+            "/default_variant/payload",
+            format!("variant `{}` is listed with another payload; one name means one value", other.name),
+        ));
+    }
+    Some(Variant { name: default.name.clone(), weight: 0, payload: default.payload.clone(), overrides: Vec::new() })
+}
+
+/// A payload a flag of this type can serve: every variant of a typed flag answers the flag's type.
+fn check_value_type(value_type: ValueType, payload: Option<&Payload>, at: impl Display, errors: &mut Vec<Invalid>) {
+    let fits = match (value_type, payload) {
+        (ValueType::Boolean, _) | (ValueType::String, None) => true,
+        (ValueType::String, Some(p)) => matches!(p.kind.as_str(), "string" | "csv"),
+        (ValueType::Number, Some(p)) => p.kind == "number",
+        (ValueType::Object, Some(p)) => {
+            p.kind == "json" && serde_json::from_str::<serde_json::Value>(&p.value).is_ok_and(|v| v.is_object())
+        }
+        (ValueType::Number | ValueType::Object, None) => false,
+    };
+    if !fits {
+        let expected = match value_type {
+            ValueType::Boolean => "any",
+            ValueType::String => "a `string` or `csv`",
+            ValueType::Number => "a `number`",
+            ValueType::Object => "a `json` object",
+        };
+        errors.push(Invalid::new(
+            at.to_string(),
+            format!("a {} flag's variants carry {expected} payload", value_type.as_str()),
+        ));
+    }
+}
+
 fn compile_variants(
     variants: &[Variant],
+    value_type: ValueType,
     stickiness: &Stickiness,
     group_id: &str,
     at: impl Display,
@@ -518,6 +623,7 @@ fn compile_variants(
         if let Some(payload) = &variant.payload {
             check_payload(&payload.kind, &payload.value, format_args!("{at}/{i}/payload"), errors);
         }
+        check_value_type(value_type, variant.payload.as_ref(), format_args!("{at}/{i}/payload"), errors);
         for (j, o) in variant.overrides.iter().enumerate() {
             check_count(o.values.len(), MAX_VALUES, format_args!("{at}/{i}/overrides/{j}/values"), errors);
             overrides.push((Field::parse(&o.field), StrSet::new(o.values.iter().cloned()), i));
@@ -546,8 +652,8 @@ fn check_payload(kind: &str, value: &str, at: impl Display, errors: &mut Vec<Inv
             }
         }
         "number" => {
-            if value.trim().parse::<f64>().is_err() {
-                errors.push(Invalid::new(format!("{at}/value"), "a number payload must hold a number"));
+            if !value.trim().parse::<f64>().is_ok_and(f64::is_finite) {
+                errors.push(Invalid::new(format!("{at}/value"), "a number payload must hold a finite number"));
             }
         }
         _ => errors.push(Invalid::new(format!("{at}/type"), "a payload type is string, json, number or csv")),

@@ -7,7 +7,7 @@ use super::compile::{
     compile_flag,
 };
 use super::hash;
-use super::model::{Flag, Operator, OverrideAction, Prerequisite, Segment, Variant};
+use super::model::{Flag, Operator, OverrideAction, Payload, Prerequisite, Segment, ValueType, Variant};
 use chrono::{DateTime, Utc};
 use foldhash::HashMap;
 use serde::Serialize;
@@ -121,9 +121,13 @@ impl ErrorCode {
 /// One answer. Borrowed from the snapshot, so evaluating allocates nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation<'s> {
+    /// Whether the flag is on for the context (Unleash's `isEnabled`). A boolean flag's value.
     pub value: bool,
-    /// The chosen variant when the flag is on and has variants.
+    /// The variant chosen when the flag is on and a variant list applies (Unleash's variant).
     pub variant: Option<&'s Variant>,
+    /// The flag's default variant, served when none was chosen.
+    pub default_variant: Option<&'s Variant>,
+    pub value_type: ValueType,
     pub reason: Reason,
     /// The rule that decided, when one did.
     pub rule_id: Option<&'s str>,
@@ -132,15 +136,30 @@ pub struct Evaluation<'s> {
     pub error: Option<(ErrorCode, &'s str)>,
 }
 
+/// The variant names of a boolean flag that has no default variant and chose none (flagd's names).
+pub const ON: &str = "on";
+pub const OFF: &str = "off";
+
 impl<'s> Evaluation<'s> {
-    fn off(reason: Reason, version: u64) -> Self {
-        Self { value: false, variant: None, reason, rule_id: None, version, error: None }
+    fn off(reason: Reason, flag: &'s CompiledFlag) -> Self {
+        Self {
+            value: false,
+            variant: None,
+            default_variant: flag.default_variant.as_ref(),
+            value_type: flag.value_type,
+            reason,
+            rule_id: None,
+            version: flag.version,
+            error: None,
+        }
     }
 
     fn failed(code: ErrorCode, message: &'s str, version: u64) -> Self {
         Self {
             value: false,
             variant: None,
+            default_variant: None,
+            value_type: ValueType::Boolean,
             reason: Reason::Error,
             rule_id: None,
             version,
@@ -152,6 +171,56 @@ impl<'s> Evaluation<'s> {
     pub fn variant_name(&self) -> &'s str {
         self.variant.map_or("disabled", |v| v.name.as_str())
     }
+
+    /// The variant served: the one chosen, else the flag's default variant.
+    pub fn served_variant(&self) -> Option<&'s Variant> {
+        self.variant.or(self.default_variant)
+    }
+
+    /// The served variant's name, else `on` or `off`: every answer that is not an error names a variant.
+    pub fn served_name(&self) -> &'s str {
+        match self.served_variant() {
+            Some(variant) => variant.name.as_str(),
+            None if self.value => ON,
+            None => OFF,
+        }
+    }
+
+    /// The value in the flag's type: a boolean flag's on/off, else the served variant's payload (a string flag's
+    /// variant without a payload serves its name). `None` only for an answer that has no value of its type: an
+    /// error of a flag whose type is unknown is `false` (fails closed), and a flag that compiled always has one.
+    pub fn typed_value(&self) -> Option<serde_json::Value> {
+        if self.value_type == ValueType::Boolean {
+            return Some(serde_json::Value::Bool(self.value));
+        }
+        let variant = self.served_variant()?;
+        match (&variant.payload, self.value_type) {
+            (None, ValueType::String) => Some(serde_json::Value::String(variant.name.clone())),
+            (Some(payload), _) => payload_value(payload),
+            (None, _) => None,
+        }
+    }
+}
+
+/// A payload as a JSON value: `string` and `csv` a string, `number` a number, `json` its JSON.
+pub fn payload_value(payload: &Payload) -> Option<serde_json::Value> {
+    match payload.kind.as_str() {
+        "string" | "csv" => Some(serde_json::Value::String(payload.value.clone())),
+        "number" => number(payload.value.trim()),
+        "json" => serde_json::from_str(&payload.value).ok(),
+        _ => None,
+    }
+}
+
+/// A number payload as it is written: an integer when written as one (`2`), else a float (`2.0`, `1e3`, which JSON
+/// carries with a fraction). SDKs tell the two apart (Python's and Java's refuse `2` for a float and `2.0` for an
+/// integer), so the flag's author decides which one the flag serves.
+fn number(raw: &str) -> Option<serde_json::Value> {
+    if let Ok(integer) = raw.parse::<i64>() {
+        return Some(serde_json::Value::from(integer));
+    }
+    let float = raw.parse::<f64>().ok().filter(|f| f.is_finite())?;
+    serde_json::Number::from_f64(float).map(serde_json::Value::Number)
 }
 
 /// One step of an explanation: what was checked, whether it decided, and why.
@@ -230,17 +299,23 @@ impl Snapshot {
     }
 
     pub fn evaluate(&self, key: &str, context: &Context, now: DateTime<Utc>) -> Evaluation<'_> {
-        self.run(key, context, now, true, &mut ())
+        self.run::<true>(key, context, now, true, &mut ())
+    }
+
+    /// Whether the flag is on for the context: the same decision as `evaluate`, without choosing a variant.
+    pub fn is_enabled(&self, key: &str, context: &Context, now: DateTime<Utc>) -> bool {
+        self.run::<false>(key, context, now, true, &mut ()).value
     }
 
     /// The same evaluation, with every step recorded.
     pub fn explain(&self, key: &str, context: &Context, now: DateTime<Utc>) -> (Evaluation<'_>, Vec<Step>) {
         let mut steps = Vec::new();
-        let evaluation = self.run(key, context, now, true, &mut steps);
+        let evaluation = self.run::<true>(key, context, now, true, &mut steps);
         (evaluation, steps)
     }
 
-    fn run<'s>(
+    /// `VARIANT`: choose the variant (false when only the decision is wanted).
+    fn run<'s, const VARIANT: bool>(
         &'s self,
         key: &str,
         context: &Context,
@@ -268,7 +343,7 @@ impl Snapshot {
 
         if !flag.enabled {
             trace.step("kill_switch", true, || "the flag is switched off".into());
-            return Evaluation::off(Reason::Killed, version);
+            return Evaluation::off(Reason::Killed, flag);
         }
         trace.step("kill_switch", false, || "on".into());
 
@@ -281,7 +356,7 @@ impl Snapshot {
                 None => "the context has no environment and the flag targets some".into(),
             });
             if !targeted {
-                return Evaluation::off(Reason::EnvironmentOff, version);
+                return Evaluation::off(Reason::EnvironmentOff, flag);
             }
         }
 
@@ -290,7 +365,7 @@ impl Snapshot {
                 let (satisfied, why) = self.prerequisite_holds(prerequisite, context, now);
                 trace.step("prerequisite", !satisfied, || why);
                 if !satisfied {
-                    return Evaluation::off(Reason::PrerequisiteFailed, version);
+                    return Evaluation::off(Reason::PrerequisiteFailed, flag);
                 }
             }
         }
@@ -303,44 +378,57 @@ impl Snapshot {
             trace.step("override", true, || {
                 format!("{:?} for this organization: {}", override_.action, override_.reason)
             });
-            let (value, variant) = match &override_.action {
-                OverrideAction::ForcedOn => (true, flag.variants.as_ref().and_then(|v| v.choose(context))),
-                OverrideAction::ForcedOff => (false, None),
-                OverrideAction::Variant { variant } => (
-                    true,
-                    flag.variants.as_ref().and_then(|v| v.variants.iter().find(|candidate| &candidate.name == variant)),
-                ),
+            return match &override_.action {
+                OverrideAction::ForcedOn => {
+                    on::<VARIANT>(Reason::Override, None, flag.variants.as_ref(), context, flag)
+                }
+                OverrideAction::ForcedOff => Evaluation::off(Reason::Override, flag),
+                OverrideAction::Variant { variant } => Evaluation {
+                    variant: flag
+                        .variants
+                        .as_ref()
+                        .and_then(|v| v.variants.iter().find(|candidate| &candidate.name == variant)),
+                    ..on::<false>(Reason::Override, None, None, context, flag)
+                },
             };
-            return Evaluation { value, variant, reason: Reason::Override, rule_id: None, version, error: None };
         }
 
         if let Some(org) = org
             && flag.block_orgs.contains(org)
         {
             trace.step("block_list", true, || "the organization is on the block list".into());
-            return Evaluation::off(Reason::Blocked, version);
+            return Evaluation::off(Reason::Blocked, flag);
         }
         if let Some(user) = context.user_id.as_deref()
             && flag.target_users.contains(user)
         {
             trace.step("target_users", true, || "the user is a target user".into());
-            return on(Reason::TargetUser, None, flag.variants.as_ref(), context, version);
+            return on::<VARIANT>(Reason::TargetUser, None, flag.variants.as_ref(), context, flag);
         }
         if let Some(org) = org
             && flag.allow_orgs.contains(org)
         {
             trace.step("allow_list", true, || "the organization is on the allow list".into());
-            return on(Reason::AllowList, None, flag.variants.as_ref(), context, version);
+            return on::<VARIANT>(Reason::AllowList, None, flag.variants.as_ref(), context, flag);
         }
 
         for rule in &flag.rules {
+            if rule.disabled {
+                trace.step("rule", false, || format!("rule `{}` is disabled: it never matches", rule.id));
+                continue;
+            }
             if !in_force(rule.starts_at, rule.ends_at, now) {
                 trace.step("rule", false, || format!("rule `{}` is not in force now", rule.id));
                 continue;
             }
             if let Some(why) = &rule.broken {
                 trace.step("rule", true, || why.clone());
-                return Evaluation { rule_id: Some(&rule.id), ..Evaluation::failed(ErrorCode::General, why, version) };
+                return Evaluation {
+                    rule_id: Some(&rule.id),
+                    default_variant: flag.default_variant.as_ref(),
+                    value_type: flag.value_type,
+                    ..Evaluation::failed(ErrorCode::General, why, version)
+                };
             }
             if let Some(position) = rule.constraints.iter().position(|c| !c.holds(context, now)) {
                 trace.step("rule", false, || format!("rule `{}`: constraint {position} does not hold", rule.id));
@@ -363,15 +451,15 @@ impl Snapshot {
                 _ => Reason::Rule,
             };
             let variants = rule.variants.as_ref().or(flag.variants.as_ref());
-            return on(reason, Some(rule), variants, context, version);
+            return on::<VARIANT>(reason, Some(rule), variants, context, flag);
         }
 
-        let reason = if flag.is_static { Reason::Static } else { Reason::Default };
+        let reason = flag.default_reason;
         trace.step("default", true, || format!("nothing else decided: the default, {}", flag.default_value));
         if flag.default_value {
-            on(reason, None, flag.variants.as_ref(), context, version)
+            on::<VARIANT>(reason, None, flag.variants.as_ref(), context, flag)
         } else {
-            Evaluation::off(reason, version)
+            Evaluation::off(reason, flag)
         }
     }
 
@@ -385,7 +473,7 @@ impl Snapshot {
                 (false, format!("prerequisite `{name}` has prerequisites of its own, which is not supported"))
             }
             Some(Entry::Ready(_)) => {
-                let parent = self.run(name, context, now, false, &mut ());
+                let parent = self.run::<true>(name, context, now, false, &mut ());
                 // An ERROR answer's `false` is no real value: expecting the parent off must not be satisfied by it.
                 if parent.reason == Reason::Error {
                     return (false, format!("prerequisite `{name}` cannot be evaluated"));
@@ -409,19 +497,21 @@ impl Snapshot {
     }
 }
 
-fn on<'s>(
+fn on<'s, const VARIANT: bool>(
     reason: Reason,
     rule: Option<&'s CompiledRule>,
     variants: Option<&'s CompiledVariants>,
     context: &Context,
-    version: u64,
+    flag: &'s CompiledFlag,
 ) -> Evaluation<'s> {
     Evaluation {
         value: true,
-        variant: variants.and_then(|v| v.choose(context)),
+        variant: if VARIANT { variants.and_then(|v| v.choose(context)) } else { None },
+        default_variant: flag.default_variant.as_ref(),
+        value_type: flag.value_type,
         reason,
         rule_id: rule.map(|r| r.id.as_str()),
-        version,
+        version: flag.version,
         error: None,
     }
 }

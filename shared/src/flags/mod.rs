@@ -9,6 +9,6 @@ pub mod model;
 pub mod store;
 pub mod unleash;
 
-pub use compile::{Invalid, MAX_WEIGHT, validate_flag, validate_segment};
-pub use eval::{Context, ErrorCode, Evaluation, Reason, Snapshot, Step};
+pub use compile::{Invalid, MAX_WEIGHT, check_flag, check_neighbours, validate_flag, validate_segment};
+pub use eval::{Context, ErrorCode, Evaluation, OFF, ON, Reason, Snapshot, Step, payload_value};
 pub use model::*;

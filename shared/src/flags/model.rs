@@ -17,6 +17,7 @@ pub const MAX_OVERRIDES: usize = 1000;
 pub const MAX_PREREQUISITES: usize = 10;
 pub const MAX_SEGMENTS: usize = 10;
 pub const MAX_PAYLOAD_LEN: usize = 10_000;
+pub const MAX_WARNINGS: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,9 +55,22 @@ pub struct Flag {
     /// level only, as in Unleash: a prerequisite that has prerequisites of its own is never satisfied.
     #[serde(default)]
     pub prerequisites: Vec<Prerequisite>,
-    /// The value when no targeting decides.
+    /// Whether the flag is on when no targeting decides.
     #[serde(default)]
     pub default_value: bool,
+    /// What the flag answers: `boolean` (on or off), or a `string`, `number` or `object` taken from the served
+    /// variant's payload, so a typed flag answers its type on every path.
+    #[serde(default)]
+    pub value_type: ValueType,
+    /// The variant served whenever evaluation chooses none: the flag is off for the context (killed, environment
+    /// off, prerequisite failed, blocked, forced off, default off) or on without a variant list. Required for a
+    /// flag that is not `boolean`; a boolean flag without one answers the variant names `on` and `off`.
+    #[serde(default)]
+    pub default_variant: Option<DefaultVariant>,
+    /// What a lenient import carried over that Keel does not support as such (each as Unleash evaluates it), with
+    /// a pointer into the flag and into the imported document. Kept until a write replaces them.
+    #[serde(default)]
+    pub warnings: Vec<FlagWarning>,
     #[serde(default)]
     pub lifecycle: Lifecycle,
     #[serde(default)]
@@ -95,6 +109,9 @@ impl Flag {
             overrides: Vec::new(),
             prerequisites: Vec::new(),
             default_value: false,
+            value_type: ValueType::Boolean,
+            default_variant: None,
+            warnings: Vec::new(),
             lifecycle: Lifecycle::default(),
             archived: false,
             version: 0,
@@ -127,6 +144,9 @@ pub struct Rule {
     /// ... until this instant (exclusive).
     #[serde(default)]
     pub ends_at: Option<DateTime<Utc>>,
+    /// Never matches: skipped by evaluation. A lenient import keeps a strategy Unleash never matches this way.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,6 +280,54 @@ pub struct Payload {
     #[serde(rename = "type")]
     pub kind: String,
     pub value: String,
+}
+
+/// The type of a flag's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueType {
+    /// On or off; variants and payloads are extra information.
+    #[default]
+    Boolean,
+    /// A variant's `string` or `csv` payload, or its name when it has none.
+    String,
+    /// A variant's `number` payload.
+    Number,
+    /// A variant's `json` payload holding an object (OFREP's values have no arrays).
+    Object,
+}
+
+impl ValueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValueType::Boolean => "boolean",
+            ValueType::String => "string",
+            ValueType::Number => "number",
+            ValueType::Object => "object",
+        }
+    }
+}
+
+/// The variant a flag serves when evaluation chooses none. When a listed variant has the same name, it must
+/// carry the same payload, so a name always means one value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefaultVariant {
+    pub name: String,
+    #[serde(default)]
+    pub payload: Option<Payload>,
+}
+
+/// Something a lenient import carried over that Keel does not support as such.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlagWarning {
+    /// Where in the flag the element is (`/rules/2`), empty for the flag as a whole.
+    pub pointer: String,
+    /// Where it was in the imported document (`/features/3/strategies/2/name`).
+    #[serde(default)]
+    pub source: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,9 +12,9 @@
 //! Flags are platform-wide configuration, not tenant data: one partition holds them all, and overrides live inside
 //! their flag so that one read of the partition is a complete, consistent snapshot.
 
-use super::compile::{Invalid, validate_flag, validate_segment};
+use super::compile::{Invalid, check_flag, check_neighbours, validate_flag, validate_segment};
 use super::eval::Snapshot;
-use super::model::{Flag, Segment};
+use super::model::{Flag, FlagWarning, Segment};
 use super::unleash::Import;
 use crate::clock::Clock;
 use crate::port::PortError;
@@ -24,7 +24,8 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use ulid::Ulid;
 
 const FLAGS: &str = "FLAG";
@@ -82,24 +83,84 @@ pub struct AuditEntry {
     pub after: Option<Value>,
 }
 
-/// What an import did, by flag key and segment name.
+/// How an import treats what Keel does not support as such.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportMode {
+    /// Every flag that can be stored is imported, each unsupported element carried over as Unleash evaluates it
+    /// and recorded as a warning on its flag; a flag that cannot be stored at all is refused alone.
+    #[default]
+    Lenient,
+    /// Any warning or invalid flag refuses the whole document; nothing is written.
+    Strict,
+}
+
+/// What an import did (or, in a dry run, would do), by flag key and segment name.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ImportReport {
+    pub mode: ImportMode,
+    pub dry_run: bool,
+    /// Whether the document is (or would be) imported; false only in strict mode, with the reasons in `refused`.
+    pub accepted: bool,
     pub created: Vec<String>,
     pub updated: Vec<String>,
     pub unchanged: Vec<String>,
     pub segments_written: Vec<String>,
+    /// What is not imported: whole flags in lenient mode, the document in strict mode.
+    pub refused: Vec<ImportProblem>,
+    /// What the imported flags carry over that Keel does not support as such (stored on each flag).
+    pub warnings: Vec<ImportWarning>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImportProblem {
+    /// The flag refused, when the problem is one flag's.
+    pub flag: Option<String>,
+    /// Into the Unleash document, or `/flags/{i}/...` into the converted flag of feature `i`.
+    pub pointer: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImportWarning {
+    /// None for a warning about a segment.
+    pub flag: Option<String>,
+    /// Into the flag (empty for a segment's).
+    pub pointer: String,
+    /// Into the Unleash document.
+    pub source: String,
+    pub message: String,
 }
 
 #[derive(Clone)]
 pub struct FlagStore {
     table: Arc<dyn Table>,
     clock: Arc<dyn Clock>,
+    /// Changes committed through this table object by this process (see `local_writes`).
+    writes: Arc<AtomicU64>,
+}
+
+/// A counter of the flag changes committed through one table object in this process. The local host hands every
+/// function the same table object, so a cache sees an admin write on its next request instead of after its
+/// refresh period; Lambda functions never share a process, so on AWS the refresh period holds.
+fn local_writes(table: &Arc<dyn Table>) -> Arc<AtomicU64> {
+    type Counters = Vec<(Weak<dyn Table>, Arc<AtomicU64>)>;
+    static COUNTERS: Mutex<Counters> = Mutex::new(Vec::new());
+    let mut counters = lock(&COUNTERS);
+    counters.retain(|(weak, _)| weak.strong_count() > 0);
+    let weak = Arc::downgrade(table);
+    if let Some((_, counter)) = counters.iter().find(|(other, _)| Weak::ptr_eq(other, &weak)) {
+        return counter.clone();
+    }
+    let counter = Arc::new(AtomicU64::new(0));
+    counters.push((weak, counter.clone()));
+    counter
 }
 
 impl FlagStore {
     pub fn new(table: Arc<dyn Table>, clock: Arc<dyn Clock>) -> Self {
-        Self { table, clock }
+        let writes = local_writes(&table);
+        Self { table, clock, writes }
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -245,48 +306,116 @@ impl FlagStore {
         Ok((segment, version + 1))
     }
 
-    /// Writes an Unleash import: everything is checked first (warnings and invalid flags refuse the whole import,
-    /// nothing written), then segments and flags are written one transaction each. Flags that would not change
-    /// are left alone, so importing the same document twice writes nothing the second time.
-    pub async fn import(&self, import: Import, actor: &str) -> Result<ImportReport, StoreError> {
-        if !import.warnings.is_empty() {
-            return Err(StoreError::Invalid(import.warnings));
-        }
-        let (mut flags, mut segments) = self.context().await?;
-        let existing = flags.clone();
-        let mut errors = Vec::new();
+    /// Writes an Unleash import (or, with `dry_run`, reports what it would write). Everything is checked first. In
+    /// strict mode any warning or invalid flag refuses the document and nothing is written. In lenient mode a flag
+    /// that cannot be stored (it does not compile) is refused alone, and one whose prerequisites Keel would refuse
+    /// (missing, a cycle, deeper than one level) is stored with a warning, since evaluation treats them as Unleash
+    /// does (never satisfied). Segments and flags are written one transaction each; flags that would not change are
+    /// left alone, so importing the same document twice writes nothing the second time.
+    pub async fn import(
+        &self,
+        import: Import,
+        actor: &str,
+        mode: ImportMode,
+        dry_run: bool,
+    ) -> Result<ImportReport, StoreError> {
+        let (existing, mut segments) = self.context().await?;
+        let mut report = ImportReport { mode, dry_run, accepted: true, ..ImportReport::default() };
+        let mut problems: Vec<Invalid> = import.warnings.clone();
+        let mut refused_segments = Vec::new();
         for (i, segment) in import.segments.iter().enumerate() {
-            if let Err(found) = validate_segment(segment) {
-                errors.extend(found.into_iter().map(|e| prefixed(&format!("/segments/{i}"), e)));
+            match validate_segment(segment) {
+                Ok(()) => {
+                    segments.insert(segment.name.clone(), segment.clone());
+                }
+                Err(found) => {
+                    let found: Vec<Invalid> =
+                        found.into_iter().map(|e| prefixed(&format!("/segments/{i}"), e)).collect();
+                    report.refused.extend(found.iter().map(|e| ImportProblem {
+                        flag: None,
+                        pointer: e.pointer.clone(),
+                        message: format!("segment `{}`: {}", segment.name, e.message),
+                    }));
+                    problems.extend(found);
+                    refused_segments.push(segment.name.clone());
+                }
             }
-            segments.insert(segment.name.clone(), segment.clone());
         }
-        for flag in &import.flags {
-            flags.insert(flag.key.clone(), flag.clone());
-        }
-        for (i, flag) in import.flags.iter().enumerate() {
-            if let Err(found) = validate_flag(flag, &flags, &segments) {
-                errors.extend(found.into_iter().map(|e| prefixed(&format!("/flags/{i}"), e)));
+        // Flags that compile, then their place among all flags (those stored and those imported).
+        let mut flags = existing.clone();
+        let mut accepted = Vec::new();
+        for (i, flag) in import.flags.into_iter().enumerate() {
+            let errors = check_flag(&flag, &segments);
+            if errors.is_empty() {
+                flags.insert(flag.key.clone(), flag.clone());
+                accepted.push((i, flag));
+                continue;
+            }
+            for e in errors {
+                let e = prefixed(&format!("/flags/{i}"), e);
+                report.refused.push(ImportProblem {
+                    flag: Some(flag.key.clone()),
+                    pointer: e.pointer.clone(),
+                    message: e.message.clone(),
+                });
+                problems.push(e);
             }
         }
-        if !errors.is_empty() {
-            return Err(StoreError::Invalid(errors));
+        for (i, flag) in &mut accepted {
+            for e in check_neighbours(flag, &flags) {
+                let source = format!("/features/{i}{}", e.pointer.replacen("/prerequisites", "/dependencies", 1));
+                problems.push(Invalid { pointer: source.clone(), message: e.message.clone() });
+                flag.warnings.push(FlagWarning {
+                    pointer: e.pointer,
+                    source,
+                    message: format!("{}; the prerequisite is never satisfied, as in Unleash", e.message),
+                });
+            }
         }
-        let mut report = ImportReport::default();
-        for segment in import.segments {
+        if mode == ImportMode::Strict && !problems.is_empty() {
+            if !dry_run {
+                return Err(StoreError::Invalid(problems));
+            }
+            report.accepted = false;
+            report.refused = problems
+                .into_iter()
+                .map(|e| ImportProblem { flag: None, pointer: e.pointer, message: e.message })
+                .collect();
+            return Ok(report);
+        }
+        report.warnings.extend(import.segment_warnings.iter().map(|w| ImportWarning {
+            flag: None,
+            pointer: String::new(),
+            source: w.pointer.clone(),
+            message: w.message.clone(),
+        }));
+        for (_, flag) in &accepted {
+            report.warnings.extend(flag.warnings.iter().map(|w| ImportWarning {
+                flag: Some(flag.key.clone()),
+                pointer: w.pointer.clone(),
+                source: w.source.clone(),
+                message: w.message.clone(),
+            }));
+        }
+
+        for segment in import.segments.into_iter().filter(|s| !refused_segments.contains(&s.name)) {
             let name = segment.name.clone();
             let current = self.segment(&name).await?;
             if current.as_ref().is_some_and(|(s, _)| *s == segment) {
                 continue;
             }
-            self.put_segment(segment, current.map(|(_, v)| v), actor).await?;
+            if !dry_run {
+                self.put_segment(segment, current.map(|(_, v)| v), actor).await?;
+            }
             report.segments_written.push(name);
         }
-        for mut flag in import.flags {
+        for (_, mut flag) in accepted {
             let key = flag.key.clone();
             match existing.get(&key) {
                 None => {
-                    self.write_flag(None, flag, actor, "import").await?;
+                    if !dry_run {
+                        self.write_flag(None, flag, actor, "import").await?;
+                    }
                     report.created.push(key);
                 }
                 Some(current) => {
@@ -304,7 +433,9 @@ impl FlagStore {
                         report.unchanged.push(key);
                         continue;
                     }
-                    self.write_flag(Some(current), flag, actor, "import").await?;
+                    if !dry_run {
+                        self.write_flag(Some(current), flag, actor, "import").await?;
+                    }
                     report.updated.push(key);
                 }
             }
@@ -435,13 +566,13 @@ impl FlagStore {
             .notify(|_, _| tried += 1)
             .await;
         match result {
-            Ok(()) => Ok(()),
-            Err(PortError::ConditionFailed { .. }) if tried > 0 && self.table.get(&own_entry).await?.is_some() => {
-                Ok(())
-            }
-            Err(PortError::ConditionFailed { .. }) => Err(StoreError::VersionMismatch { current: 0 }),
-            Err(other) => Err(other.into()),
+            Ok(()) => {}
+            Err(PortError::ConditionFailed { .. }) if tried > 0 && self.table.get(&own_entry).await?.is_some() => {}
+            Err(PortError::ConditionFailed { .. }) => return Err(StoreError::VersionMismatch { current: 0 }),
+            Err(other) => return Err(other.into()),
         }
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -495,12 +626,15 @@ struct CacheState {
     checked_at: Option<DateTime<Utc>>,
     loaded_at: Option<DateTime<Utc>>,
     stale: bool,
+    /// The store's count of this process's writes when the last check began.
+    writes_seen: u64,
 }
 
 impl CacheState {
-    /// Without a snapshot every request tries (it would fail closed otherwise); with one, once per interval.
-    fn due(&self, now: DateTime<Utc>, refresh: Duration) -> bool {
-        self.snapshot.is_none() || self.checked_at.is_none_or(|at| now - at >= refresh)
+    /// Without a snapshot every request tries (it would fail closed otherwise); with one, once per interval, or at
+    /// once after a write made in this process.
+    fn due(&self, now: DateTime<Utc>, refresh: Duration, writes: u64) -> bool {
+        self.snapshot.is_none() || writes != self.writes_seen || self.checked_at.is_none_or(|at| now - at >= refresh)
     }
 }
 
@@ -541,18 +675,20 @@ impl FlagCache {
 
     pub async fn current(&self) -> Served {
         let now = self.store.clock.now();
-        let (due, have_snapshot) = {
+        let writes = self.store.writes.load(Ordering::SeqCst);
+        let (due, must_wait) = {
             let state = lock(&self.state);
-            (state.due(now, self.refresh), state.snapshot.is_some())
+            (state.due(now, self.refresh, writes), state.snapshot.is_none() || writes != state.writes_seen)
         };
         if due {
-            // Without a snapshot there is nothing to serve: wait for the refresh in progress. With one, serve it.
-            let guard =
-                if have_snapshot { self.refreshing.try_lock().ok() } else { Some(self.refreshing.lock().await) };
+            // Without a snapshot there is nothing to serve, and after a write of this process the caller may be the
+            // writer expecting to see it: wait for the refresh in progress. Otherwise serve what is there.
+            let guard = if must_wait { Some(self.refreshing.lock().await) } else { self.refreshing.try_lock().ok() };
             if let Some(_guard) = guard {
-                let still_due = lock(&self.state).due(now, self.refresh);
+                let writes = self.store.writes.load(Ordering::SeqCst);
+                let still_due = lock(&self.state).due(now, self.refresh, writes);
                 if still_due {
-                    self.refresh(now).await;
+                    self.refresh(now, writes).await;
                 }
             }
         }
@@ -560,7 +696,8 @@ impl FlagCache {
         Served { snapshot: state.snapshot.clone(), stale: state.stale, loaded_at: state.loaded_at }
     }
 
-    async fn refresh(&self, now: DateTime<Utc>) {
+    /// `writes`: the write count read before the revision, so a write landing during the check is checked again.
+    async fn refresh(&self, now: DateTime<Utc>, writes: u64) {
         let known = lock(&self.state).revision.clone();
         let have_snapshot = lock(&self.state).snapshot.is_some();
         let outcome = match self.store.revision().await {
@@ -571,6 +708,7 @@ impl FlagCache {
         {
             let mut state = lock(&self.state);
             state.checked_at = Some(now);
+            state.writes_seen = writes;
             match outcome {
                 Ok(None) => state.stale = false,
                 Ok(Some((revision, snapshot))) => {

@@ -1,13 +1,22 @@
 //! Import of Unleash's client features format (`{version, features, segments}`, and the delta format's
-//! `{events}`) into Keel flags that evaluate exactly as Unleash evaluates them. What Keel cannot carry over
-//! faithfully is reported as a warning with a pointer into the Unleash document; the import API refuses a document
-//! with warnings, so nothing is silently lost.
+//! `{events}`) into Keel flags that evaluate exactly as Unleash evaluates them. What Keel does not support as such
+//! (a custom strategy, an unknown operator, an invalid address) is carried over as Unleash evaluates it (a strategy
+//! Unleash never matches becomes a disabled rule) and reported as a warning with a pointer into the Unleash
+//! document; each converted flag also keeps its own warnings, pointing into the flag. The import API refuses a
+//! document with warnings in strict mode and stores the flags with their warnings in lenient mode.
+//!
+//! Payload types map onto value types: a feature whose variants all carry `string` (or `csv`) payloads becomes a
+//! `string` flag, `number` payloads a `number` flag, `json` objects an `object` flag. Such a flag serves
+//! Unleash's `disabled` variant when no variant is chosen, with the empty value of its type (`""`, `0` or `0.0`
+//! as the payloads are written, `{}`), since Keel answers a typed flag's type on every path where Unleash has no
+//! payload. Features whose variants mix types, or leave some without a payload, stay boolean (with a warning:
+//! OFREP then serves on/off, Keel's API the payload).
 
 use super::compile::{Invalid, compile_constraint, parse_cidr};
 use super::eval::Context;
 use super::model::{
-    self, Constraint, Flag, FlagType, Lifecycle, Operator, Payload, Prerequisite, Rollout, Rule, Segment, Stickiness,
-    Variant, VariantOverride,
+    self, Constraint, DefaultVariant, Flag, FlagType, FlagWarning, Lifecycle, Operator, Payload, Prerequisite, Rollout,
+    Rule, Segment, Stickiness, ValueType, Variant, VariantOverride,
 };
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -169,13 +178,19 @@ pub fn parse(document: &Value) -> Result<ClientFeatures, String> {
     serde_json::from_value(document.clone()).map_err(|e| format!("not Unleash client features: {e}"))
 }
 
-/// The flags and segments an Unleash document becomes, and what could not be carried over.
+/// The flags and segments an Unleash document becomes, and what Keel does not support as such: every warning,
+/// with a pointer into the Unleash document (the flags' own warnings are among them).
 #[derive(Debug, Clone, Default)]
 pub struct Import {
     pub flags: Vec<Flag>,
     pub segments: Vec<Segment>,
     pub warnings: Vec<Invalid>,
+    /// The warnings about segments, which no flag carries.
+    pub segment_warnings: Vec<Invalid>,
 }
+
+/// The name of the variant a typed flag imported from Unleash serves when none is chosen, as Unleash names it.
+pub const DISABLED_VARIANT: &str = "disabled";
 
 /// The Keel name of an Unleash segment.
 pub fn segment_name(id: i64) -> String {
@@ -189,7 +204,7 @@ pub fn convert(features: &ClientFeatures, now: DateTime<Utc>) -> Import {
         let mut constraints = Vec::new();
         let mut ok = true;
         for (j, c) in segment.constraints.iter().enumerate() {
-            match constraint(c, &format!("/segments/{i}/constraints/{j}"), &mut import.warnings) {
+            match constraint(c, &format!("/segments/{i}/constraints/{j}"), &mut import.segment_warnings) {
                 Some(c) => constraints.push(c),
                 None => ok = false,
             }
@@ -202,21 +217,26 @@ pub fn convert(features: &ClientFeatures, now: DateTime<Utc>) -> Import {
             constraints,
         });
     }
+    import.warnings.clone_from(&import.segment_warnings);
     for (i, feature) in features.features.iter().enumerate() {
-        import.flags.push(flag(feature, &format!("/features/{i}"), &known_segments, now, &mut import.warnings));
+        let flag = flag(feature, &format!("/features/{i}"), &known_segments, now);
+        import
+            .warnings
+            .extend(flag.warnings.iter().map(|w| Invalid { pointer: w.source.clone(), message: w.message.clone() }));
+        import.flags.push(flag);
     }
     import
 }
 
-fn flag(
-    feature: &Feature,
-    at: &str,
-    segments: &BTreeMap<i64, bool>,
-    now: DateTime<Utc>,
-    warnings: &mut Vec<Invalid>,
-) -> Flag {
+/// Records what a converted flag carries over that Keel does not support as such.
+fn warn(warnings: &mut Vec<FlagWarning>, pointer: impl Into<String>, source: impl Into<String>, message: String) {
+    warnings.push(FlagWarning { pointer: pointer.into(), source: source.into(), message });
+}
+
+fn flag(feature: &Feature, at: &str, segments: &BTreeMap<i64, bool>, now: DateTime<Utc>) -> Flag {
     let strategies = feature.strategies.as_deref().unwrap_or_default();
     let mut flag = Flag::new(&feature.name);
+    let mut warnings = Vec::new();
     flag.description = feature.description.clone().unwrap_or_default();
     flag.enabled = feature.enabled;
     // Unleash: a feature with no strategies is on for everyone; with strategies, on when one matches.
@@ -224,11 +244,12 @@ fn flag(
     flag.rules = strategies
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| rule(s, i, &feature.name, &format!("{at}/strategies/{i}"), segments, warnings))
+        .map(|(i, s)| rule(s, i, &feature.name, &format!("{at}/strategies/{i}"), segments, &mut warnings))
         .collect();
     let variants = feature.variants.as_deref().unwrap_or_default();
     flag.variants = convert_variants(variants);
     flag.variant_stickiness = variant_stickiness(variants.first().and_then(|v| v.stickiness.as_deref()));
+    type_from_payloads(&mut flag, at, &mut warnings);
     flag.prerequisites = feature
         .dependencies
         .iter()
@@ -250,7 +271,52 @@ fn flag(
         stale_after: feature.stale.unwrap_or(false).then_some(now),
         permanent: false,
     };
+    flag.warnings = warnings;
     flag
+}
+
+/// Gives the flag the value type its variants' payloads share, with Unleash's `disabled` variant as its default.
+fn type_from_payloads(flag: &mut Flag, at: &str, warnings: &mut Vec<FlagWarning>) {
+    let all: Vec<&Variant> = flag.variants.iter().chain(flag.rules.iter().flat_map(|r| &r.variants)).collect();
+    if all.iter().all(|v| v.payload.is_none()) {
+        return;
+    }
+    let type_of = |payload: &Payload| match payload.kind.as_str() {
+        "string" | "csv" => Some(ValueType::String),
+        "number" => Some(ValueType::Number),
+        "json" => {
+            serde_json::from_str::<Value>(&payload.value).ok().filter(Value::is_object).map(|_| ValueType::Object)
+        }
+        _ => None,
+    };
+    let types: Vec<Option<ValueType>> = all.iter().map(|v| v.payload.as_ref().and_then(type_of)).collect();
+    let Some(Some(value_type)) = types.first().copied().filter(|first| types.iter().all(|t| t == first)) else {
+        warn(
+            warnings,
+            "/variants",
+            format!("{at}/variants"),
+            "the variants carry payloads of different types, or some carry none: imported as a boolean flag, so \
+             OFREP serves it on or off and Keel's API gives the payload"
+                .into(),
+        );
+        return;
+    };
+    let empty = match value_type {
+        ValueType::String => "",
+        ValueType::Object => "{}",
+        ValueType::Number
+            if all.iter().any(|v| v.payload.as_ref().is_some_and(|p| p.value.trim().parse::<i64>().is_err())) =>
+        {
+            "0.0"
+        }
+        _ => "0",
+    };
+    let kind = if value_type == ValueType::Object { "json" } else { value_type.as_str() };
+    flag.value_type = value_type;
+    flag.default_variant = Some(DefaultVariant {
+        name: DISABLED_VARIANT.into(),
+        payload: Some(Payload { kind: kind.into(), value: empty.into() }),
+    });
 }
 
 fn variant_stickiness(raw: Option<&str>) -> Stickiness {
@@ -277,15 +343,37 @@ fn convert_variants(variants: &[UnleashVariant]) -> Vec<Variant> {
         .collect()
 }
 
-/// A strategy as a rule, or `None` (with a warning) when Unleash would never match it.
+/// A strategy as a rule; one Unleash never matches is a disabled rule, with a warning saying why.
 fn rule(
     strategy: &Strategy,
     index: usize,
     feature: &str,
     at: &str,
     segments: &BTreeMap<i64, bool>,
-    warnings: &mut Vec<Invalid>,
-) -> Option<Rule> {
+    warnings: &mut Vec<FlagWarning>,
+) -> Rule {
+    let mut never = None;
+    let mut rule = convert_rule(strategy, index, feature, at, segments, warnings, &mut never);
+    if let Some((source, message)) = never {
+        rule.disabled = true;
+        warn(warnings, format!("/rules/{index}"), source, format!("{message}; Unleash never matches this strategy"));
+    }
+    rule
+}
+
+/// The rule a strategy becomes. `never` is set (to a pointer and why) when Unleash never matches the strategy.
+fn convert_rule(
+    strategy: &Strategy,
+    index: usize,
+    feature: &str,
+    at: &str,
+    segments: &BTreeMap<i64, bool>,
+    warnings: &mut Vec<FlagWarning>,
+    never: &mut Option<(String, String)>,
+) -> Rule {
+    let mut never_matches = |pointer: String, message: String| {
+        never.get_or_insert((pointer, message));
+    };
     let param = |name: &str| -> Option<String> {
         match strategy.parameters.as_ref()?.get(name)? {
             Value::String(s) => Some(s.clone()),
@@ -301,12 +389,27 @@ fn rule(
             None => {
                 let pointer = problems.first().map_or(format!("{at}/constraints/{j}"), |p| p.pointer.clone());
                 let message = problems.first().map_or(String::new(), |p| p.message.clone());
-                return never(warnings, pointer, message);
+                never_matches(pointer, format!("{message} (the constraint is left out of the rule)"));
             }
         }
     }
     let mut rollout = None;
-    let percentage = |name: &str| param(name).and_then(|p| p.trim().parse::<f64>().ok());
+    // Unleash compares the bucket (1 to 100) with the percentage, so one past either end means none or everyone.
+    let mut percentage = |name: &str| {
+        let raw = param(name).and_then(|p| p.trim().parse::<f64>().ok()).filter(|p| p.is_finite())?;
+        let clamped = raw.clamp(0.0, 100.0);
+        if clamped != raw {
+            warn(
+                warnings,
+                format!("/rules/{index}/rollout/percentage"),
+                format!("{at}/parameters/{name}"),
+                format!(
+                    "a rollout of {raw}% is outside 0 to 100; imported as {clamped}%, which Unleash does the same as"
+                ),
+            );
+        }
+        Some(clamped)
+    };
     match strategy.name.as_str() {
         "default" => {}
         "userWithId" => match param("userIds") {
@@ -317,21 +420,24 @@ fn rule(
                 inverted: false,
                 case_insensitive: false,
             }),
-            None => return never(warnings, format!("{at}/parameters"), "userWithId without userIds".into()),
+            None => never_matches(format!("{at}/parameters"), "userWithId without userIds".into()),
         },
         "remoteAddress" => {
-            let Some(ips) = param("IPs") else {
-                return never(warnings, format!("{at}/parameters"), "remoteAddress without IPs".into());
-            };
+            let ips = param("IPs").unwrap_or_default();
+            if ips.trim().is_empty() {
+                never_matches(format!("{at}/parameters"), "remoteAddress without IPs".into());
+            }
             let mut values = Vec::new();
-            for ip in ips.split(',').map(str::trim) {
+            for ip in ips.split(',').map(str::trim).filter(|ip| !ip.is_empty()) {
                 if parse_cidr(ip).is_some() {
                     values.push(ip.to_string());
                 } else {
-                    warnings.push(Invalid {
-                        pointer: format!("{at}/parameters/IPs"),
-                        message: format!("`{ip}` is not an address or CIDR block; Unleash ignores it"),
-                    });
+                    warn(
+                        warnings,
+                        format!("/rules/{index}/constraints/{}/values", constraints.len()),
+                        format!("{at}/parameters/IPs"),
+                        format!("`{ip}` is not an address or CIDR block; Unleash ignores it, and so does Keel"),
+                    );
                 }
             }
             constraints.push(Constraint {
@@ -344,7 +450,8 @@ fn rule(
         }
         name @ ("gradualRolloutUserId" | "gradualRolloutSessionId" | "gradualRolloutRandom") => {
             let Some(percentage) = percentage("percentage") else {
-                return never(warnings, format!("{at}/parameters/percentage"), format!("{name} without a percentage"));
+                never_matches(format!("{at}/parameters/percentage"), format!("{name} without a valid percentage"));
+                return finish(strategy, index, constraints, Vec::new(), None);
             };
             let stickiness = match name {
                 "gradualRolloutUserId" => Stickiness::Field(model::USER_ID.into()),
@@ -353,13 +460,14 @@ fn rule(
             };
             let group_id = param("groupId");
             if group_id.is_none() && name != "gradualRolloutRandom" {
-                return never(warnings, format!("{at}/parameters/groupId"), format!("{name} without a groupId"));
+                never_matches(format!("{at}/parameters/groupId"), format!("{name} without a groupId"));
             }
             rollout = Some(Rollout { percentage, stickiness, group_id });
         }
         "flexibleRollout" => {
             let Some(percentage) = percentage("rollout") else {
-                return never(warnings, format!("{at}/parameters/rollout"), "flexibleRollout without a rollout".into());
+                never_matches(format!("{at}/parameters/rollout"), "flexibleRollout without a valid rollout".into());
+                return finish(strategy, index, constraints, Vec::new(), None);
             };
             let stickiness = Stickiness::from(param("stickiness").unwrap_or_else(|| "default".into()));
             rollout = Some(Rollout {
@@ -368,26 +476,19 @@ fn rule(
                 group_id: Some(param("groupId").unwrap_or_else(|| feature.to_string())),
             });
         }
-        other => {
-            return never(
-                warnings,
-                format!("{at}/name"),
-                format!("strategy `{other}` has no Keel equivalent (hostnames and custom strategies are not imported)"),
-            );
-        }
+        other => never_matches(
+            format!("{at}/name"),
+            format!("strategy `{other}` has no Keel equivalent (hostname and custom strategies)"),
+        ),
     }
     let mut segment_names = Vec::new();
     for (j, id) in strategy.segments.iter().flatten().enumerate() {
         match segments.get(id) {
             Some(true) => segment_names.push(segment_name(*id)),
             Some(false) => {
-                return never(
-                    warnings,
-                    format!("{at}/segments/{j}"),
-                    format!("segment {id} has a constraint that never holds"),
-                );
+                never_matches(format!("{at}/segments/{j}"), format!("segment {id} has a constraint that never holds"))
             }
-            None => return never(warnings, format!("{at}/segments/{j}"), format!("segment {id} does not exist")),
+            None => never_matches(format!("{at}/segments/{j}"), format!("segment {id} does not exist")),
         }
     }
     let variants = strategy.variants.as_deref().unwrap_or_default();
@@ -399,20 +500,26 @@ fn rule(
             group_id: Some(param("groupId").unwrap_or_else(|| feature.to_string())),
         });
     }
-    Some(Rule {
-        id: strategy.id.clone().unwrap_or_else(|| format!("{}-{index}", strategy.name)),
-        constraints,
-        segments: segment_names,
-        rollout,
-        variants: convert_variants(variants),
-        starts_at: None,
-        ends_at: None,
-    })
+    finish(strategy, index, constraints, segment_names, rollout)
 }
 
-fn never(warnings: &mut Vec<Invalid>, pointer: String, message: String) -> Option<Rule> {
-    warnings.push(Invalid { pointer, message: format!("{message}; Unleash never matches this strategy") });
-    None
+fn finish(
+    strategy: &Strategy,
+    index: usize,
+    constraints: Vec<Constraint>,
+    segments: Vec<String>,
+    rollout: Option<Rollout>,
+) -> Rule {
+    Rule {
+        id: strategy.id.clone().unwrap_or_else(|| format!("{}-{index}", strategy.name)),
+        constraints,
+        segments,
+        rollout,
+        variants: convert_variants(strategy.variants.as_deref().unwrap_or_default()),
+        starts_at: None,
+        ends_at: None,
+        disabled: false,
+    }
 }
 
 /// An Unleash constraint as a Keel constraint, or `None` (with the reason in `problems`) when it never holds in
