@@ -29,6 +29,11 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Where the published test vectors and specifications are (`$KEEL_FIXTURES_DIR`, else `../shared/fixtures`).
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("KEEL_FIXTURES_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/fixtures"))
+}
+
 /// Reads one of the sample events in `events/`, the same files `sam local invoke -e` takes.
 pub fn sample_event<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let path = repo_root().join("events").join(name);

@@ -19,7 +19,6 @@ use keel::testing::SwitchableTable;
 use keel_tests::{api_request, body_json, invocation, set_body, with_claims};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 const ORG_A: &str = "org-a";
@@ -35,14 +34,8 @@ const BULK: &str = "/ofrep/v1/evaluate/flags";
 // The OFREP document, as JSON Schema
 // ------------------------------------------------------------------------------------------------------------------
 
-fn fixtures_dir() -> PathBuf {
-    std::env::var_os("KEEL_FIXTURES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| keel_tests::repo_root().join("../shared/fixtures"))
-}
-
 fn load_openapi() -> Value {
-    let path = fixtures_dir().join("ofrep/openapi.yaml");
+    let path = keel_tests::fixtures_dir().join("ofrep/openapi.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!("the OFREP OpenAPI document is not readable at {} ({e}); set KEEL_FIXTURES_DIR", path.display())
     });

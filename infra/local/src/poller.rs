@@ -95,7 +95,13 @@ impl Poller {
     pub async fn run(self, cancel: CancellationToken) {
         tracing::info!(function = %self.function, queue = %self.queue.name(), "polling queue");
         while !cancel.is_cancelled() {
-            let messages = match self.queue.receive(self.batch_size, WAIT).await {
+            // A shutdown does not wait out the long poll. A receive dropped after it took messages leaves them in
+            // flight: visible again after their visibility timeout, or at once when the host next starts.
+            let received = tokio::select! {
+                () = cancel.cancelled() => break,
+                received = self.queue.receive(self.batch_size, WAIT) => received,
+            };
+            let messages = match received {
                 Ok(messages) => messages,
                 Err(error) => {
                     tracing::warn!(function = %self.function, queue = %self.queue.name(), %error, "receive failed");
