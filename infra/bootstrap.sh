@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Python tools Keel's tests and local tooling need into a git-ignored virtualenv at the repo root
-# (.venv). Idempotent: run it again at any time; it only installs what infra/requirements.txt pins.
+# (.venv), and the Node packages of tests/sdk (the official OpenFeature Node SDK) into its git-ignored
+# node_modules. Idempotent: run it again at any time; it only installs what infra/requirements.txt and
+# tests/sdk/package-lock.json pin.
 #
 #   bash infra/bootstrap.sh
 #
@@ -34,4 +36,11 @@ for tool in moto_server; do
     fi
 done
 
-echo "bootstrap: done; tools are in $venv/bin"
+if ! command -v npm >/dev/null 2>&1; then
+    echo "bootstrap: npm not found; install Node.js 18 or newer (the OpenFeature Node SDK tests need it)" >&2
+    exit 1
+fi
+echo "bootstrap: installing tests/sdk's Node packages from its package-lock.json"
+npm ci --prefix "$repo_root/tests/sdk" --no-audit --no-fund --loglevel=error
+
+echo "bootstrap: done; tools are in $venv/bin and tests/sdk/node_modules"

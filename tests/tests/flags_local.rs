@@ -324,3 +324,166 @@ async fn the_unleash_specification_passes_through_the_import_route_and_ofrep() {
     assert_eq!(total, 279);
     assert_eq!(run + excluded.len(), total);
 }
+
+// ------------------------------------------------------------------------------------------------------------------
+// The official OpenFeature SDKs
+// ------------------------------------------------------------------------------------------------------------------
+
+/// One evaluation an SDK makes: whose token, which flag, through which typed call, with which code default.
+#[derive(serde::Serialize)]
+struct SdkCall {
+    token: String,
+    key: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    default: Value,
+}
+
+/// (token, key, type, code default, expected value, expected variant, expected reason, expected error code)
+type SdkCase<'a> = (&'a str, &'a str, &'static str, Value, Value, Option<&'a str>, &'a str, Option<&'a str>);
+
+/// Runs the calls through an SDK script in `tests/sdk` (installed by `infra/bootstrap.sh`) and returns its answers.
+fn run_sdk(program: &std::path::Path, script: &str, base_url: &str, calls: &[SdkCall]) -> Vec<Value> {
+    use std::io::Write;
+    let dir = repo_root().join("tests/sdk");
+    assert!(
+        dir.join("node_modules").is_dir() && repo_root().join(".venv/bin/python").exists(),
+        "the SDKs are not installed: run `bash infra/bootstrap.sh`"
+    );
+    let mut child = std::process::Command::new(program)
+        .arg(dir.join(script))
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} cannot start: {e}", program.display()));
+    let input = json!({"base_url": base_url, "calls": calls}).to_string();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{script} failed: {stderr}");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{script} wrote no answers ({e}): {stderr}"))
+}
+
+/// The official Python SDK (`openfeature-sdk` + `openfeature-provider-ofrep`) and Node SDK
+/// (`@openfeature/server-sdk` + `@openfeature/ofrep-provider`) against keel-local: boolean, string, integer,
+/// float and object flags, on and off for different organizations, killed, unknown, and a 50% rollout that sticks
+/// to the organization. No SDK may report an error code for a flag that exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openfeature_sdks_evaluate_every_type_without_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path()).await;
+    let admin = Client::new(&host, "platform", "alice", &["platform-admin"]);
+    let typed = |key: &str, value_type: &str, kind: &str, on: &str, off: &str| {
+        json!({"key": key, "value_type": value_type, "allow_orgs": ["org-a"],
+            "variants": [{"name": "on-variant", "payload": {"type": kind, "value": on}}],
+            "default_variant": {"name": "off-variant", "payload": {"type": kind, "value": off}}})
+    };
+    let mut string_killed = typed("copy-killed", "string", "string", "Pay now", "Proceed to payment");
+    string_killed["enabled"] = json!(false);
+    for flag in [
+        json!({"key": "beta", "allow_orgs": ["org-a"]}),
+        json!({"key": "killed", "enabled": false, "default_value": true}),
+        typed("copy", "string", "string", "Pay now", "Proceed to payment"),
+        string_killed,
+        typed("discount", "number", "number", "12.5", "0.0"),
+        typed("seats", "number", "number", "25", "5"),
+        typed("theme", "object", "json", r#"{"color": "blue", "dense": true}"#, "{}"),
+        json!({"key": "half", "rules": [{"id": "half", "rollout": {"percentage": 50}}]}),
+    ] {
+        let (status, body) = admin.send(reqwest::Method::POST, "/v1/admin/flags", Some(flag)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let org_a = host.token("org-a", "ann", &["member"]);
+    let org_b = host.token("org-b", "bob", &["member"]);
+    let cases: Vec<SdkCase> = vec![
+        (&org_a, "beta", "boolean", json!(false), json!(true), Some("on"), "TARGETING_MATCH", None),
+        (&org_b, "beta", "boolean", json!(true), json!(false), Some("off"), "UNKNOWN", None),
+        (&org_a, "killed", "boolean", json!(true), json!(false), Some("off"), "DISABLED", None),
+        (&org_a, "copy", "string", json!("?"), json!("Pay now"), Some("on-variant"), "TARGETING_MATCH", None),
+        (&org_b, "copy", "string", json!("?"), json!("Proceed to payment"), Some("off-variant"), "UNKNOWN", None),
+        (
+            &org_a,
+            "copy-killed",
+            "string",
+            json!("?"),
+            json!("Proceed to payment"),
+            Some("off-variant"),
+            "DISABLED",
+            None,
+        ),
+        (&org_a, "discount", "float", json!(-1.0), json!(12.5), Some("on-variant"), "TARGETING_MATCH", None),
+        (&org_b, "discount", "float", json!(-1.0), json!(0.0), Some("off-variant"), "UNKNOWN", None),
+        (&org_a, "seats", "integer", json!(-1), json!(25), Some("on-variant"), "TARGETING_MATCH", None),
+        (&org_b, "seats", "integer", json!(-1), json!(5), Some("off-variant"), "UNKNOWN", None),
+        (
+            &org_a,
+            "theme",
+            "object",
+            json!({}),
+            json!({"color": "blue", "dense": true}),
+            Some("on-variant"),
+            "TARGETING_MATCH",
+            None,
+        ),
+        (&org_b, "theme", "object", json!({"x": 1}), json!({}), Some("off-variant"), "UNKNOWN", None),
+        (&org_a, "missing", "boolean", json!(true), json!(true), None, "ERROR", Some("FLAG_NOT_FOUND")),
+    ];
+    let mut calls: Vec<SdkCall> = cases
+        .iter()
+        .map(|(token, key, kind, default, ..)| SdkCall {
+            token: token.to_string(),
+            key: key.to_string(),
+            kind,
+            default: default.clone(),
+        })
+        .collect();
+    // The rollout: 40 organizations, each asking twice.
+    let orgs: Vec<String> = (0..40).map(|i| format!("rollout-org-{i:02}")).collect();
+    for org in orgs.iter().flat_map(|org| [org, org]) {
+        let token = host.token(org, "user", &["member"]);
+        calls.push(SdkCall { token, key: "half".into(), kind: "boolean", default: json!(false) });
+    }
+    // What Keel's own API answers each organization for the rollout.
+    let mut keel_answers = Vec::new();
+    for org in &orgs {
+        let client = Client::new(&host, org, "user", &["member"]);
+        let (_, body) = client.send(reqwest::Method::GET, "/v1/flags?keys=half", None).await;
+        keel_answers.push(body["flags"]["half"]["value"].clone());
+    }
+
+    let base_url = format!("http://{}", host.addr());
+    let python = repo_root().join(".venv/bin/python");
+    for (sdk, answers) in [
+        ("python", run_sdk(&python, "evaluate.py", &base_url, &calls)),
+        ("node", run_sdk(std::path::Path::new("node"), "evaluate.mjs", &base_url, &calls)),
+    ] {
+        assert_eq!(answers.len(), calls.len(), "{sdk}");
+        for ((token, key, kind, _, value, variant, reason, error), answer) in cases.iter().zip(&answers) {
+            let who = if *token == org_a { "org-a" } else { "org-b" };
+            let what = format!("{sdk}: {kind} {key} for {who}: {answer}");
+            assert_eq!(answer["error_code"].as_str(), *error, "{what}");
+            // JavaScript has one number type: its 0.0 is written 0.
+            match (answer["value"].as_f64(), value.as_f64()) {
+                (Some(got), Some(want)) if sdk == "node" => assert_eq!(got, want, "{what}"),
+                _ => assert_eq!(&answer["value"], value, "{what}"),
+            }
+            if error.is_none() {
+                assert_eq!(answer["variant"].as_str(), *variant, "{what}");
+                assert_eq!(answer["reason"], *reason, "{what}");
+            }
+        }
+        let rollout: Vec<&Value> = answers[cases.len()..].iter().collect();
+        let mut on = 0;
+        for (i, pair) in rollout.chunks(2).enumerate() {
+            assert_eq!(pair[0]["error_code"], Value::Null, "{sdk}: {}", pair[0]);
+            assert_eq!(pair[0]["value"], pair[1]["value"], "{sdk}: sticky for {}", orgs[i]);
+            assert_eq!(pair[0]["value"], keel_answers[i], "{sdk}: the SDK and Keel's API agree for {}", orgs[i]);
+            on += usize::from(pair[0]["value"] == true);
+        }
+        assert!((8..=32).contains(&on), "{sdk}: {on} of 40 organizations in a 50% rollout");
+    }
+    host.shutdown().await;
+}
