@@ -209,3 +209,70 @@ async fn evaluation_times_are_flushed_once_per_interval_not_per_evaluation() {
     cache.current().await;
     assert_eq!(f.table.puts(), puts + 3);
 }
+
+#[tokio::test]
+async fn a_refresh_compiles_only_what_changed() {
+    let f = fixture();
+    for key in ["a", "b", "c", "d"] {
+        f.store.create(on_flag(key), "alice").await.unwrap();
+    }
+    let segment = |value: &str| keel::flags::Segment {
+        name: "beta".into(),
+        description: String::new(),
+        constraints: vec![keel::flags::Constraint {
+            field: "organizationId".into(),
+            operator: keel::flags::Operator::In,
+            values: vec![value.into()],
+            inverted: false,
+            case_insensitive: false,
+        }],
+    };
+    f.store.put_segment(segment("o1"), None, "alice").await.unwrap();
+    let mut uses_segment = Flag::new("s");
+    uses_segment.rules = vec![keel::flags::Rule {
+        id: "r".into(),
+        constraints: vec![],
+        segments: vec!["beta".into()],
+        rollout: None,
+        variants: vec![],
+        starts_at: None,
+        ends_at: None,
+        disabled: false,
+    }];
+    f.store.create(uses_segment, "alice").await.unwrap();
+
+    let (_, first, counts) = f.store.reload(&keel::flags::Snapshot::default()).await.unwrap();
+    assert_eq!((counts.reused, counts.compiled), (0, 5));
+
+    // One flag changes: only it is decoded and compiled; the others keep their compiled form.
+    f.store
+        .update("b", None, "alice", "update", |flag| {
+            flag.enabled = false;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let (_, second, counts) = f.store.reload(&first).await.unwrap();
+    assert_eq!((counts.reused, counts.compiled), (4, 1));
+    assert_eq!(second.evaluate("b", &org("o1"), f.clock.now()).reason, Reason::Killed);
+    assert!(second.evaluate("a", &org("o1"), f.clock.now()).value);
+
+    // A segment changes: the flags that use segments are compiled again, with the new segment.
+    assert!(second.evaluate("s", &org("o1"), f.clock.now()).value);
+    f.store.put_segment(segment("o2"), Some(1), "alice").await.unwrap();
+    let (_, third, counts) = f.store.reload(&second).await.unwrap();
+    assert_eq!((counts.reused, counts.compiled), (4, 1));
+    assert!(!third.evaluate("s", &org("o1"), f.clock.now()).value);
+    assert!(third.evaluate("s", &org("o2"), f.clock.now()).value);
+
+    // A flag archived since leaves the snapshot; nothing else is recompiled.
+    f.store
+        .update("c", None, "alice", "archive", |flag| {
+            flag.archived = true;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let (_, fourth, counts) = f.store.reload(&third).await.unwrap();
+    assert_eq!((fourth.len(), counts.reused), (4, 4));
+}

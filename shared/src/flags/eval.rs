@@ -10,10 +10,12 @@ use super::hash;
 use super::model::{Flag, Operator, OverrideAction, Payload, Prerequisite, Segment, ValueType, Variant};
 use chrono::{DateTime, Utc};
 use foldhash::HashMap;
+use serde::Deserialize;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// What a flag is evaluated for. The API fills organization, user and environment from the caller's token and the
 /// deployment, never from the request.
@@ -247,21 +249,46 @@ impl Trace for Vec<Step> {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Entry {
-    Ready(Box<CompiledFlag>),
+    /// Shared with the snapshots refreshed from this one while the flag's stored version stays the same.
+    Ready(Arc<CompiledFlag>),
     /// The stored flag does not compile; it answers ERROR (PARSE_ERROR) with the stored version, so the write
     /// that broke it can be found, and the others are unaffected.
-    Broken {
-        message: String,
-        version: u64,
-    },
+    Broken { message: String, version: u64 },
 }
 
-/// Every live (unarchived) flag, compiled. Immutable; a refresh builds a new one.
+/// A flag's entry and what decides whether a refresh may keep it.
+#[derive(Debug, Clone)]
+struct Slot {
+    entry: Entry,
+    /// The stored item's version when it was compiled.
+    stored_version: u64,
+    /// Its rules reference segments, so a change to the segments recompiles it.
+    uses_segments: bool,
+}
+
+/// One stored flag as the store lists it: the item's version, and the document, decoded only when it changed.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredFlag<'a> {
+    pub key: &'a str,
+    pub version: u64,
+    pub document: &'a serde_json::Value,
+}
+
+/// What a refresh did: flags whose compiled form was kept, and flags decoded and compiled anew.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    pub reused: usize,
+    pub compiled: usize,
+}
+
+/// Every live (unarchived) flag, compiled. Immutable; a refresh builds a new one, keeping the compiled form of
+/// every flag whose stored version did not change.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    flags: HashMap<String, Entry>,
+    flags: HashMap<String, Slot>,
+    segments: BTreeMap<String, Segment>,
 }
 
 impl Snapshot {
@@ -272,15 +299,50 @@ impl Snapshot {
             .into_iter()
             .filter(|flag| !flag.archived)
             .map(|flag| {
-                let (key, version) = (flag.key.clone(), flag.version);
-                let entry = match compile_flag(flag, segments, false) {
-                    Ok(compiled) => Entry::Ready(Box::new(compiled)),
-                    Err(errors) => Entry::Broken { message: describe(&errors), version },
-                };
-                (key, entry)
+                let version = flag.version;
+                (flag.key.clone(), compile_slot(flag, version, segments))
             })
             .collect();
-        Self { flags }
+        Self { flags, segments: segments.clone() }
+    }
+
+    /// The snapshot of the stored flags now: a flag whose stored version is the one this snapshot compiled (and,
+    /// if it uses segments, whose segments are unchanged) keeps its compiled form without even being decoded; the
+    /// others are decoded and compiled. A document that does not decode answers ERROR (PARSE_ERROR), as one that
+    /// does not compile does.
+    pub fn refresh<'a>(
+        &self,
+        stored: impl IntoIterator<Item = StoredFlag<'a>>,
+        segments: BTreeMap<String, Segment>,
+    ) -> (Snapshot, Refreshed) {
+        let segments_unchanged = segments == self.segments;
+        let mut counts = Refreshed::default();
+        let mut flags = HashMap::default();
+        for item in stored {
+            if let Some(slot) = self.flags.get(item.key)
+                && slot.stored_version == item.version
+                && (segments_unchanged || !slot.uses_segments)
+            {
+                counts.reused += 1;
+                flags.insert(item.key.to_string(), slot.clone());
+                continue;
+            }
+            counts.compiled += 1;
+            let slot = match Flag::deserialize(item.document) {
+                Ok(flag) if flag.archived => continue,
+                Ok(flag) => compile_slot(flag, item.version, &segments),
+                Err(error) => Slot {
+                    entry: Entry::Broken {
+                        message: format!("the stored document does not decode: {error}"),
+                        version: item.version,
+                    },
+                    stored_version: item.version,
+                    uses_segments: false,
+                },
+            };
+            flags.insert(item.key.to_string(), slot);
+        }
+        (Snapshot { flags, segments }, counts)
     }
 
     pub fn len(&self) -> usize {
@@ -323,7 +385,7 @@ impl Snapshot {
         with_prerequisites: bool,
         trace: &mut impl Trace,
     ) -> Evaluation<'s> {
-        let flag = match self.flags.get(key) {
+        let flag = match self.flags.get(key).map(|slot| &slot.entry) {
             None => {
                 trace.step("flag", true, || format!("no flag `{key}`: fails closed"));
                 // Keel's own reason, so FLAG_NOT_FOUND is told apart from other errors (OpenFeature: ERROR).
@@ -466,7 +528,7 @@ impl Snapshot {
     /// One level, as in Unleash: a prerequisite that has prerequisites of its own is never satisfied.
     fn prerequisite_holds(&self, prerequisite: &Prerequisite, context: &Context, now: DateTime<Utc>) -> (bool, String) {
         let name = &prerequisite.flag;
-        match self.flags.get(name) {
+        match self.flags.get(name).map(|slot| &slot.entry) {
             None => (false, format!("prerequisite `{name}` does not exist")),
             Some(Entry::Broken { .. }) => (false, format!("prerequisite `{name}` does not compile")),
             Some(Entry::Ready(parent)) if !parent.prerequisites.is_empty() => {
@@ -495,6 +557,16 @@ impl Snapshot {
             }
         }
     }
+}
+
+fn compile_slot(flag: Flag, stored_version: u64, segments: &BTreeMap<String, Segment>) -> Slot {
+    let uses_segments = flag.rules.iter().any(|rule| !rule.segments.is_empty());
+    let version = flag.version;
+    let entry = match compile_flag(flag, segments, false) {
+        Ok(compiled) => Entry::Ready(Arc::new(compiled)),
+        Err(errors) => Entry::Broken { message: describe(&errors), version },
+    };
+    Slot { entry, stored_version, uses_segments }
 }
 
 fn on<'s, const VARIANT: bool>(

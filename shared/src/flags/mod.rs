@@ -10,5 +10,5 @@ pub mod store;
 pub mod unleash;
 
 pub use compile::{Invalid, MAX_WEIGHT, check_flag, check_neighbours, validate_flag, validate_segment};
-pub use eval::{Context, ErrorCode, Evaluation, OFF, ON, Reason, Snapshot, Step, payload_value};
+pub use eval::{Context, ErrorCode, Evaluation, OFF, ON, Reason, Refreshed, Snapshot, Step, StoredFlag, payload_value};
 pub use model::*;

@@ -13,7 +13,7 @@
 //! their flag so that one read of the partition is a complete, consistent snapshot.
 
 use super::compile::{Invalid, check_flag, check_neighbours, validate_flag, validate_segment};
-use super::eval::Snapshot;
+use super::eval::{Refreshed, Snapshot, StoredFlag};
 use super::model::{Flag, FlagWarning, Segment};
 use super::unleash::Import;
 use crate::clock::Clock;
@@ -214,10 +214,23 @@ impl FlagStore {
     /// The revision, then every flag and segment compiled. The revision is read first: a change landing in between
     /// is in the snapshot and makes the next check reload once more, never the reverse.
     pub async fn load(&self) -> Result<(Option<String>, Snapshot), StoreError> {
+        let (revision, snapshot, _) = self.reload(&Snapshot::default()).await?;
+        Ok((revision, snapshot))
+    }
+
+    /// As `load`, keeping the compiled form of every flag of `previous` whose item version did not change (Keel's
+    /// writes always change it), so a one-flag change costs about one flag's decoding and compiling.
+    pub async fn reload(&self, previous: &Snapshot) -> Result<(Option<String>, Snapshot, Refreshed), StoreError> {
         let revision = self.revision().await?;
-        let flags = self.flags().await?;
+        let items = self.partition(FLAGS).await?;
         let segments = self.segments().await?.into_iter().map(|s| (s.name.clone(), s)).collect();
-        Ok((revision, Snapshot::build(flags, &segments)))
+        let stored = items.iter().map(|item| StoredFlag {
+            key: &item.key.sk,
+            version: item.version,
+            document: item.attrs.get("flag").unwrap_or(&Value::Null),
+        });
+        let (snapshot, refreshed) = previous.refresh(stored, segments);
+        Ok((revision, snapshot, refreshed))
     }
 
     pub async fn create(&self, flag: Flag, actor: &str) -> Result<Flag, StoreError> {
@@ -702,7 +715,13 @@ impl FlagCache {
         let have_snapshot = lock(&self.state).snapshot.is_some();
         let outcome = match self.store.revision().await {
             Ok(revision) if have_snapshot && revision == known => Ok(None),
-            Ok(_) => self.store.load().await.map(Some),
+            Ok(_) => {
+                let previous = lock(&self.state).snapshot.clone().unwrap_or_default();
+                self.store.reload(&previous).await.map(|(revision, snapshot, refreshed)| {
+                    tracing::debug!(reused = refreshed.reused, compiled = refreshed.compiled, "flags reloaded");
+                    Some((revision, snapshot))
+                })
+            }
             Err(e) => Err(StoreError::Port(e)),
         };
         {
