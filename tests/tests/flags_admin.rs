@@ -1063,8 +1063,8 @@ async fn explain_lists_the_steps_in_order() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(
         answer.body["evaluation"],
-        json!({"value": true, "variant": null, "reason": "rule", "open_feature_reason": "TARGETING_MATCH",
-            "rule_id": "pro", "version": 1, "error_code": null})
+        json!({"value": true, "value_type": "boolean", "enabled": true, "variant": "on", "reason": "rule",
+            "open_feature_reason": "TARGETING_MATCH", "rule_id": "pro", "version": 1, "error_code": null})
     );
     let stages: Vec<(&str, bool)> = answer.body["steps"]
         .as_array()

@@ -16,6 +16,9 @@
 //!   query parameter is named bare (`limit`, `position`). Import problems point into the Unleash document
 //!   (`/features/0/strategies/1/name`) or, for a converted flag, at `/flags/{i}/...` of the converted flags (the
 //!   same index as the feature).
+//! - Imports are lenient unless `?mode=strict`: every flag that can be stored is, with its warnings on it, and the
+//!   answer is a report (200) whose `refused` lists the flags that could not be. Strict refuses the document with
+//!   422 when there is any warning. `?dry_run=true` answers the same report and writes nothing.
 //! - A flag is stale when it is not permanent, not archived, and either past its `lifecycle.stale_after`
 //!   (`stale_reason: "past_stale_after"`) or not evaluated for [`UNUSED_DAYS`] days (`"not_evaluated"`): its last
 //!   evaluation (as flushed by the evaluation caches) or, never evaluated, its last change is that old.
@@ -726,8 +729,10 @@ impl FlagsAdmin {
             200,
             &json!({
                 "evaluation": {
-                    "value": evaluation.value,
-                    "variant": evaluation.variant.map(|v| v.name.as_str()),
+                    "value": evaluation.typed_value(),
+                    "value_type": evaluation.value_type,
+                    "enabled": evaluation.value,
+                    "variant": evaluation.error.is_none().then(|| evaluation.served_name()),
                     "reason": evaluation.reason.as_str(),
                     "open_feature_reason": evaluation.reason.open_feature(),
                     "rule_id": evaluation.rule_id,

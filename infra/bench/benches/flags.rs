@@ -6,10 +6,11 @@
 //! the same flag by construction. Before anything is timed, both engines answer for hundreds of user ids in every
 //! scenario and must agree on the value (and on the variant's name), so the comparison cannot drift.
 //!
-//! Measured per scenario: Keel's `Snapshot::evaluate` (its full answer: value, variant, reason, rule, version);
+//! Measured per scenario: Keel's `Snapshot::evaluate` (its full answer: value, variant, reason, rule, version) and
+//! `Snapshot::is_enabled` (the decision alone, no variant chosen);
 //! yggdrasil's `resolve` (enabled and variant, its closest equivalent of a full answer); yggdrasil's `is_enabled`
-//! (its cheapest call), and `get_variant` where the flag has variants. Then 100 flags for one context, and loading
-//! a snapshot of 1,000 Keel flags from their stored JSON.
+//! (its cheapest call), and `get_variant` where the flag has variants. Then 100 flags for one context, loading
+//! a snapshot of 1,000 Keel flags from their stored JSON, and refreshing it after one flag changed.
 //!
 //! `cargo bench -p keel-bench --bench flags -- --warm-up-time 1 --measurement-time 3`
 
@@ -21,7 +22,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use keel::flags::unleash;
 use keel::flags::{
     Constraint, Flag, FlagType, Lifecycle, Operator, Override, OverrideAction, Payload, Rollout, Rule, Segment,
-    Snapshot, Stickiness, Variant,
+    Snapshot, Stickiness, StoredFlag, Variant,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -131,6 +132,7 @@ impl Engines {
         let parsed = unleash::parse(&document).unwrap();
         let import = unleash::convert(&parsed, now());
         assert!(import.warnings.is_empty(), "the import lost something: {:?}", import.warnings);
+        assert!(import.flags.iter().all(|f| f.warnings.is_empty()));
         let segments: BTreeMap<String, Segment> = import.segments.into_iter().map(|s| (s.name.clone(), s)).collect();
         let keel = Snapshot::build(import.flags, &segments);
 
@@ -152,6 +154,7 @@ impl Engines {
         let variant = self.yggdrasil.get_variant(key, &ygg_context, &None);
 
         assert_eq!(keel.value, enabled, "{key} for {context}: value differs (is_enabled)");
+        assert_eq!(self.keel.is_enabled(key, &keel_context, now()), enabled, "{key}: Keel's is_enabled differs");
         assert_eq!(keel.value, resolved.enabled, "{key} for {context}: value differs (resolve)");
         assert_eq!(keel.variant_name(), variant.name, "{key} for {context}: variant differs (get_variant)");
         assert_eq!(keel.variant_name(), resolved.variant.name, "{key} for {context}: variant differs (resolve)");
@@ -196,6 +199,9 @@ fn scenarios(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("flags/{}", shape.name()));
         group.bench_function("keel", |b| {
             b.iter(|| black_box(keel.evaluate(black_box(&key), black_box(&keel_context), black_box(now))))
+        });
+        group.bench_function("keel_is_enabled", |b| {
+            b.iter(|| black_box(keel.is_enabled(black_box(&key), black_box(&keel_context), black_box(now))))
         });
         group.bench_function("yggdrasil_resolve", |b| {
             b.iter(|| black_box(yggdrasil.resolve(black_box(&key), black_box(&ygg_context), &None)))
@@ -454,6 +460,26 @@ fn snapshot_load(c: &mut Criterion) {
     });
     group.bench_function("build", |b| {
         b.iter_batched(|| flags.clone(), |flags| Snapshot::build(flags, &segments), BatchSize::LargeInput)
+    });
+
+    // A refresh after one flag changed: the items as the store lists them (key, item version, document), the
+    // previous snapshot built from the same items, one flag's version and document changed.
+    let documents: Vec<(String, u64, Value)> =
+        flags.iter().map(|f| (f.key.clone(), f.version, serde_json::to_value(f).unwrap())).collect();
+    fn listed(documents: &[(String, u64, Value)]) -> Vec<StoredFlag<'_>> {
+        documents.iter().map(|(key, version, document)| StoredFlag { key, version: *version, document }).collect()
+    }
+    let (previous, first) = Snapshot::default().refresh(listed(&documents), segments.clone());
+    assert_eq!((first.reused, first.compiled), (0, 1000));
+    let mut changed = documents.clone();
+    let (_, version, document) = &mut changed[500];
+    *version += 1;
+    document["description"] = json!("changed once");
+    let (_, counts) = previous.refresh(listed(&changed), segments.clone());
+    assert_eq!((counts.reused, counts.compiled), (999, 1));
+    let items = listed(&changed);
+    group.bench_function("refresh_one_change", |b| {
+        b.iter_with_large_drop(|| previous.refresh(black_box(items.iter().copied()), segments.clone()))
     });
     group.finish();
 }

@@ -6,7 +6,7 @@ use super::eval::Reason;
 use super::model::{
     self, Constraint, Flag, MAX_CONSTRAINTS, MAX_DESCRIPTION_LEN, MAX_KEY_LEN, MAX_LIST, MAX_OVERRIDES,
     MAX_PREREQUISITES, MAX_RULES, MAX_SEGMENTS, MAX_VALUE_LEN, MAX_VALUES, MAX_VARIANTS, MAX_WARNINGS, Operator,
-    Override, OverrideAction, Payload, Prerequisite, Rollout, Segment, Stickiness, ValueType, Variant,
+    Override, OverrideAction, Payload, Prerequisite, Rollout, Rule, Segment, Stickiness, ValueType, Variant,
 };
 use chrono::{DateTime, Utc};
 use foldhash::HashSet;
@@ -14,6 +14,16 @@ use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::net::IpAddr;
+
+/// The pointer of rule `i`, formatted only into an error.
+#[derive(Clone, Copy)]
+struct RuleAt(usize);
+
+impl Display for RuleAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "/rules/{}", self.0)
+    }
+}
 
 /// Largest variant weight; Unleash's weights go to 1000.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -202,7 +212,7 @@ pub(crate) struct CompiledFlag {
 /// Takes the flag by value so that a snapshot moves its strings instead of copying them (allocation was most of the
 /// time a 1,000-flag snapshot took to build).
 pub(crate) fn compile_flag(
-    flag: Flag,
+    mut flag: Flag,
     segments: &BTreeMap<String, Segment>,
     strict: bool,
 ) -> Result<CompiledFlag, Vec<Invalid>> {
@@ -228,16 +238,16 @@ pub(crate) fn compile_flag(
     }
 
     let value_type = flag.value_type;
+    let default_variant = compile_default_variant(&flag, &mut errors);
     let variants = compile_variants(
-        &flag.variants,
+        flag.variants.clone(),
         value_type,
         &flag.variant_stickiness,
-        &flag.key,
+        flag.key.clone(),
         "/variants",
         "/variant_stickiness",
         &mut errors,
     );
-    let default_variant = compile_default_variant(&flag, &mut errors);
     check_count(flag.warnings.len(), MAX_WARNINGS, "/warnings", &mut errors);
     for (i, warning) in flag.warnings.iter().enumerate() {
         for (name, text) in [("pointer", &warning.pointer), ("source", &warning.source), ("message", &warning.message)]
@@ -245,69 +255,68 @@ pub(crate) fn compile_flag(
             check_value(text, format_args!("/warnings/{i}/{name}"), &mut errors);
         }
     }
-    let mut rule_ids = HashSet::default();
-    let rules: Vec<CompiledRule> = flag
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| {
-            let at = format!("/rules/{i}");
-            if rule.id.is_empty() || rule.id.len() > MAX_KEY_LEN {
-                errors.push(Invalid::new(format!("{at}/id"), format!("a rule id has 1 to {MAX_KEY_LEN} characters")));
-            } else if !rule_ids.insert(rule.id.as_str()) {
-                errors.push(Invalid::new(format!("{at}/id"), format!("rule id `{}` is used twice", rule.id)));
-            }
-            check_window(rule.starts_at, rule.ends_at, &at, &mut errors);
-            check_count(rule.constraints.len(), MAX_CONSTRAINTS, format_args!("{at}/constraints"), &mut errors);
-            check_count(rule.segments.len(), MAX_SEGMENTS, format_args!("{at}/segments"), &mut errors);
-            let mut constraints: Vec<CompiledConstraint> = rule
-                .constraints
-                .iter()
-                .enumerate()
-                .filter_map(|(j, c)| compile_constraint(c, format_args!("{at}/constraints/{j}"), strict, &mut errors))
-                .collect();
-            let mut broken = None;
-            for (j, name) in rule.segments.iter().enumerate() {
-                match segments.get(name) {
-                    Some(segment) => {
-                        constraints.extend(segment.constraints.iter().filter_map(|c| {
-                            compile_constraint(c, format_args!("{at}/segments/{j}"), strict, &mut errors)
-                        }))
-                    }
-                    None if strict => {
-                        errors.push(Invalid::new(format!("{at}/segments/{j}"), format!("no segment `{name}`")))
-                    }
-                    None => {
-                        broken = Some(format!("rule `{}` references segment `{name}`, which does not exist", rule.id))
-                    }
+    // Whether the flag has any targeting, before its rules move into the compiled form.
+    let targeted = !(flag.rules.is_empty()
+        && flag.overrides.is_empty()
+        && flag.allow_orgs.is_empty()
+        && flag.block_orgs.is_empty()
+        && flag.target_users.is_empty()
+        && flag.prerequisites.is_empty()
+        && flag.environments.is_empty());
+    let mut rules: Vec<CompiledRule> = Vec::with_capacity(flag.rules.len());
+    for (i, rule) in std::mem::take(&mut flag.rules).into_iter().enumerate() {
+        let at = RuleAt(i);
+        if rule.id.is_empty() || rule.id.len() > MAX_KEY_LEN {
+            errors.push(Invalid::new(format!("{at}/id"), format!("a rule id has 1 to {MAX_KEY_LEN} characters")));
+        } else if rules.iter().any(|other| other.id == rule.id) {
+            errors.push(Invalid::new(format!("{at}/id"), format!("rule id `{}` is used twice", rule.id)));
+        }
+        check_window(rule.starts_at, rule.ends_at, at, &mut errors);
+        check_count(rule.constraints.len(), MAX_CONSTRAINTS, format_args!("{at}/constraints"), &mut errors);
+        check_count(rule.segments.len(), MAX_SEGMENTS, format_args!("{at}/segments"), &mut errors);
+        let Rule { id, constraints, segments: names, rollout, variants, starts_at, ends_at, disabled } = rule;
+        let mut compiled: Vec<CompiledConstraint> = constraints
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, c)| compile_constraint(c, format_args!("{at}/constraints/{j}"), strict, &mut errors))
+            .collect();
+        let mut broken = None;
+        for (j, name) in names.iter().enumerate() {
+            match segments.get(name) {
+                Some(segment) => compiled.extend(segment.constraints.iter().filter_map(|c| {
+                    compile_constraint(c.clone(), format_args!("{at}/segments/{j}"), strict, &mut errors)
+                })),
+                None if strict => {
+                    errors.push(Invalid::new(format!("{at}/segments/{j}"), format!("no segment `{name}`")))
                 }
+                None => broken = Some(format!("rule `{id}` references segment `{name}`, which does not exist")),
             }
-            let rollout = rule.rollout.as_ref().and_then(|r| compile_rollout(r, &flag.key, &at, &mut errors));
-            let (stickiness, group_id) = match &rule.rollout {
-                Some(r) => (r.stickiness.clone(), r.group_id.clone().unwrap_or_else(|| flag.key.clone())),
-                None => (flag.variant_stickiness.clone(), flag.key.clone()),
-            };
-            let variants = compile_variants(
-                &rule.variants,
-                value_type,
-                &stickiness,
-                &group_id,
-                format_args!("{at}/variants"),
-                format_args!("{at}/rollout/stickiness"),
-                &mut errors,
-            );
-            CompiledRule {
-                id: rule.id.clone(),
-                constraints,
-                rollout,
-                variants,
-                starts_at: rule.starts_at,
-                ends_at: rule.ends_at,
-                broken,
-                disabled: rule.disabled,
-            }
-        })
-        .collect();
+        }
+        let compiled_rollout = rollout.as_ref().and_then(|r| compile_rollout(r, &flag.key, at, &mut errors));
+        let (stickiness, group_id) = match rollout {
+            Some(r) => (r.stickiness, r.group_id.unwrap_or_else(|| flag.key.clone())),
+            None => (flag.variant_stickiness.clone(), flag.key.clone()),
+        };
+        let variants = compile_variants(
+            variants,
+            value_type,
+            &stickiness,
+            group_id,
+            format_args!("{at}/variants"),
+            format_args!("{at}/rollout/stickiness"),
+            &mut errors,
+        );
+        rules.push(CompiledRule {
+            id,
+            constraints: compiled,
+            rollout: compiled_rollout,
+            variants,
+            starts_at,
+            ends_at,
+            broken,
+            disabled,
+        });
+    }
 
     for (i, o) in flag.overrides.iter().enumerate() {
         let at = format!("/overrides/{i}");
@@ -342,13 +351,6 @@ pub(crate) fn compile_flag(
     if !errors.is_empty() {
         return Err(errors);
     }
-    let targeted = !(flag.rules.is_empty()
-        && flag.overrides.is_empty()
-        && flag.allow_orgs.is_empty()
-        && flag.block_orgs.is_empty()
-        && flag.target_users.is_empty()
-        && flag.prerequisites.is_empty()
-        && flag.environments.is_empty());
     let default_reason = match (targeted, flag.default_value && variants.as_ref().is_some_and(splits)) {
         (true, _) => Reason::Default,
         (false, true) => Reason::Rollout,
@@ -451,7 +453,7 @@ pub fn validate_segment(segment: &Segment) -> Result<(), Vec<Invalid>> {
     check_len(&segment.description, MAX_DESCRIPTION_LEN, "/description", &mut errors);
     check_count(segment.constraints.len(), MAX_CONSTRAINTS, "/constraints", &mut errors);
     for (i, c) in segment.constraints.iter().enumerate() {
-        compile_constraint(c, format_args!("/constraints/{i}"), true, &mut errors);
+        compile_constraint(c.clone(), format_args!("/constraints/{i}"), true, &mut errors);
     }
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
@@ -596,10 +598,10 @@ fn check_value_type(value_type: ValueType, payload: Option<&Payload>, at: impl D
 }
 
 fn compile_variants(
-    variants: &[Variant],
+    variants: Vec<Variant>,
     value_type: ValueType,
     stickiness: &Stickiness,
-    group_id: &str,
+    group_id: String,
     at: impl Display,
     stickiness_at: impl Display,
     errors: &mut Vec<Invalid>,
@@ -633,13 +635,7 @@ fn compile_variants(
     if total_weight == 0 {
         errors.push(Invalid::new(at.to_string(), "the variants' weights add up to 0"));
     }
-    Some(CompiledVariants {
-        variants: variants.to_vec(),
-        overrides,
-        total_weight,
-        stickiness: Sticky::from(stickiness),
-        group_id: group_id.to_string(),
-    })
+    Some(CompiledVariants { variants, overrides, total_weight, stickiness: Sticky::from(stickiness), group_id })
 }
 
 fn check_payload(kind: &str, value: &str, at: impl Display, errors: &mut Vec<Invalid>) {
@@ -660,9 +656,10 @@ fn check_payload(kind: &str, value: &str, at: impl Display, errors: &mut Vec<Inv
     }
 }
 
-/// `eager` compiles regexes now (writes and imports); otherwise only their syntax is checked (snapshots).
+/// `eager` compiles regexes now (writes and imports); otherwise only their syntax is checked (snapshots). Takes
+/// the constraint by value so that list values move into the compiled form instead of being copied.
 pub(crate) fn compile_constraint(
-    c: &Constraint,
+    c: Constraint,
     at: impl Display,
     eager: bool,
     errors: &mut Vec<Invalid>,
@@ -674,7 +671,28 @@ pub(crate) fn compile_constraint(
     for (i, value) in c.values.iter().enumerate() {
         check_value(value, format_args!("{at}/values/{i}"), errors);
     }
-    let fold = |s: &String| if c.case_insensitive { s.to_lowercase() } else { s.clone() };
+    if c.operator.single_valued() || c.operator == Operator::InCidr {
+        return compile_parsed(&c, at, eager, errors);
+    }
+    let Constraint { field, operator, values, inverted, case_insensitive } = c;
+    let fold = |s: String| if case_insensitive { s.to_lowercase() } else { s };
+    let test = match operator {
+        Operator::In => Test::In(StrSet::new(values.into_iter().map(fold))),
+        Operator::NotIn => Test::NotIn(StrSet::new(values.into_iter().map(fold))),
+        Operator::StrStartsWith => Test::StartsWith(values.into_iter().map(fold).collect()),
+        Operator::StrEndsWith => Test::EndsWith(values.into_iter().map(fold).collect()),
+        _ => Test::Contains(values.into_iter().map(fold).collect()),
+    };
+    Some(CompiledConstraint { field: Field::parse(&field), test, inverted, case_insensitive })
+}
+
+/// Constraints whose values are parsed: numbers, dates, versions, regexes, CIDR blocks.
+fn compile_parsed(
+    c: &Constraint,
+    at: impl Display,
+    eager: bool,
+    errors: &mut Vec<Invalid>,
+) -> Option<CompiledConstraint> {
     let mut single = || -> Option<&str> {
         if c.values.len() == 1 {
             Some(c.values[0].as_str())
@@ -690,11 +708,9 @@ pub(crate) fn compile_constraint(
     };
     let value_at = || format!("{at}/values/0");
     let test = match c.operator {
-        Operator::In => Test::In(StrSet::new(c.values.iter().map(fold))),
-        Operator::NotIn => Test::NotIn(StrSet::new(c.values.iter().map(fold))),
-        Operator::StrStartsWith => Test::StartsWith(c.values.iter().map(fold).collect()),
-        Operator::StrEndsWith => Test::EndsWith(c.values.iter().map(fold).collect()),
-        Operator::StrContains => Test::Contains(c.values.iter().map(fold).collect()),
+        Operator::In | Operator::NotIn | Operator::StrStartsWith | Operator::StrEndsWith | Operator::StrContains => {
+            return None;
+        }
         op @ (Operator::NumEq | Operator::NumGt | Operator::NumGte | Operator::NumLt | Operator::NumLte) => {
             let raw = single()?;
             match raw.trim().parse::<f64>() {

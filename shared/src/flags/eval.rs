@@ -287,7 +287,8 @@ pub struct Refreshed {
 /// every flag whose stored version did not change.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    flags: HashMap<String, Slot>,
+    /// Keys are shared, so a refresh copies the map without copying a string.
+    flags: HashMap<Arc<str>, Slot>,
     segments: BTreeMap<String, Segment>,
 }
 
@@ -300,7 +301,7 @@ impl Snapshot {
             .filter(|flag| !flag.archived)
             .map(|flag| {
                 let version = flag.version;
-                (flag.key.clone(), compile_slot(flag, version, segments))
+                (Arc::from(flag.key.as_str()), compile_slot(flag, version, segments))
             })
             .collect();
         Self { flags, segments: segments.clone() }
@@ -317,19 +318,27 @@ impl Snapshot {
     ) -> (Snapshot, Refreshed) {
         let segments_unchanged = segments == self.segments;
         let mut counts = Refreshed::default();
-        let mut flags = HashMap::default();
-        for item in stored {
+        // Start from this snapshot's entries and replace what changed: copying the map is cheap (shared keys and
+        // compiled flags), so an unchanged flag costs one lookup.
+        let mut flags = self.flags.clone();
+        let stored: Vec<StoredFlag<'a>> = stored.into_iter().collect();
+        let mut listed = 0;
+        for item in &stored {
+            listed += 1;
             if let Some(slot) = self.flags.get(item.key)
                 && slot.stored_version == item.version
                 && (segments_unchanged || !slot.uses_segments)
             {
                 counts.reused += 1;
-                flags.insert(item.key.to_string(), slot.clone());
                 continue;
             }
             counts.compiled += 1;
             let slot = match Flag::deserialize(item.document) {
-                Ok(flag) if flag.archived => continue,
+                Ok(flag) if flag.archived => {
+                    listed -= 1;
+                    flags.remove(item.key);
+                    continue;
+                }
                 Ok(flag) => compile_slot(flag, item.version, &segments),
                 Err(error) => Slot {
                     entry: Entry::Broken {
@@ -340,7 +349,12 @@ impl Snapshot {
                     uses_segments: false,
                 },
             };
-            flags.insert(item.key.to_string(), slot);
+            flags.insert(Arc::from(item.key), slot);
+        }
+        if flags.len() > listed {
+            // Flags that are no longer stored at all (removed by hand): rare, so only then is a set built.
+            let keys: foldhash::HashSet<&str> = stored.iter().map(|item| item.key).collect();
+            flags.retain(|key, _| keys.contains(&**key));
         }
         (Snapshot { flags, segments }, counts)
     }
@@ -355,7 +369,7 @@ impl Snapshot {
 
     /// Every flag key, sorted.
     pub fn keys(&self) -> Vec<&str> {
-        let mut keys: Vec<&str> = self.flags.keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = self.flags.keys().map(|key| &**key).collect();
         keys.sort_unstable();
         keys
     }
@@ -528,7 +542,7 @@ impl Snapshot {
     /// One level, as in Unleash: a prerequisite that has prerequisites of its own is never satisfied.
     fn prerequisite_holds(&self, prerequisite: &Prerequisite, context: &Context, now: DateTime<Utc>) -> (bool, String) {
         let name = &prerequisite.flag;
-        match self.flags.get(name).map(|slot| &slot.entry) {
+        match self.flags.get(name.as_str()).map(|slot| &slot.entry) {
             None => (false, format!("prerequisite `{name}` does not exist")),
             Some(Entry::Broken { .. }) => (false, format!("prerequisite `{name}` does not compile")),
             Some(Entry::Ready(parent)) if !parent.prerequisites.is_empty() => {

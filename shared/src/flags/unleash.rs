@@ -550,7 +550,7 @@ fn constraint(c: &UnleashConstraint, at: &str, problems: &mut Vec<Invalid>) -> O
             ),
     };
     let before = problems.len();
-    compile_constraint(&converted, at, true, problems);
+    compile_constraint(converted.clone(), at, true, problems);
     (problems.len() == before).then_some(converted)
 }
 
