@@ -60,16 +60,18 @@ pub struct Flag {
     pub default_value: bool,
     /// What the flag answers: `boolean` (on or off), or a `string`, `number` or `object` taken from the served
     /// variant's payload, so a typed flag answers its type on every path.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ValueType::is_boolean")]
     pub value_type: ValueType,
     /// The variant served whenever evaluation chooses none: the flag is off for the context (killed, environment
     /// off, prerequisite failed, blocked, forced off, default off) or on without a variant list. Required for a
     /// flag that is not `boolean`; a boolean flag without one answers the variant names `on` and `off`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_variant: Option<DefaultVariant>,
     /// What a lenient import carried over that Keel does not support as such (each as Unleash evaluates it), with
-    /// a pointer into the flag and into the imported document. Kept until a write replaces them.
-    #[serde(default)]
+    /// a pointer into the flag and into the imported document. Kept until a write replaces them. This field, the
+    /// two above and a rule's `disabled` are left out of the document while they hold their default, so flags
+    /// stored before they existed read and write exactly as they did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<FlagWarning>,
     #[serde(default)]
     pub lifecycle: Lifecycle,
@@ -145,7 +147,7 @@ pub struct Rule {
     #[serde(default)]
     pub ends_at: Option<DateTime<Utc>>,
     /// Never matches: skipped by evaluation. A lenient import keeps a strategy Unleash never matches this way.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
 }
 
@@ -298,6 +300,10 @@ pub enum ValueType {
 }
 
 impl ValueType {
+    fn is_boolean(&self) -> bool {
+        *self == ValueType::Boolean
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ValueType::Boolean => "boolean",
