@@ -310,7 +310,8 @@ pub struct Refreshed {
 /// every flag whose stored version did not change.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    flags: HashMap<String, Entry>,
+    /// Shared keys: a refresh copies the map without copying a string.
+    flags: HashMap<Arc<str>, Entry>,
     segments: BTreeMap<String, Segment>,
 }
 
@@ -323,7 +324,7 @@ impl Snapshot {
             .filter(|flag| !flag.archived)
             .map(|flag| {
                 let version = flag.version;
-                (flag.key.clone(), compile_entry(flag, version, segments))
+                (Arc::from(flag.key.as_str()), compile_entry(flag, version, segments))
             })
             .collect();
         Self { flags, segments: segments.clone() }
@@ -340,8 +341,8 @@ impl Snapshot {
     ) -> (Snapshot, Refreshed) {
         let segments_unchanged = segments == self.segments;
         let mut counts = Refreshed::default();
-        // Start from this snapshot's entries and replace what changed: copying the map copies keys and shares the
-        // compiled flags, so an unchanged flag costs a lookup and a short string.
+        // Start from this snapshot's entries and replace what changed: copying the map shares the keys and the
+        // compiled flags, so an unchanged flag costs a lookup.
         let mut flags = self.flags.clone();
         let stored: Vec<StoredFlag<'a>> = stored.into_iter().collect();
         let mut listed = 0;
@@ -368,12 +369,12 @@ impl Snapshot {
                     kept: Kept { stored_version: item.version, uses_segments: false },
                 })),
             };
-            flags.insert(item.key.to_string(), entry);
+            flags.insert(Arc::from(item.key), entry);
         }
         if flags.len() > listed {
             // Flags that are no longer stored at all (removed by hand): rare, so only then is a set built.
             let keys: foldhash::HashSet<&str> = stored.iter().map(|item| item.key).collect();
-            flags.retain(|key, _| keys.contains(key.as_str()));
+            flags.retain(|key, _| keys.contains(&**key));
         }
         (Snapshot { flags, segments }, counts)
     }
@@ -388,7 +389,7 @@ impl Snapshot {
 
     /// Every flag key, sorted.
     pub fn keys(&self) -> Vec<&str> {
-        let mut keys: Vec<&str> = self.flags.keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = self.flags.keys().map(|key| &**key).collect();
         keys.sort_unstable();
         keys
     }
@@ -566,7 +567,7 @@ impl Snapshot {
     /// One level, as in Unleash: a prerequisite that has prerequisites of its own is never satisfied.
     fn prerequisite_holds(&self, prerequisite: &Prerequisite, context: &Context, now: DateTime<Utc>) -> (bool, String) {
         let name = &prerequisite.flag;
-        match self.flags.get(name) {
+        match self.flags.get(name.as_str()) {
             None => (false, format!("prerequisite `{name}` does not exist")),
             Some(Entry::Broken(_)) => (false, format!("prerequisite `{name}` does not compile")),
             Some(Entry::Ready(parent)) if !parent.flag.prerequisites.is_empty() => {
