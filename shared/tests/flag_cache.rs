@@ -274,5 +274,9 @@ async fn a_refresh_compiles_only_what_changed() {
         .await
         .unwrap();
     let (_, fourth, counts) = f.store.reload(&third).await.unwrap();
-    assert_eq!((fourth.len(), counts.reused), (4, 4));
+    assert_eq!((fourth.len(), counts.reused, counts.compiled), (4, 4, 1));
+    // ... and is not decoded again while it stays archived.
+    let (_, fifth, counts) = f.store.reload(&fourth).await.unwrap();
+    assert_eq!((fifth.len(), counts.reused, counts.compiled), (4, 5, 0));
+    assert_eq!(fifth.evaluate("c", &org("o1"), f.clock.now()).reason, Reason::FlagNotFound);
 }

@@ -312,6 +312,8 @@ pub struct Refreshed {
 pub struct Snapshot {
     /// Shared keys: a refresh copies the map without copying a string.
     flags: HashMap<Arc<str>, Entry>,
+    /// Archived flags by stored version, so a refresh skips them without decoding them again.
+    archived: HashMap<Arc<str>, u64>,
     segments: BTreeMap<String, Segment>,
 }
 
@@ -319,15 +321,16 @@ impl Snapshot {
     /// Compiles every unarchived flag. A flag that does not compile is kept as an ERROR answer rather than
     /// failing the whole snapshot; so is a rule referencing a missing segment.
     pub fn build(flags: impl IntoIterator<Item = Flag>, segments: &BTreeMap<String, Segment>) -> Self {
-        let flags = flags
-            .into_iter()
-            .filter(|flag| !flag.archived)
-            .map(|flag| {
-                let version = flag.version;
-                (Arc::from(flag.key.as_str()), compile_entry(flag, version, segments))
-            })
-            .collect();
-        Self { flags, segments: segments.clone() }
+        let mut snapshot = Snapshot { segments: segments.clone(), ..Snapshot::default() };
+        for flag in flags {
+            let (key, version) = (Arc::from(flag.key.as_str()), flag.version);
+            if flag.archived {
+                snapshot.archived.insert(key, version);
+            } else {
+                snapshot.flags.insert(key, compile_entry(flag, version, segments));
+            }
+        }
+        snapshot
     }
 
     /// The snapshot of the stored flags now: a flag whose stored version is the one this snapshot compiled (and,
@@ -344,9 +347,17 @@ impl Snapshot {
         // Start from this snapshot's entries and replace what changed: copying the map shares the keys and the
         // compiled flags, so an unchanged flag costs a lookup.
         let mut flags = self.flags.clone();
+        let mut archived = HashMap::default();
         let stored: Vec<StoredFlag<'a>> = stored.into_iter().collect();
         let mut listed = 0;
         for item in &stored {
+            if let Some((key, version)) = self.archived.get_key_value(item.key)
+                && *version == item.version
+            {
+                counts.reused += 1;
+                archived.insert(key.clone(), *version);
+                continue;
+            }
             listed += 1;
             if let Some(kept) = self.flags.get(item.key).map(Entry::kept)
                 && kept.stored_version == item.version
@@ -360,6 +371,7 @@ impl Snapshot {
                 Ok(flag) if flag.archived => {
                     listed -= 1;
                     flags.remove(item.key);
+                    archived.insert(Arc::from(item.key), item.version);
                     continue;
                 }
                 Ok(flag) => compile_entry(flag, item.version, &segments),
@@ -376,7 +388,7 @@ impl Snapshot {
             let keys: foldhash::HashSet<&str> = stored.iter().map(|item| item.key).collect();
             flags.retain(|key, _| keys.contains(&**key));
         }
-        (Snapshot { flags, segments }, counts)
+        (Snapshot { flags, archived, segments }, counts)
     }
 
     pub fn len(&self) -> usize {
