@@ -173,7 +173,8 @@ fn entry<'s>(key: &'s str, evaluation: &Evaluation<'s>, served: &Served) -> Entr
             metadata,
         }),
         None => {
-            // Writes refuse such payloads and a snapshot compiles them the same way: a flag stored by hand.
+            // Not reached by a flag that compiled (writes and snapshots check payloads alike); should it be, an
+            // error beats a value of the wrong type.
             let details = format!("flag '{key}' has no value of its type for this answer");
             tracing::warn!(flag = key, details, "flag value cannot be served over OFREP; answering PARSE_ERROR");
             Entry::Failure(Failure {
