@@ -280,3 +280,15 @@ async fn a_refresh_compiles_only_what_changed() {
     assert_eq!((fifth.len(), counts.reused, counts.compiled), (4, 5, 0));
     assert_eq!(fifth.evaluate("c", &org("o1"), f.clock.now()).reason, Reason::FlagNotFound);
 }
+
+#[tokio::test]
+async fn a_refresh_drops_a_flag_removed_from_the_table_by_hand() {
+    let f = fixture();
+    for key in ["a", "b"] {
+        f.store.create(on_flag(key), "alice").await.unwrap();
+    }
+    let (_, first, _) = f.store.reload(&keel::flags::Snapshot::default()).await.unwrap();
+    f.table.delete(&keel::table::Key::new("FLAG", "b"), keel::table::Expect::Any).await.unwrap();
+    let (_, second, counts) = f.store.reload(&first).await.unwrap();
+    assert_eq!((second.keys(), counts.reused, counts.compiled), (vec!["a"], 1, 0));
+}

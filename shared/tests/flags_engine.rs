@@ -1913,8 +1913,9 @@ fn import(document: serde_json::Value) -> unleash::Import {
 
 #[track_caller]
 fn warned_at(import: &unleash::Import, pointer: &str) -> String {
-    let warning = import.warnings.iter().find(|w| w.pointer == pointer);
-    warning.unwrap_or_else(|| panic!("no warning at {pointer}: {:?}", import.warnings)).message.clone()
+    let warnings = import.warnings();
+    let warning = warnings.iter().find(|w| w.pointer == pointer);
+    warning.unwrap_or_else(|| panic!("no warning at {pointer}: {warnings:?}")).message.clone()
 }
 
 #[test]
@@ -1927,7 +1928,7 @@ fn unleash_unknown_strategy_is_reported() {
             {"name": "myCustomStrategy"},
         ]},
     ]}));
-    assert_eq!(result.warnings.len(), 2, "{:?}", result.warnings);
+    assert_eq!(result.warnings().len(), 2, "{:?}", result.warnings());
     assert!(warned_at(&result, "/features/1/strategies/1/name").contains("applicationHostname"));
     assert!(warned_at(&result, "/features/1/strategies/2/name").contains("myCustomStrategy"));
     // Every strategy is kept; those Unleash never matches as disabled rules, each with its warning on the flag.
@@ -1957,7 +1958,7 @@ fn unleash_unknown_operator_is_reported() {
     }]}]}));
     let message = warned_at(&result, "/features/0/strategies/0/constraints/1/operator");
     assert!(message.contains("STR_MATCHES"), "{message}");
-    assert_eq!(result.warnings.len(), 1);
+    assert_eq!(result.warnings().len(), 1);
 }
 
 #[test]
@@ -1979,7 +1980,7 @@ fn unleash_invalid_regex_is_reported() {
         "constraints": [{"contextName": "email", "operator": "REGEX", "value": "(unclosed"}],
     }]}]}));
     warned_at(&result, "/features/0/strategies/0/constraints/0/values/0");
-    assert_eq!(result.warnings.len(), 1);
+    assert_eq!(result.warnings().len(), 1);
 }
 
 #[test]
@@ -1990,7 +1991,7 @@ fn unleash_missing_segment_is_reported() {
     }));
     let message = warned_at(&result, "/features/0/strategies/0/segments/1");
     assert!(message.contains('2'), "{message}");
-    assert_eq!(result.warnings.len(), 1);
+    assert_eq!(result.warnings().len(), 1);
 }
 
 #[test]
@@ -2001,7 +2002,7 @@ fn unleash_invalid_ip_in_remote_address_is_reported() {
     }]}]}));
     let message = warned_at(&result, "/features/0/strategies/0/parameters/IPs");
     assert!(message.contains("not-an-ip"), "{message}");
-    assert_eq!(result.warnings.len(), 1);
+    assert_eq!(result.warnings().len(), 1);
     // The valid addresses are kept and evaluate.
     let s = snapshot(result.flags);
     let from = |ip: &str| Context { remote_address: Some(ip.into()), ..Context::default() };
@@ -2021,7 +2022,7 @@ fn unleash_document_without_problems_has_no_warnings() {
         }]}],
         "segments": [{"id": 1, "constraints": [{"contextName": "region", "operator": "IN", "values": ["eu"]}]}],
     }));
-    assert_eq!(result.warnings, Vec::<Invalid>::new());
+    assert_eq!(result.warnings(), Vec::<Invalid>::new());
     assert_eq!(result.flags.len(), 1);
     assert_eq!(result.segments.len(), 1);
 }

@@ -387,7 +387,7 @@ pub fn validate_flag(
     flags: &BTreeMap<String, Flag>,
     segments: &BTreeMap<String, Segment>,
 ) -> Result<(), Vec<Invalid>> {
-    let mut errors = compile_flag(flag.clone(), segments, true).err().unwrap_or_default();
+    let mut errors = check_flag(flag, segments);
     errors.extend(check_neighbours(flag, flags));
     if errors.is_empty() { Ok(()) } else { Err(errors) }
 }
@@ -671,19 +671,17 @@ pub(crate) fn compile_constraint(
     for (i, value) in c.values.iter().enumerate() {
         check_value(value, format_args!("{at}/values/{i}"), errors);
     }
-    if c.operator.single_valued() || c.operator == Operator::InCidr {
-        return compile_parsed(&c, at, eager, errors);
-    }
-    let Constraint { field, operator, values, inverted, case_insensitive } = c;
+    let case_insensitive = c.case_insensitive;
     let fold = |s: String| if case_insensitive { s.to_lowercase() } else { s };
-    let test = match operator {
-        Operator::In => Test::In(StrSet::new(values.into_iter().map(fold))),
-        Operator::NotIn => Test::NotIn(StrSet::new(values.into_iter().map(fold))),
-        Operator::StrStartsWith => Test::StartsWith(values.into_iter().map(fold).collect()),
-        Operator::StrEndsWith => Test::EndsWith(values.into_iter().map(fold).collect()),
-        _ => Test::Contains(values.into_iter().map(fold).collect()),
+    let test = match c.operator {
+        Operator::In => Test::In(StrSet::new(c.values.into_iter().map(fold))),
+        Operator::NotIn => Test::NotIn(StrSet::new(c.values.into_iter().map(fold))),
+        Operator::StrStartsWith => Test::StartsWith(c.values.into_iter().map(fold).collect()),
+        Operator::StrEndsWith => Test::EndsWith(c.values.into_iter().map(fold).collect()),
+        Operator::StrContains => Test::Contains(c.values.into_iter().map(fold).collect()),
+        _ => return compile_parsed(&c, at, eager, errors),
     };
-    Some(CompiledConstraint { field: Field::parse(&field), test, inverted, case_insensitive })
+    Some(CompiledConstraint { field: Field::parse(&c.field), test, inverted: c.inverted, case_insensitive })
 }
 
 /// Constraints whose values are parsed: numbers, dates, versions, regexes, CIDR blocks.
@@ -708,6 +706,7 @@ fn compile_parsed(
     };
     let value_at = || format!("{at}/values/0");
     let test = match c.operator {
+        // Lists move into the compiled form in `compile_constraint` and never come here.
         Operator::In | Operator::NotIn | Operator::StrStartsWith | Operator::StrEndsWith | Operator::StrContains => {
             return None;
         }

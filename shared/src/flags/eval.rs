@@ -349,7 +349,8 @@ impl Snapshot {
         let mut flags = self.flags.clone();
         let mut archived = HashMap::default();
         let stored: Vec<StoredFlag<'a>> = stored.into_iter().collect();
-        let mut listed = 0;
+        // Live flags among the stored ones: fewer entries than that means some were removed from the table.
+        let mut live = 0;
         for item in &stored {
             if let Some((key, version)) = self.archived.get_key_value(item.key)
                 && *version == item.version
@@ -358,18 +359,17 @@ impl Snapshot {
                 archived.insert(key.clone(), *version);
                 continue;
             }
-            listed += 1;
             if let Some(kept) = self.flags.get(item.key).map(Entry::kept)
                 && kept.stored_version == item.version
                 && (segments_unchanged || !kept.uses_segments)
             {
                 counts.reused += 1;
+                live += 1;
                 continue;
             }
             counts.compiled += 1;
             let entry = match Flag::deserialize(item.document) {
                 Ok(flag) if flag.archived => {
-                    listed -= 1;
                     flags.remove(item.key);
                     archived.insert(Arc::from(item.key), item.version);
                     continue;
@@ -381,9 +381,10 @@ impl Snapshot {
                     kept: Kept { stored_version: item.version, uses_segments: false },
                 })),
             };
+            live += 1;
             flags.insert(Arc::from(item.key), entry);
         }
-        if flags.len() > listed {
+        if flags.len() > live {
             // Flags that are no longer stored at all (removed by hand): rare, so only then is a set built.
             let keys: foldhash::HashSet<&str> = stored.iter().map(|item| item.key).collect();
             flags.retain(|key, _| keys.contains(&**key));
@@ -579,7 +580,7 @@ impl Snapshot {
     /// One level, as in Unleash: a prerequisite that has prerequisites of its own is never satisfied.
     fn prerequisite_holds(&self, prerequisite: &Prerequisite, context: &Context, now: DateTime<Utc>) -> (bool, String) {
         let name = &prerequisite.flag;
-        match self.flags.get(name.as_str()) {
+        match self.entry(name) {
             None => (false, format!("prerequisite `{name}` does not exist")),
             Some(Entry::Broken(_)) => (false, format!("prerequisite `{name}` does not compile")),
             Some(Entry::Ready(parent)) if !parent.flag.prerequisites.is_empty() => {

@@ -84,7 +84,7 @@ pub struct AuditEntry {
 }
 
 /// How an import treats what Keel does not support as such.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImportMode {
     /// Every flag that can be stored is imported, each unsupported element carried over as Unleash evaluates it
@@ -334,7 +334,7 @@ impl FlagStore {
     ) -> Result<ImportReport, StoreError> {
         let (existing, mut segments) = self.context().await?;
         let mut report = ImportReport { mode, dry_run, accepted: true, ..ImportReport::default() };
-        let mut problems: Vec<Invalid> = import.warnings.clone();
+        let mut problems: Vec<Invalid> = import.warnings();
         let mut refused_segments = Vec::new();
         for (i, segment) in import.segments.iter().enumerate() {
             match validate_segment(segment) {

@@ -178,15 +178,26 @@ pub fn parse(document: &Value) -> Result<ClientFeatures, String> {
     serde_json::from_value(document.clone()).map_err(|e| format!("not Unleash client features: {e}"))
 }
 
-/// The flags and segments an Unleash document becomes, and what Keel does not support as such: every warning,
-/// with a pointer into the Unleash document (the flags' own warnings are among them).
+/// The flags and segments an Unleash document becomes. What Keel does not support as such is on each flag
+/// (`Flag::warnings`), and for segments in `segment_warnings`.
 #[derive(Debug, Clone, Default)]
 pub struct Import {
     pub flags: Vec<Flag>,
     pub segments: Vec<Segment>,
-    pub warnings: Vec<Invalid>,
     /// The warnings about segments, which no flag carries.
     pub segment_warnings: Vec<Invalid>,
+}
+
+impl Import {
+    /// Every warning, with its pointer into the Unleash document: the segments', then each flag's.
+    pub fn warnings(&self) -> Vec<Invalid> {
+        let of_flags = self.flags.iter().flat_map(|flag| &flag.warnings);
+        self.segment_warnings
+            .iter()
+            .cloned()
+            .chain(of_flags.map(|w| Invalid { pointer: w.source.clone(), message: w.message.clone() }))
+            .collect()
+    }
 }
 
 /// The name of the variant a typed flag imported from Unleash serves when none is chosen, as Unleash names it.
@@ -217,13 +228,8 @@ pub fn convert(features: &ClientFeatures, now: DateTime<Utc>) -> Import {
             constraints,
         });
     }
-    import.warnings.clone_from(&import.segment_warnings);
     for (i, feature) in features.features.iter().enumerate() {
-        let flag = flag(feature, &format!("/features/{i}"), &known_segments, now);
-        import
-            .warnings
-            .extend(flag.warnings.iter().map(|w| Invalid { pointer: w.source.clone(), message: w.message.clone() }));
-        import.flags.push(flag);
+        import.flags.push(flag(feature, &format!("/features/{i}"), &known_segments, now));
     }
     import
 }
