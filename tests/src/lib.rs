@@ -1,6 +1,9 @@
 //! Support for Keel's pipeline and end-to-end tests: signed webhook requests, API Gateway events, an embedded
 //! world of adapters, and port decorators that count calls.
 
+// Test support fails the test that uses it by panicking, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use async_trait::async_trait;
 use aws_lambda_events::apigw::{
     ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription, ApiGatewayV2httpRequest,
@@ -12,12 +15,12 @@ use hmac::{Hmac, Mac};
 use http::{HeaderName, HeaderValue, Method};
 use keel::bus::EventBus;
 use keel::clock::{Clock, ManualClock};
-use keel::embedded::{EmbeddedBus, EmbeddedDb, EmbeddedQueue, QueueSpec};
 use keel::function::Invocation;
 use keel::port::PortError;
 use keel::queue::{MessageAttrs, Queue, Received};
 use keel::resources::StaticResources;
 use keel::table::{Expect, Item, Key, Page, Query, Table, Write};
+use keel_embedded::{EmbeddedBus, EmbeddedDb, EmbeddedQueue, QueueSpec};
 use sha2::Sha256;
 use std::path::PathBuf;
 use std::sync::Arc;

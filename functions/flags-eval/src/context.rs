@@ -3,8 +3,8 @@
 //! the environment it is evaluated for.
 
 use chrono::DateTime;
-use keel::flags::{self, Context};
 use keel::identity::Identity;
+use keel_flags::{self as flags, Context};
 use serde_json::{Map, Value};
 
 /// Most entries one request context may carry.

@@ -20,9 +20,9 @@
 use crate::context::{self, Dialect};
 use crate::{Call, FlagsEval, MAX_BODY_BYTES, MAX_KEYS, rfc3339};
 use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
-use keel::flags::{self, Context, ErrorCode, Evaluation, Payload, Reason};
 use keel::http;
 use keel::problem::Problem;
+use keel_flags::{self as flags, Context, ErrorCode, Evaluation, Payload, Reason};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -65,7 +65,7 @@ impl<'s> Answer<'s> {
     fn unavailable() -> Self {
         Self {
             value: Value::Bool(false),
-            value_type: keel::flags::ValueType::Boolean.as_str(),
+            value_type: keel_flags::ValueType::Boolean.as_str(),
             enabled: false,
             variant: None,
             payload: None,

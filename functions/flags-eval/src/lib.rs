@@ -23,12 +23,12 @@ use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use http::HeaderValue;
 use keel::config::{ConfigError, Env};
-use keel::flags::store::{FlagCache, FlagStore, Served};
-use keel::flags::{ErrorCode, Evaluation};
 use keel::function::{HttpFunction, Invocation};
 use keel::identity::Identity;
 use keel::problem::Problem;
 use keel::resources::Resources;
+use keel_flags::store::{FlagCache, FlagStore, Served};
+use keel_flags::{ErrorCode, Evaluation};
 use std::sync::Arc;
 
 pub const TABLE_VAR: &str = "FLAGS_TABLE";

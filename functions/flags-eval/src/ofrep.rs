@@ -21,10 +21,10 @@ use crate::{Call, FlagsEval, MAX_BODY_BYTES, error_details, log_failure, rfc3339
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use http::HeaderValue;
 use http::header::{CACHE_CONTROL, ETAG};
-use keel::flags::store::Served;
-use keel::flags::{Context, ErrorCode, Evaluation, Reason, Snapshot};
 use keel::http as kh;
 use keel::problem::Problem;
+use keel_flags::store::Served;
+use keel_flags::{Context, ErrorCode, Evaluation, Reason, Snapshot};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};

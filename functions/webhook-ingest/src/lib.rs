@@ -21,7 +21,7 @@ use keel::problem::Problem;
 use keel::queue::Queue;
 use keel::resources::Resources;
 use keel::table::{Attrs, Expect, Item, Table, Write};
-use keel::webhooks::{self, Delivery, Status};
+use keel_webhooks::{self as webhooks, Delivery, Status};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

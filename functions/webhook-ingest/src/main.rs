@@ -5,7 +5,7 @@ use std::sync::Arc;
 async fn main() -> Result<(), lambda_runtime::Error> {
     keel::telemetry::init();
     let env = Env::from_process();
-    let resources = keel::aws::AwsResources::load(&env).await?;
+    let resources = keel_aws::AwsResources::load(&env).await?;
     let ingest = webhook_ingest::build(&env, &resources)?;
     keel::lambda::run_http("webhook-ingest", Arc::new(ingest)).await
 }

@@ -14,7 +14,7 @@ use keel::problem::Problem;
 use keel::queue::Queue;
 use keel::resources::Resources;
 use keel::table::{Expect, Query, Table};
-use keel::webhooks::{self, Delivery, Status};
+use keel_webhooks::{self as webhooks, Delivery, Status};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;

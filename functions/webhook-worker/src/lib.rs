@@ -19,7 +19,7 @@ use keel::port::PortError;
 use keel::queue::{MessageAttrs, Queue};
 use keel::resources::Resources;
 use keel::table::{Expect, Table};
-use keel::webhooks::{self, Delivery, QueueMessage, Status};
+use keel_webhooks::{self as webhooks, Delivery, QueueMessage, Status};
 use serde_json::{Value, json};
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 async fn main() -> Result<(), lambda_runtime::Error> {
     keel::telemetry::init();
     let env = Env::from_process();
-    let resources = keel::aws::AwsResources::load(&env).await?;
+    let resources = keel_aws::AwsResources::load(&env).await?;
     let worker = webhook_worker::build(&env, &resources)?;
     keel::lambda::run_queue("webhook-worker", Arc::new(worker)).await
 }

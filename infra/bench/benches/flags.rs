@@ -1,8 +1,8 @@
-//! Feature-flag evaluation: Keel's engine (`keel::flags`) against Unleash's own Rust engine, yggdrasil
+//! Feature-flag evaluation: Keel's engine (`keel_flags`) against Unleash's own Rust engine, yggdrasil
 //! (`unleash-yggdrasil`, the core of Unleash's server-side SDKs), on the same flags.
 //!
 //! Every scenario is written once, as an Unleash client-features document; yggdrasil takes it as it is and Keel
-//! imports it with `keel::flags::unleash::convert` (which must report no warnings), so the two engines evaluate
+//! imports it with `keel_flags::unleash::convert` (which must report no warnings), so the two engines evaluate
 //! the same flag by construction. Before anything is timed, both engines answer for hundreds of user ids in every
 //! scenario and must agree on the value (and on the variant's name), so the comparison cannot drift.
 //!
@@ -19,8 +19,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use keel::flags::unleash;
-use keel::flags::{
+use keel_flags::unleash;
+use keel_flags::{
     Constraint, Flag, FlagType, Lifecycle, Operator, Override, OverrideAction, Payload, Rollout, Rule, Segment,
     Snapshot, Stickiness, StoredFlag, Variant,
 };

@@ -4,11 +4,11 @@
 use crate::template::{QueueDecl, Template};
 use keel::bus::EventBus;
 use keel::clock::Clock;
-use keel::embedded::{EmbeddedBus, EmbeddedDb, QueueSpec};
 use keel::faults::Faults;
 use keel::port::PortError;
 use keel::queue::Queue;
 use keel::table::Table;
+use keel_embedded::{EmbeddedBus, EmbeddedDb, QueueSpec};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -139,7 +139,7 @@ fn aws_failed(what: &str) -> impl Fn(PortError) -> String + '_ {
 }
 
 pub(crate) async fn aws(template: &Template, faults: &Faults, clock: Arc<dyn Clock>) -> Result<Built, String> {
-    let config = keel::aws::load_sdk_config().await;
+    let config = keel_aws::load_sdk_config().await;
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
     let sqs = aws_sdk_sqs::Client::new(&config);
     let eventbridge = aws_sdk_eventbridge::Client::new(&config);
@@ -152,8 +152,8 @@ pub(crate) async fn aws(template: &Template, faults: &Faults, clock: Arc<dyn Clo
     };
     for id in &template.tables {
         let name = format!("{AWS_NAME_PREFIX}{id}");
-        keel::aws::provision::ensure_table(&dynamodb, &name).await.map_err(aws_failed(&format!("table {id}")))?;
-        let table: Arc<dyn Table> = Arc::new(keel::aws::DynamoTable::new(dynamodb.clone(), &name, clock.clone()));
+        keel_aws::provision::ensure_table(&dynamodb, &name).await.map_err(aws_failed(&format!("table {id}")))?;
+        let table: Arc<dyn Table> = Arc::new(keel_aws::DynamoTable::new(dynamodb.clone(), &name, clock.clone()));
         built.tables.insert(id.clone(), Resource { adapter: faults.table(table), reference: name });
     }
     let mut arns: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -168,32 +168,28 @@ pub(crate) async fn aws(template: &Template, faults: &Faults, clock: Arc<dyn Clo
             }
         };
         let visibility = u32::try_from(decl.visibility_timeout.as_secs()).unwrap_or(u32::MAX);
-        let (url, arn) = keel::aws::provision::ensure_queue(
-            &sqs,
-            &name,
-            visibility,
-            redrive.as_ref().map(|(a, n)| (a.as_str(), *n)),
-        )
-        .await
-        .map_err(aws_failed(&format!("queue {}", decl.logical_id)))?;
+        let (url, arn) =
+            keel_aws::provision::ensure_queue(&sqs, &name, visibility, redrive.as_ref().map(|(a, n)| (a.as_str(), *n)))
+                .await
+                .map_err(aws_failed(&format!("queue {}", decl.logical_id)))?;
         arns.insert(decl.logical_id.clone(), (url.clone(), arn));
-        let queue: Arc<dyn Queue> = Arc::new(keel::aws::SqsQueue::new(sqs.clone(), &url));
+        let queue: Arc<dyn Queue> = Arc::new(keel_aws::SqsQueue::new(sqs.clone(), &url));
         built.queues.insert(decl.logical_id.clone(), Resource { adapter: faults.queue(queue), reference: url });
     }
     for id in &template.buses {
         let name = format!("{AWS_NAME_PREFIX}{id}");
-        keel::aws::provision::ensure_bus(&eventbridge, &name).await.map_err(aws_failed(&format!("event bus {id}")))?;
-        let bus: Arc<dyn EventBus> = Arc::new(keel::aws::EventBridgeBus::new(eventbridge.clone(), &name));
+        keel_aws::provision::ensure_bus(&eventbridge, &name).await.map_err(aws_failed(&format!("event bus {id}")))?;
+        let bus: Arc<dyn EventBus> = Arc::new(keel_aws::EventBridgeBus::new(eventbridge.clone(), &name));
         built.buses.insert(id.clone(), Resource { adapter: faults.bus(bus), reference: name });
     }
     for rule in &template.rules {
         let bus = format!("{AWS_NAME_PREFIX}{}", rule.bus);
-        let pattern = keel::aws::provision::event_pattern_json(&rule.pattern);
+        let pattern = keel_aws::provision::event_pattern_json(&rule.pattern);
         for target in &rule.targets {
             let (url, arn) =
                 arns.get(target).ok_or_else(|| format!("rule {} targets no known queue", rule.logical_id))?;
             let rule_name = format!("{AWS_NAME_PREFIX}{}-{target}", rule.logical_id);
-            keel::aws::provision::ensure_rule_to_queue(&eventbridge, &sqs, &bus, &rule_name, &pattern, url, arn)
+            keel_aws::provision::ensure_rule_to_queue(&eventbridge, &sqs, &bus, &rule_name, &pattern, url, arn)
                 .await
                 .map_err(aws_failed(&format!("rule {}", rule.logical_id)))?;
         }

@@ -1,0 +1,246 @@
+//! A template and functions of the tests' own, so the host's behaviour is tested apart from Keel's functions:
+//! `echo` answers every HTTP route by the route key it was invoked under, `worker` records what it receives and
+//! fails bodies starting with `fail`, `ticker` is a scheduled function.
+
+use async_trait::async_trait;
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use base64::Engine;
+use keel::config::{ConfigError, Env};
+use keel::function::{HttpFunction, Invocation, QueueFunction};
+use keel::queue::{MessageAttrs, Queue};
+use keel::resources::Resources;
+use keel::table::{Attrs, Expect, Item, Key, Table};
+use keel_local::{Backend, Host, HostOptions, Registry, ScheduledFunction};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub const FIXTURE: &str = r#"
+AWSTemplateFormatVersion: '2010-09-09'
+Transform: AWS::Serverless-2016-10-31
+Parameters:
+  Greeting: {Type: String, Default: hello}
+Globals:
+  Function:
+    Timeout: 5
+    Environment:
+      Variables:
+        GREETING: !Ref Greeting
+Resources:
+  Api:
+    Type: AWS::Serverless::HttpApi
+    Properties:
+      Auth:
+        DefaultAuthorizer: Dev
+        Authorizers:
+          Dev:
+            IdentitySource: $request.header.Authorization
+            JwtConfiguration: {issuer: keel-local, audience: [keel]}
+  Items: {Type: AWS::DynamoDB::Table}
+  Jobs:
+    Type: AWS::SQS::Queue
+    Properties:
+      VisibilityTimeout: 1
+      RedrivePolicy: {deadLetterTargetArn: !GetAtt JobsDlq.Arn, maxReceiveCount: 2}
+  JobsDlq: {Type: AWS::SQS::Queue}
+  Echo:
+    Type: AWS::Serverless::Function
+    Metadata: {BuildProperties: {Binary: echo}}
+    Properties:
+      Timeout: 1
+      Environment:
+        Variables:
+          ITEMS_TABLE: !Ref Items
+          JOBS_QUEUE_URL: !Ref Jobs
+          LITERAL: declared
+      Events:
+        Open: {Type: HttpApi, Properties: {ApiId: !Ref Api, Method: POST, Path: '/open/{name}', Auth: {Authorizer: NONE}}}
+        Closed: {Type: HttpApi, Properties: {ApiId: !Ref Api, Method: GET, Path: '/closed/{proxy+}'}}
+        Item: {Type: HttpApi, Properties: {ApiId: !Ref Api, Method: ANY, Path: '/items/{id}', Auth: {Authorizer: NONE}}}
+        Binary: {Type: HttpApi, Properties: {ApiId: !Ref Api, Method: GET, Path: /binary, Auth: {Authorizer: NONE}}}
+        Sleep: {Type: HttpApi, Properties: {ApiId: !Ref Api, Method: GET, Path: /sleep, Auth: {Authorizer: NONE}}}
+        Env: {Type: HttpApi, Properties: {ApiId: !Ref Api, Method: GET, Path: /env, Auth: {Authorizer: NONE}}}
+        Enqueue: {Type: HttpApi, Properties: {ApiId: !Ref Api, Method: POST, Path: /jobs, Auth: {Authorizer: NONE}}}
+  Worker:
+    Type: AWS::Serverless::Function
+    Metadata: {BuildProperties: {Binary: worker}}
+    Properties:
+      Events:
+        Jobs:
+          Type: SQS
+          Properties: {Queue: !GetAtt Jobs.Arn, BatchSize: 5, FunctionResponseTypes: [ReportBatchItemFailures]}
+  Ticker:
+    Type: AWS::Serverless::Function
+    Metadata: {BuildProperties: {Binary: ticker}}
+    Properties:
+      Events:
+        Tick: {Type: Schedule, Properties: {Schedule: rate(1 minute)}}
+"#;
+
+pub fn write_fixture(dir: &Path) -> PathBuf {
+    let path = dir.join("template.yaml");
+    std::fs::write(&path, FIXTURE).unwrap();
+    path
+}
+
+pub struct Echo {
+    env: Env,
+    table: Arc<dyn Table>,
+    queue: Arc<dyn Queue>,
+}
+
+fn json_response(status: u16, value: &Value) -> ApiGatewayV2httpResponse {
+    keel::http::json(status, value)
+}
+
+#[async_trait]
+impl HttpFunction for Echo {
+    async fn call(&self, request: ApiGatewayV2httpRequest, invocation: Invocation) -> ApiGatewayV2httpResponse {
+        let route = request.route_key.clone().unwrap_or_default();
+        match route.as_str() {
+            "GET /binary" => {
+                let mut response = ApiGatewayV2httpResponse {
+                    status_code: 200,
+                    body: Some(Body::Text(base64::engine::general_purpose::STANDARD.encode([0u8, 159, 146, 150]))),
+                    is_base64_encoded: true,
+                    ..Default::default()
+                };
+                response.headers.insert("content-type", "application/octet-stream".parse().unwrap());
+                response.multi_value_headers.append("x-many", "one".parse().unwrap());
+                response.multi_value_headers.append("x-many", "two".parse().unwrap());
+                response.cookies = vec!["a=1; Path=/".into(), "b=2; HttpOnly".into()];
+                response
+            }
+            "GET /sleep" => {
+                tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+                json_response(200, &json!({"slept": true}))
+            }
+            "GET /env" => json_response(
+                200,
+                &json!({
+                    "GREETING": self.env.get("GREETING"),
+                    "LITERAL": self.env.get("LITERAL"),
+                    "ITEMS_TABLE": self.env.get("ITEMS_TABLE"),
+                    "JOBS_QUEUE_URL": self.env.get("JOBS_QUEUE_URL"),
+                }),
+            ),
+            "POST /jobs" => {
+                let body = request.body.clone().unwrap_or_default();
+                match self.queue.send(&body, &MessageAttrs::new()).await {
+                    Ok(id) => json_response(202, &json!({"id": id})),
+                    Err(e) => json_response(503, &json!({"error": e.to_string()})),
+                }
+            }
+            "ANY /items/{id}" => {
+                let id = keel::http::path_param(&request, "id").unwrap_or_default().to_string();
+                let key = Key::new("item", id);
+                if request.request_context.http.method == http::Method::PUT {
+                    let mut attrs = Attrs::new();
+                    attrs.insert("value".into(), request.body.clone().unwrap_or_default().into());
+                    match self.table.put(Item::new(key, attrs), Expect::Any).await {
+                        Ok(()) => json_response(204, &json!({})),
+                        Err(e) => json_response(503, &json!({"error": e.to_string()})),
+                    }
+                } else {
+                    match self.table.get(&key).await {
+                        Ok(Some(item)) => json_response(200, &Value::Object(item.attrs)),
+                        Ok(None) => json_response(404, &json!({"found": false})),
+                        Err(e) => json_response(503, &json!({"error": e.to_string()})),
+                    }
+                }
+            }
+            _ => json_response(
+                200,
+                &json!({"request": serde_json::to_value(&request).unwrap(), "request_id": invocation.request_id,
+                    "deadline": invocation.deadline.to_rfc3339(), "trace_header": invocation.trace_header}),
+            ),
+        }
+    }
+}
+
+pub fn build_echo(env: &Env, resources: &dyn Resources) -> Result<Echo, ConfigError> {
+    Ok(Echo { env: env.clone(), table: resources.table("ITEMS_TABLE")?, queue: resources.queue("JOBS_QUEUE_URL")? })
+}
+
+/// What the worker saw: (body, ApproximateReceiveCount).
+#[derive(Clone, Default)]
+pub struct Seen(pub Arc<Mutex<Vec<(String, u32)>>>);
+
+impl Seen {
+    pub fn snapshot(&self) -> Vec<(String, u32)> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+pub struct Worker(Seen);
+
+#[async_trait]
+impl QueueFunction for Worker {
+    async fn call(&self, event: SqsEvent, _invocation: Invocation) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        for record in event.records {
+            let body = record.body.unwrap_or_default();
+            let count = record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(0);
+            self.0.0.lock().unwrap().push((body.clone(), count));
+            if body.starts_with("fail") {
+                #[allow(clippy::needless_update)] // robust to aws_lambda_events' `catch-all-fields`
+                let failure =
+                    BatchItemFailure { item_identifier: record.message_id.unwrap_or_default(), ..Default::default() };
+                response.batch_item_failures.push(failure);
+            }
+        }
+        response
+    }
+}
+
+pub struct Ticker;
+
+/// An HTTP function that needs nothing.
+pub struct Noop;
+
+#[async_trait]
+impl HttpFunction for Noop {
+    async fn call(&self, _request: ApiGatewayV2httpRequest, _invocation: Invocation) -> ApiGatewayV2httpResponse {
+        json_response(200, &json!({}))
+    }
+}
+
+#[async_trait]
+impl ScheduledFunction for Ticker {
+    async fn call(&self, _event: Value, _invocation: Invocation) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+pub fn registry(seen: &Seen) -> Registry {
+    let seen = seen.clone();
+    Registry::new()
+        .http("echo", build_echo)
+        .queue("worker", move |_env: &Env, _resources: &dyn Resources| Ok(Worker(seen.clone())))
+        .scheduled("ticker", |_env: &Env, _resources: &dyn Resources| Ok(Ticker))
+}
+
+pub fn options(data_dir: &Path, template: &Path, env: Env) -> HostOptions {
+    HostOptions {
+        port: 0,
+        data_dir: data_dir.to_path_buf(),
+        backend: Backend::Embedded,
+        template: template.to_path_buf(),
+        env,
+    }
+}
+
+/// A fixture host with its own data directory.
+pub async fn fixture_host(env: Env) -> (Host, Seen, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let template = write_fixture(dir.path());
+    let seen = Seen::default();
+    let host = Host::start_with(options(&dir.path().join("data"), &template, env), registry(&seen)).await.unwrap();
+    (host, seen, dir)
+}
+
+pub fn url(host: &Host, path: &str) -> String {
+    format!("http://{}{path}", host.addr())
+}

@@ -1,0 +1,12 @@
+//! keel-local's own tests, one binary: the host against fixture templates and the real template, its CLI, the
+//! `--backend aws` run against the emulator, and SIGKILL mid-traffic.
+
+// Helpers outside `#[test]` functions fail the test by panicking, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod aws_backend;
+mod cli;
+mod common;
+mod fixture_host;
+mod sigkill;
+mod template_host;

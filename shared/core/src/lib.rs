@@ -1,0 +1,20 @@
+//! Keel's core: configuration, errors (problem+json), request identity, telemetry, the function kinds and the
+//! ports (table, queue, event bus, clock) every adapter implements. The adapters (`keel-aws`, `keel-embedded`) and
+//! the domains (`keel-flags`, `keel-webhooks`) are crates of their own, so domain code builds without the AWS SDK.
+
+pub mod bus;
+pub mod clock;
+pub mod config;
+pub mod faults;
+pub mod function;
+pub mod http;
+pub mod identity;
+pub mod lambda;
+pub mod port;
+pub mod problem;
+pub mod queue;
+pub mod resources;
+pub mod table;
+pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

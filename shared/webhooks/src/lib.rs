@@ -1,0 +1,186 @@
+//! The webhook pipeline's records, shared by the ingest, the worker and the operator API.
+//!
+//! Two items per accepted event, written together in one transaction by the ingest:
+//! - the idempotency record `WHIDEM#{provider}#{event id}`, whose `Expect::Absent` put is what rejects duplicates;
+//! - the delivery record `WHLOG#{provider}` / `{delivery id}`, the delivery log entry the worker drives through
+//!   its states. Delivery ids are ULIDs, so a provider's log sorts by arrival and a date range is a key range.
+//!
+//! The queue carries only `{provider, delivery_id}`; the body stays in the table (bodies may exceed what SQS takes
+//! once encoded, and replay needs them anyway).
+
+use base64::Engine;
+use chrono::{DateTime, Duration, Utc};
+use keel::port::PortError;
+use keel::queue::{MessageAttrs, Queue};
+use keel::table::{Attrs, Item, Key};
+use serde::{Deserialize, Serialize};
+
+/// How long an event id is remembered: longer than any supported provider retries (Stripe: 3 days).
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::days(7);
+/// How long the delivery log keeps an entry.
+pub const DELIVERY_RETENTION: Duration = Duration::days(7);
+/// Largest webhook body accepted (bytes); larger gets 413. Fits a DynamoDB item with room for the record.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Longest provider name, event id and event type accepted.
+pub const MAX_PROVIDER_LEN: usize = 64;
+pub const MAX_EVENT_ID_LEN: usize = 256;
+pub const MAX_EVENT_TYPE_LEN: usize = 128;
+/// The EventBridge source of forwarded webhook events.
+pub const BUS_SOURCE: &str = "keel.webhooks";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+    DeadLetter,
+}
+
+impl Status {
+    pub fn parse(raw: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(raw.to_string())).ok()
+    }
+}
+
+/// A provider name is lowercase `[a-z0-9_-]`; its configuration lives in `WEBHOOK_*_<NAME>` with `-` as `_`.
+pub fn valid_provider(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PROVIDER_LEN
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+pub fn provider_env_suffix(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
+}
+
+pub fn idempotency_key(provider: &str, event_id: &str) -> Key {
+    Key::new(format!("WHIDEM#{provider}#{event_id}"), "#")
+}
+
+pub fn log_partition(provider: &str) -> String {
+    format!("WHLOG#{provider}")
+}
+
+pub fn delivery_key(provider: &str, delivery_id: &str) -> Key {
+    Key::new(log_partition(provider), delivery_id)
+}
+
+/// The queue message: a pointer to the delivery record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueMessage {
+    pub provider: String,
+    pub delivery_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub provider: String,
+    pub delivery_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub status: Status,
+    /// Worker attempts so far.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub received_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Time spent in the last attempt, in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// Until when the worker that claimed it holds it; the item's version is the fencing token.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// How many times an operator replayed it.
+    pub replays: u32,
+    /// The raw body, base64 (bodies need not be UTF-8).
+    pub body_base64: String,
+    pub content_type: Option<String>,
+    pub trace_header: Option<String>,
+}
+
+impl Delivery {
+    pub fn body(&self) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD.decode(&self.body_base64).unwrap_or_default()
+    }
+
+    pub fn key(&self) -> Key {
+        delivery_key(&self.provider, &self.delivery_id)
+    }
+
+    /// The item to store, with version `version`.
+    pub fn to_item(&self, version: u64) -> Item {
+        let attrs = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => Attrs::new(),
+        };
+        Item { key: self.key(), attrs, version, expires_at: Some(self.received_at + DELIVERY_RETENTION) }
+    }
+
+    /// `None` when the item is not a delivery record (it was written by something else, or is corrupt).
+    pub fn from_item(item: &Item) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::Object(item.attrs.clone())).ok()
+    }
+}
+
+/// Sends the pointer to a delivery to the webhook queue, propagating the trace header.
+pub async fn send_pointer(queue: &dyn Queue, delivery: &Delivery) -> Result<(), PortError> {
+    let message = QueueMessage { provider: delivery.provider.clone(), delivery_id: delivery.delivery_id.clone() };
+    let body = serde_json::to_string(&message).map_err(|e| PortError::Invalid(e.to_string()))?;
+    let mut attributes = MessageAttrs::new();
+    if let Some(trace) = &delivery.trace_header {
+        attributes.insert("AWSTraceHeader".into(), trace.clone());
+    }
+    queue.send(&body, &attributes).await.map(|_| ())
+}
+
+pub fn encode_body(body: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_round_trips_through_an_item_with_retention_expiry() {
+        let now = Utc::now();
+        let delivery = Delivery {
+            provider: "acme".into(),
+            delivery_id: ulid::Ulid::new().to_string(),
+            event_id: "evt_1".into(),
+            event_type: "invoice.paid".into(),
+            status: Status::Pending,
+            attempts: 0,
+            last_error: None,
+            received_at: now,
+            updated_at: now,
+            started_at: None,
+            completed_at: None,
+            duration_ms: None,
+            lease_until: None,
+            replays: 0,
+            body_base64: encode_body(&[0xff, 0x00, b'x']),
+            content_type: None,
+            trace_header: None,
+        };
+        let item = delivery.to_item(3);
+        assert_eq!(item.version, 3);
+        assert_eq!(item.expires_at, Some(now + DELIVERY_RETENTION));
+        assert_eq!(Delivery::from_item(&item), Some(delivery.clone()));
+        assert_eq!(delivery.body(), vec![0xff, 0x00, b'x']);
+    }
+
+    #[test]
+    fn provider_names_are_restricted_and_map_to_env_suffixes() {
+        assert!(valid_provider("acme-pay_2"));
+        for bad in ["", "Acme", "a/b", "a b", &"x".repeat(65)] {
+            assert!(!valid_provider(bad), "{bad}");
+        }
+        assert_eq!(provider_env_suffix("acme-pay"), "ACME_PAY");
+        assert_eq!(Status::parse("dead_letter"), Some(Status::DeadLetter));
+        assert_eq!(Status::parse("lost"), None);
+    }
+}
