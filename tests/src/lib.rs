@@ -15,7 +15,7 @@ use hmac::{Hmac, Mac};
 use http::{HeaderName, HeaderValue, Method};
 use keel::bus::EventBus;
 use keel::clock::{Clock, ManualClock};
-use keel::function::Invocation;
+use keel::function::{HttpFunction, Invocation};
 use keel::port::PortError;
 use keel::queue::{MessageAttrs, Queue, Received};
 use keel::resources::StaticResources;
@@ -77,15 +77,16 @@ pub fn webhook_request(provider: &str, headers: &[(String, String)], body: &[u8]
     request
 }
 
+/// An event for `route_key` at the concrete `path`, as API Gateway sends it (path parameters are the caller's to add).
 pub fn api_request(method: Method, route_key: &str, path: &str) -> ApiGatewayV2httpRequest {
-    let mut request = ApiGatewayV2httpRequest {
-        version: Some("2.0".into()),
-        http_method: method,
-        route_key: Some(route_key.into()),
-        raw_path: Some(path.into()),
-        ..Default::default()
-    };
-    request.request_context.route_key = Some(route_key.into());
+    let mut request: ApiGatewayV2httpRequest = serde_json::from_value(serde_json::json!({
+        "version": "2.0",
+        "routeKey": route_key,
+        "rawPath": path,
+        "requestContext": {"routeKey": route_key, "http": {"method": method.as_str(), "path": path}},
+    }))
+    .expect("a valid API Gateway event");
+    request.headers.insert("host", HeaderValue::from_static("api.keel.test"));
     request
 }
 
@@ -104,6 +105,12 @@ pub fn set_body(request: &mut ApiGatewayV2httpRequest, body: &[u8]) {
     }
 }
 
+/// Sets the query string as API Gateway does: `rawQueryString` (what `lambda_http` reads) and the parsed map.
+pub fn set_query(request: &mut ApiGatewayV2httpRequest, query: &str) {
+    request.raw_query_string = Some(query.to_string());
+    request.query_string_parameters = query.parse().unwrap_or_default();
+}
+
 /// Adds verified JWT claims as API Gateway's authorizer puts them (arrays flattened to `[a b]`).
 pub fn with_claims(
     mut request: ApiGatewayV2httpRequest,
@@ -115,7 +122,9 @@ pub fn with_claims(
     jwt.claims.insert("sub".into(), user.into());
     jwt.claims.insert("org_id".into(), org.into());
     jwt.claims.insert("roles".into(), format!("[{}]", roles.join(" ")));
-    request.request_context.authorizer = Some(ApiGatewayRequestAuthorizer { jwt: Some(jwt), ..Default::default() });
+    let mut authorizer = ApiGatewayRequestAuthorizer::default();
+    authorizer.jwt = Some(jwt);
+    request.request_context.authorizer = Some(authorizer);
     request
 }
 
@@ -127,8 +136,36 @@ pub fn invocation(clock: &dyn Clock) -> Invocation {
     }
 }
 
+/// Calls an HTTP function with an API Gateway event through `lambda_http`'s conversion, as Lambda does.
+#[async_trait]
+pub trait CallHttp {
+    async fn call(&self, event: ApiGatewayV2httpRequest, invocation: Invocation) -> ApiGatewayV2httpResponse;
+}
+
+#[async_trait]
+impl<F: HttpFunction> CallHttp for F {
+    async fn call(&self, event: ApiGatewayV2httpRequest, invocation: Invocation) -> ApiGatewayV2httpResponse {
+        keel::lambda::invoke_http("test", self, event, &invocation).await
+    }
+}
+
+/// A response body's bytes (API Gateway's base64 decoded).
+pub fn body_bytes(response: &ApiGatewayV2httpResponse) -> Vec<u8> {
+    use base64::Engine;
+    let raw: &[u8] = response.body.as_deref().unwrap_or_default();
+    if response.is_base64_encoded {
+        base64::engine::general_purpose::STANDARD.decode(raw).expect("a base64 body")
+    } else {
+        raw.to_vec()
+    }
+}
+
+pub fn body_text(response: &ApiGatewayV2httpResponse) -> String {
+    String::from_utf8_lossy(&body_bytes(response)).into_owned()
+}
+
 pub fn body_json(response: &ApiGatewayV2httpResponse) -> serde_json::Value {
-    serde_json::from_str(&keel::http::body_text(response)).unwrap_or(serde_json::Value::Null)
+    serde_json::from_slice(&body_bytes(response)).unwrap_or(serde_json::Value::Null)
 }
 
 /// Every message currently visible on `queue`, received (and so hidden for the visibility timeout).
@@ -147,13 +184,11 @@ pub async fn drain(queue: &dyn Queue) -> Vec<Received> {
 pub fn sqs_event(messages: &[Received]) -> SqsEvent {
     let mut event = SqsEvent::default();
     for received in messages {
-        let mut message = SqsMessage {
-            message_id: Some(received.message_id.clone()),
-            receipt_handle: Some(received.receipt.clone()),
-            body: Some(received.body.clone()),
-            event_source: Some("aws:sqs".into()),
-            ..Default::default()
-        };
+        let mut message = SqsMessage::default();
+        message.message_id = Some(received.message_id.clone());
+        message.receipt_handle = Some(received.receipt.clone());
+        message.body = Some(received.body.clone());
+        message.event_source = Some("aws:sqs".into());
         message.attributes.insert("ApproximateReceiveCount".into(), received.receive_count.to_string());
         event.records.push(message);
     }

@@ -18,10 +18,12 @@
 //! read.
 
 use crate::context::{self, Dialect};
-use crate::{Call, FlagsEval, MAX_BODY_BYTES, MAX_KEYS, rfc3339};
-use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
+use crate::{FlagsEval, MAX_BODY_BYTES, MAX_KEYS, rfc3339};
+use chrono::{DateTime, Utc};
 use keel::http;
+use keel::http::{RequestExt, Response};
 use keel::problem::Problem;
+use keel::route::Call;
 use keel_flags::{self as flags, Context, ErrorCode, Evaluation, Payload, Reason};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -93,15 +95,16 @@ struct Answers<'s> {
 
 /// `GET /v1/flags?keys=a,b,c`: those flags, or every live flag without `keys`. Only `keys` is accepted: the
 /// organization, user and environment never come from the query.
-pub(crate) async fn get(eval: &FlagsEval, call: &Call<'_>) -> Result<ApiGatewayV2httpResponse, Problem> {
-    if let Some((name, _)) = call.request.query_string_parameters.iter().find(|(name, _)| *name != "keys") {
+pub(crate) async fn get(eval: &FlagsEval, call: &Call) -> Result<Response, Problem> {
+    let query = call.request.query_string_parameters();
+    if let Some((name, _)) = query.iter().find(|(name, _)| *name != "keys") {
         return Err(Problem::unprocessable(
             "invalid_parameter",
             format!("unknown parameter `{name}`: the only parameter is `keys` (the organization, user and environment come from the token and the deployment)"),
         )
         .at(name));
     }
-    let keys = match call.request.query_string_parameters.all("keys") {
+    let keys = match query.all("keys") {
         None => None,
         Some(values) => {
             let keys: Vec<String> = values
@@ -116,8 +119,8 @@ pub(crate) async fn get(eval: &FlagsEval, call: &Call<'_>) -> Result<ApiGatewayV
             (!keys.is_empty()).then_some(keys)
         }
     };
-    let context = context::build(call.identity, eval.environment(), None, Dialect::Keel).map_err(invalid)?;
-    Ok(answer(eval, call, keys, &context).await)
+    let context = context::build(call.identity()?, eval.environment(), None, Dialect::Keel).map_err(invalid)?;
+    Ok(answer(eval, eval.now(), keys, &context).await)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,8 +134,8 @@ struct EvaluateBody {
 
 /// `POST /v1/flags/evaluate` with `{"keys": [..], "context": {..}}` (both optional; an empty body evaluates every
 /// flag with no extra attributes).
-pub(crate) async fn evaluate(eval: &FlagsEval, call: &Call<'_>) -> Result<ApiGatewayV2httpResponse, Problem> {
-    let raw = http::raw_body(call.request)?;
+pub(crate) async fn evaluate(eval: &FlagsEval, call: &Call) -> Result<Response, Problem> {
+    let raw = http::raw_body(&call.request);
     if raw.len() > MAX_BODY_BYTES {
         return Err(Problem::new(413, "payload_too_large", format!("the body holds at most {MAX_BODY_BYTES} bytes")));
     }
@@ -140,7 +143,7 @@ pub(crate) async fn evaluate(eval: &FlagsEval, call: &Call<'_>) -> Result<ApiGat
         EvaluateBody::default()
     } else {
         let invalid = |e: serde_json::Error| Problem::unprocessable("invalid_body", format!("invalid JSON body: {e}"));
-        match serde_json::from_slice(&raw).map_err(invalid)? {
+        match serde_json::from_slice(raw).map_err(invalid)? {
             object @ Value::Object(_) => serde_json::from_value(object).map_err(invalid)?,
             _ => return Err(Problem::unprocessable("invalid_body", "the body must be a JSON object")),
         }
@@ -149,8 +152,8 @@ pub(crate) async fn evaluate(eval: &FlagsEval, call: &Call<'_>) -> Result<ApiGat
         check_keys(keys, "/keys")?;
     }
     let context =
-        context::build(call.identity, eval.environment(), body.context.as_ref(), Dialect::Keel).map_err(invalid)?;
-    Ok(answer(eval, call, body.keys, &context).await)
+        context::build(call.identity()?, eval.environment(), body.context.as_ref(), Dialect::Keel).map_err(invalid)?;
+    Ok(answer(eval, eval.now(), body.keys, &context).await)
 }
 
 fn invalid(error: context::Invalid) -> Problem {
@@ -175,12 +178,7 @@ fn check_keys(keys: &[String], at: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-async fn answer(
-    eval: &FlagsEval,
-    call: &Call<'_>,
-    keys: Option<Vec<String>>,
-    context: &Context,
-) -> ApiGatewayV2httpResponse {
+async fn answer(eval: &FlagsEval, now: DateTime<Utc>, keys: Option<Vec<String>>, context: &Context) -> Response {
     let served = eval.served().await;
     let stale = served.stale || served.snapshot.is_none();
     let mut flags = BTreeMap::new();
@@ -194,7 +192,7 @@ async fn answer(
             let keys = keys.unwrap_or_else(|| snapshot.keys().into_iter().map(str::to_string).collect());
             let mut found = Vec::with_capacity(keys.len());
             for key in keys {
-                let evaluation = snapshot.evaluate(&key, context, call.now);
+                let evaluation = snapshot.evaluate(&key, context, now);
                 crate::log_failure(&key, &evaluation);
                 if !matches!(evaluation.error, Some((ErrorCode::FlagNotFound, _))) {
                     found.push(key.clone());

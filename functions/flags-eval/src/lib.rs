@@ -18,15 +18,11 @@ mod ofrep;
 
 pub use context::{MAX_ATTRIBUTES, MAX_NAME_BYTES, MAX_VALUE_BYTES, RESERVED};
 
-use async_trait::async_trait;
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
-use http::HeaderValue;
 use keel::config::{ConfigError, Env};
-use keel::function::{HttpFunction, Invocation};
-use keel::identity::Identity;
-use keel::problem::Problem;
+use keel::http::Method;
 use keel::resources::Resources;
+use keel::route::{Access, Api, Route};
 use keel_flags::store::{FlagCache, FlagStore, Served};
 use keel_flags::{ErrorCode, Evaluation};
 use std::sync::Arc;
@@ -61,51 +57,23 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<FlagsEval, ConfigEr
     Ok(FlagsEval { cache, environment })
 }
 
-/// The routes this function serves, by path template, with the one method each accepts.
-const ROUTES: [(&str, &str); 4] = [
-    ("/v1/flags", "GET"),
-    ("/v1/flags/evaluate", "POST"),
-    ("/ofrep/v1/evaluate/flags/{key}", "POST"),
-    ("/ofrep/v1/evaluate/flags", "POST"),
-];
-
-#[async_trait]
-impl HttpFunction for FlagsEval {
-    async fn call(&self, request: ApiGatewayV2httpRequest, _invocation: Invocation) -> ApiGatewayV2httpResponse {
-        let identity = match member(&request) {
-            Ok(identity) => identity,
-            Err(problem) => return problem.into_response(),
-        };
-        let (method, path) = route_of(&request);
-        let Some((template, allowed)) = template_of(path) else {
-            return Problem::not_found("no such operation").into_response();
-        };
-        if method != allowed {
-            let mut response =
-                Problem::new(405, "method_not_allowed", format!("{path} accepts {allowed} only")).into_response();
-            response.headers.insert(http::header::ALLOW, HeaderValue::from_static(allowed));
-            return response;
-        }
-        let call = Call { identity: &identity, request: &request, now: self.now() };
-        match template {
-            "/v1/flags" => keel_api::get(self, &call).await,
-            "/v1/flags/evaluate" => keel_api::evaluate(self, &call).await,
-            "/ofrep/v1/evaluate/flags/{key}" => ofrep::single(self, &call).await,
-            _ => ofrep::bulk(self, &call).await,
-        }
-        .unwrap_or_else(Problem::into_response)
-    }
-}
-
-/// One authorised request.
-pub(crate) struct Call<'a> {
-    pub identity: &'a Identity,
-    pub request: &'a ApiGatewayV2httpRequest,
-    pub now: DateTime<Utc>,
+impl Api for FlagsEval {
+    const ROUTES: &'static [Route<Self>] = &[
+        Route::new(Method::GET, "/v1/flags", Access::Member, |eval, call| Box::pin(keel_api::get(eval, call))),
+        Route::new(Method::POST, "/v1/flags/evaluate", Access::Member, |eval, call| {
+            Box::pin(keel_api::evaluate(eval, call))
+        }),
+        Route::new(Method::POST, "/ofrep/v1/evaluate/flags/{key}", Access::Member, |eval, call| {
+            Box::pin(ofrep::single(eval, call))
+        }),
+        Route::new(Method::POST, "/ofrep/v1/evaluate/flags", Access::Member, |eval, call| {
+            Box::pin(ofrep::bulk(eval, call))
+        }),
+    ];
 }
 
 impl FlagsEval {
-    fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         self.cache.store().clock().now()
     }
 
@@ -120,33 +88,6 @@ impl FlagsEval {
     /// Records that these flags were evaluated (in memory; the cache flushes it with a later refresh).
     pub(crate) fn note<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
         self.cache.note_evaluated(keys);
-    }
-}
-
-/// Any caller with an organization and at least one of Keel's roles (member, admin, platform-admin).
-fn member(request: &ApiGatewayV2httpRequest) -> Result<Identity, Problem> {
-    let identity =
-        Identity::from_request(request).ok_or_else(|| Problem::unauthorized("a valid bearer token is required"))?;
-    if identity.roles.is_empty() {
-        return Err(Problem::forbidden("evaluating flags requires the `member` role or above"));
-    }
-    Ok(identity)
-}
-
-/// The route a path (template or concrete) belongs to, and the method it accepts.
-fn template_of(path: &str) -> Option<(&'static str, &'static str)> {
-    if let Some(&found) = ROUTES.iter().find(|(template, _)| *template == path) {
-        return Some(found);
-    }
-    ofrep::key_of_path(path).map(|_| ROUTES[2])
-}
-
-/// The request's method and path template: the route key API Gateway matched, or the raw path without one.
-fn route_of(request: &ApiGatewayV2httpRequest) -> (&str, &str) {
-    let route_key = request.route_key.as_deref().or(request.request_context.route_key.as_deref());
-    match route_key.and_then(|key| key.split_once(' ')) {
-        Some((method, path)) => (method, path),
-        None => (request.http_method.as_str(), request.raw_path.as_deref().unwrap_or_default()),
     }
 }
 

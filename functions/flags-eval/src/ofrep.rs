@@ -17,25 +17,20 @@
 //! `ruleId`, `flagVersion`, and `stale` with `snapshotLoadedAt` when the snapshot may be out of date.
 
 use crate::context::{self, Dialect};
-use crate::{Call, FlagsEval, MAX_BODY_BYTES, error_details, log_failure, rfc3339};
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use http::HeaderValue;
-use http::header::{CACHE_CONTROL, ETAG};
-use keel::http as kh;
+use crate::{FlagsEval, MAX_BODY_BYTES, error_details, log_failure, rfc3339};
+use chrono::{DateTime, Utc};
+use keel::http::header::{CACHE_CONTROL, ETAG};
+use keel::http::{self as kh, HeaderValue, Request, Response};
+use keel::identity::Identity;
 use keel::problem::Problem;
+use keel::route::Call;
 use keel_flags::store::Served;
 use keel_flags::{Context, ErrorCode, Evaluation, Reason, Snapshot};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-const SINGLE_PREFIX: &str = "/ofrep/v1/evaluate/flags/";
 const INVALID_CONTEXT: &str = "INVALID_CONTEXT";
-
-/// The flag key of a concrete single-flag path (for requests that arrive without a route key).
-pub(crate) fn key_of_path(path: &str) -> Option<&str> {
-    path.strip_prefix(SINGLE_PREFIX).filter(|key| !key.is_empty() && !key.contains('/'))
-}
 
 /// The document's metadata: string, number and boolean values only.
 #[derive(Debug, Serialize)]
@@ -188,17 +183,17 @@ fn entry<'s>(key: &'s str, evaluation: &Evaluation<'s>, served: &Served) -> Entr
 }
 
 /// The request's context, or why it is not acceptable (the document's INVALID_CONTEXT).
-fn request_context(eval: &FlagsEval, call: &Call<'_>) -> Result<Context, String> {
-    let raw = kh::raw_body(call.request).map_err(|problem| problem.detail)?;
+fn request_context(eval: &FlagsEval, identity: &Identity, request: &Request) -> Result<Context, String> {
+    let raw = kh::raw_body(request);
     if raw.len() > MAX_BODY_BYTES {
         return Err(format!("the request body holds at most {MAX_BODY_BYTES} bytes"));
     }
-    let extra = context_member(&raw)?;
-    context::build(call.identity, eval.environment(), extra.as_ref(), Dialect::Ofrep)
+    let extra = context_member(raw)?;
+    context::build(identity, eval.environment(), extra.as_ref(), Dialect::Ofrep)
         .map_err(|invalid| format!("{} (at {})", invalid.message, invalid.pointer))
 }
 
-fn general_error() -> ApiGatewayV2httpResponse {
+fn general_error() -> Response {
     let mut response = kh::json(
         500,
         &GeneralError {
@@ -206,18 +201,15 @@ fn general_error() -> ApiGatewayV2httpResponse {
                             this instance started); use the code default",
         },
     );
-    response.headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 
-fn single_key(request: &ApiGatewayV2httpRequest) -> Option<&str> {
-    kh::path_param(request, "key").or_else(|| request.raw_path.as_deref().and_then(key_of_path))
-}
-
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
-pub(crate) async fn single(eval: &FlagsEval, call: &Call<'_>) -> Result<ApiGatewayV2httpResponse, Problem> {
-    let key = single_key(call.request).ok_or_else(|| Problem::not_found("no such operation"))?;
-    let context = match request_context(eval, call) {
+pub(crate) async fn single(eval: &FlagsEval, call: &Call) -> Result<Response, Problem> {
+    let (identity, now) = (call.identity()?, eval.now());
+    let key = kh::path_param(&call.request, "key").ok_or_else(|| Problem::not_found("no such operation"))?;
+    let context = match request_context(eval, identity, &call.request) {
         Ok(context) => context,
         Err(details) => {
             let failure = Failure { key, error_code: INVALID_CONTEXT, error_details: details, metadata: None };
@@ -226,7 +218,7 @@ pub(crate) async fn single(eval: &FlagsEval, call: &Call<'_>) -> Result<ApiGatew
     };
     let served = eval.served().await;
     let Some(snapshot) = served.snapshot.as_deref() else { return Ok(general_error()) };
-    let evaluation = snapshot.evaluate(key, &context, call.now);
+    let evaluation = snapshot.evaluate(key, &context, now);
     let entry = entry(key, &evaluation, &served);
     let status = match &entry {
         Entry::Success(_) => 200,
@@ -240,30 +232,27 @@ pub(crate) async fn single(eval: &FlagsEval, call: &Call<'_>) -> Result<ApiGatew
 }
 
 /// `POST /ofrep/v1/evaluate/flags`: every live flag, with an ETag over the body.
-pub(crate) async fn bulk(eval: &FlagsEval, call: &Call<'_>) -> Result<ApiGatewayV2httpResponse, Problem> {
-    let context = match request_context(eval, call) {
+pub(crate) async fn bulk(eval: &FlagsEval, call: &Call) -> Result<Response, Problem> {
+    let (identity, now) = (call.identity()?, eval.now());
+    let context = match request_context(eval, identity, &call.request) {
         Ok(context) => context,
         Err(details) => return Ok(kh::json(400, &BulkFailure { error_code: INVALID_CONTEXT, error_details: details })),
     };
     let served = eval.served().await;
     let Some(snapshot) = served.snapshot.as_deref() else { return Ok(general_error()) };
     let keys = snapshot.keys();
-    let body = bulk_body(snapshot, &keys, &context, call, &served)
+    let body = bulk_body(snapshot, &keys, &context, now, &served)
         .map_err(|_| Problem::new(500, "internal", "the response could not be encoded"))?;
     eval.note(keys.iter().copied());
 
     let etag = etag(body.as_bytes());
-    let not_modified = kh::header(call.request, "if-none-match").is_some_and(|header| matches(header, &etag));
-    let mut response = if not_modified {
-        ApiGatewayV2httpResponse { status_code: 304, ..Default::default() }
-    } else {
-        kh::response(200, "application/json", body)
-    };
+    let not_modified = kh::header(&call.request, "if-none-match").is_some_and(|header| matches(header, &etag));
+    let mut response = if not_modified { kh::empty(304) } else { kh::response(200, "application/json", body) };
     if let Ok(value) = HeaderValue::from_str(&etag) {
-        response.headers.insert(ETAG, value);
+        response.headers_mut().insert(ETAG, value);
     }
     // Per caller: no shared cache may keep it; the client revalidates with the ETag.
-    response.headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
     Ok(response)
 }
 
@@ -271,10 +260,10 @@ fn bulk_body(
     snapshot: &Snapshot,
     keys: &[&str],
     context: &Context,
-    call: &Call<'_>,
+    now: DateTime<Utc>,
     served: &Served,
 ) -> Result<String, serde_json::Error> {
-    let flags = keys.iter().map(|key| entry(key, &snapshot.evaluate(key, context, call.now), served)).collect();
+    let flags = keys.iter().map(|key| entry(key, &snapshot.evaluate(key, context, now), served)).collect();
     let metadata = served.stale.then(|| SetMetadata { stale: true, snapshot_loaded_at: served.loaded_at.map(rfc3339) });
     serde_json::to_string(&Bulk { flags, metadata })
 }

@@ -1,6 +1,7 @@
 //! CPU cost of the ingest handler with the backends taken out: the real `Ingest`, built by `webhook_ingest::build`
 //! from an environment, over no-op table and queue adapters (every write accepted, every read empty) and a fixed
-//! clock. What is left is what the function itself does per webhook: route lookup, body handling, signature
+//! clock. What is left is what the function itself does per webhook, called as Lambda calls it (through
+//! `lambda_http`'s conversion of the API Gateway event and of the answer): route lookup, body handling, signature
 //! verification, metadata parsing, building the two records and the queue message, and the response.
 //!
 //! `cargo bench -p webhook-ingest --bench ingest`
@@ -17,7 +18,8 @@ use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use keel::clock::ManualClock;
 use keel::config::Env;
-use keel::function::{HttpFunction, Invocation};
+use keel::function::Invocation;
+use keel::lambda::invoke_http;
 use keel::port::PortError;
 use keel::queue::{MessageAttrs, Queue, Received};
 use keel::resources::StaticResources;
@@ -154,16 +156,18 @@ fn github_headers(body: &str) -> HeaderMap {
 
 /// An HTTP API (payload 2.0) request as API Gateway hands it over.
 fn request(provider: &str, headers: HeaderMap, body: &str) -> ApiGatewayV2httpRequest {
-    ApiGatewayV2httpRequest {
-        version: Some("2.0".into()),
-        route_key: Some("POST /webhooks/{provider}".into()),
-        raw_path: Some(format!("/webhooks/{provider}")),
-        headers,
-        path_parameters: [("provider".to_string(), provider.to_string())].into_iter().collect(),
-        body: Some(body.to_string()),
-        is_base64_encoded: false,
-        ..Default::default()
-    }
+    let mut request: ApiGatewayV2httpRequest = serde_json::from_value(serde_json::json!({
+        "version": "2.0",
+        "routeKey": "POST /webhooks/{provider}",
+        "rawPath": format!("/webhooks/{provider}"),
+        "requestContext": {"routeKey": "POST /webhooks/{provider}", "http": {"method": "POST"}},
+        "pathParameters": {"provider": provider},
+        "body": body,
+        "isBase64Encoded": false,
+    }))
+    .unwrap();
+    request.headers = headers;
+    request
 }
 
 fn invocation() -> Invocation {
@@ -207,13 +211,15 @@ fn bench_handler(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for (name, request, status) in cases {
         // Measure the path we mean to measure.
-        let response = runtime.block_on(ingest.call(request.clone(), invocation()));
+        let response = runtime.block_on(invoke_http("bench", &ingest, request.clone(), &invocation()));
         assert_eq!(response.status_code, status, "{name}: {:?}", response.body);
         let ingest = &ingest;
         group.bench_function(name, |b| {
             b.to_async(&runtime).iter_batched(
                 || (request.clone(), invocation()),
-                |(request, invocation)| async move { black_box(ingest.call(request, invocation).await) },
+                |(request, invocation)| async move {
+                    black_box(invoke_http("bench", ingest, request, &invocation).await)
+                },
                 BatchSize::SmallInput,
             )
         });

@@ -8,18 +8,17 @@
 
 pub mod verify;
 
-use async_trait::async_trait;
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
-use keel::function::{HttpFunction, Invocation};
-use keel::http;
+use keel::function::Invocation;
+use keel::http::{self, Method, Request, Response};
 use keel::port::PortError;
 use keel::problem::Problem;
 use keel::queue::Queue;
 use keel::resources::Resources;
+use keel::route::{Access, Api, Route};
 use keel::table::{Attrs, Expect, Item, Table, Write};
 use keel_webhooks::{self as webhooks, Delivery, Status};
 use serde_json::json;
@@ -83,28 +82,22 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Ingest, ConfigError
     })
 }
 
-#[async_trait]
-impl HttpFunction for Ingest {
-    async fn call(&self, request: ApiGatewayV2httpRequest, invocation: Invocation) -> ApiGatewayV2httpResponse {
-        match self.ingest(&request, &invocation).await {
-            Ok(response) => response,
-            Err(problem) => problem.into_response(),
-        }
-    }
+impl Api for Ingest {
+    /// Public: the provider's signature authenticates the request, not a token.
+    const ROUTES: &'static [Route<Self>] =
+        &[Route::new(Method::POST, "/webhooks/{provider}", Access::Public, |ingest, call| {
+            Box::pin(ingest.ingest(&call.request, &call.invocation))
+        })];
 }
 
 impl Ingest {
-    async fn ingest(
-        &self,
-        request: &ApiGatewayV2httpRequest,
-        invocation: &Invocation,
-    ) -> Result<ApiGatewayV2httpResponse, Problem> {
+    async fn ingest(&self, request: &Request, invocation: &Invocation) -> Result<Response, Problem> {
         let name = http::path_param(request, "provider").unwrap_or_default();
         let provider = webhooks::valid_provider(name)
             .then(|| self.providers.get(&webhooks::provider_env_suffix(name)))
             .flatten()
             .ok_or_else(|| Problem::not_found("no webhook provider of that name is configured"))?;
-        let body = http::raw_body(request)?;
+        let body = http::raw_body(request);
         if body.len() > webhooks::MAX_BODY_BYTES {
             return Err(Problem::new(
                 413,
@@ -113,10 +106,10 @@ impl Ingest {
             ));
         }
         let now = self.clock.now();
-        let verified = verify::verify(provider.scheme, &provider.secrets, &request.headers, &body, now)
+        let verified = verify::verify(provider.scheme, &provider.secrets, request.headers(), body, now)
             .map_err(|e| Problem::new(e.status(), e.code(), e.to_string()))?;
         if provider.scheme == Scheme::Slack
-            && let Some(challenge) = verify::slack_url_verification_challenge(&body)
+            && let Some(challenge) = verify::slack_url_verification_challenge(body)
         {
             return Ok(http::json(200, &json!({ "challenge": challenge })));
         }
@@ -129,7 +122,7 @@ impl Ingest {
             }
             Some(id) if !id.is_empty() => id,
             // Without an id from the scheme, identical bodies are the same event.
-            _ => format!("sha256:{}", hex::encode(Sha256::digest(&body))),
+            _ => format!("sha256:{}", hex::encode(Sha256::digest(body))),
         };
         let mut event_type = verified.event_type.unwrap_or_else(|| "unknown".into());
         event_type.truncate(webhooks::MAX_EVENT_TYPE_LEN);
@@ -148,14 +141,14 @@ impl Ingest {
             duration_ms: None,
             lease_until: None,
             replays: 0,
-            body_base64: webhooks::encode_body(&body),
+            body_base64: webhooks::encode_body(body),
             content_type: http::header(request, "content-type").map(|s| s.chars().take(256).collect()),
             trace_header: invocation.trace_header.clone(),
         };
         self.accept(delivery, now).await
     }
 
-    async fn accept(&self, delivery: Delivery, now: DateTime<Utc>) -> Result<ApiGatewayV2httpResponse, Problem> {
+    async fn accept(&self, delivery: Delivery, now: DateTime<Utc>) -> Result<Response, Problem> {
         let idempotency = idempotency_item(&delivery, now);
         let writes = vec![
             Write::Put { item: idempotency, expect: Expect::Absent },
@@ -183,7 +176,7 @@ impl Ingest {
 
     /// The event id was seen before. If its delivery is still pending, the earlier send may have failed: send the
     /// pointer again (the worker deduplicates). Otherwise acknowledge without doing anything.
-    async fn duplicate(&self, incoming: &Delivery) -> Result<ApiGatewayV2httpResponse, Problem> {
+    async fn duplicate(&self, incoming: &Delivery) -> Result<Response, Problem> {
         let key = webhooks::idempotency_key(&incoming.provider, &incoming.event_id);
         let Some(record) = self.table.get(&key).await.map_err(|e| unavailable("read", &e))? else {
             // It expired between our write and this read; the client's retry will be accepted as new.
@@ -215,7 +208,7 @@ fn idempotency_item(delivery: &Delivery, now: DateTime<Utc>) -> Item {
     }
 }
 
-fn accepted(status: u16, outcome: &str, delivery_id: &str) -> ApiGatewayV2httpResponse {
+fn accepted(status: u16, outcome: &str, delivery_id: &str) -> Response {
     http::json(status, &json!({ "status": outcome, "delivery_id": delivery_id }))
 }
 

@@ -6,7 +6,6 @@
 use chrono::Duration;
 use keel::clock::Clock;
 use keel::config::Env;
-use keel::function::HttpFunction;
 use keel_tests::*;
 use keel_webhooks::{self as webhooks, Delivery, Status};
 use std::sync::Arc;
@@ -52,7 +51,7 @@ async fn a_verified_webhook_is_recorded_pending_and_queued_with_one_write_and_on
     let headers = keel_headers(SECRET, "evt_1", world.clock.now(), body);
     let response = ingest.call(webhook_request("acme", &headers, body), invocation(world.clock.as_ref())).await;
 
-    assert_eq!(response.status_code, 202, "{}", keel::http::body_text(&response));
+    assert_eq!(response.status_code, 202, "{}", body_text(&response));
     assert_eq!(table.counts(), (0, 1), "exactly one table write and no read");
     assert_eq!(queue.sends.load(Ordering::SeqCst), 1);
     let recorded = deliveries(&world).await;
@@ -77,7 +76,7 @@ async fn the_sample_event_verifies_against_its_documented_secret() {
     let env = Env::from_pairs([("WEBHOOK_SECRET_ACME", "sample-secret")]);
     let ingest = webhook_ingest::build(&env, &world.resources()).unwrap();
     let response = ingest.call(request, invocation(world.clock.as_ref())).await;
-    assert_eq!(response.status_code, 202, "{}", keel::http::body_text(&response));
+    assert_eq!(response.status_code, 202, "{}", body_text(&response));
 }
 
 #[tokio::test]
@@ -199,11 +198,11 @@ async fn bad_input_gets_a_problem_and_nothing_is_written() {
     ];
     for (name, provider, headers, body, expected) in cases {
         let response = ingest.call(webhook_request(provider, &headers, &body), invocation(world.clock.as_ref())).await;
-        assert_eq!(response.status_code as u16, expected, "{name}: {}", keel::http::body_text(&response));
+        assert_eq!(response.status_code as u16, expected, "{name}: {}", body_text(&response));
         let problem = body_json(&response);
         assert_eq!(problem["status"], expected, "{name}");
         assert!(problem["code"].is_string() && problem["detail"].is_string(), "{name}");
-        let text = keel::http::body_text(&response);
+        let text = body_text(&response);
         assert!(!text.contains(SECRET) && !text.contains("old-secret"), "{name} leaked a secret");
     }
     assert!(deliveries(&world).await.is_empty());

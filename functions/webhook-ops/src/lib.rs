@@ -1,18 +1,16 @@
 //! The operator API for the webhook pipeline (role `platform-admin`): the delivery log with filters and cursors,
 //! one delivery with its payload, replay of one or a filtered set, and redrive of the dead-letter queue.
 
-use async_trait::async_trait;
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::{DateTime, Duration};
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
-use keel::function::{HttpFunction, Invocation};
-use keel::http;
-use keel::identity::Role;
+use keel::function::Invocation;
+use keel::http::{self, Method, Request, Response};
 use keel::port::PortError;
 use keel::problem::Problem;
 use keel::queue::Queue;
 use keel::resources::Resources;
+use keel::route::{Access, Api, Route};
 use keel::table::{Expect, Query, Table};
 use keel_webhooks::{self as webhooks, Delivery, Status};
 use serde::Deserialize;
@@ -48,18 +46,30 @@ pub fn build(_env: &Env, resources: &dyn Resources) -> Result<Ops, ConfigError> 
     })
 }
 
-#[async_trait]
-impl HttpFunction for Ops {
-    async fn call(&self, request: ApiGatewayV2httpRequest, invocation: Invocation) -> ApiGatewayV2httpResponse {
-        let result = match http::require_role(&request, Role::PlatformAdmin) {
-            Err(problem) => Err(problem),
-            Ok(identity) => {
-                tracing::info!(user = %identity.user_id, route = ?request.route_key, "operator request");
-                self.route(&request, &invocation).await
-            }
-        };
-        result.unwrap_or_else(Problem::into_response)
-    }
+impl Api for Ops {
+    const ROUTES: &'static [Route<Self>] = &[
+        Route::new(Method::GET, "/v1/webhooks/{provider}/deliveries", Access::PlatformAdmin, |ops, call| {
+            Box::pin(ops.list(&call.request))
+        }),
+        Route::new(
+            Method::GET,
+            "/v1/webhooks/{provider}/deliveries/{deliveryId}",
+            Access::PlatformAdmin,
+            |ops, call| Box::pin(ops.show(&call.request)),
+        ),
+        Route::new(
+            Method::POST,
+            "/v1/webhooks/{provider}/deliveries/{deliveryId}/replay",
+            Access::PlatformAdmin,
+            |ops, call| Box::pin(ops.replay_one(&call.request)),
+        ),
+        Route::new(Method::POST, "/v1/webhooks/{provider}/replay", Access::PlatformAdmin, |ops, call| {
+            Box::pin(ops.replay_many(&call.request))
+        }),
+        Route::new(Method::POST, "/v1/webhooks/dead-letters/redrive", Access::PlatformAdmin, |ops, call| {
+            Box::pin(ops.redrive(&call.request, &call.invocation))
+        }),
+    ];
 }
 
 /// Filters shared by the list and the filtered replay.
@@ -80,7 +90,7 @@ struct Parsed {
 }
 
 impl Filter {
-    fn from_query(request: &ApiGatewayV2httpRequest) -> Result<Self, Problem> {
+    fn from_query(request: &Request) -> Result<Self, Problem> {
         let limit = match http::query_param(request, "limit") {
             None => None,
             Some(raw) => Some(raw.parse().map_err(|_| {
@@ -140,7 +150,7 @@ fn decode_cursor(raw: &str) -> Result<String, Problem> {
         .ok_or_else(|| Problem::unprocessable("invalid_cursor", "the cursor is not one this API returned").at("cursor"))
 }
 
-fn provider_param(request: &ApiGatewayV2httpRequest) -> Result<&str, Problem> {
+fn provider_param(request: &Request) -> Result<&str, Problem> {
     http::path_param(request, "provider")
         .filter(|p| webhooks::valid_provider(p))
         .ok_or_else(|| Problem::not_found("no such provider"))
@@ -161,22 +171,6 @@ fn summary(delivery: &Delivery) -> Value {
 }
 
 impl Ops {
-    async fn route(
-        &self,
-        request: &ApiGatewayV2httpRequest,
-        invocation: &Invocation,
-    ) -> Result<ApiGatewayV2httpResponse, Problem> {
-        let route = request.route_key.as_deref().or(request.request_context.route_key.as_deref()).unwrap_or_default();
-        match route {
-            "GET /v1/webhooks/{provider}/deliveries" => self.list(request).await,
-            "GET /v1/webhooks/{provider}/deliveries/{deliveryId}" => self.show(request).await,
-            "POST /v1/webhooks/{provider}/deliveries/{deliveryId}/replay" => self.replay_one(request).await,
-            "POST /v1/webhooks/{provider}/replay" => self.replay_many(request).await,
-            "POST /v1/webhooks/dead-letters/redrive" => self.redrive(request, invocation).await,
-            _ => Err(Problem::not_found("no such operation")),
-        }
-    }
-
     /// Scans the log newest first, applying the filters, until the page is full or the scan budget is spent.
     /// Each delivery comes with the version it was read at, for a later conditional write.
     async fn scan(&self, parsed: &Parsed) -> Result<(Vec<(Delivery, u64)>, Option<String>), Problem> {
@@ -204,7 +198,7 @@ impl Ops {
         Ok((found, query.after.as_deref().map(http::encode_cursor)))
     }
 
-    async fn list(&self, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, Problem> {
+    async fn list(&self, request: &Request) -> Result<Response, Problem> {
         let provider = provider_param(request)?;
         let parsed = Filter::from_query(request)?.parse(provider, http::query_param(request, "cursor"))?;
         let (deliveries, next) = self.scan(&parsed).await?;
@@ -212,7 +206,7 @@ impl Ops {
         Ok(http::json(200, &json!({ "items": items, "next_cursor": next })))
     }
 
-    async fn load(&self, request: &ApiGatewayV2httpRequest) -> Result<(Delivery, u64), Problem> {
+    async fn load(&self, request: &Request) -> Result<(Delivery, u64), Problem> {
         let provider = provider_param(request)?;
         let id = http::path_param(request, "deliveryId")
             .filter(|id| Ulid::from_string(id).is_ok())
@@ -227,7 +221,7 @@ impl Ops {
         Ok((delivery, item.version))
     }
 
-    async fn show(&self, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, Problem> {
+    async fn show(&self, request: &Request) -> Result<Response, Problem> {
         let (delivery, _) = self.load(request).await?;
         let mut value = summary(&delivery);
         value["payload_base64"] = Value::String(delivery.body_base64.clone());
@@ -257,14 +251,14 @@ impl Ops {
         webhooks::send_pointer(self.queue.as_ref(), &delivery).await.map_err(|e| unavailable(&e))
     }
 
-    async fn replay_one(&self, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, Problem> {
+    async fn replay_one(&self, request: &Request) -> Result<Response, Problem> {
         let (delivery, version) = self.load(request).await?;
         let id = delivery.delivery_id.clone();
         self.replay(delivery, version).await?;
         Ok(http::json(202, &json!({ "replayed": [id] })))
     }
 
-    async fn replay_many(&self, request: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, Problem> {
+    async fn replay_many(&self, request: &Request) -> Result<Response, Problem> {
         let provider = provider_param(request)?;
         let filter: Filter = http::json_body(request)?;
         if filter.since.is_none() {
@@ -290,17 +284,13 @@ impl Ops {
 
     /// Moves dead letters back to the webhook queue: send first, then delete, so a failure in between leaves a
     /// copy in each queue (the worker deduplicates) rather than none.
-    async fn redrive(
-        &self,
-        request: &ApiGatewayV2httpRequest,
-        invocation: &Invocation,
-    ) -> Result<ApiGatewayV2httpResponse, Problem> {
+    async fn redrive(&self, request: &Request, invocation: &Invocation) -> Result<Response, Problem> {
         #[derive(Deserialize, Default)]
         #[serde(deny_unknown_fields)]
         struct Body {
             limit: Option<usize>,
         }
-        let body: Body = if http::raw_body(request)?.is_empty() { Body::default() } else { http::json_body(request)? };
+        let body: Body = if http::raw_body(request).is_empty() { Body::default() } else { http::json_body(request)? };
         let limit = body.limit.unwrap_or(MAX_REDRIVE);
         if !(1..=MAX_REDRIVE).contains(&limit) {
             return Err(

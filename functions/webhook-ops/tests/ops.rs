@@ -6,7 +6,7 @@
 use http::Method;
 use keel::clock::Clock;
 use keel::config::Env;
-use keel::function::{HttpFunction, QueueFunction};
+use keel::function::QueueFunction;
 use keel::queue::{MessageAttrs, Queue};
 use keel_tests::*;
 use keel_webhooks::Status;
@@ -247,6 +247,6 @@ async fn the_sample_list_event_is_served() {
     let request: aws_lambda_events::apigw::ApiGatewayV2httpRequest = sample_event("webhook-ops-list.json");
     let ops = webhook_ops::build(&env(), &world.resources()).unwrap();
     let response = ops.call(request, invocation(world.clock.as_ref())).await;
-    assert_eq!(response.status_code, 200, "{}", keel::http::body_text(&response));
+    assert_eq!(response.status_code, 200, "{}", body_text(&response));
     assert!(body_json(&response)["items"].as_array().unwrap().is_empty(), "the sample filters on status=failed");
 }

@@ -94,7 +94,9 @@ impl QueueFunction for Worker {
                     // Best effort: if this fails, the queue's own visibility timeout applies.
                     self.queue.change_visibility(receipt, delay).await.ok();
                 }
-                response.batch_item_failures.push(BatchItemFailure { item_identifier: message_id });
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = message_id;
+                response.batch_item_failures.push(failure);
             }
         }
         response

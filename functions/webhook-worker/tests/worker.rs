@@ -7,7 +7,7 @@ use chrono::Duration;
 use keel::bus::EventBus;
 use keel::clock::Clock;
 use keel::config::Env;
-use keel::function::{HttpFunction, QueueFunction};
+use keel::function::QueueFunction;
 use keel::queue::{MessageAttrs, Queue};
 use keel_tests::*;
 use keel_webhooks::{self as webhooks, Delivery, Status};

@@ -456,15 +456,18 @@ mod tests {
         assert_eq!(event["isBase64Encoded"], true);
         assert_eq!(event["body"], STANDARD.encode([0xff, 0x00, 0xfe]));
         assert_eq!(event["requestContext"]["authorizer"]["jwt"]["claims"]["roles"], "[admin]");
-        let request: ApiGatewayV2httpRequest = serde_json::from_value(event).unwrap();
-        assert_eq!(keel::http::raw_body(&request).unwrap().as_ref(), &[0xff, 0x00, 0xfe]);
+        let request = keel::lambda::request_of(serde_json::from_value(event).unwrap());
+        assert_eq!(keel::http::raw_body(&request), &[0xff, 0x00, 0xfe]);
         let identity = keel::identity::Identity::from_request(&request);
         assert!(identity.is_none(), "no org_id claim, no identity");
     }
 
     #[test]
     fn responses_map_headers_cookies_and_base64_bodies() {
-        let mut response = keel::http::response(201, "text/plain", "hi".into());
+        let mut response = ApiGatewayV2httpResponse::default();
+        response.status_code = 201;
+        response.headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        response.body = Some(Body::Text("hi".into()));
         response.multi_value_headers.append("x-many", HeaderValue::from_static("a"));
         response.multi_value_headers.append("x-many", HeaderValue::from_static("b"));
         response.cookies = vec!["a=1; Path=/".into(), "b=2".into()];
@@ -475,23 +478,20 @@ mod tests {
         assert_eq!(reply.headers.get_all("set-cookie").iter().collect::<Vec<_>>(), ["a=1; Path=/", "b=2"]);
         assert_eq!(reply.body, b"hi");
 
-        let binary = ApiGatewayV2httpResponse {
-            status_code: 200,
-            body: Some(Body::Text(STANDARD.encode([1u8, 2, 255]))),
-            is_base64_encoded: true,
-            ..Default::default()
-        };
+        let mut binary = ApiGatewayV2httpResponse::default();
+        binary.status_code = 200;
+        binary.body = Some(Body::Text(STANDARD.encode([1u8, 2, 255])));
+        binary.is_base64_encoded = true;
         assert_eq!(from_response(&binary).unwrap().body, vec![1u8, 2, 255]);
 
-        let raw = ApiGatewayV2httpResponse {
-            status_code: 200,
-            body: Some(Body::Binary(vec![1, 2, 255])),
-            is_base64_encoded: true,
-            ..Default::default()
-        };
+        let mut raw = ApiGatewayV2httpResponse::default();
+        raw.status_code = 200;
+        raw.body = Some(Body::Binary(vec![1, 2, 255]));
+        raw.is_base64_encoded = true;
         assert_eq!(from_response(&raw).unwrap().body, vec![1u8, 2, 255]);
 
-        let broken = ApiGatewayV2httpResponse { status_code: 42, ..Default::default() };
+        let mut broken = ApiGatewayV2httpResponse::default();
+        broken.status_code = 42;
         assert!(from_response(&broken).is_err());
     }
 }

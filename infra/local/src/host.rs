@@ -4,7 +4,7 @@
 use crate::backend::{self, Backend, Built};
 use crate::gateway::{self, Incoming, Routes};
 use crate::poller::Poller;
-use crate::registry::{Handler, Registry, ScheduledFunction};
+use crate::registry::{Handler, Registry};
 use crate::schedule::Schedule;
 use crate::template::{Auth, LOCAL_ACCOUNT, LOCAL_REGION, ScheduleDecl, Template, TemplateError, VarValue};
 use crate::token::{self, DevKey, TokenError};
@@ -17,6 +17,7 @@ use keel::bus::EventBus;
 use keel::clock::{Clock, SystemClock};
 use keel::config::{ConfigError, Env};
 use keel::faults::Faults;
+use keel::function::ScheduledFunction;
 use keel::function::{HttpFunction, Invocation};
 use keel::queue::Queue;
 use keel::resources::StaticResources;
@@ -183,6 +184,8 @@ pub struct Host {
     embedded: Option<EmbeddedDb>,
     embedded_buses: BTreeMap<String, EmbeddedBus>,
     served: Declared,
+    /// Each HTTP function as built, by binary name.
+    http_functions: BTreeMap<String, Arc<dyn HttpFunction>>,
     cancel: CancellationToken,
     server: Option<JoinHandle<()>>,
     tasks: Vec<JoinHandle<()>>,
@@ -259,6 +262,8 @@ impl Host {
             tasks.push(tokio::spawn(run_schedule(function, handler, decl, timeout, cancel.clone())));
         }
 
+        let http_functions =
+            functions.http.iter().map(|target| (target.function.clone(), target.handler.clone())).collect();
         let app = Arc::new(App { routes, targets: functions.http, key: key.clone(), probes });
         let router = axum::Router::new().fallback(handle).with_state(app);
         let shutdown = cancel.clone();
@@ -277,6 +282,7 @@ impl Host {
             embedded: built.embedded,
             embedded_buses: built.embedded_buses,
             served: served.sort(),
+            http_functions,
             cancel,
             server: Some(server),
             tasks,
@@ -333,6 +339,11 @@ impl Host {
     }
 
     /// What this host serves.
+    /// The HTTP function built for `binary`, to call directly (tests of its route table).
+    pub fn http_function(&self, binary: &str) -> Option<Arc<dyn HttpFunction>> {
+        self.http_functions.get(binary).cloned()
+    }
+
     pub fn served(&self) -> &Declared {
         &self.served
     }
@@ -666,9 +677,9 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
     };
     let deadline = now + chrono::Duration::from_std(target.timeout).unwrap_or(chrono::Duration::MAX);
     let invocation = Invocation { request_id: request_id.clone(), deadline, trace_header: Some(trace_header.clone()) };
-    let span = keel::telemetry::invocation_span(&target.function, &request_id, Some(&trace_header));
-    let handler = target.handler.clone();
-    let mut task = tokio::spawn(async move { handler.call(event, invocation).await }.instrument(span));
+    let (handler, name) = (target.handler.clone(), target.function.clone());
+    let mut task =
+        tokio::spawn(async move { keel::lambda::invoke_http(&name, handler.as_ref(), event, &invocation).await });
     let response = match tokio::time::timeout(target.timeout, &mut task).await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {

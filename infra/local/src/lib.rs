@@ -22,6 +22,6 @@ pub mod token;
 
 pub use backend::Backend;
 pub use host::{Declared, Host, HostError, HostOptions, QueueMapping, ScheduleMapping, declared, served};
-pub use registry::{Handler, Registry, ScheduledFunction};
+pub use registry::{Handler, Registry};
 pub use template::{Template, TemplateError};
 pub use token::DevKey;

@@ -189,16 +189,14 @@ mod tests {
         }
     }
 
-    // `..Default::default()` keeps compiling if aws_lambda_events' `catch-all-fields` feature gets enabled.
-    #[allow(clippy::needless_update)]
     fn failures(ids: &[&str]) -> SqsBatchResponse {
-        SqsBatchResponse {
-            batch_item_failures: ids
-                .iter()
-                .map(|id| BatchItemFailure { item_identifier: id.to_string(), ..Default::default() })
-                .collect(),
-            ..Default::default()
+        let mut response = SqsBatchResponse::default();
+        for id in ids {
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = id.to_string();
+            response.batch_item_failures.push(failure);
         }
+        response
     }
 
     #[test]

@@ -1,19 +1,11 @@
 //! Which constructor builds each function the template names (by `Metadata.BuildProperties.Binary`). Start-up
 //! fails when the template and the registry disagree, in either direction.
 
-use async_trait::async_trait;
 use keel::config::{ConfigError, Env};
-use keel::function::{HttpFunction, Invocation, QueueFunction};
+use keel::function::{HttpFunction, QueueFunction, ScheduledFunction};
 use keel::resources::Resources;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// A function fired by an EventBridge schedule. It receives the scheduled-event payload (or the event's `Input`)
-/// and reports failure as an error message for the log (EventBridge would retry; the host logs and moves on).
-#[async_trait]
-pub trait ScheduledFunction: Send + Sync {
-    async fn call(&self, event: serde_json::Value, invocation: Invocation) -> Result<(), String>;
-}
 
 /// A built function, by the shape AWS invokes it in.
 #[derive(Clone)]

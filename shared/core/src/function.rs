@@ -1,10 +1,14 @@
-//! The two shapes of Keel function, as AWS invokes them: an HTTP API route (payload format 2.0) and an SQS event
-//! source mapping with partial batch responses. Lambda's runtime and the local host both call these.
+//! The three shapes of Keel function, as AWS invokes them: an HTTP API route (payload format 2.0, through
+//! `lambda_http`), an SQS event source mapping with partial batch responses, and an EventBridge Scheduler target.
+//! Lambda's runtime (`keel::lambda`) and the local host both call these.
 
+use crate::http::{Request, Response};
+use crate::route::{Access, Api, serve};
 use async_trait::async_trait;
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
 use chrono::{DateTime, Utc};
+use http::Method;
+use lambda_http::RequestExt;
 
 /// What the invocation knows about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,14 +20,63 @@ pub struct Invocation {
     pub trace_header: Option<String>,
 }
 
+impl Invocation {
+    pub fn from_context(context: &lambda_runtime::Context) -> Self {
+        let deadline_ms = i64::try_from(context.deadline).unwrap_or(i64::MAX);
+        Invocation {
+            request_id: context.request_id.clone(),
+            deadline: DateTime::<Utc>::from_timestamp_millis(deadline_ms).unwrap_or(DateTime::<Utc>::MAX_UTC),
+            trace_header: context.xray_trace_id.clone(),
+        }
+    }
+
+    /// The Lambda context the runtime would hand over for this invocation.
+    pub fn to_context(&self) -> lambda_runtime::Context {
+        let mut context = lambda_runtime::Context::default();
+        context.request_id = self.request_id.clone();
+        context.deadline = u64::try_from(self.deadline.timestamp_millis()).unwrap_or(0);
+        context.xray_trace_id = self.trace_header.clone();
+        context
+    }
+
+    /// The invocation an HTTP request arrived in (its Lambda context travels in the request's extensions).
+    pub fn of(request: &Request) -> Self {
+        match request.lambda_context_ref() {
+            Some(context) => Self::from_context(context),
+            None => Self::from_context(&lambda_runtime::Context::default()),
+        }
+    }
+}
+
+/// An HTTP function: a route table ([`Api`]) served by [`serve`]. Implemented for every [`Api`].
 #[async_trait]
 pub trait HttpFunction: Send + Sync {
     /// Never fails: every error is an HTTP response (problem+json).
-    async fn call(&self, request: ApiGatewayV2httpRequest, invocation: Invocation) -> ApiGatewayV2httpResponse;
+    async fn handle(&self, request: Request) -> Response;
+    /// The table: method, path template and access of every route.
+    fn routes(&self) -> Vec<(Method, &'static str, Access)>;
+}
+
+#[async_trait]
+impl<F: Api> HttpFunction for F {
+    async fn handle(&self, request: Request) -> Response {
+        serve(self, request).await
+    }
+
+    fn routes(&self) -> Vec<(Method, &'static str, Access)> {
+        F::ROUTES.iter().map(|route| (route.method.clone(), route.path, route.access)).collect()
+    }
 }
 
 #[async_trait]
 pub trait QueueFunction: Send + Sync {
     /// Returns the ids of the messages that failed; the rest are deleted from the queue.
     async fn call(&self, event: SqsEvent, invocation: Invocation) -> SqsBatchResponse;
+}
+
+/// A function an EventBridge Scheduler schedule invokes. It receives the schedule's input (or, under an
+/// EventBridge rule, the scheduled event) and fails with a message for the log; the scheduler retries.
+#[async_trait]
+pub trait ScheduledFunction: Send + Sync {
+    async fn call(&self, event: serde_json::Value, invocation: Invocation) -> Result<(), String>;
 }

@@ -1,7 +1,10 @@
 //! The caller's identity, read from the API Gateway HTTP API JWT authorizer context (`requestContext.authorizer
-//! .jwt.claims`). API Gateway has verified the token; functions never trust a tenant id from the body or query.
+//! .jwt.claims`, which `lambda_http` keeps in the request's extensions). API Gateway has verified the token;
+//! functions never trust a tenant id from the body or query.
 
-use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+use crate::http::Request;
+use lambda_http::RequestExt;
+use lambda_http::request::RequestContext;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -38,8 +41,11 @@ pub struct Identity {
 
 impl Identity {
     /// `None` when the request carries no authorizer claims, or lacks `sub` or `org_id`.
-    pub fn from_request(request: &ApiGatewayV2httpRequest) -> Option<Self> {
-        let claims = &request.request_context.authorizer.as_ref()?.jwt.as_ref()?.claims;
+    pub fn from_request(request: &Request) -> Option<Self> {
+        let RequestContext::ApiGatewayV2(context) = request.request_context_ref()? else {
+            return None;
+        };
+        let claims = &context.authorizer.as_ref()?.jwt.as_ref()?.claims;
         let user_id = claims.get("sub").filter(|s| !s.is_empty())?.clone();
         let org_id = claims.get("org_id").filter(|s| !s.is_empty())?.clone();
         let roles = claims.get("roles").map(|raw| parse_roles(raw)).unwrap_or_default();
@@ -68,17 +74,18 @@ fn parse_roles(raw: &str) -> Vec<Role> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lambda_events::apigw::{
-        ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerJwtDescription, ApiGatewayV2httpRequestContext,
-    };
-    use std::collections::HashMap;
+    use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+    use lambda_http::request::LambdaRequest;
 
-    fn request_with(claims: &[(&str, &str)]) -> ApiGatewayV2httpRequest {
-        let claims = claims.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>();
-        let jwt = ApiGatewayRequestAuthorizerJwtDescription { claims, ..Default::default() };
-        let authorizer = ApiGatewayRequestAuthorizer { jwt: Some(jwt), ..Default::default() };
-        let request_context = ApiGatewayV2httpRequestContext { authorizer: Some(authorizer), ..Default::default() };
-        ApiGatewayV2httpRequest { request_context, ..Default::default() }
+    /// A request as `lambda_http` builds it from an event whose authorizer context carries `claims`.
+    fn request_with(claims: &[(&str, &str)]) -> Request {
+        let claims: serde_json::Map<String, serde_json::Value> =
+            claims.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+        let event: ApiGatewayV2httpRequest = serde_json::from_value(serde_json::json!({
+            "rawPath": "/", "requestContext": {"http": {"method": "GET"}, "authorizer": {"jwt": {"claims": claims}}}
+        }))
+        .unwrap();
+        LambdaRequest::ApiGatewayV2(event).into()
     }
 
     #[test]
@@ -95,6 +102,6 @@ mod tests {
         assert!(id.roles.is_empty());
         assert!(Identity::from_request(&request_with(&[("sub", "u1")])).is_none());
         assert!(Identity::from_request(&request_with(&[("sub", ""), ("org_id", "o1")])).is_none());
-        assert!(Identity::from_request(&ApiGatewayV2httpRequest::default()).is_none());
+        assert!(Identity::from_request(&Request::default()).is_none());
     }
 }

@@ -14,6 +14,7 @@ pub mod port;
 pub mod problem;
 pub mod queue;
 pub mod resources;
+pub mod route;
 pub mod table;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

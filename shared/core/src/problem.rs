@@ -1,7 +1,6 @@
 //! Errors on the wire: RFC 9457 problem+json with a stable machine-readable `code`. Details say what is wrong with
 //! the request; they never carry a stack trace, an internal error message or a secret.
 
-use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -79,7 +78,7 @@ impl Problem {
         Self::new(503, "backend_unavailable", "a backend is temporarily unavailable; retry the request")
     }
 
-    pub fn into_response(self) -> ApiGatewayV2httpResponse {
+    pub fn into_response(self) -> crate::http::Response {
         let body = serde_json::to_string(&self).unwrap_or_default();
         crate::http::response(self.status, "application/problem+json", body)
     }
@@ -111,9 +110,9 @@ mod tests {
     #[test]
     fn renders_rfc9457_fields_and_content_type() {
         let response = Problem::unprocessable("invalid_field", "limit must be 1..=100").at("limit").into_response();
-        assert_eq!(response.status_code, 422);
-        assert_eq!(response.headers["content-type"], "application/problem+json");
-        let body: serde_json::Value = serde_json::from_str(&crate::http::body_text(&response)).unwrap();
+        assert_eq!(response.status(), 422);
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
         assert_eq!(
             body,
             serde_json::json!({"type": "urn:keel:problem:invalid_field", "title": "Unprocessable Content",

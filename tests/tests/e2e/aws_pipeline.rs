@@ -10,7 +10,7 @@
 
 use keel::bus::EventPattern;
 use keel::config::Env;
-use keel::function::{HttpFunction, QueueFunction};
+use keel::function::QueueFunction;
 use keel::queue::Queue;
 use keel_aws::testing::{Emulator, unique_name};
 use keel_aws::{AwsResources, SqsQueue, provision};

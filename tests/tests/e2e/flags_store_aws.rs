@@ -9,7 +9,6 @@
 use chrono::{DateTime, Duration, Utc};
 use keel::clock::{Clock, ManualClock};
 use keel::config::Env;
-use keel::function::HttpFunction;
 use keel::port::PortError;
 use keel::table::{Expect, Item, Key, Page, Query, Table, Write};
 use keel_aws::testing::{Emulator, unique_name};
@@ -306,7 +305,7 @@ async fn the_admin_function_on_dynamodb() {
             invocation(&clock),
         )
         .await;
-    assert_eq!(created.status_code, 201, "{}", keel::http::body_text(&created));
+    assert_eq!(created.status_code, 201, "{}", body_text(&created));
     assert_eq!(created.headers["etag"], "\"1\"");
     let mut replace = call(
         http::Method::PUT,
@@ -317,7 +316,7 @@ async fn the_admin_function_on_dynamodb() {
     );
     replace.headers.insert("if-match", "\"1\"".parse().unwrap());
     let replaced = admin.call(replace, invocation(&clock)).await;
-    assert_eq!(replaced.status_code, 200, "{}", keel::http::body_text(&replaced));
+    assert_eq!(replaced.status_code, 200, "{}", body_text(&replaced));
     assert_eq!(replaced.headers["etag"], "\"2\"");
     let audit = admin
         .call(

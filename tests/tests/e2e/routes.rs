@@ -1,14 +1,66 @@
-//! The flags-admin function serves exactly the routes the template declares for it.
+//! Every HTTP function's route table against the template: the same routes (method and path), public exactly
+//! where the template turns the authorizer off, and each route reaching the handler its table names (the router
+//! marks the route it dispatched to on the response). Functions are the ones `keel-local` builds from the real
+//! template, called directly with the request `lambda_http` makes of an API Gateway event.
 
-use keel_tests::repo_root;
+use keel::config::Env;
+use keel::route::{Access, Matched};
+use keel_local::template::Auth;
+use keel_local::{Backend, Host, HostOptions, Template};
+use keel_tests::{api_request, repo_root, with_claims};
+use std::collections::BTreeSet;
 
-#[test]
-fn flags_admin_serves_exactly_the_routes_the_template_declares() {
-    let template = keel_local::Template::load(&repo_root().join("template.yaml")).unwrap();
-    let function = template.functions.iter().find(|f| f.binary == "flags-admin").unwrap();
-    let mut declared: Vec<String> = function.routes.iter().map(|r| r.route_key()).collect();
-    let mut ours: Vec<String> = flags_admin::ROUTES.iter().map(|r| r.to_string()).collect();
-    declared.sort();
-    ours.sort();
-    assert_eq!(ours, declared);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_function_serves_exactly_its_template_routes_and_each_reaches_its_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let template_path = repo_root().join("template.yaml");
+    let host = Host::start(HostOptions {
+        port: 0,
+        data_dir: dir.path().to_path_buf(),
+        backend: Backend::Embedded,
+        template: template_path.clone(),
+        env: Env::from_pairs([("KEEL_STAGE", "dev")]),
+    })
+    .await
+    .unwrap();
+    let template = Template::load(&template_path).unwrap();
+    let mut checked = 0;
+    for declared in template.functions.iter().filter(|function| !function.routes.is_empty()) {
+        let function =
+            host.http_function(&declared.binary).unwrap_or_else(|| panic!("{} is not built", declared.binary));
+        let table: BTreeSet<(String, String, bool)> = function
+            .routes()
+            .into_iter()
+            .map(|(method, path, access)| (method.to_string(), path.to_string(), access == Access::Public))
+            .collect();
+        let in_template: BTreeSet<(String, String, bool)> = declared
+            .routes
+            .iter()
+            .map(|route| (route.method.clone(), route.path.clone(), route.auth == Auth::None))
+            .collect();
+        assert_eq!(table, in_template, "{}: the route table and the template differ", declared.binary);
+
+        for (method, path, _) in &table {
+            let concrete =
+                path.split('/').map(|part| if part.starts_with('{') { "x" } else { part }).collect::<Vec<_>>();
+            let mut event = api_request(method.parse().unwrap(), &format!("{method} {path}"), &concrete.join("/"));
+            for part in path.split('/').filter_map(|part| part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))) {
+                event.path_parameters.insert(part.to_string(), "x".to_string());
+            }
+            let event = with_claims(event, "routes-test", "org-routes", &["platform-admin"]);
+            let request = keel::lambda::request_of(event);
+            let response = function.handle(request).await;
+            let matched = response.extensions().get::<Matched>().map(|m| (m.method.to_string(), m.path.to_string()));
+            assert_eq!(
+                matched,
+                Some((method.clone(), path.clone())),
+                "{} {method} {path} did not reach its handler (status {})",
+                declared.binary,
+                response.status()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 25, "only {checked} routes checked");
+    host.shutdown().await;
 }

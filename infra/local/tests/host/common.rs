@@ -1,18 +1,19 @@
 //! A template and functions of the tests' own, so the host's behaviour is tested apart from Keel's functions:
-//! `echo` answers every HTTP route by the route key it was invoked under, `worker` records what it receives and
+//! `echo` answers every HTTP route by the route key it was invoked under (echoing the request it received), `worker` records what it receives and
 //! fails bodies starting with `fail`, `ticker` is a scheduled function.
 
 use async_trait::async_trait;
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use aws_lambda_events::encodings::Body;
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use base64::Engine;
 use keel::config::{ConfigError, Env};
+use keel::function::ScheduledFunction;
 use keel::function::{HttpFunction, Invocation, QueueFunction};
+use keel::http::RequestContext;
+use keel::http::{Request, RequestExt, Response};
 use keel::queue::{MessageAttrs, Queue};
 use keel::resources::Resources;
 use keel::table::{Attrs, Expect, Item, Key, Table};
-use keel_local::{Backend, Host, HostOptions, Registry, ScheduledFunction};
+use keel_local::{Backend, Host, HostOptions, Registry};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -91,26 +92,63 @@ pub struct Echo {
     queue: Arc<dyn Queue>,
 }
 
-fn json_response(status: u16, value: &Value) -> ApiGatewayV2httpResponse {
+fn json_response(status: u16, value: &Value) -> Response {
     keel::http::json(status, value)
 }
 
+/// The request as the function received it from `lambda_http`'s conversion of the host's event.
+fn echoed(request: &Request) -> Value {
+    let headers: serde_json::Map<String, Value> = request
+        .headers()
+        .keys()
+        .map(|name| {
+            let values: Vec<&str> = request.headers().get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+            (name.to_string(), Value::String(values.join(",")))
+        })
+        .collect();
+    let params = |map: Option<&aws_lambda_events::query_map::QueryMap>| -> Value {
+        map.map(|map| {
+            let mut object = serde_json::Map::new();
+            for (name, _) in map.iter() {
+                object.entry(name.to_string()).or_insert_with(|| map.all(name).unwrap_or_default().join(",").into());
+            }
+            Value::Object(object)
+        })
+        .unwrap_or_else(|| json!({}))
+    };
+    json!({
+        "method": request.method().as_str(),
+        "rawPath": request.raw_http_path(),
+        "rawQueryString": request.uri().query().unwrap_or_default(),
+        "queryStringParameters": params(request.query_string_parameters_ref()),
+        "pathParameters": params(request.path_parameters_ref()),
+        "headers": headers,
+        "requestContext": request.request_context_ref().map(|context| serde_json::to_value(context).unwrap()),
+        "body_base64": base64::engine::general_purpose::STANDARD.encode(request.body()),
+    })
+}
+
+/// Answers whatever the host routes to it (the fixture template's routes use `ANY` and `{proxy+}`, which Keel's
+/// route tables do not), so its table is empty.
 #[async_trait]
 impl HttpFunction for Echo {
-    async fn call(&self, request: ApiGatewayV2httpRequest, invocation: Invocation) -> ApiGatewayV2httpResponse {
-        let route = request.route_key.clone().unwrap_or_default();
+    fn routes(&self) -> Vec<(keel::http::Method, &'static str, keel::route::Access)> {
+        Vec::new()
+    }
+
+    async fn handle(&self, request: Request) -> Response {
+        let route = match request.request_context_ref() {
+            Some(RequestContext::ApiGatewayV2(context)) => context.route_key.clone().unwrap_or_default(),
+            _ => String::new(),
+        };
+        let invocation = Invocation::of(&request);
         match route.as_str() {
             "GET /binary" => {
-                let mut response = ApiGatewayV2httpResponse {
-                    status_code: 200,
-                    body: Some(Body::Text(base64::engine::general_purpose::STANDARD.encode([0u8, 159, 146, 150]))),
-                    is_base64_encoded: true,
-                    ..Default::default()
-                };
-                response.headers.insert("content-type", "application/octet-stream".parse().unwrap());
-                response.multi_value_headers.append("x-many", "one".parse().unwrap());
-                response.multi_value_headers.append("x-many", "two".parse().unwrap());
-                response.cookies = vec!["a=1; Path=/".into(), "b=2; HttpOnly".into()];
+                let mut response = keel::http::response(200, "application/octet-stream", vec![0u8, 159, 146, 150]);
+                response.headers_mut().append("x-many", "one".parse().unwrap());
+                response.headers_mut().append("x-many", "two".parse().unwrap());
+                response.headers_mut().append("set-cookie", "a=1; Path=/".parse().unwrap());
+                response.headers_mut().append("set-cookie", "b=2; HttpOnly".parse().unwrap());
                 response
             }
             "GET /sleep" => {
@@ -127,7 +165,7 @@ impl HttpFunction for Echo {
                 }),
             ),
             "POST /jobs" => {
-                let body = request.body.clone().unwrap_or_default();
+                let body = String::from_utf8_lossy(request.body()).into_owned();
                 match self.queue.send(&body, &MessageAttrs::new()).await {
                     Ok(id) => json_response(202, &json!({"id": id})),
                     Err(e) => json_response(503, &json!({"error": e.to_string()})),
@@ -136,9 +174,9 @@ impl HttpFunction for Echo {
             "ANY /items/{id}" => {
                 let id = keel::http::path_param(&request, "id").unwrap_or_default().to_string();
                 let key = Key::new("item", id);
-                if request.request_context.http.method == http::Method::PUT {
+                if request.method() == keel::http::Method::PUT {
                     let mut attrs = Attrs::new();
-                    attrs.insert("value".into(), request.body.clone().unwrap_or_default().into());
+                    attrs.insert("value".into(), String::from_utf8_lossy(request.body()).into_owned().into());
                     match self.table.put(Item::new(key, attrs), Expect::Any).await {
                         Ok(()) => json_response(204, &json!({})),
                         Err(e) => json_response(503, &json!({"error": e.to_string()})),
@@ -153,7 +191,7 @@ impl HttpFunction for Echo {
             }
             _ => json_response(
                 200,
-                &json!({"request": serde_json::to_value(&request).unwrap(), "request_id": invocation.request_id,
+                &json!({"request": echoed(&request), "request_id": invocation.request_id,
                     "deadline": invocation.deadline.to_rfc3339(), "trace_header": invocation.trace_header}),
             ),
         }
@@ -185,9 +223,8 @@ impl QueueFunction for Worker {
             let count = record.attributes.get("ApproximateReceiveCount").and_then(|c| c.parse().ok()).unwrap_or(0);
             self.0.0.lock().unwrap().push((body.clone(), count));
             if body.starts_with("fail") {
-                #[allow(clippy::needless_update)] // robust to aws_lambda_events' `catch-all-fields`
-                let failure =
-                    BatchItemFailure { item_identifier: record.message_id.unwrap_or_default(), ..Default::default() };
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = record.message_id.unwrap_or_default();
                 response.batch_item_failures.push(failure);
             }
         }
@@ -202,7 +239,11 @@ pub struct Noop;
 
 #[async_trait]
 impl HttpFunction for Noop {
-    async fn call(&self, _request: ApiGatewayV2httpRequest, _invocation: Invocation) -> ApiGatewayV2httpResponse {
+    fn routes(&self) -> Vec<(keel::http::Method, &'static str, keel::route::Access)> {
+        Vec::new()
+    }
+
+    async fn handle(&self, _request: Request) -> Response {
         json_response(200, &json!({}))
     }
 }

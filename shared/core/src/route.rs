@@ -1,0 +1,287 @@
+//! One route table per HTTP function: method, path (as `template.yaml` declares it), who may call it, and the
+//! handler, written next to the handlers. [`serve`] is the only router: it finds the route, admits the caller,
+//! runs the handler and renders every failure as problem+json, so no handler routes, checks roles or builds an
+//! error body of its own. A test holds every function's table equal to the template's routes.
+
+use crate::function::Invocation;
+use crate::http::{Request, Response};
+use crate::identity::{Identity, Role};
+use crate::problem::Problem;
+use http::Method;
+use http::header::{ALLOW, HeaderValue};
+use lambda_http::RequestExt;
+use lambda_http::request::RequestContext;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+/// Who may call a route. In AWS the HTTP API's JWT authorizer has verified the token of every route but a public
+/// one; the table decides what the verified claims allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token (webhook ingest authenticates by signature instead).
+    Public,
+    /// Any caller with an organization and one of Keel's roles (member, admin, platform-admin).
+    Member,
+    /// Operators of the whole deployment.
+    PlatformAdmin,
+}
+
+impl Access {
+    fn admit(self, request: &Request) -> Result<Option<Identity>, Problem> {
+        if self == Access::Public {
+            return Ok(None);
+        }
+        let identity =
+            Identity::from_request(request).ok_or_else(|| Problem::unauthorized("a valid bearer token is required"))?;
+        match self {
+            Access::Member if identity.roles.is_empty() => {
+                Err(Problem::forbidden("this operation requires the `member` role or above"))
+            }
+            Access::PlatformAdmin if !identity.has_role(Role::PlatformAdmin) => {
+                Err(Problem::forbidden("this operation requires the `platform-admin` role"))
+            }
+            _ => Ok(Some(identity)),
+        }
+    }
+}
+
+/// What a handler returns: a response, or a problem [`serve`] renders.
+pub type Answer<'a> = Pin<Box<dyn Future<Output = Result<Response, Problem>> + Send + 'a>>;
+
+/// A handler: `|function, call| Box::pin(function.list(call))`.
+pub type Handler<F> = for<'a> fn(&'a F, &'a Call) -> Answer<'a>;
+
+pub struct Route<F> {
+    pub method: Method,
+    /// The path template, exactly as the template's `Path` (`/v1/admin/flags/{key}`).
+    pub path: &'static str,
+    pub access: Access,
+    pub handler: Handler<F>,
+}
+
+impl<F> Route<F> {
+    pub const fn new(method: Method, path: &'static str, access: Access, handler: Handler<F>) -> Self {
+        Self { method, path, access, handler }
+    }
+
+    /// API Gateway's route key: `METHOD /path`.
+    pub fn route_key(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+/// An admitted request, as its handler gets it.
+pub struct Call {
+    pub request: Request,
+    pub invocation: Invocation,
+    identity: Option<Identity>,
+}
+
+impl Call {
+    /// The caller. Every route but a public one has one; a public route's handler that asks gets a 401.
+    pub fn identity(&self) -> Result<&Identity, Problem> {
+        self.identity.as_ref().ok_or_else(|| Problem::unauthorized("a valid bearer token is required"))
+    }
+}
+
+/// An HTTP function: its route table is all [`serve`] needs.
+pub trait Api: Send + Sync + Sized + 'static {
+    const ROUTES: &'static [Route<Self>];
+}
+
+/// The route a response came from, in the response's extensions (for tests and metrics; never sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    pub method: Method,
+    pub path: &'static str,
+}
+
+/// Routes `request` through `function`'s table.
+pub async fn serve<F: Api>(function: &F, mut request: Request) -> Response {
+    let route = match find(F::ROUTES, &mut request) {
+        Ok(route) => route,
+        Err(problem) => return *problem,
+    };
+    let mut response = match route.access.admit(&request) {
+        Err(problem) => problem.into_response(),
+        Ok(identity) => {
+            let call = Call { invocation: Invocation::of(&request), request, identity };
+            (route.handler)(function, &call).await.unwrap_or_else(Problem::into_response)
+        }
+    };
+    response.extensions_mut().insert(Matched { method: route.method.clone(), path: route.path });
+    response
+}
+
+/// The route for `request`: the one API Gateway matched (its route key), or, for an event without one (a direct
+/// invoke), the most specific template the path fits, whose parameters then go into the request as API
+/// Gateway's would. 404 when no path fits, 405 (with `Allow`) when the path fits under other methods only.
+fn find<'r, F>(routes: &'r [Route<F>], request: &mut Request) -> Result<&'r Route<F>, Box<Response>> {
+    let route_key = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context.route_key.clone().filter(|key| key != "$default"),
+        _ => None,
+    };
+    let mut params = HashMap::new();
+    let fits: Vec<&Route<F>> = match route_key.as_deref().and_then(|key| key.split_once(' ')) {
+        Some((_, path)) => routes.iter().filter(|route| route.path == path).collect(),
+        None => {
+            let segments: Vec<String> = request
+                .uri()
+                .path()
+                .split('/')
+                .skip(1)
+                .map(|segment| percent_encoding::percent_decode_str(segment).decode_utf8_lossy().into_owned())
+                .collect();
+            let mut fitting: Vec<(&Route<F>, HashMap<String, String>)> =
+                routes.iter().filter_map(|route| fit(route.path, &segments).map(|found| (route, found))).collect();
+            // Fewest parameters first: `/flags/import` before `/flags/{key}`, as API Gateway prefers.
+            fitting.sort_by_key(|(_, found)| found.len());
+            let chosen = fitting.iter().find(|(route, _)| route.method == request.method()).or(fitting.first());
+            if let Some((_, found)) = chosen {
+                params = found.clone();
+            }
+            fitting.into_iter().map(|(route, _)| route).collect()
+        }
+    };
+    if fits.is_empty() {
+        return Err(Box::new(Problem::not_found("no such operation").into_response()));
+    }
+    let Some(route) = fits.iter().find(|route| route.method == request.method()) else {
+        let mut allowed: Vec<&str> = fits.iter().map(|route| route.method.as_str()).collect();
+        allowed.sort_unstable();
+        allowed.dedup();
+        let allowed = allowed.join(", ");
+        let path = request.uri().path().to_string();
+        let mut response =
+            Problem::new(405, "method_not_allowed", format!("{path} accepts {allowed} only")).into_response();
+        if let Ok(value) = HeaderValue::from_str(&allowed) {
+            response.headers_mut().insert(ALLOW, value);
+        }
+        return Err(Box::new(response));
+    };
+    if !params.is_empty() && request.path_parameters_ref().is_none() {
+        let taken = std::mem::take(request);
+        *request = taken.with_path_parameters(params);
+    }
+    Ok(route)
+}
+
+/// The parameters `segments` give `template`, if the path fits it.
+fn fit(template: &str, segments: &[String]) -> Option<HashMap<String, String>> {
+    let parts: Vec<&str> = template.split('/').skip(1).collect();
+    if parts.len() != segments.len() {
+        return None;
+    }
+    let mut params = HashMap::new();
+    for (part, segment) in parts.iter().zip(segments) {
+        match part.strip_prefix('{').and_then(|rest| rest.strip_suffix('}')) {
+            Some(name) if !segment.is_empty() => {
+                params.insert(name.to_string(), segment.clone());
+            }
+            Some(_) => return None,
+            None if part == segment => {}
+            None => return None,
+        }
+    }
+    Some(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::{self, RequestExt};
+    use crate::lambda::request_of;
+    use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+
+    struct Fixture;
+
+    impl Fixture {
+        async fn named(&self, call: &Call) -> Result<Response, Problem> {
+            let name = http::path_param(&call.request, "name").unwrap_or("<none>");
+            let user = call.identity().map(|identity| identity.user_id.clone()).unwrap_or_default();
+            Ok(http::json(200, &serde_json::json!({"name": name, "user": user})))
+        }
+    }
+
+    impl Api for Fixture {
+        const ROUTES: &'static [Route<Self>] = &[
+            Route::new(Method::GET, "/things/{name}", Access::Member, |f, call| Box::pin(f.named(call))),
+            Route::new(Method::PUT, "/things/{name}", Access::PlatformAdmin, |f, call| Box::pin(f.named(call))),
+            Route::new(Method::POST, "/things/import", Access::Public, |f, call| Box::pin(f.named(call))),
+            Route::new(Method::POST, "/fail", Access::Public, |_, _| {
+                Box::pin(async { Err(Problem::unprocessable("bad", "no good").at("/x")) })
+            }),
+        ];
+    }
+
+    fn event(method: &str, path: &str, route_key: Option<&str>, roles: Option<&str>) -> Request {
+        let mut json = serde_json::json!({"rawPath": path, "requestContext": {"http": {"method": method}}});
+        if let Some(key) = route_key {
+            json["routeKey"] = key.into();
+            json["requestContext"]["routeKey"] = key.into();
+        }
+        if let Some(roles) = roles {
+            json["requestContext"]["authorizer"] =
+                serde_json::json!({"jwt": {"claims": {"sub": "u1", "org_id": "o1", "roles": roles}}});
+        }
+        let event: ApiGatewayV2httpRequest = serde_json::from_value(json).unwrap();
+        request_of(event)
+    }
+
+    async fn send(request: Request) -> (u16, serde_json::Value, Response) {
+        let response = serve(&Fixture, request).await;
+        let body = serde_json::from_slice(response.body()).unwrap_or(serde_json::Value::Null);
+        (response.status().as_u16(), body, response)
+    }
+
+    #[tokio::test]
+    async fn api_gateways_route_key_picks_the_route_and_its_parameters_come_through() {
+        let mut request = event("GET", "/things/a%20b", Some("GET /things/{name}"), Some("[member]"));
+        request =
+            request.with_path_parameters(std::collections::HashMap::from([("name".to_string(), "a b".to_string())]));
+        let (status, body, response) = send(request).await;
+        assert_eq!((status, body["name"].as_str(), body["user"].as_str()), (200, Some("a b"), Some("u1")));
+        let matched = response.extensions().get::<Matched>().cloned();
+        assert_eq!(matched, Some(Matched { method: Method::GET, path: "/things/{name}" }));
+    }
+
+    #[tokio::test]
+    async fn without_a_route_key_the_most_specific_template_wins_and_fills_the_parameters() {
+        let (status, body, _) = send(event("POST", "/things/import", None, None)).await;
+        assert_eq!((status, body["name"].as_str()), (200, Some("<none>")), "the literal route, not {{name}}");
+        let (status, body, _) = send(event("GET", "/things/caf%C3%A9", None, Some("[member]"))).await;
+        assert_eq!((status, body["name"].as_str()), (200, Some("café")), "decoded as API Gateway decodes");
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_404_and_other_methods_405_with_allow() {
+        let (status, body, _) = send(event("GET", "/nothing", None, None)).await;
+        assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+        let (status, body, response) = send(event("DELETE", "/things/a", None, Some("[member]"))).await;
+        assert_eq!((status, body["code"].as_str()), (405, Some("method_not_allowed")));
+        assert_eq!(response.headers()["allow"], "GET, PUT");
+        assert!(response.extensions().get::<Matched>().is_none());
+    }
+
+    #[tokio::test]
+    async fn access_is_checked_before_the_handler_runs() {
+        let key = Some("PUT /things/{name}");
+        assert_eq!(send(event("PUT", "/things/a", key, None)).await.0, 401);
+        assert_eq!(send(event("PUT", "/things/a", key, Some("[member]"))).await.0, 403);
+        assert_eq!(send(event("PUT", "/things/a", key, Some("[platform-admin]"))).await.0, 200);
+        let get = Some("GET /things/{name}");
+        assert_eq!(send(event("GET", "/things/a", get, Some("[]"))).await.0, 403, "no role at all");
+        assert_eq!(send(event("GET", "/things/a", get, Some("[admin]"))).await.0, 200);
+        let (status, body, _) = send(event("POST", "/things/import", Some("POST /things/import"), None)).await;
+        assert_eq!((status, body["user"].as_str()), (200, Some("")), "public: no identity needed");
+    }
+
+    #[tokio::test]
+    async fn a_handlers_problem_is_rendered_as_problem_json() {
+        let (status, body, response) = send(event("POST", "/fail", Some("POST /fail"), None)).await;
+        assert_eq!((status, body["code"].as_str(), body["pointer"].as_str()), (422, Some("bad"), Some("/x")));
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert!(response.extensions().get::<Matched>().is_some());
+    }
+}
