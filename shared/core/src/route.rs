@@ -106,6 +106,10 @@ pub async fn serve<F: Api>(function: &F, mut request: Request) -> Response {
     let mut response = match route.access.admit(&request) {
         Err(problem) => problem.into_response(),
         Ok(identity) => {
+            // Operators' actions are logged, members' high-volume calls (flag evaluations) are not.
+            if let Some(caller) = identity.as_ref().filter(|_| route.access == Access::PlatformAdmin) {
+                tracing::info!(method = %route.method, route = route.path, user = %caller.user_id, "operator request");
+            }
             let call = Call { invocation: Invocation::of(&request), request, identity };
             (route.handler)(function, &call).await.unwrap_or_else(Problem::into_response)
         }

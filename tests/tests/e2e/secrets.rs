@@ -74,11 +74,29 @@ async fn no_secret_appears_in_any_log_line_or_error_body() {
         .unwrap();
     assert_eq!(standard.status(), 401);
     bodies.push(standard.text().await.unwrap());
+    // An operator's request is logged with the operator; a member's evaluation is not logged at all.
+    let operator = host.token("org-ops", "op-user-7", &["platform-admin"]);
+    let listed = client
+        .get(format!("http://{}/v1/webhooks/acme/deliveries", host.addr()))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let member = host.token("org-1", "member-user-9", &["member"]);
+    let evaluated = client.get(format!("http://{}/v1/flags", host.addr())).bearer_auth(&member).send().await.unwrap();
+    assert_eq!(evaluated.status(), 200);
     tokio::time::sleep(Duration::from_secs(2)).await;
     host.shutdown().await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(logs.lines().count() > 10, "the host logged: {logs}");
+    let operator_lines: Vec<&str> = logs.lines().filter(|line| line.contains("operator request")).collect();
+    assert_eq!(operator_lines.len(), 1, "{operator_lines:?}");
+    assert!(
+        operator_lines[0].contains("op-user-7") && operator_lines[0].contains("/v1/webhooks/{provider}/deliveries")
+    );
+    assert!(!logs.contains("member-user-9"), "a member's evaluation is not logged");
     for secret in [KEEL_SECRET, "rotated-out-BBBB2222", STANDARD_SECRET, "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"] {
         assert!(!logs.contains(secret), "a log line contains a secret");
         assert!(bodies.iter().all(|b| !b.contains(secret)), "an error body contains a secret");
