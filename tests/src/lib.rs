@@ -279,6 +279,7 @@ pub struct World {
     pub queue: Arc<EmbeddedQueue>,
     pub dead_letters: Arc<EmbeddedQueue>,
     pub bus: Arc<EmbeddedBus>,
+    pub idempotency: Arc<dyn Table>,
 }
 
 pub const MAX_RECEIVE_COUNT: u32 = 3;
@@ -290,6 +291,7 @@ impl World {
         let clock = Arc::new(ManualClock::new(Utc::now()));
         let dyn_clock: Arc<dyn Clock> = clock.clone();
         let table: Arc<dyn Table> = Arc::new(db.table("WebhooksTable", dyn_clock.clone()));
+        let idempotency: Arc<dyn Table> = Arc::new(db.table("IdempotencyTable", dyn_clock.clone()));
         let dead_letters = Arc::new(db.queue(
             QueueSpec {
                 name: "WebhookDeadLetterQueue".into(),
@@ -311,7 +313,7 @@ impl World {
             dyn_clock,
         ));
         let bus = Arc::new(db.bus("EventBus"));
-        Self { dir, db, clock, table, queue, dead_letters, bus }
+        Self { dir, db, clock, table, queue, dead_letters, bus, idempotency }
     }
 
     /// Resources wired the way template.yaml wires the three webhook functions.
@@ -322,6 +324,7 @@ impl World {
             .with_queue("WEBHOOK_QUEUE_URL", self.queue.clone())
             .with_queue("WEBHOOK_DLQ_URL", self.dead_letters.clone())
             .with_bus("EVENT_BUS_NAME", bus)
+            .with_table(keel::idempotency::TABLE_VAR, self.idempotency.clone())
     }
 }
 

@@ -37,7 +37,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use keel::config::{ConfigError, Env};
-use keel::http::{self, HeaderValue, Method, Request, Response};
+use keel::http::{self, HeaderValue, Request, Response};
+use keel::idempotency::{self, Idempotency};
 use keel::problem::{FieldError, Problem};
 use keel::resources::Resources;
 use keel::route::{Access, Api, Call, Route};
@@ -64,55 +65,51 @@ pub const UNUSED_DAYS: i64 = 30;
 
 pub struct FlagsAdmin {
     store: FlagStore,
+    idempotency: Idempotency,
 }
 
 pub fn build(_env: &Env, resources: &dyn Resources) -> Result<FlagsAdmin, ConfigError> {
-    Ok(FlagsAdmin { store: FlagStore::new(resources.table(TABLE_VAR)?, resources.clock()) })
+    Ok(FlagsAdmin {
+        store: FlagStore::new(resources.table(TABLE_VAR)?, resources.clock()),
+        idempotency: Idempotency::new(resources.table(idempotency::TABLE_VAR)?, resources.clock()),
+    })
 }
 
 impl Api for FlagsAdmin {
+    fn idempotency(&self) -> Option<&Idempotency> {
+        Some(&self.idempotency)
+    }
+
     const ROUTES: &'static [Route<Self>] = &[
-        Route::new(Method::GET, "/v1/admin/flags", Access::PlatformAdmin, |admin, call| {
-            Box::pin(admin.list(&call.request))
-        }),
-        Route::new(Method::POST, "/v1/admin/flags", Access::PlatformAdmin, |admin, call| Box::pin(admin.create(call))),
-        Route::new(Method::POST, "/v1/admin/flags/import", Access::PlatformAdmin, |admin, call| {
-            Box::pin(admin.import(call))
-        }),
-        Route::new(Method::GET, "/v1/admin/flags/{key}", Access::PlatformAdmin, |admin, call| {
-            Box::pin(admin.show(&call.request))
-        }),
-        Route::new(Method::PUT, "/v1/admin/flags/{key}", Access::PlatformAdmin, |admin, call| {
-            Box::pin(admin.replace(call))
-        }),
-        Route::new(Method::POST, "/v1/admin/flags/{key}/rules", Access::PlatformAdmin, |admin, call| {
-            Box::pin(admin.add_rule(call))
-        }),
-        Route::new(Method::PUT, "/v1/admin/flags/{key}/rules/order", Access::PlatformAdmin, |admin, call| {
+        Route::get("/v1/admin/flags", Access::PlatformAdmin, |admin, call| Box::pin(admin.list(&call.request))),
+        Route::post("/v1/admin/flags", Access::PlatformAdmin, |admin, call| Box::pin(admin.create(call))),
+        Route::post("/v1/admin/flags/import", Access::PlatformAdmin, |admin, call| Box::pin(admin.import(call))),
+        Route::get("/v1/admin/flags/{key}", Access::PlatformAdmin, |admin, call| Box::pin(admin.show(&call.request))),
+        Route::put("/v1/admin/flags/{key}", Access::PlatformAdmin, |admin, call| Box::pin(admin.replace(call))),
+        Route::post("/v1/admin/flags/{key}/rules", Access::PlatformAdmin, |admin, call| Box::pin(admin.add_rule(call))),
+        Route::put("/v1/admin/flags/{key}/rules/order", Access::PlatformAdmin, |admin, call| {
             Box::pin(admin.reorder_rules(call))
         }),
-        Route::new(Method::PUT, "/v1/admin/flags/{key}/overrides/{orgId}", Access::PlatformAdmin, |admin, call| {
+        Route::put("/v1/admin/flags/{key}/overrides/{orgId}", Access::PlatformAdmin, |admin, call| {
             Box::pin(admin.set_override(call))
         }),
-        Route::new(Method::DELETE, "/v1/admin/flags/{key}/overrides/{orgId}", Access::PlatformAdmin, |admin, call| {
+        Route::delete("/v1/admin/flags/{key}/overrides/{orgId}", Access::PlatformAdmin, |admin, call| {
             Box::pin(admin.clear_override(call))
         }),
-        Route::new(Method::POST, "/v1/admin/flags/{key}/archive", Access::PlatformAdmin, |admin, call| {
+        Route::post("/v1/admin/flags/{key}/archive", Access::PlatformAdmin, |admin, call| {
             Box::pin(admin.archive(call))
         }),
-        Route::new(Method::POST, "/v1/admin/flags/{key}/explain", Access::PlatformAdmin, |admin, call| {
+        Route::post("/v1/admin/flags/{key}/explain", Access::PlatformAdmin, |admin, call| {
             Box::pin(admin.explain(&call.request))
         }),
-        Route::new(Method::GET, "/v1/admin/flags/{key}/audit", Access::PlatformAdmin, |admin, call| {
+        Route::get("/v1/admin/flags/{key}/audit", Access::PlatformAdmin, |admin, call| {
             Box::pin(admin.audit(&call.request, true))
         }),
-        Route::new(Method::GET, "/v1/admin/flag-audit", Access::PlatformAdmin, |admin, call| {
+        Route::get("/v1/admin/flag-audit", Access::PlatformAdmin, |admin, call| {
             Box::pin(admin.audit(&call.request, false))
         }),
-        Route::new(Method::GET, "/v1/admin/segments", Access::PlatformAdmin, |admin, _| Box::pin(admin.segments())),
-        Route::new(Method::PUT, "/v1/admin/segments/{name}", Access::PlatformAdmin, |admin, call| {
-            Box::pin(admin.put_segment(call))
-        }),
+        Route::get("/v1/admin/segments", Access::PlatformAdmin, |admin, _| Box::pin(admin.segments())),
+        Route::put("/v1/admin/segments/{name}", Access::PlatformAdmin, |admin, call| Box::pin(admin.put_segment(call))),
     ];
 }
 

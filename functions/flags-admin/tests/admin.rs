@@ -137,7 +137,9 @@ impl Admin {
         let clock = Arc::new(ManualClock::new("2026-03-01T12:00:00Z".parse().unwrap()));
         let dyn_clock: Arc<dyn Clock> = clock.clone();
         let table: Arc<dyn Table> = Arc::new(db.table("FlagsTable", dyn_clock.clone()));
-        let resources = StaticResources::new(dyn_clock.clone()).with_table("FLAGS_TABLE", table.clone());
+        let resources = StaticResources::new(dyn_clock.clone())
+            .with_table("FLAGS_TABLE", table.clone())
+            .with_table(keel::idempotency::TABLE_VAR, Arc::new(db.table("IdempotencyTable", dyn_clock.clone())));
         let function =
             Arc::new(flags_admin::build(&Env::from_pairs(Vec::<(String, String)>::new()), &resources).unwrap());
         Self { _dir: dir, clock, store: FlagStore::new(table, dyn_clock), function }

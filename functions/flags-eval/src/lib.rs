@@ -20,7 +20,6 @@ pub use context::{MAX_ATTRIBUTES, MAX_NAME_BYTES, MAX_VALUE_BYTES, RESERVED};
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use keel::config::{ConfigError, Env};
-use keel::http::Method;
 use keel::resources::Resources;
 use keel::route::{Access, Api, Route};
 use keel_flags::store::{FlagCache, FlagStore, Served};
@@ -59,16 +58,14 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<FlagsEval, ConfigEr
 
 impl Api for FlagsEval {
     const ROUTES: &'static [Route<Self>] = &[
-        Route::new(Method::GET, "/v1/flags", Access::Member, |eval, call| Box::pin(keel_api::get(eval, call))),
-        Route::new(Method::POST, "/v1/flags/evaluate", Access::Member, |eval, call| {
-            Box::pin(keel_api::evaluate(eval, call))
-        }),
-        Route::new(Method::POST, "/ofrep/v1/evaluate/flags/{key}", Access::Member, |eval, call| {
-            Box::pin(ofrep::single(eval, call))
-        }),
-        Route::new(Method::POST, "/ofrep/v1/evaluate/flags", Access::Member, |eval, call| {
-            Box::pin(ofrep::bulk(eval, call))
-        }),
+        Route::get("/v1/flags", Access::Member, |eval, call| Box::pin(keel_api::get(eval, call))),
+        // Evaluations are POSTs with a body (OFREP's, and Keel's for a context): they only read.
+        Route::post("/v1/flags/evaluate", Access::Member, |eval, call| Box::pin(keel_api::evaluate(eval, call)))
+            .read_only(),
+        Route::post("/ofrep/v1/evaluate/flags/{key}", Access::Member, |eval, call| Box::pin(ofrep::single(eval, call)))
+            .read_only(),
+        Route::post("/ofrep/v1/evaluate/flags", Access::Member, |eval, call| Box::pin(ofrep::bulk(eval, call)))
+            .read_only(),
     ];
 }
 

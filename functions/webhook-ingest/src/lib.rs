@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
 use keel::function::Invocation;
-use keel::http::{self, Method, Request, Response};
+use keel::http::{self, Request, Response};
 use keel::port::PortError;
 use keel::problem::Problem;
 use keel::queue::Queue;
@@ -84,10 +84,9 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Ingest, ConfigError
 
 impl Api for Ingest {
     /// Public: the provider's signature authenticates the request, not a token.
-    const ROUTES: &'static [Route<Self>] =
-        &[Route::new(Method::POST, "/webhooks/{provider}", Access::Public, |ingest, call| {
-            Box::pin(ingest.ingest(&call.request, &call.invocation))
-        })];
+    const ROUTES: &'static [Route<Self>] = &[Route::post("/webhooks/{provider}", Access::Public, |ingest, call| {
+        Box::pin(ingest.ingest(&call.request, &call.invocation))
+    })];
 }
 
 impl Ingest {

@@ -5,7 +5,8 @@ use chrono::{DateTime, Duration};
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
 use keel::function::Invocation;
-use keel::http::{self, Method, Request, Response};
+use keel::http::{self, Request, Response};
+use keel::idempotency::{self, Idempotency};
 use keel::port::PortError;
 use keel::problem::Problem;
 use keel::queue::Queue;
@@ -35,6 +36,7 @@ pub struct Ops {
     queue: Arc<dyn Queue>,
     dead_letters: Arc<dyn Queue>,
     clock: Arc<dyn Clock>,
+    idempotency: Idempotency,
 }
 
 pub fn build(_env: &Env, resources: &dyn Resources) -> Result<Ops, ConfigError> {
@@ -43,30 +45,29 @@ pub fn build(_env: &Env, resources: &dyn Resources) -> Result<Ops, ConfigError> 
         queue: resources.queue(QUEUE_VAR)?,
         dead_letters: resources.queue(DLQ_VAR)?,
         clock: resources.clock(),
+        idempotency: Idempotency::new(resources.table(idempotency::TABLE_VAR)?, resources.clock()),
     })
 }
 
 impl Api for Ops {
+    fn idempotency(&self) -> Option<&Idempotency> {
+        Some(&self.idempotency)
+    }
+
     const ROUTES: &'static [Route<Self>] = &[
-        Route::new(Method::GET, "/v1/webhooks/{provider}/deliveries", Access::PlatformAdmin, |ops, call| {
+        Route::get("/v1/webhooks/{provider}/deliveries", Access::PlatformAdmin, |ops, call| {
             Box::pin(ops.list(&call.request))
         }),
-        Route::new(
-            Method::GET,
-            "/v1/webhooks/{provider}/deliveries/{deliveryId}",
-            Access::PlatformAdmin,
-            |ops, call| Box::pin(ops.show(&call.request)),
-        ),
-        Route::new(
-            Method::POST,
-            "/v1/webhooks/{provider}/deliveries/{deliveryId}/replay",
-            Access::PlatformAdmin,
-            |ops, call| Box::pin(ops.replay_one(&call.request)),
-        ),
-        Route::new(Method::POST, "/v1/webhooks/{provider}/replay", Access::PlatformAdmin, |ops, call| {
+        Route::get("/v1/webhooks/{provider}/deliveries/{deliveryId}", Access::PlatformAdmin, |ops, call| {
+            Box::pin(ops.show(&call.request))
+        }),
+        Route::post("/v1/webhooks/{provider}/deliveries/{deliveryId}/replay", Access::PlatformAdmin, |ops, call| {
+            Box::pin(ops.replay_one(&call.request))
+        }),
+        Route::post("/v1/webhooks/{provider}/replay", Access::PlatformAdmin, |ops, call| {
             Box::pin(ops.replay_many(&call.request))
         }),
-        Route::new(Method::POST, "/v1/webhooks/dead-letters/redrive", Access::PlatformAdmin, |ops, call| {
+        Route::post("/v1/webhooks/dead-letters/redrive", Access::PlatformAdmin, |ops, call| {
             Box::pin(ops.redrive(&call.request, &call.invocation))
         }),
     ];

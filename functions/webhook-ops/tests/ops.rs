@@ -38,11 +38,17 @@ struct Call {
     params: Vec<(&'static str, String)>,
     query: Vec<(&'static str, String)>,
     body: Option<String>,
+    idempotency_key: Option<&'static str>,
 }
 
 impl Call {
     fn new(method: Method, route: &'static str, path: &str) -> Self {
-        Self { method, route, path: path.into(), params: vec![("provider", "acme".into())], query: vec![], body: None }
+        let params = vec![("provider", "acme".into())];
+        Self { method, route, path: path.into(), params, query: vec![], body: None, idempotency_key: None }
+    }
+    fn idempotency_key(mut self, key: &'static str) -> Self {
+        self.idempotency_key = Some(key);
+        self
     }
     fn param(mut self, name: &'static str, value: &str) -> Self {
         self.params.push((name, value.into()));
@@ -74,9 +80,16 @@ impl Call {
         if let Some(body) = self.body {
             set_body(&mut request, body.as_bytes());
         }
+        if let Some(key) = self.idempotency_key {
+            request.headers.insert("idempotency-key", http::HeaderValue::from_static(key));
+        }
         let request = with_claims(request, "operator-1", "org-ops", roles);
         let response = ops.call(request, invocation(world.clock.as_ref())).await;
-        (response.status_code as u16, body_json(&response))
+        let mut body = body_json(&response);
+        if response.headers.contains_key("idempotent-replayed") {
+            body["replayed_answer"] = true.into();
+        }
+        (response.status_code as u16, body)
     }
     async fn send(self, world: &World) -> (u16, serde_json::Value) {
         self.send_as(world, &["platform-admin"]).await
@@ -192,6 +205,30 @@ async fn replaying_a_completed_delivery_forwards_it_again() {
     assert_eq!(status, 202, "{body}");
     run_worker(&world).await;
     assert_eq!(world.bus.recorded().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_replay_repeated_under_its_idempotency_key_forwards_once() {
+    let world = World::new();
+    let id = ingest(&world, "evt_once", "{}").await;
+    run_worker(&world).await;
+    let replay = || {
+        Call::new(
+            Method::POST,
+            "POST /v1/webhooks/{provider}/deliveries/{deliveryId}/replay",
+            &format!("/v1/webhooks/acme/deliveries/{id}/replay"),
+        )
+        .param("deliveryId", &id)
+        .idempotency_key("replay-once")
+    };
+    let (status, first) = replay().send(&world).await;
+    assert_eq!(status, 202, "{first}");
+    run_worker(&world).await;
+    let (status, again) = replay().send(&world).await;
+    assert_eq!((status, again["replayed_answer"].as_bool()), (202, Some(true)), "{again}");
+    assert_eq!(again["replayed"], first["replayed"]);
+    run_worker(&world).await;
+    assert_eq!(world.bus.recorded().unwrap().len(), 2, "forwarded once by the ingest's delivery, once by the replay");
 }
 
 #[tokio::test]

@@ -54,7 +54,18 @@ pub trait HttpFunction: Send + Sync {
     /// Never fails: every error is an HTTP response (problem+json).
     async fn handle(&self, request: Request) -> Response;
     /// The table: method, path template and access of every route.
-    fn routes(&self) -> Vec<(Method, &'static str, Access)>;
+    fn routes(&self) -> Vec<RouteInfo>;
+    /// Whether the function keeps `Idempotency-Key` records (its writing routes need it).
+    fn keeps_idempotency_keys(&self) -> bool;
+}
+
+/// A route as its table declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub method: Method,
+    pub path: &'static str,
+    pub access: Access,
+    pub writes: bool,
 }
 
 #[async_trait]
@@ -63,8 +74,20 @@ impl<F: Api> HttpFunction for F {
         serve(self, request).await
     }
 
-    fn routes(&self) -> Vec<(Method, &'static str, Access)> {
-        F::ROUTES.iter().map(|route| (route.method.clone(), route.path, route.access)).collect()
+    fn routes(&self) -> Vec<RouteInfo> {
+        F::ROUTES
+            .iter()
+            .map(|route| RouteInfo {
+                method: route.method.clone(),
+                path: route.path,
+                access: route.access,
+                writes: route.writes,
+            })
+            .collect()
+    }
+
+    fn keeps_idempotency_keys(&self) -> bool {
+        self.idempotency().is_some()
     }
 }
 

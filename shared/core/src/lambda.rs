@@ -97,7 +97,7 @@ pub async fn run_scheduled(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{self, Method};
+    use crate::http;
     use crate::problem::Problem;
     use crate::route::{Access, Api, Call, Route};
 
@@ -112,7 +112,7 @@ mod tests {
 
     impl Api for Mirror {
         const ROUTES: &'static [Route<Self>] =
-            &[Route::new(Method::POST, "/mirror", Access::Public, |m, call| Box::pin(m.mirror(call)))];
+            &[Route::post("/mirror", Access::Public, |m, call| Box::pin(m.mirror(call)))];
     }
 
     fn event(body: &str, base64: bool) -> ApiGatewayV2httpRequest {

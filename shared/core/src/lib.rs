@@ -8,6 +8,7 @@ pub mod config;
 pub mod faults;
 pub mod function;
 pub mod http;
+pub mod idempotency;
 pub mod identity;
 pub mod lambda;
 pub mod port;

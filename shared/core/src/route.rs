@@ -5,6 +5,7 @@
 
 use crate::function::Invocation;
 use crate::http::{Request, Response};
+use crate::idempotency::{self, Begun, Idempotency};
 use crate::identity::{Identity, Role};
 use crate::problem::Problem;
 use http::Method;
@@ -58,11 +59,32 @@ pub struct Route<F> {
     pub path: &'static str,
     pub access: Access,
     pub handler: Handler<F>,
+    /// Whether the route changes state: every method but GET, unless marked [`Route::read_only`]. Writing routes
+    /// honour `Idempotency-Key`.
+    pub writes: bool,
 }
 
 impl<F> Route<F> {
-    pub const fn new(method: Method, path: &'static str, access: Access, handler: Handler<F>) -> Self {
-        Self { method, path, access, handler }
+    pub const fn get(path: &'static str, access: Access, handler: Handler<F>) -> Self {
+        Self { method: Method::GET, path, access, handler, writes: false }
+    }
+
+    pub const fn post(path: &'static str, access: Access, handler: Handler<F>) -> Self {
+        Self { method: Method::POST, path, access, handler, writes: true }
+    }
+
+    pub const fn put(path: &'static str, access: Access, handler: Handler<F>) -> Self {
+        Self { method: Method::PUT, path, access, handler, writes: true }
+    }
+
+    pub const fn delete(path: &'static str, access: Access, handler: Handler<F>) -> Self {
+        Self { method: Method::DELETE, path, access, handler, writes: true }
+    }
+
+    /// A POST that only reads (an evaluation with a body).
+    pub const fn read_only(mut self) -> Self {
+        self.writes = false;
+        self
     }
 
     /// API Gateway's route key: `METHOD /path`.
@@ -88,6 +110,13 @@ impl Call {
 /// An HTTP function: its route table is all [`serve`] needs.
 pub trait Api: Send + Sync + Sized + 'static {
     const ROUTES: &'static [Route<Self>];
+
+    /// Where `Idempotency-Key` records are kept. Required of a function with a writing route that callers reach
+    /// with a token (the route test checks it); a public route deduplicates by its own means (webhook ingest, by
+    /// the provider's event id).
+    fn idempotency(&self) -> Option<&Idempotency> {
+        None
+    }
 }
 
 /// The route a response came from, in the response's extensions (for tests and metrics; never sent).
@@ -110,8 +139,29 @@ pub async fn serve<F: Api>(function: &F, mut request: Request) -> Response {
             if let Some(caller) = identity.as_ref().filter(|_| route.access == Access::PlatformAdmin) {
                 tracing::info!(method = %route.method, route = route.path, user = %caller.user_id, "operator request");
             }
-            let call = Call { invocation: Invocation::of(&request), request, identity };
-            (route.handler)(function, &call).await.unwrap_or_else(Problem::into_response)
+            let invocation = Invocation::of(&request);
+            let keyed = request.headers().get(idempotency::HEADER).cloned().filter(|_| route.writes);
+            match (keyed, identity.as_ref()) {
+                (Some(raw_key), Some(caller)) => {
+                    let Some(store) = function.idempotency() else {
+                        return Problem::new(500, "internal", "Idempotency-Key is not configured for this function")
+                            .into_response();
+                    };
+                    let claim = store.begin(caller, &route.route_key(), &raw_key, &request, invocation.deadline).await;
+                    match claim {
+                        Begun::Answer(response) => response,
+                        Begun::Run(claim) => {
+                            let call = Call { invocation, request, identity };
+                            let answer = (route.handler)(function, &call).await.unwrap_or_else(Problem::into_response);
+                            store.finish(claim, answer).await
+                        }
+                    }
+                }
+                _ => {
+                    let call = Call { invocation, request, identity };
+                    (route.handler)(function, &call).await.unwrap_or_else(Problem::into_response)
+                }
+            }
         }
     };
     response.extensions_mut().insert(Matched { method: route.method.clone(), path: route.path });
@@ -210,10 +260,10 @@ mod tests {
 
     impl Api for Fixture {
         const ROUTES: &'static [Route<Self>] = &[
-            Route::new(Method::GET, "/things/{name}", Access::Member, |f, call| Box::pin(f.named(call))),
-            Route::new(Method::PUT, "/things/{name}", Access::PlatformAdmin, |f, call| Box::pin(f.named(call))),
-            Route::new(Method::POST, "/things/import", Access::Public, |f, call| Box::pin(f.named(call))),
-            Route::new(Method::POST, "/fail", Access::Public, |_, _| {
+            Route::get("/things/{name}", Access::Member, |f, call| Box::pin(f.named(call))),
+            Route::put("/things/{name}", Access::PlatformAdmin, |f, call| Box::pin(f.named(call))),
+            Route::post("/things/import", Access::Public, |f, call| Box::pin(f.named(call))),
+            Route::post("/fail", Access::Public, |_, _| {
                 Box::pin(async { Err(Problem::unprocessable("bad", "no good").at("/x")) })
             }),
         ];

@@ -33,6 +33,8 @@ async fn stack(faults: &str) -> Stack {
     let eventbridge = aws_sdk_eventbridge::Client::new(&config);
     let table = unique_name("webhooks");
     provision::ensure_table(&dynamodb, &table).await.unwrap();
+    let idempotency = unique_name("idempotency");
+    provision::ensure_table(&dynamodb, &idempotency).await.unwrap();
     let (dlq_url, dlq_arn) = provision::ensure_queue(&sqs, &unique_name("dlq"), 30, None).await.unwrap();
     let (queue_url, _) = provision::ensure_queue(&sqs, &unique_name("queue"), 30, Some((&dlq_arn, 5))).await.unwrap();
     let (observer_url, observer_arn) = provision::ensure_queue(&sqs, &unique_name("observer"), 30, None).await.unwrap();
@@ -46,6 +48,7 @@ async fn stack(faults: &str) -> Stack {
         .unwrap();
     let env = Env::from_pairs([
         ("WEBHOOKS_TABLE", table),
+        ("IDEMPOTENCY_TABLE", idempotency),
         ("WEBHOOK_QUEUE_URL", queue_url.clone()),
         ("WEBHOOK_DLQ_URL", dlq_url),
         ("EVENT_BUS_NAME", bus),

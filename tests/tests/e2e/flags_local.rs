@@ -487,3 +487,35 @@ async fn the_official_openfeature_sdks_evaluate_every_type_without_errors() {
     }
     host.shutdown().await;
 }
+
+/// `Idempotency-Key` over real HTTP: the header passes the host's gateway, the repeat is answered from the stored
+/// record (one flag, one audit entry), and a different request under the same key is refused.
+#[tokio::test]
+async fn an_idempotent_create_runs_once_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path()).await;
+    let http = reqwest::Client::new();
+    let token = host.token("platform", "alice", &["platform-admin"]);
+    let create = |body: Value| {
+        http.post(format!("http://{}/v1/admin/flags", host.addr()))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "\"create-checkout-1\"")
+            .json(&body)
+    };
+    let first = create(json!({"key": "checkout"})).send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first_body = first.text().await.unwrap();
+    let again = create(json!({"key": "checkout"})).send().await.unwrap();
+    assert_eq!(again.status(), 201, "the stored answer, not 409 already exists");
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.text().await.unwrap(), first_body);
+    let other = create(json!({"key": "checkout-2"})).send().await.unwrap();
+    assert_eq!(other.status(), 422);
+
+    let admin = Client::new(&host, "platform", "alice", &["platform-admin"]);
+    let (status, audit) = admin.send(reqwest::Method::GET, "/v1/admin/flags/checkout/audit", None).await;
+    assert_eq!(status, 200, "{audit}");
+    assert_eq!(audit["items"].as_array().map(Vec::len), Some(1), "{audit}");
+    host.shutdown().await;
+}

@@ -284,7 +284,7 @@ async fn dynamodb_catches_a_write_between_read_and_transaction() {
 #[tokio::test]
 async fn the_admin_function_on_dynamodb() {
     let name = table_name().await;
-    let env = Env::from_pairs([("FLAGS_TABLE", name.clone())]);
+    let env = Env::from_pairs([("FLAGS_TABLE", name.clone()), ("IDEMPOTENCY_TABLE", table_name().await)]);
     let resources = AwsResources::new(&env, &Emulator::shared().sdk_config()).unwrap();
     let admin = flags_admin::build(&env, &resources).unwrap();
     let clock = keel::clock::SystemClock;
@@ -315,9 +315,17 @@ async fn the_admin_function_on_dynamodb() {
         Some(json!({"key": "f", "default_value": true})),
     );
     replace.headers.insert("if-match", "\"1\"".parse().unwrap());
-    let replaced = admin.call(replace, invocation(&clock)).await;
+    // With an Idempotency-Key, on DynamoDB: the repeat is the stored answer (not 412 for the stale If-Match).
+    replace.headers.insert("idempotency-key", "\"replace-f-1\"".parse().unwrap());
+    let replaced = admin.call(replace.clone(), invocation(&clock)).await;
     assert_eq!(replaced.status_code, 200, "{}", body_text(&replaced));
     assert_eq!(replaced.headers["etag"], "\"2\"");
+    let repeated = admin.call(replace, invocation(&clock)).await;
+    assert_eq!(
+        (repeated.status_code, &repeated.headers["idempotent-replayed"]),
+        (200, &"true".parse::<http::HeaderValue>().unwrap())
+    );
+    assert_eq!(body_json(&repeated), body_json(&replaced));
     let audit = admin
         .call(
             call(http::Method::GET, "GET /v1/admin/flags/{key}/audit", "/v1/admin/flags/f/audit", Some("f"), None),

@@ -28,11 +28,18 @@ async fn every_function_serves_exactly_its_template_routes_and_each_reaches_its_
     for declared in template.functions.iter().filter(|function| !function.routes.is_empty()) {
         let function =
             host.http_function(&declared.binary).unwrap_or_else(|| panic!("{} is not built", declared.binary));
-        let table: BTreeSet<(String, String, bool)> = function
-            .routes()
-            .into_iter()
-            .map(|(method, path, access)| (method.to_string(), path.to_string(), access == Access::Public))
+        let routes = function.routes();
+        let table: BTreeSet<(String, String, bool)> = routes
+            .iter()
+            .map(|route| (route.method.to_string(), route.path.to_string(), route.access == Access::Public))
             .collect();
+        if routes.iter().any(|route| route.writes && route.access != Access::Public) {
+            assert!(
+                function.keeps_idempotency_keys(),
+                "{} writes but keeps no Idempotency-Key records",
+                declared.binary
+            );
+        }
         let in_template: BTreeSet<(String, String, bool)> = declared
             .routes
             .iter()

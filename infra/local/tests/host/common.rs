@@ -132,8 +132,12 @@ fn echoed(request: &Request) -> Value {
 /// route tables do not), so its table is empty.
 #[async_trait]
 impl HttpFunction for Echo {
-    fn routes(&self) -> Vec<(keel::http::Method, &'static str, keel::route::Access)> {
+    fn routes(&self) -> Vec<keel::function::RouteInfo> {
         Vec::new()
+    }
+
+    fn keeps_idempotency_keys(&self) -> bool {
+        false
     }
 
     async fn handle(&self, request: Request) -> Response {
@@ -239,8 +243,12 @@ pub struct Noop;
 
 #[async_trait]
 impl HttpFunction for Noop {
-    fn routes(&self) -> Vec<(keel::http::Method, &'static str, keel::route::Access)> {
+    fn routes(&self) -> Vec<keel::function::RouteInfo> {
         Vec::new()
+    }
+
+    fn keeps_idempotency_keys(&self) -> bool {
+        false
     }
 
     async fn handle(&self, _request: Request) -> Response {
