@@ -280,6 +280,7 @@ pub struct World {
     pub dead_letters: Arc<EmbeddedQueue>,
     pub bus: Arc<EmbeddedBus>,
     pub idempotency: Arc<dyn Table>,
+    pub rate_limits: Arc<dyn Table>,
 }
 
 pub const MAX_RECEIVE_COUNT: u32 = 3;
@@ -292,6 +293,7 @@ impl World {
         let dyn_clock: Arc<dyn Clock> = clock.clone();
         let table: Arc<dyn Table> = Arc::new(db.table("WebhooksTable", dyn_clock.clone()));
         let idempotency: Arc<dyn Table> = Arc::new(db.table("IdempotencyTable", dyn_clock.clone()));
+        let rate_limits: Arc<dyn Table> = Arc::new(db.table("RateLimitsTable", dyn_clock.clone()));
         let dead_letters = Arc::new(db.queue(
             QueueSpec {
                 name: "WebhookDeadLetterQueue".into(),
@@ -313,7 +315,7 @@ impl World {
             dyn_clock,
         ));
         let bus = Arc::new(db.bus("EventBus"));
-        Self { dir, db, clock, table, queue, dead_letters, bus, idempotency }
+        Self { dir, db, clock, table, queue, dead_letters, bus, idempotency, rate_limits }
     }
 
     /// Resources wired the way template.yaml wires the three webhook functions.
@@ -325,6 +327,7 @@ impl World {
             .with_queue("WEBHOOK_DLQ_URL", self.dead_letters.clone())
             .with_bus("EVENT_BUS_NAME", bus)
             .with_table(keel::idempotency::TABLE_VAR, self.idempotency.clone())
+            .with_table(keel::ratelimit::TABLE_VAR, self.rate_limits.clone())
     }
 }
 

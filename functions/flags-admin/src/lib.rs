@@ -40,6 +40,7 @@ use keel::config::{ConfigError, Env};
 use keel::http::{self, HeaderValue, Request, Response};
 use keel::idempotency::{self, Idempotency};
 use keel::problem::{FieldError, Problem};
+use keel::ratelimit::{self, Counting, RateLimits};
 use keel::resources::Resources;
 use keel::route::{Access, Api, Call, Route};
 use keel_flags::store::{FlagStore, ImportMode, StoreError, flag_subject};
@@ -66,18 +67,29 @@ pub const UNUSED_DAYS: i64 = 30;
 pub struct FlagsAdmin {
     store: FlagStore,
     idempotency: Idempotency,
+    rate_limits: RateLimits,
 }
 
-pub fn build(_env: &Env, resources: &dyn Resources) -> Result<FlagsAdmin, ConfigError> {
+pub fn build(env: &Env, resources: &dyn Resources) -> Result<FlagsAdmin, ConfigError> {
     Ok(FlagsAdmin {
         store: FlagStore::new(resources.table(TABLE_VAR)?, resources.clock()),
         idempotency: Idempotency::new(resources.table(idempotency::TABLE_VAR)?, resources.clock()),
+        rate_limits: RateLimits::from_env(
+            env,
+            (Some(ratelimit::ORG_DEFAULT), Some(ratelimit::IP_DEFAULT)),
+            Counting::Shared(resources.table(ratelimit::TABLE_VAR)?),
+            resources.clock(),
+        )?,
     })
 }
 
 impl Api for FlagsAdmin {
     fn idempotency(&self) -> Option<&Idempotency> {
         Some(&self.idempotency)
+    }
+
+    fn rate_limits(&self) -> Option<&RateLimits> {
+        Some(&self.rate_limits)
     }
 
     const ROUTES: &'static [Route<Self>] = &[

@@ -139,7 +139,8 @@ impl Admin {
         let table: Arc<dyn Table> = Arc::new(db.table("FlagsTable", dyn_clock.clone()));
         let resources = StaticResources::new(dyn_clock.clone())
             .with_table("FLAGS_TABLE", table.clone())
-            .with_table(keel::idempotency::TABLE_VAR, Arc::new(db.table("IdempotencyTable", dyn_clock.clone())));
+            .with_table(keel::idempotency::TABLE_VAR, Arc::new(db.table("IdempotencyTable", dyn_clock.clone())))
+            .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock.clone())));
         let function =
             Arc::new(flags_admin::build(&Env::from_pairs(Vec::<(String, String)>::new()), &resources).unwrap());
         Self { _dir: dir, clock, store: FlagStore::new(table, dyn_clock), function }

@@ -10,6 +10,7 @@ use keel::idempotency::{self, Idempotency};
 use keel::port::PortError;
 use keel::problem::Problem;
 use keel::queue::Queue;
+use keel::ratelimit::{self, Counting, RateLimits};
 use keel::resources::Resources;
 use keel::route::{Access, Api, Route};
 use keel::table::{Expect, Query, Table};
@@ -37,21 +38,32 @@ pub struct Ops {
     dead_letters: Arc<dyn Queue>,
     clock: Arc<dyn Clock>,
     idempotency: Idempotency,
+    rate_limits: RateLimits,
 }
 
-pub fn build(_env: &Env, resources: &dyn Resources) -> Result<Ops, ConfigError> {
+pub fn build(env: &Env, resources: &dyn Resources) -> Result<Ops, ConfigError> {
     Ok(Ops {
         table: resources.table(TABLE_VAR)?,
         queue: resources.queue(QUEUE_VAR)?,
         dead_letters: resources.queue(DLQ_VAR)?,
         clock: resources.clock(),
         idempotency: Idempotency::new(resources.table(idempotency::TABLE_VAR)?, resources.clock()),
+        rate_limits: RateLimits::from_env(
+            env,
+            (Some(ratelimit::ORG_DEFAULT), Some(ratelimit::IP_DEFAULT)),
+            Counting::Shared(resources.table(ratelimit::TABLE_VAR)?),
+            resources.clock(),
+        )?,
     })
 }
 
 impl Api for Ops {
     fn idempotency(&self) -> Option<&Idempotency> {
         Some(&self.idempotency)
+    }
+
+    fn rate_limits(&self) -> Option<&RateLimits> {
+        Some(&self.rate_limits)
     }
 
     const ROUTES: &'static [Route<Self>] = &[

@@ -14,6 +14,7 @@ pub mod lambda;
 pub mod port;
 pub mod problem;
 pub mod queue;
+pub mod ratelimit;
 pub mod resources;
 pub mod route;
 pub mod table;

@@ -8,6 +8,7 @@ use crate::http::{Request, Response};
 use crate::idempotency::{self, Begun, Idempotency};
 use crate::identity::{Identity, Role};
 use crate::problem::Problem;
+use crate::ratelimit::RateLimits;
 use http::Method;
 use http::header::{ALLOW, HeaderValue};
 use lambda_http::RequestExt;
@@ -117,6 +118,11 @@ pub trait Api: Send + Sync + Sized + 'static {
     fn idempotency(&self) -> Option<&Idempotency> {
         None
     }
+
+    /// The function's rate limits, applied to every route a caller reaches with a token.
+    fn rate_limits(&self) -> Option<&RateLimits> {
+        None
+    }
 }
 
 /// The route a response came from, in the response's extensions (for tests and metrics; never sent).
@@ -134,38 +140,67 @@ pub async fn serve<F: Api>(function: &F, mut request: Request) -> Response {
     };
     let mut response = match route.access.admit(&request) {
         Err(problem) => problem.into_response(),
-        Ok(identity) => {
+        Ok(None) => run(function, route, request, None).await,
+        Ok(Some(caller)) => {
             // Operators' actions are logged, members' high-volume calls (flag evaluations) are not.
-            if let Some(caller) = identity.as_ref().filter(|_| route.access == Access::PlatformAdmin) {
+            if route.access == Access::PlatformAdmin {
                 tracing::info!(method = %route.method, route = route.path, user = %caller.user_id, "operator request");
             }
-            let invocation = Invocation::of(&request);
-            let keyed = request.headers().get(idempotency::HEADER).cloned().filter(|_| route.writes);
-            match (keyed, identity.as_ref()) {
-                (Some(raw_key), Some(caller)) => {
-                    let Some(store) = function.idempotency() else {
-                        return Problem::new(500, "internal", "Idempotency-Key is not configured for this function")
-                            .into_response();
-                    };
-                    let claim = store.begin(caller, &route.route_key(), &raw_key, &request, invocation.deadline).await;
-                    match claim {
-                        Begun::Answer(response) => response,
-                        Begun::Run(claim) => {
-                            let call = Call { invocation, request, identity };
-                            let answer = (route.handler)(function, &call).await.unwrap_or_else(Problem::into_response);
-                            store.finish(claim, answer).await
-                        }
-                    }
-                }
-                _ => {
-                    let call = Call { invocation, request, identity };
-                    (route.handler)(function, &call).await.unwrap_or_else(Problem::into_response)
-                }
+            let mut limited = match function.rate_limits() {
+                Some(limits) => Some(limits.check(&caller.org_id, source_ip(&request).as_deref()).await),
+                None => None,
+            };
+            let refusal = limited.as_mut().and_then(|decision| decision.refusal.take());
+            let mut response = match refusal {
+                Some(refusal) => refusal,
+                None => match request.headers().get(idempotency::HEADER).cloned().filter(|_| route.writes) {
+                    Some(raw_key) => keyed(function, route, request, caller, &raw_key).await,
+                    None => run(function, route, request, Some(caller)).await,
+                },
+            };
+            for (name, value) in limited.map(|decision| decision.headers).unwrap_or_default() {
+                response.headers_mut().insert(name, value);
             }
+            response
         }
     };
     response.extensions_mut().insert(Matched { method: route.method.clone(), path: route.path });
     response
+}
+
+/// The handler's answer, every failure rendered as problem+json.
+async fn run<F: Api>(function: &F, route: &Route<F>, request: Request, identity: Option<Identity>) -> Response {
+    let call = Call { invocation: Invocation::of(&request), request, identity };
+    (route.handler)(function, &call).await.unwrap_or_else(Problem::into_response)
+}
+
+/// The handler's answer under an `Idempotency-Key`: run once, replayed after.
+async fn keyed<F: Api>(
+    function: &F,
+    route: &Route<F>,
+    request: Request,
+    caller: Identity,
+    raw_key: &HeaderValue,
+) -> Response {
+    let Some(store) = function.idempotency() else {
+        return Problem::new(500, "internal", "Idempotency-Key is not configured for this function").into_response();
+    };
+    let deadline = Invocation::of(&request).deadline;
+    match store.begin(&caller, &route.route_key(), raw_key, &request, deadline).await {
+        Begun::Answer(response) => response,
+        Begun::Run(claim) => {
+            let answer = run(function, route, request, Some(caller)).await;
+            store.finish(claim, answer).await
+        }
+    }
+}
+
+/// The caller's address as API Gateway saw it.
+fn source_ip(request: &Request) -> Option<String> {
+    match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context.http.source_ip.clone(),
+        _ => None,
+    }
 }
 
 /// The route for `request`: the one API Gateway matched (its route key), or, for an event without one (a direct

@@ -48,7 +48,8 @@ async fn stack(faults: &str) -> Stack {
         .unwrap();
     let env = Env::from_pairs([
         ("WEBHOOKS_TABLE", table),
-        ("IDEMPOTENCY_TABLE", idempotency),
+        ("IDEMPOTENCY_TABLE", idempotency.clone()),
+        ("RATE_LIMITS_TABLE", idempotency),
         ("WEBHOOK_QUEUE_URL", queue_url.clone()),
         ("WEBHOOK_DLQ_URL", dlq_url),
         ("EVENT_BUS_NAME", bus),

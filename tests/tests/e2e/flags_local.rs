@@ -519,3 +519,46 @@ async fn an_idempotent_create_runs_once_over_http() {
     assert_eq!(audit["items"].as_array().map(Vec::len), Some(1), "{audit}");
     host.shutdown().await;
 }
+
+/// Rate limits over real HTTP: the operator API's shared counters answer 429 with `Retry-After` and the IETF
+/// fields once the organization's quota is spent; evaluation counts in memory under its own, higher quota.
+#[tokio::test]
+async fn rate_limits_answer_429_with_the_ietf_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(HostOptions {
+        port: 0,
+        data_dir: dir.path().to_path_buf(),
+        backend: Backend::Embedded,
+        template: repo_root().join("template.yaml"),
+        env: Env::from_pairs([("RATE_LIMIT_ORG", "3/3600")]),
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let admin = host.token("platform", "alice", &["platform-admin"]);
+    let list = || http.get(format!("http://{}/v1/admin/flags", host.addr())).bearer_auth(&admin);
+    for remaining in [2, 1, 0] {
+        let response = list().send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let policy = response.headers()["ratelimit-policy"].to_str().unwrap();
+        assert!(policy.starts_with("\"org\";q=3;w=3600, \"ip\";q=100;w=900"), "{policy}");
+        let state = response.headers()["ratelimit"].to_str().unwrap().to_string();
+        assert!(state.starts_with(&format!("\"org\";r={remaining};t=")), "{state}");
+    }
+    let refused = list().send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let wait: i64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&wait), "{wait}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+    // Another organization has its own quota.
+    let other = host.token("platform-2", "bob", &["platform-admin"]);
+    let response = http.get(format!("http://{}/v1/admin/flags", host.addr())).bearer_auth(&other).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    // RATE_LIMIT_ORG applies to every function the host runs; evaluation keeps its own address quota.
+    let member = host.token("org-a", "ann", &["member"]);
+    let evaluated = http.get(format!("http://{}/v1/flags", host.addr())).bearer_auth(&member).send().await.unwrap();
+    assert_eq!(evaluated.status(), 200);
+    assert_eq!(evaluated.headers()["ratelimit-policy"], "\"org\";q=3;w=3600, \"ip\";q=10000;w=900");
+    host.shutdown().await;
+}

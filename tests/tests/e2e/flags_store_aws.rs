@@ -284,7 +284,11 @@ async fn dynamodb_catches_a_write_between_read_and_transaction() {
 #[tokio::test]
 async fn the_admin_function_on_dynamodb() {
     let name = table_name().await;
-    let env = Env::from_pairs([("FLAGS_TABLE", name.clone()), ("IDEMPOTENCY_TABLE", table_name().await)]);
+    let env = Env::from_pairs([
+        ("FLAGS_TABLE", name.clone()),
+        ("IDEMPOTENCY_TABLE", table_name().await),
+        ("RATE_LIMITS_TABLE", table_name().await),
+    ]);
     let resources = AwsResources::new(&env, &Emulator::shared().sdk_config()).unwrap();
     let admin = flags_admin::build(&env, &resources).unwrap();
     let clock = keel::clock::SystemClock;
