@@ -36,6 +36,19 @@ use tracing::Instrument;
 /// The only routes that do not come from the template.
 pub const LIVE_PATH: &str = "/health/live";
 pub const READY_PATH: &str = "/health/ready";
+/// Every function's metrics since the host started, in Prometheus text (the EMF Lambda writes, summed).
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The host's metrics sink: installed once per process, shared by every host in it.
+fn prometheus() -> Arc<keel::metrics::Prometheus> {
+    static SINK: std::sync::OnceLock<Arc<keel::metrics::Prometheus>> = std::sync::OnceLock::new();
+    SINK.get_or_init(|| {
+        let sink = Arc::new(keel::metrics::Prometheus::default());
+        keel::metrics::install(sink.clone());
+        sink
+    })
+    .clone()
+}
 /// How long one readiness ping may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lifetime of tokens from [`Host::token`].
@@ -213,6 +226,8 @@ impl Host {
     pub async fn start_with(options: HostOptions, registry: Registry) -> Result<Host, HostError> {
         let template = Template::load(&options.template)?;
         check_registry(&template, &registry)?;
+        // Before any function runs, so no invocation's metrics go to stdout instead.
+        prometheus();
         let faults = Faults::from_env(&options.env)?;
         let routes = route_table(&template)?;
         let key = DevKey::load_or_create(&options.data_dir)?;
@@ -411,7 +426,7 @@ fn route_table(template: &Template) -> Result<Routes, HostError> {
         for decl in &function.routes {
             let route = gateway::Route::new(decl, index)
                 .map_err(|reason| TemplateError::Invalid { at: format!("route {}", decl.route_key()), reason })?;
-            for reserved in [LIVE_PATH, READY_PATH] {
+            for reserved in [LIVE_PATH, READY_PATH, METRICS_PATH] {
                 if decl.path != "$default" && route.method.as_ref().is_none_or(|m| m == Method::GET) {
                     let probe = Routes::new(vec![route.clone()]);
                     if probe.find(&Method::GET, &gateway::path_segments(reserved)).is_some() {
@@ -585,6 +600,16 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
     let request_id = ulid::Ulid::new().to_string();
     let (parts, body) = request.into_parts();
     let path = gateway::decoded_path(&parts.uri);
+    if parts.method == Method::GET && path == METRICS_PATH {
+        let mut response = message(StatusCode::OK, "metrics");
+        *response.body_mut() = Body::from(prometheus().render());
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        log_request(&parts.method, &path, "", "keel-local", response.status(), &request_id, started);
+        return response;
+    }
     if parts.method == Method::GET && (path == LIVE_PATH || path == READY_PATH) {
         let response = if path == LIVE_PATH {
             let mut live = message(StatusCode::OK, "live");
@@ -811,7 +836,10 @@ async fn fire(function: &str, handler: &Arc<dyn ScheduledFunction>, decl: &Sched
     let span = keel::telemetry::invocation_span(function, &request_id, None);
     let handler = handler.clone();
     let started = Instant::now();
-    let mut task = tokio::spawn(async move { handler.call(payload, invocation).await }.instrument(span));
+    let name = function.to_string();
+    let mut task = tokio::spawn(
+        async move { keel::metrics::scope(&name, handler.call(payload, invocation)).await }.instrument(span),
+    );
     let outcome = match tokio::time::timeout(timeout, &mut task).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(error))) => Err(error),

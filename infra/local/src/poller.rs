@@ -133,7 +133,10 @@ impl Poller {
         let deadline = Utc::now() + chrono::Duration::from_std(self.timeout).unwrap_or(chrono::Duration::MAX);
         let invocation = Invocation { request_id: request_id.clone(), deadline, trace_header };
         let handler = self.handler.clone();
-        let mut task = tokio::spawn(async move { handler.call(event, invocation).await }.instrument(span.clone()));
+        let name = self.function.clone();
+        let mut task = tokio::spawn(
+            async move { keel::metrics::scope(&name, handler.call(event, invocation)).await }.instrument(span.clone()),
+        );
         let response = match tokio::time::timeout(self.timeout, &mut task).await {
             Ok(Ok(response)) => Some(response),
             Ok(Err(error)) => {

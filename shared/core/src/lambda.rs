@@ -7,7 +7,7 @@
 
 use crate::function::{HttpFunction, Invocation, QueueFunction, ScheduledFunction};
 use crate::http::{Request, Response};
-use crate::telemetry;
+use crate::{metrics, telemetry};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::sqs::SqsEvent;
@@ -22,7 +22,7 @@ use tracing::Instrument;
 async fn handle(name: &str, function: &dyn HttpFunction, request: Request) -> Response {
     let invocation = Invocation::of(&request);
     let span = telemetry::invocation_span(name, &invocation.request_id, invocation.trace_header.as_deref());
-    function.handle(request).instrument(span).await
+    metrics::scope(name, function.handle(request).instrument(span)).await
 }
 
 pub async fn run_http(name: &'static str, function: Arc<dyn HttpFunction>) -> Result<(), lambda_runtime::Error> {
@@ -71,7 +71,9 @@ pub async fn run_queue(name: &'static str, function: Arc<dyn QueueFunction>) -> 
         async move {
             let invocation = Invocation::from_context(&event.context);
             let span = telemetry::invocation_span(name, &invocation.request_id, invocation.trace_header.as_deref());
-            Ok::<_, lambda_runtime::Error>(function.call(event.payload, invocation).instrument(span).await)
+            Ok::<_, lambda_runtime::Error>(
+                metrics::scope(name, function.call(event.payload, invocation).instrument(span)).await,
+            )
         }
     }))
     .await
@@ -88,7 +90,9 @@ pub async fn run_scheduled(
         async move {
             let invocation = Invocation::from_context(&event.context);
             let span = telemetry::invocation_span(name, &invocation.request_id, invocation.trace_header.as_deref());
-            function.call(event.payload, invocation).instrument(span).await.map_err(lambda_runtime::Error::from)
+            metrics::scope(name, function.call(event.payload, invocation).instrument(span))
+                .await
+                .map_err(lambda_runtime::Error::from)
         }
     }))
     .await

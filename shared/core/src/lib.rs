@@ -11,6 +11,7 @@ pub mod http;
 pub mod idempotency;
 pub mod identity;
 pub mod lambda;
+pub mod metrics;
 pub mod port;
 pub mod problem;
 pub mod queue;

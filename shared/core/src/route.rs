@@ -7,6 +7,7 @@ use crate::function::Invocation;
 use crate::http::{Request, Response};
 use crate::idempotency::{self, Begun, Idempotency};
 use crate::identity::{Identity, Role};
+use crate::metrics;
 use crate::problem::Problem;
 use crate::ratelimit::RateLimits;
 use http::Method;
@@ -134,6 +135,7 @@ pub struct Matched {
 
 /// Routes `request` through `function`'s table.
 pub async fn serve<F: Api>(function: &F, mut request: Request) -> Response {
+    let started = std::time::Instant::now();
     let route = match find(F::ROUTES, &mut request) {
         Ok(route) => route,
         Err(problem) => return *problem,
@@ -164,6 +166,16 @@ pub async fn serve<F: Api>(function: &F, mut request: Request) -> Response {
             response
         }
     };
+    let status = match response.status().as_u16() {
+        ..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let dimensions = [("Route", route.route_key()), ("Status", status.to_string())];
+    let dimensions: Vec<(&str, &str)> = dimensions.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    metrics::count("Requests", &dimensions, 1.0);
+    metrics::milliseconds("Latency", &dimensions, started.elapsed().as_secs_f64() * 1000.0);
     response.extensions_mut().insert(Matched { method: route.method.clone(), path: route.path });
     response
 }

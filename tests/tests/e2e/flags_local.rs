@@ -562,3 +562,31 @@ async fn rate_limits_answer_429_with_the_ietf_fields() {
     assert_eq!(evaluated.headers()["ratelimit-policy"], "\"org\";q=3;w=3600, \"ip\";q=10000;w=900");
     host.shutdown().await;
 }
+
+/// The metrics every function records (EMF on Lambda) are served by the host in Prometheus text.
+#[tokio::test]
+async fn the_host_serves_the_functions_metrics_in_prometheus_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path()).await;
+    let admin = Client::new(&host, "platform", "alice", &["platform-admin"]);
+    let member = Client::new(&host, "org-a", "ann", &["member"]);
+    assert_eq!(admin.send(reqwest::Method::POST, "/v1/admin/flags", Some(json!({"key": "m"}))).await.0, 201);
+    assert_eq!(admin.send(reqwest::Method::POST, "/v1/admin/flags", Some(json!({"key": "m"}))).await.0, 409);
+    member.ofrep("m").await;
+    member.ofrep("m").await;
+    let response = reqwest::get(format!("http://{}/metrics", host.addr())).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = response.text().await.unwrap();
+    for line in [
+        "keel_requests_total{function=\"flags-admin\",route=\"POST /v1/admin/flags\",status=\"2xx\"} 1",
+        "keel_requests_total{function=\"flags-admin\",route=\"POST /v1/admin/flags\",status=\"4xx\"} 1",
+        "keel_requests_total{function=\"flags-eval\",route=\"POST /ofrep/v1/evaluate/flags/{key}\",status=\"2xx\"} 2",
+        "keel_latency_milliseconds_count{function=\"flags-eval\",route=\"POST /ofrep/v1/evaluate/flags/{key}\",status=\"2xx\"} 2",
+        "keel_cold_start_total{function=\"flags-admin\"} 1",
+        "keel_cold_start_total{function=\"flags-eval\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+    host.shutdown().await;
+}
