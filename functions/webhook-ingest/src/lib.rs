@@ -14,6 +14,7 @@ use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
 use keel::function::Invocation;
 use keel::http::{self, Request, Response};
+use keel::metrics;
 use keel::port::PortError;
 use keel::problem::Problem;
 use keel::queue::Queue;
@@ -85,11 +86,28 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Ingest, ConfigError
 impl Api for Ingest {
     /// Public: the provider's signature authenticates the request, not a token.
     const ROUTES: &'static [Route<Self>] = &[Route::post("/webhooks/{provider}", Access::Public, |ingest, call| {
-        Box::pin(ingest.ingest(&call.request, &call.invocation))
+        Box::pin(ingest.receive(&call.request, &call.invocation))
     })];
 }
 
 impl Ingest {
+    /// Ingests, counting each refusal by its code under the provider's name.
+    async fn receive(&self, request: &Request, invocation: &Invocation) -> Result<Response, Problem> {
+        let result = self.ingest(request, invocation).await;
+        if let Err(problem) = &result {
+            let provider = self.provider_label(request);
+            metrics::count("WebhooksRejected", &[("Provider", provider), ("Reason", problem.code.as_str())], 1.0);
+        }
+        result
+    }
+
+    /// A configured provider's name; any other path counts as `unknown`, so requests cannot mint new metrics.
+    fn provider_label<'r>(&self, request: &'r Request) -> &'r str {
+        let name = http::path_param(request, "provider").unwrap_or_default();
+        let known = webhooks::valid_provider(name) && self.providers.contains_key(&webhooks::provider_env_suffix(name));
+        if known { name } else { "unknown" }
+    }
+
     async fn ingest(&self, request: &Request, invocation: &Invocation) -> Result<Response, Problem> {
         let name = http::path_param(request, "provider").unwrap_or_default();
         let provider = webhooks::valid_provider(name)
@@ -166,6 +184,7 @@ impl Ingest {
             Ok(()) => {
                 webhooks::send_pointer(self.queue.as_ref(), &delivery).await.map_err(|e| unavailable("queue", &e))?;
                 tracing::info!(provider = %delivery.provider, delivery_id = %delivery.delivery_id, "webhook queued");
+                metrics::count("WebhooksAccepted", &[("Provider", delivery.provider.as_str())], 1.0);
                 Ok(accepted(202, "queued", &delivery.delivery_id))
             }
             Err(PortError::ConditionFailed { .. }) => self.duplicate(&delivery).await,
@@ -192,6 +211,7 @@ impl Ingest {
             webhooks::send_pointer(self.queue.as_ref(), &original).await.map_err(|e| unavailable("queue", &e))?;
         }
         tracing::info!(provider = %incoming.provider, delivery_id = %delivery_id, "duplicate webhook");
+        metrics::count("WebhooksDuplicate", &[("Provider", incoming.provider.as_str())], 1.0);
         Ok(accepted(200, "duplicate", &delivery_id))
     }
 }

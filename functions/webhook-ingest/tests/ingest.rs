@@ -268,3 +268,31 @@ async fn an_unknown_scheme_fails_start_up_naming_the_variable_and_not_the_secret
     let missing = webhook_ingest::build(&env(), &keel::resources::StaticResources::new(world.clock.clone()));
     assert!(missing.err().unwrap().to_string().contains("WEBHOOKS_TABLE"));
 }
+
+#[tokio::test]
+async fn outcomes_are_counted_per_provider_and_refusals_by_reason() {
+    let sink = std::sync::Arc::new(keel::metrics::Prometheus::default());
+    assert!(keel::metrics::install(sink.clone()), "this test process's first sink");
+    let world = World::new();
+    let ingest = ingest(&world);
+    assert_eq!(post(&world, &ingest, "evt_m1", b"{}").await.0, 202);
+    assert_eq!(post(&world, &ingest, "evt_m1", b"{}").await.0, 200);
+    let wrong = keel_headers("not-the-secret", "evt_m2", world.clock.now(), b"{}");
+    let refused = ingest.call(webhook_request("acme", &wrong, b"{}"), invocation(world.clock.as_ref())).await;
+    assert_eq!(refused.status_code, 401);
+    let reason = body_json(&refused)["code"].as_str().unwrap().to_string();
+    for stranger in ["nobody", "nobody-else"] {
+        let response = ingest.call(webhook_request(stranger, &wrong, b"{}"), invocation(world.clock.as_ref())).await;
+        assert_eq!(response.status_code, 404);
+    }
+    let text = sink.render();
+    for line in [
+        "keel_webhooks_accepted_total{function=\"test\",provider=\"acme\"} 1".to_string(),
+        "keel_webhooks_duplicate_total{function=\"test\",provider=\"acme\"} 1".to_string(),
+        format!("keel_webhooks_rejected_total{{function=\"test\",provider=\"acme\",reason=\"{reason}\"}} 1"),
+        // Unknown providers share one label: a request cannot mint metrics.
+        "keel_webhooks_rejected_total{function=\"test\",provider=\"unknown\",reason=\"not_found\"} 2".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+}

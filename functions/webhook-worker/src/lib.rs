@@ -15,6 +15,7 @@ use keel::bus::{BusEvent, EventBus, MAX_EVENT_BYTES};
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
 use keel::function::{Invocation, QueueFunction};
+use keel::metrics;
 use keel::port::PortError;
 use keel::queue::{MessageAttrs, Queue};
 use keel::resources::Resources;
@@ -151,10 +152,18 @@ impl Worker {
             Err(error) => return Err(error.into()),
         }
         match self.forward(&delivery, invocation.deadline).await {
-            Ok(()) => self.finish(delivery, claimed, now).await,
+            Ok(()) => {
+                let provider = [("Provider", delivery.provider.as_str())];
+                metrics::count("DeliveriesForwarded", &provider, 1.0);
+                let age = (now - delivery.received_at).num_milliseconds().max(0) as f64;
+                metrics::milliseconds("DeliveryAgeAtForward", &provider, age);
+                self.finish(delivery, claimed, now).await
+            }
             Err(error) => {
                 let last_attempt = receive_count(record) >= self.max_receive_count;
                 delivery.status = if last_attempt { Status::DeadLetter } else { Status::Failed };
+                let outcome = if last_attempt { "DeliveriesDeadLettered" } else { "DeliveriesFailed" };
+                metrics::count(outcome, &[("Provider", delivery.provider.as_str())], 1.0);
                 delivery.last_error = Some(error.to_string().chars().take(MAX_ERROR_LEN).collect());
                 self.record_outcome(&mut delivery, claimed, now).await.ok();
                 Err(error)

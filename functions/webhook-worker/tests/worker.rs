@@ -198,3 +198,33 @@ async fn a_failed_message_is_retried_after_an_exponential_backoff_not_the_whole_
     }
     assert_eq!(drain(world.queue.as_ref()).await.len(), 1);
 }
+
+#[tokio::test]
+async fn forwards_and_failures_are_counted_per_provider_with_the_age_at_forwarding() {
+    let sink = Arc::new(keel::metrics::Prometheus::default());
+    assert!(keel::metrics::install(sink.clone()), "this test process's first sink");
+    let world = World::new();
+    ingest_one(&world, "evt_ok", b"{}").await;
+    world.clock.advance(chrono::Duration::milliseconds(1500));
+    let messages = drain(world.queue.as_ref()).await;
+    keel::metrics::scope("webhook-worker", worker(&world).call(sqs_event(&messages), invocation(world.clock.as_ref())))
+        .await;
+
+    ingest_one(&world, "evt_bad", b"{}").await;
+    let bus: Arc<dyn EventBus> = world.bus.clone();
+    let failing = keel::faults::Faults::parse("bus.put:1").unwrap();
+    let broken =
+        webhook_worker::build(&env(), &world.resources().with_bus("EVENT_BUS_NAME", failing.bus(bus))).unwrap();
+    let messages = drain(world.queue.as_ref()).await;
+    keel::metrics::scope("webhook-worker", broken.call(sqs_event(&messages), invocation(world.clock.as_ref()))).await;
+
+    let text = sink.render();
+    for line in [
+        "keel_deliveries_forwarded_total{function=\"webhook-worker\",provider=\"acme\"} 1",
+        "keel_delivery_age_at_forward_milliseconds_sum{function=\"webhook-worker\",provider=\"acme\"} 1500",
+        "keel_deliveries_failed_total{function=\"webhook-worker\",provider=\"acme\"} 1",
+        "keel_cold_start_total{function=\"webhook-worker\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
+    }
+}

@@ -1,4 +1,8 @@
-//! Fault injection: decorators over the ports that fail a configured share of calls. Configured by one variable,
+//! The decorators every port call of a function goes through (the AWS resources and the local host apply them):
+//! they count each call and each error per operation (`PortCalls`, `PortErrors`, in the invocation's metrics) and
+//! inject faults.
+//!
+//! Fault injection fails a configured share of calls. Configured by one variable,
 //! `KEEL_FAULTS=queue.send:0.3,table.put:0.1,bus.put:0.2:ambiguous`, and off unless set. A plain fault fails the
 //! call before it reaches the backend; an `ambiguous` one fails half its calls after the backend did the work (the
 //! reply was lost), which is the case retries and idempotency exist for. `table.*` matches every table operation.
@@ -111,31 +115,37 @@ impl Faults {
     }
 
     pub fn table(&self, inner: Arc<dyn Table>) -> Arc<dyn Table> {
-        if self.is_empty() { inner } else { Arc::new(FaultyTable { inner, faults: self.clone() }) }
+        Arc::new(FaultyTable { inner, faults: self.clone() })
     }
 
     pub fn queue(&self, inner: Arc<dyn Queue>) -> Arc<dyn Queue> {
-        if self.is_empty() { inner } else { Arc::new(FaultyQueue { inner, faults: self.clone() }) }
+        Arc::new(FaultyQueue { inner, faults: self.clone() })
     }
 
     pub fn bus(&self, inner: Arc<dyn EventBus>) -> Arc<dyn EventBus> {
-        if self.is_empty() { inner } else { Arc::new(FaultyBus { inner, faults: self.clone() }) }
+        Arc::new(FaultyBus { inner, faults: self.clone() })
     }
 
-    /// Runs `call` under the fault configured for `operation`.
+    /// Runs `call` under the fault configured for `operation`, counting it and its failure.
     async fn around<T, F>(&self, operation: &str, call: F) -> Result<T, PortError>
     where
         F: Future<Output = Result<T, PortError>>,
     {
         let injected = || Err(PortError::Unavailable(format!("injected fault: {operation}")));
-        match self.outcome(operation) {
+        let result = match self.outcome(operation) {
             Outcome::Pass => call.await,
             Outcome::FailBefore => injected(),
-            Outcome::FailAfter => {
-                call.await?;
-                injected()
-            }
+            Outcome::FailAfter => match call.await {
+                Ok(_) => injected(),
+                Err(error) => Err(error),
+            },
+        };
+        crate::metrics::count("PortCalls", &[("Operation", operation)], 1.0);
+        // A condition that did not hold is an answer, not a failure of the backend.
+        if result.as_ref().is_err_and(|error| !error.is_condition_failed()) {
+            crate::metrics::count("PortErrors", &[("Operation", operation)], 1.0);
         }
+        result
     }
 }
 

@@ -662,6 +662,8 @@ pub struct FlagCache {
     refreshing: tokio::sync::Mutex<()>,
     /// Flags evaluated since the last flush, and when.
     seen: Mutex<BTreeMap<String, DateTime<Utc>>>,
+    /// Evaluations per flag since the last flush: the `FlagEvaluations` metric, written with the flush.
+    evaluations: Mutex<BTreeMap<String, u64>>,
     flushed_at: Mutex<Option<DateTime<Utc>>>,
 }
 
@@ -678,6 +680,7 @@ impl FlagCache {
             state: Mutex::new(CacheState::default()),
             refreshing: tokio::sync::Mutex::new(()),
             seen: Mutex::new(BTreeMap::new()),
+            evaluations: Mutex::new(BTreeMap::new()),
             flushed_at: Mutex::new(None),
         }
     }
@@ -749,11 +752,18 @@ impl FlagCache {
     pub fn note_evaluated<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
         let now = self.store.clock.now();
         let mut seen = lock(&self.seen);
+        let mut evaluations = lock(&self.evaluations);
         for key in keys {
             match seen.get_mut(key) {
                 Some(at) => *at = now,
                 None => {
                     seen.insert(key.to_string(), now);
+                }
+            }
+            match evaluations.get_mut(key) {
+                Some(count) => *count += 1,
+                None => {
+                    evaluations.insert(key.to_string(), 1);
                 }
             }
         }
@@ -762,6 +772,10 @@ impl FlagCache {
     async fn flush_usage(&self, now: DateTime<Utc>) {
         if lock(&self.flushed_at).is_some_and(|at| now - at < USAGE_FLUSH) {
             return;
+        }
+        // Counted in memory, written into the invocation that flushes (at most once a minute per process).
+        for (key, count) in std::mem::take(&mut *lock(&self.evaluations)) {
+            keel::metrics::count("FlagEvaluations", &[("Flag", key.as_str())], count as f64);
         }
         let pending = std::mem::take(&mut *lock(&self.seen));
         if pending.is_empty() {

@@ -292,3 +292,23 @@ async fn a_refresh_drops_a_flag_removed_from_the_table_by_hand() {
     let (_, second, counts) = f.store.reload(&first).await.unwrap();
     assert_eq!((second.keys(), counts.reused, counts.compiled), (vec!["a"], 1, 0));
 }
+
+#[tokio::test]
+async fn evaluations_per_flag_are_counted_in_memory_and_written_with_the_flush() {
+    let sink = Arc::new(keel::metrics::Prometheus::default());
+    assert!(keel::metrics::install(sink.clone()), "this test process's first sink");
+    let f = fixture();
+    f.store.create(on_flag("a"), "alice").await.unwrap();
+    let cache = FlagCache::new(f.store.clone(), Duration::seconds(10));
+    keel::metrics::scope("flags-eval", cache.current()).await;
+    for _ in 0..7 {
+        cache.note_evaluated(["a", "b"]);
+    }
+    cache.note_evaluated(["a"]);
+    assert!(!sink.render().contains("flag_evaluations"), "nothing before the flush");
+    f.clock.advance(Duration::seconds(10));
+    keel::metrics::scope("flags-eval", cache.current()).await;
+    let text = sink.render();
+    assert!(text.contains("keel_flag_evaluations_total{function=\"flags-eval\",flag=\"a\"} 8\n"), "{text}");
+    assert!(text.contains("keel_flag_evaluations_total{function=\"flags-eval\",flag=\"b\"} 7\n"), "{text}");
+}

@@ -588,5 +588,9 @@ async fn the_host_serves_the_functions_metrics_in_prometheus_text() {
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }
+    // Every port call is counted per operation; the 409 was a condition that did not hold, not a backend error.
+    let port_calls = "keel_port_calls_total{function=\"flags-admin\",operation=\"table.transact\"} ";
+    assert!(text.lines().any(|l| l.starts_with(port_calls)), "no transact calls counted:\n{text}");
+    assert!(!text.contains("keel_port_errors_total{function=\"flags-admin\""), "{text}");
     host.shutdown().await;
 }
