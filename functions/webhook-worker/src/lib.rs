@@ -162,8 +162,12 @@ impl Worker {
             Err(error) => {
                 let last_attempt = receive_count(record) >= self.max_receive_count;
                 delivery.status = if last_attempt { Status::DeadLetter } else { Status::Failed };
-                let outcome = if last_attempt { "DeliveriesDeadLettered" } else { "DeliveriesFailed" };
-                metrics::count(outcome, &[("Provider", delivery.provider.as_str())], 1.0);
+                let provider = [("Provider", delivery.provider.as_str())];
+                if last_attempt {
+                    metrics::count("DeliveriesDeadLettered", &provider, 1.0);
+                } else {
+                    metrics::count("DeliveriesFailed", &provider, 1.0);
+                }
                 delivery.last_error = Some(error.to_string().chars().take(MAX_ERROR_LEN).collect());
                 self.record_outcome(&mut delivery, claimed, now).await.ok();
                 Err(error)

@@ -117,6 +117,8 @@ pub fn emf(recorded: &Recorded, timestamp_ms: i64) -> String {
     let mut out = String::new();
     for (dimensions, metrics) in &recorded.sets {
         let names: Vec<&str> = dimensions.iter().map(|(name, _)| name.as_str()).collect();
+        // Also per function alone, so alarms can watch a metric across its other dimensions.
+        let sets: Vec<Vec<&str>> = if names.len() > 1 { vec![names, vec!["Function"]] } else { vec![names] };
         let definitions: Vec<serde_json::Value> =
             metrics.keys().map(|(name, unit)| serde_json::json!({"Name": name, "Unit": unit.as_str()})).collect();
         let mut document = serde_json::Map::new();
@@ -124,7 +126,7 @@ pub fn emf(recorded: &Recorded, timestamp_ms: i64) -> String {
             "_aws".into(),
             serde_json::json!({
                 "Timestamp": timestamp_ms,
-                "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [names], "Metrics": definitions}],
+                "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": sets, "Metrics": definitions}],
             }),
         );
         for (name, value) in dimensions {
@@ -240,7 +242,7 @@ mod tests {
         assert_eq!(request["Latency"], 12.5);
         let directive = &request["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(directive["Namespace"], "Keel");
-        assert_eq!(directive["Dimensions"], serde_json::json!([["Function", "Route", "Status"]]));
+        assert_eq!(directive["Dimensions"], serde_json::json!([["Function", "Route", "Status"], ["Function"]]));
         assert_eq!(request["_aws"]["Timestamp"], 1_700_000_000_000_i64);
         let webhooks = documents.iter().find(|d| d.get("Provider").is_some()).unwrap();
         assert_eq!(webhooks["WebhooksAccepted"], serde_json::json!([1.0, 1.0]));

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod aws_pipeline;
+mod dashboards;
 mod flags_local;
 mod flags_store_aws;
 mod local_host;
