@@ -39,6 +39,12 @@ impl Invocation {
         context
     }
 
+    /// The X-Ray trace id: the `Root` of the trace header (`Root=1-5759e988-bd862e3fe1be46a994272793;...`).
+    pub fn trace_id(&self) -> Option<&str> {
+        let header = self.trace_header.as_deref()?;
+        header.split(';').find_map(|part| part.trim().strip_prefix("Root=")).filter(|root| !root.is_empty())
+    }
+
     /// The invocation an HTTP request arrived in (its Lambda context travels in the request's extensions).
     pub fn of(request: &Request) -> Self {
         match request.lambda_context_ref() {

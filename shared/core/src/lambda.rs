@@ -156,5 +156,8 @@ mod tests {
             trace_header: Some("Root=1-abc;Sampled=1".into()),
         };
         assert_eq!(Invocation::from_context(&invocation.to_context()), invocation);
+        assert_eq!(invocation.trace_id(), Some("1-abc"));
+        let untraced = Invocation { trace_header: Some("Sampled=0".into()), ..invocation };
+        assert_eq!(untraced.trace_id(), None);
     }
 }

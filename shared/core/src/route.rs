@@ -134,7 +134,19 @@ pub struct Matched {
 }
 
 /// Routes `request` through `function`'s table.
-pub async fn serve<F: Api>(function: &F, mut request: Request) -> Response {
+pub async fn serve<F: Api>(function: &F, request: Request) -> Response {
+    let trace_id = Invocation::of(&request).trace_id().map(str::to_string);
+    let mut response = route_and_run(function, request).await;
+    if let Some(value) = trace_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert(TRACE_ID, value);
+    }
+    response
+}
+
+/// The header every HTTP answer carries: the X-Ray trace id of the invocation (`Root` of its trace header).
+pub const TRACE_ID: &str = "x-trace-id";
+
+async fn route_and_run<F: Api>(function: &F, mut request: Request) -> Response {
     let started = std::time::Instant::now();
     let route = match find(F::ROUTES, &mut request) {
         Ok(route) => route,
@@ -376,6 +388,20 @@ mod tests {
         assert_eq!(send(event("GET", "/things/a", get, Some("[admin]"))).await.0, 200);
         let (status, body, _) = send(event("POST", "/things/import", Some("POST /things/import"), None)).await;
         assert_eq!((status, body["user"].as_str()), (200, Some("")), "public: no identity needed");
+    }
+
+    #[tokio::test]
+    async fn every_answer_carries_the_trace_id_of_its_invocation() {
+        let mut context = lambda_runtime::Context::default();
+        context.xray_trace_id =
+            Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1".into());
+        for (method, path) in [("POST", "/things/import"), ("GET", "/nothing"), ("DELETE", "/things/a")] {
+            let request = event(method, path, None, None).with_lambda_context(context.clone());
+            let (_, _, response) = send(request).await;
+            assert_eq!(response.headers()["x-trace-id"], "1-5759e988-bd862e3fe1be46a994272793", "{method} {path}");
+        }
+        let (_, _, untraced) = send(event("POST", "/things/import", None, None)).await;
+        assert!(untraced.headers().get("x-trace-id").is_none());
     }
 
     #[tokio::test]

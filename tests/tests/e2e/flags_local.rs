@@ -505,6 +505,8 @@ async fn an_idempotent_create_runs_once_over_http() {
     let first = create(json!({"key": "checkout"})).send().await.unwrap();
     assert_eq!(first.status(), 201);
     assert!(first.headers().get("idempotent-replayed").is_none());
+    let trace_id = first.headers()["x-trace-id"].to_str().unwrap().to_string();
+    assert!(trace_id.starts_with("1-") && trace_id.len() == 35, "{trace_id}");
     let first_body = first.text().await.unwrap();
     let again = create(json!({"key": "checkout"})).send().await.unwrap();
     assert_eq!(again.status(), 201, "the stored answer, not 409 already exists");
