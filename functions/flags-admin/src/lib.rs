@@ -111,9 +111,11 @@ impl Api for FlagsAdmin {
         Route::post("/v1/admin/flags/{key}/archive", Access::PlatformAdmin, |admin, call| {
             Box::pin(admin.archive(call))
         }),
-        Route::post("/v1/admin/flags/{key}/explain", Access::PlatformAdmin, |admin, call| {
+        // Explaining only reads.
+        Route::<Self>::post("/v1/admin/flags/{key}/explain", Access::PlatformAdmin, |admin, call| {
             Box::pin(admin.explain(&call.request))
-        }),
+        })
+        .read_only(),
         Route::get("/v1/admin/flags/{key}/audit", Access::PlatformAdmin, |admin, call| {
             Box::pin(admin.audit(&call.request, true))
         }),

@@ -92,8 +92,11 @@ impl Idempotency {
         for _ in 0..2 {
             let now = self.clock.now();
             let lease_until = lease_end(now, deadline);
-            match self.table.put(in_flight(&record, 1, &fingerprint, now, lease_until), Expect::Absent).await {
-                Ok(()) => return Begun::Run(Claim { key: record, version: 1, fingerprint }),
+            // A fresh claim's version is random, so a request whose claim was taken over and released since can
+            // never match a later claim's version by chance of counting from 1 again.
+            let version = rand::random_range(1..u64::MAX / 2);
+            match self.table.put(in_flight(&record, version, &fingerprint, now, lease_until), Expect::Absent).await {
+                Ok(()) => return Begun::Run(Claim { key: record, version, fingerprint }),
                 Err(PortError::ConditionFailed { .. }) => {}
                 Err(error) => return Begun::Answer(unavailable(&error)),
             }
@@ -117,27 +120,15 @@ impl Idempotency {
             }
             let held_until = stored.attrs.get("lease_until").and_then(Value::as_str).and_then(parse_time);
             if held_until.is_some_and(|until| until > now) {
-                let mut response = Problem::new(
-                    409,
-                    "idempotency_in_flight",
-                    "a request with this Idempotency-Key is still in progress; retry later",
-                )
-                .into_response();
                 let wait = held_until.map_or(1, |until| (until - now).num_seconds().clamp(1, 900));
-                if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-                return Begun::Answer(response);
+                return Begun::Answer(in_progress(wait));
             }
             // The request that held it died before answering: take it over, unless another request just did.
             let version = stored.version + 1;
             let taken = in_flight(&record, version, &fingerprint, now, lease_until);
             return match self.table.put(taken, Expect::Version(stored.version)).await {
                 Ok(()) => Begun::Run(Claim { key: record, version, fingerprint }),
-                Err(PortError::ConditionFailed { .. }) => Begun::Answer(
-                    Problem::new(409, "idempotency_in_flight", "a request with this Idempotency-Key is in progress")
-                        .into_response(),
-                ),
+                Err(PortError::ConditionFailed { .. }) => Begun::Answer(in_progress(1)),
                 Err(error) => Begun::Answer(unavailable(&error)),
             };
         }
@@ -173,6 +164,20 @@ impl Idempotency {
         }
         response
     }
+}
+
+/// 409: the key's first request is still running; retry after `wait` seconds.
+fn in_progress(wait: i64) -> Response {
+    let mut response = Problem::new(
+        409,
+        "idempotency_in_flight",
+        "a request with this Idempotency-Key is still in progress; retry later",
+    )
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&wait.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn in_flight(key: &Key, version: u64, fingerprint: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>) -> Item {
@@ -253,10 +258,11 @@ fn stored_response(response: &Response) -> Option<Value> {
         tracing::warn!(bytes = body.len(), "an answer too large to store for replay; a repeat will run again");
         return None;
     }
-    let headers: serde_json::Map<String, Value> = response
+    // Every value of every header, in order (a name may repeat).
+    let headers: Vec<Value> = response
         .headers()
         .iter()
-        .filter_map(|(name, value)| Some((name.to_string(), Value::String(value.to_str().ok()?.to_string()))))
+        .filter_map(|(name, value)| Some(json!([name.as_str(), value.to_str().ok()?])))
         .collect();
     let (text, base64) = match std::str::from_utf8(body) {
         Ok(text) => (text.to_string(), false),
@@ -277,13 +283,10 @@ fn replay(stored: &Value) -> Response {
     let mut response = ::http::Response::new(body);
     let status = stored["status"].as_u64().and_then(|status| u16::try_from(status).ok()).unwrap_or(200);
     *response.status_mut() = ::http::StatusCode::from_u16(status).unwrap_or(::http::StatusCode::OK);
-    if let Some(headers) = stored["headers"].as_object() {
-        for (name, value) in headers {
-            if let (Ok(name), Some(Ok(value))) =
-                (header::HeaderName::try_from(name.as_str()), value.as_str().map(HeaderValue::from_str))
-            {
-                response.headers_mut().insert(name, value);
-            }
+    for pair in stored["headers"].as_array().into_iter().flatten() {
+        let (Some(name), Some(value)) = (pair[0].as_str(), pair[1].as_str()) else { continue };
+        if let (Ok(name), Ok(value)) = (header::HeaderName::try_from(name), HeaderValue::from_str(value)) {
+            response.headers_mut().append(name, value);
         }
     }
     response.headers_mut().insert(REPLAYED, HeaderValue::from_static("true"));

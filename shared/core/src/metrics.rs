@@ -13,6 +13,9 @@ use std::future::Future;
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
+/// Most values of one metric in one EMF document.
+const MAX_VALUES: usize = 100;
+
 /// The CloudWatch namespace of every metric.
 pub const NAMESPACE: &str = "Keel";
 
@@ -121,26 +124,42 @@ pub fn emf(recorded: &Recorded, timestamp_ms: i64) -> String {
         let sets: Vec<Vec<&str>> = if names.len() > 1 { vec![names, vec!["Function"]] } else { vec![names] };
         let definitions: Vec<serde_json::Value> =
             metrics.keys().map(|(name, unit)| serde_json::json!({"Name": name, "Unit": unit.as_str()})).collect();
-        let mut document = serde_json::Map::new();
-        document.insert(
-            "_aws".into(),
-            serde_json::json!({
-                "Timestamp": timestamp_ms,
-                "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": sets, "Metrics": definitions}],
-            }),
-        );
-        for (name, value) in dimensions {
-            document.insert(name.clone(), value.clone().into());
+        // Counts are summed; durations keep each value, at most 100 to a document (EMF's limit per array), so a
+        // long batch writes more documents of the same set.
+        let chunks = metrics
+            .iter()
+            .map(|((_, unit), values)| if *unit == Unit::Count { 1 } else { values.len().div_ceil(MAX_VALUES) })
+            .max()
+            .unwrap_or(1);
+        for chunk in 0..chunks {
+            let mut document = serde_json::Map::new();
+            let mut defined = Vec::new();
+            for (((name, unit), values), definition) in metrics.iter().zip(&definitions) {
+                let value = match unit {
+                    Unit::Count if chunk == 0 => serde_json::json!(values.iter().sum::<f64>()),
+                    Unit::Count => continue,
+                    Unit::Milliseconds => match values.chunks(MAX_VALUES).nth(chunk) {
+                        Some([one]) => serde_json::json!(one),
+                        Some(many) => serde_json::json!(many),
+                        None => continue,
+                    },
+                };
+                document.insert(name.clone(), value);
+                defined.push(definition.clone());
+            }
+            document.insert(
+                "_aws".into(),
+                serde_json::json!({
+                    "Timestamp": timestamp_ms,
+                    "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": sets, "Metrics": defined}],
+                }),
+            );
+            for (name, value) in dimensions {
+                document.insert(name.clone(), value.clone().into());
+            }
+            out.push_str(&serde_json::Value::Object(document).to_string());
+            out.push('\n');
         }
-        for ((name, _), values) in metrics {
-            let value = match values.as_slice() {
-                [one] => serde_json::json!(one),
-                many => serde_json::json!(many),
-            };
-            document.insert(name.clone(), value);
-        }
-        out.push_str(&serde_json::Value::Object(document).to_string());
-        out.push('\n');
     }
     out
 }
@@ -245,8 +264,26 @@ mod tests {
         assert_eq!(directive["Dimensions"], serde_json::json!([["Function", "Route", "Status"], ["Function"]]));
         assert_eq!(request["_aws"]["Timestamp"], 1_700_000_000_000_i64);
         let webhooks = documents.iter().find(|d| d.get("Provider").is_some()).unwrap();
-        assert_eq!(webhooks["WebhooksAccepted"], serde_json::json!([1.0, 1.0]));
+        assert_eq!(webhooks["WebhooksAccepted"], 2.0, "counts are summed");
         assert_eq!(webhooks["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"], "Count");
+    }
+
+    #[test]
+    fn long_series_are_split_at_emfs_hundred_values_and_counts_summed() {
+        let mut recorded = Recorded::default();
+        let dims = vec![("Function".to_string(), "webhook-ops".to_string())];
+        let set = recorded.sets.entry(dims).or_default();
+        set.insert(("PortCalls".into(), Unit::Count), vec![1.0; 1000]);
+        set.insert(("Latency".into(), Unit::Milliseconds), (0..250).map(f64::from).collect());
+        let text = emf(&recorded, 0);
+        let documents: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(documents.len(), 3);
+        assert_eq!(documents[0]["PortCalls"], 1000.0);
+        assert!(documents[1].get("PortCalls").is_none(), "counted once");
+        let sizes: Vec<usize> = documents.iter().map(|d| d["Latency"].as_array().map_or(1, Vec::len)).collect();
+        assert_eq!(sizes, [100, 100, 50]);
+        let defined = documents[1]["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().len();
+        assert_eq!(defined, 1, "a document defines only the metrics it holds");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! - **Local**: counted in the instance's memory only, no backend call at all; each instance enforces the quota on
 //!   its own. Flag evaluation uses this, so it keeps serving from memory.
 //!
-//! A shared counter that cannot be reached admits the request (and logs it): a limit never takes the API down.
+//! A shared counter that cannot be reached admits the request (and logs it): a limit never takes the API down. A
+//! counter so contended that ten conditional writes in a row lose refuses the one request instead: contention is
+//! not an outage, and admitting then could pass the quota.
 //!
 //! Configuration: `RATE_LIMIT_ORG` and `RATE_LIMIT_IP` on the function, each `<requests>/<seconds>` (for example
 //! `1000/3600`) or `off`.
@@ -39,7 +41,7 @@ const SHARES: u64 = 20;
 /// Scopes remembered in memory before windows that ended are dropped.
 const MAX_REMEMBERED: usize = 10_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Quota {
     pub requests: u64,
     pub window_seconds: i64,
@@ -78,8 +80,11 @@ pub struct RateLimits {
     counting: Counting,
     clock: Arc<dyn Clock>,
     /// Per scope and window: what this instance may still admit.
-    grants: Mutex<HashMap<(String, i64), Grant>>,
+    grants: Mutex<HashMap<Slot, Grant>>,
 }
+
+/// A scope, its policy and its window's start (epoch seconds).
+type Slot = (String, Quota, i64);
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Grant {
@@ -89,6 +94,19 @@ struct Grant {
     used: u64,
     /// The shared quota is spent: refuse until the window ends.
     exhausted: bool,
+}
+
+impl Grant {
+    /// Admits one request from what this instance holds: the remaining count, or `None` when it holds nothing.
+    /// Local counting holds the whole quota.
+    fn take(&mut self, quota: Quota) -> Option<u64> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        self.used += 1;
+        Some(quota.requests.saturating_sub(self.used))
+    }
 }
 
 /// What the router does with a request.
@@ -185,55 +203,69 @@ impl RateLimits {
         quota: Quota,
         now: DateTime<Utc>,
     ) -> Result<Option<u64>, PortError> {
-        let slot = (scope.to_string(), window);
+        let slot = (scope.to_string(), quota, window);
         {
             let mut grants = self.lock();
             if grants.len() > MAX_REMEMBERED {
+                // Windows that ended are forgotten; under a flood of new addresses the map is emptied rather
+                // than scanned on every request (a quota then starts again, in memory, for this instance).
                 let now = now.timestamp();
-                grants.retain(|(_, start), _| *start + 86_400 > now);
-            }
-            let grant = grants.entry(slot.clone()).or_default();
-            if grant.exhausted {
-                return Ok(None);
-            }
-            if grant.left > 0 || matches!(self.counting, Counting::Local) {
-                if matches!(self.counting, Counting::Local) && grant.used >= quota.requests {
-                    return Ok(None);
+                grants.retain(|(_, quota, start), _| start + quota.window_seconds > now);
+                if grants.len() > MAX_REMEMBERED {
+                    grants.clear();
                 }
-                grant.left = grant.left.saturating_sub(1);
-                grant.used += 1;
-                return Ok(Some(quota.requests.saturating_sub(grant.used)));
+            }
+            let local = matches!(self.counting, Counting::Local);
+            let grant = grants
+                .entry(slot.clone())
+                .or_insert_with(|| Grant { left: if local { quota.requests } else { 0 }, ..Grant::default() });
+            if let Some(remaining) = grant.take(quota) {
+                return Ok(Some(remaining));
+            }
+            if grant.exhausted || matches!(self.counting, Counting::Local) {
+                return Ok(None);
             }
         }
         let Counting::Shared(table) = &self.counting else { return Ok(None) };
-        let (taken, used) = reserve(table.as_ref(), scope, window, quota, now).await?;
+        let reserved = reserve(table.as_ref(), scope, window, quota, now).await?;
         let mut grants = self.lock();
         let grant = grants.entry(slot).or_default();
-        if taken == 0 {
-            grant.exhausted = true;
-            return Ok(None);
+        match reserved {
+            Some((taken, used)) if taken > 0 => {
+                grant.left += taken;
+                grant.used = grant.used.max(used - taken);
+            }
+            // The window's quota is gone: refuse from memory from now on (other requests of this instance may
+            // still hold shares they reserved meanwhile; those are used first).
+            Some(_) => grant.exhausted = true,
+            // Too contended to reserve right now: refuse this one request, never admit past the quota.
+            None => {}
         }
-        grant.left += taken - 1;
-        grant.used = used - taken + 1;
-        Ok(Some(quota.requests.saturating_sub(grant.used)))
+        Ok(grant.take(quota))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i64), Grant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Slot, Grant>> {
         self.grants.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-/// Takes a share of the window's quota from the shared counter: (requests taken, the count after taking them).
+/// Takes a share of the window's quota from the shared counter: `Some((requests taken, the count after taking
+/// them))`, or `None` when other instances kept winning the conditional write.
 async fn reserve(
     table: &dyn Table,
     scope: &str,
     window: i64,
     quota: Quota,
     now: DateTime<Utc>,
-) -> Result<(u64, u64), PortError> {
-    let key = Key::new(format!("RL#{scope}"), window.to_string());
+) -> Result<Option<(u64, u64)>, PortError> {
+    // Per policy: functions configured alike share one count (an API-wide quota), others count apart.
+    let key = Key::new(format!("RL#{scope}"), format!("{}/{}@{window}", quota.requests, quota.window_seconds));
     let expires_at = DateTime::from_timestamp(window + quota.window_seconds, 0).map(|end| end + Duration::hours(1));
-    for _ in 0..5 {
+    for attempt in 0..10u64 {
+        if attempt > 0 {
+            let jitter = rand::random_range(0..=5 * attempt);
+            tokio::time::sleep(std::time::Duration::from_millis(jitter)).await;
+        }
         let current = table.get(&key).await?;
         let (used, expect, version) = match &current {
             Some(item) => {
@@ -244,18 +276,18 @@ async fn reserve(
         };
         let taken = quota.share().min(quota.requests.saturating_sub(used));
         if taken == 0 {
-            return Ok((0, used));
+            return Ok(Some((0, used)));
         }
         let mut attrs = Attrs::new();
         attrs.insert("used".into(), (used + taken).into());
         let item = Item { key: key.clone(), attrs, version, expires_at: expires_at.or(Some(now + Duration::days(1))) };
         match table.put(item, expect).await {
-            Ok(()) => return Ok((taken, used + taken)),
+            Ok(()) => return Ok(Some((taken, used + taken))),
             Err(PortError::ConditionFailed { .. }) => continue,
             Err(error) => return Err(error),
         }
     }
-    Err(PortError::Unavailable("the rate-limit counter kept changing".into()))
+    Ok(None)
 }
 
 fn policy_label(name: &str) -> &'static str {

@@ -150,7 +150,11 @@ async fn route_and_run<F: Api>(function: &F, mut request: Request) -> Response {
     let started = std::time::Instant::now();
     let route = match find(F::ROUTES, &mut request) {
         Ok(route) => route,
-        Err(problem) => return *problem,
+        Err(problem) => {
+            // Counted under one label: unknown paths cannot mint metrics.
+            metrics::count("Requests", &[("Route", "unmatched"), ("Status", "4xx")], 1.0);
+            return *problem;
+        }
     };
     let mut response = match route.access.admit(&request) {
         Err(problem) => problem.into_response(),

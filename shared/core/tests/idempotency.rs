@@ -33,8 +33,13 @@ impl Counter {
         }
         let run = self.runs.fetch_add(1, Ordering::SeqCst) + 1;
         let body: Value = http::json_body(&call.request)?;
+        if body["fail"] == true {
+            return Err(Problem::unavailable());
+        }
         let mut response = http::json(201, &json!({"run": run, "echo": body}));
         response.headers_mut().insert("location", http::HeaderValue::from_static("/things/1"));
+        response.headers_mut().append("link", http::HeaderValue::from_static("</a>; rel=\"a\""));
+        response.headers_mut().append("link", http::HeaderValue::from_static("</b>; rel=\"b\""));
         Ok(response)
     }
 
@@ -82,10 +87,14 @@ fn world(gated: bool) -> World {
 }
 
 fn request(method: &str, path: &str, body: &str, key: Option<&str>, user: &str) -> http::Request {
+    request_in("org-1", method, path, body, key, user)
+}
+
+fn request_in(org: &str, method: &str, path: &str, body: &str, key: Option<&str>, user: &str) -> http::Request {
     let mut event: ApiGatewayV2httpRequest = serde_json::from_value(json!({
         "routeKey": format!("{method} {path}"), "rawPath": path, "body": body,
         "requestContext": {"routeKey": format!("{method} {path}"), "http": {"method": method},
-            "authorizer": {"jwt": {"claims": {"sub": user, "org_id": "org-1", "roles": "[member]"}}}},
+            "authorizer": {"jwt": {"claims": {"sub": user, "org_id": org, "roles": "[member]"}}}},
     }))
     .unwrap();
     if let Some(key) = key {
@@ -120,6 +129,8 @@ async fn a_repeat_gets_the_first_answer_back_and_the_work_happens_once() {
         assert_eq!((status, &again), (201, &body), "the stored status and body");
         assert!(replayed(&response));
         assert_eq!(response.headers()["location"], "/things/1", "the stored headers");
+        let links: Vec<_> = response.headers().get_all("link").iter().collect();
+        assert_eq!(links.len(), 2, "a repeated header keeps every value");
         assert_eq!(response.headers()["content-type"], "application/json");
     }
     assert_eq!(runs(&world), 1);
@@ -163,7 +174,7 @@ async fn a_repeat_while_the_first_runs_is_409_and_a_replay_once_it_answered() {
     assert_eq!(runs(&world), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_duplicates_run_the_work_once() {
     let world = world(false);
     let mut tasks = Vec::new();
@@ -243,6 +254,27 @@ async fn malformed_keys_are_400_before_any_work_and_reads_ignore_keys() {
         assert!(!replayed(&send(&world, request("GET", "/things", "", Some("k"), "u1")).await.2));
     }
     assert_eq!(runs(&world), 2);
+}
+
+#[tokio::test]
+async fn a_backend_failure_releases_the_key_so_the_retry_runs() {
+    let world = world(false);
+    let (status, _, response) = send(&world, request("POST", "/things", r#"{"fail":true}"#, Some("k"), "u1")).await;
+    assert_eq!(status, 503);
+    assert!(!replayed(&response));
+    let (status, _, response) = send(&world, request("POST", "/things", r#"{"fail":true}"#, Some("k"), "u1")).await;
+    assert_eq!(status, 503, "run again, not a replayed 503");
+    assert!(!replayed(&response));
+    assert_eq!(runs(&world), 2);
+}
+
+#[tokio::test]
+async fn the_same_user_id_in_two_organizations_has_two_records() {
+    let world = world(false);
+    send(&world, request_in("org-1", "POST", "/things", "{}", Some("k"), "u1")).await;
+    let (status, body, response) = send(&world, request_in("org-2", "POST", "/things", "{}", Some("k"), "u1")).await;
+    assert_eq!((status, body["run"].as_u64()), (201, Some(2)));
+    assert!(!replayed(&response));
 }
 
 #[tokio::test]
