@@ -105,12 +105,6 @@ pub fn set_body(request: &mut ApiGatewayV2httpRequest, body: &[u8]) {
     }
 }
 
-/// Sets the query string as API Gateway does: `rawQueryString` (what `lambda_http` reads) and the parsed map.
-pub fn set_query(request: &mut ApiGatewayV2httpRequest, query: &str) {
-    request.raw_query_string = Some(query.to_string());
-    request.query_string_parameters = query.parse().unwrap_or_default();
-}
-
 /// Adds verified JWT claims as API Gateway's authorizer puts them (arrays flattened to `[a b]`).
 pub fn with_claims(
     mut request: ApiGatewayV2httpRequest,

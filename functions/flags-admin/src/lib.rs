@@ -38,9 +38,9 @@
 use chrono::{DateTime, Duration, Utc};
 use keel::config::{ConfigError, Env};
 use keel::http::{self, HeaderValue, Request, Response};
-use keel::idempotency::{self, Idempotency};
+use keel::idempotency::Idempotency;
 use keel::problem::{FieldError, Problem};
-use keel::ratelimit::{self, Counting, RateLimits};
+use keel::ratelimit::RateLimits;
 use keel::resources::Resources;
 use keel::route::{Access, Api, Call, Route};
 use keel_flags::store::{FlagStore, ImportMode, StoreError, flag_subject};
@@ -73,13 +73,8 @@ pub struct FlagsAdmin {
 pub fn build(env: &Env, resources: &dyn Resources) -> Result<FlagsAdmin, ConfigError> {
     Ok(FlagsAdmin {
         store: FlagStore::new(resources.table(TABLE_VAR)?, resources.clock()),
-        idempotency: Idempotency::new(resources.table(idempotency::TABLE_VAR)?, resources.clock()),
-        rate_limits: RateLimits::from_env(
-            env,
-            (Some(ratelimit::ORG_DEFAULT), Some(ratelimit::IP_DEFAULT)),
-            Counting::Shared(resources.table(ratelimit::TABLE_VAR)?),
-            resources.clock(),
-        )?,
+        idempotency: Idempotency::from_resources(resources)?,
+        rate_limits: RateLimits::shared(env, resources)?,
     })
 }
 

@@ -6,11 +6,11 @@ use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
 use keel::function::Invocation;
 use keel::http::{self, Request, Response};
-use keel::idempotency::{self, Idempotency};
+use keel::idempotency::Idempotency;
 use keel::port::PortError;
 use keel::problem::Problem;
 use keel::queue::Queue;
-use keel::ratelimit::{self, Counting, RateLimits};
+use keel::ratelimit::RateLimits;
 use keel::resources::Resources;
 use keel::route::{Access, Api, Route};
 use keel::table::{Expect, Query, Table};
@@ -47,13 +47,8 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Ops, ConfigError> {
         queue: resources.queue(QUEUE_VAR)?,
         dead_letters: resources.queue(DLQ_VAR)?,
         clock: resources.clock(),
-        idempotency: Idempotency::new(resources.table(idempotency::TABLE_VAR)?, resources.clock()),
-        rate_limits: RateLimits::from_env(
-            env,
-            (Some(ratelimit::ORG_DEFAULT), Some(ratelimit::IP_DEFAULT)),
-            Counting::Shared(resources.table(ratelimit::TABLE_VAR)?),
-            resources.clock(),
-        )?,
+        idempotency: Idempotency::from_resources(resources)?,
+        rate_limits: RateLimits::shared(env, resources)?,
     })
 }
 

@@ -38,11 +38,6 @@ pub fn json<T: Serialize>(status: u16, value: &T) -> Response {
     }
 }
 
-/// A body as text (binary bodies are decoded lossily); for tests and the local host's logs.
-pub fn body_text(body: &Body) -> String {
-    String::from_utf8_lossy(body).into_owned()
-}
-
 pub fn header<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
     request.headers().get(name).and_then(|v| v.to_str().ok())
 }

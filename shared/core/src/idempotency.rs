@@ -18,10 +18,12 @@
 //! a repeat one read after the failed claim (two calls).
 
 use crate::clock::Clock;
+use crate::config::ConfigError;
 use crate::http::{Body, HeaderValue, Request, Response, header};
 use crate::identity::Identity;
 use crate::port::PortError;
 use crate::problem::Problem;
+use crate::resources::Resources;
 use crate::table::{Attrs, Expect, Item, Key, Table};
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
@@ -68,6 +70,11 @@ pub struct Claim {
 impl Idempotency {
     pub fn new(table: Arc<dyn Table>, clock: Arc<dyn Clock>) -> Self {
         Self { table, clock }
+    }
+
+    /// The records in the function's `IDEMPOTENCY_TABLE`.
+    pub fn from_resources(resources: &dyn Resources) -> Result<Self, ConfigError> {
+        Ok(Self::new(resources.table(TABLE_VAR)?, resources.clock()))
     }
 
     /// Claims `raw_key` for `caller` on `route` (its route key), or says what to answer instead.

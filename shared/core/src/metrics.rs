@@ -82,7 +82,11 @@ pub async fn scope<F: Future>(function: &str, invocation: F) -> F::Output {
     let bag = RefCell::new((function.to_string(), Recorded::default()));
     let (output, bag) = CURRENT
         .scope(bag, async {
-            let first = STARTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(function.to_string());
+            let first = {
+                let mut started = STARTED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Looked up first, so a warm invocation allocates nothing here.
+                !started.contains(function) && started.insert(function.to_string())
+            };
             if first {
                 count("ColdStart", &[], 1.0);
             }

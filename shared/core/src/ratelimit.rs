@@ -24,6 +24,7 @@ use crate::config::{ConfigError, Env};
 use crate::http::{HeaderValue, Response, header};
 use crate::port::PortError;
 use crate::problem::Problem;
+use crate::resources::Resources;
 use crate::table::{Attrs, Expect, Item, Key, Table};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::HashMap;
@@ -134,6 +135,13 @@ impl RateLimits {
             Some(raw) => Quota::parse(raw).map_err(|reason| ConfigError::Malformed { name: var.to_string(), reason }),
         };
         Ok(Self::new(read(ORG_VAR, defaults.0)?, read(IP_VAR, defaults.1)?, counting, clock))
+    }
+
+    /// The operator and admin APIs' limits: the seed defaults unless configured, counted in the function's
+    /// `RATE_LIMITS_TABLE`, shared by every instance.
+    pub fn shared(env: &Env, resources: &dyn Resources) -> Result<Self, ConfigError> {
+        let counting = Counting::Shared(resources.table(TABLE_VAR)?);
+        Self::from_env(env, (Some(ORG_DEFAULT), Some(IP_DEFAULT)), counting, resources.clock())
     }
 
     /// Counts one request of `org` from `ip` (when known).

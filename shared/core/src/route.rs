@@ -135,8 +135,9 @@ pub struct Matched {
 
 /// Routes `request` through `function`'s table.
 pub async fn serve<F: Api>(function: &F, request: Request) -> Response {
-    let trace_id = Invocation::of(&request).trace_id().map(str::to_string);
-    let mut response = route_and_run(function, request).await;
+    let invocation = Invocation::of(&request);
+    let trace_id = invocation.trace_id().map(str::to_string);
+    let mut response = route_and_run(function, request, invocation).await;
     if let Some(value) = trace_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
         response.headers_mut().insert(TRACE_ID, value);
     }
@@ -146,7 +147,7 @@ pub async fn serve<F: Api>(function: &F, request: Request) -> Response {
 /// The header every HTTP answer carries: the X-Ray trace id of the invocation (`Root` of its trace header).
 pub const TRACE_ID: &str = "x-trace-id";
 
-async fn route_and_run<F: Api>(function: &F, mut request: Request) -> Response {
+async fn route_and_run<F: Api>(function: &F, mut request: Request, invocation: Invocation) -> Response {
     let started = std::time::Instant::now();
     let route = match find(F::ROUTES, &mut request) {
         Ok(route) => route,
@@ -158,7 +159,7 @@ async fn route_and_run<F: Api>(function: &F, mut request: Request) -> Response {
     };
     let mut response = match route.access.admit(&request) {
         Err(problem) => problem.into_response(),
-        Ok(None) => run(function, route, request, None).await,
+        Ok(None) => run(function, route, Call { request, invocation, identity: None }).await,
         Ok(Some(caller)) => {
             // Operators' actions are logged, members' high-volume calls (flag evaluations) are not.
             if route.access == Access::PlatformAdmin {
@@ -172,8 +173,10 @@ async fn route_and_run<F: Api>(function: &F, mut request: Request) -> Response {
             let mut response = match refusal {
                 Some(refusal) => refusal,
                 None => match request.headers().get(idempotency::HEADER).cloned().filter(|_| route.writes) {
-                    Some(raw_key) => keyed(function, route, request, caller, &raw_key).await,
-                    None => run(function, route, request, Some(caller)).await,
+                    Some(raw_key) => {
+                        keyed(function, route, Call { request, invocation, identity: Some(caller) }, &raw_key).await
+                    }
+                    None => run(function, route, Call { request, invocation, identity: Some(caller) }).await,
                 },
             };
             for (name, value) in limited.map(|decision| decision.headers).unwrap_or_default() {
@@ -197,27 +200,19 @@ async fn route_and_run<F: Api>(function: &F, mut request: Request) -> Response {
 }
 
 /// The handler's answer, every failure rendered as problem+json.
-async fn run<F: Api>(function: &F, route: &Route<F>, request: Request, identity: Option<Identity>) -> Response {
-    let call = Call { invocation: Invocation::of(&request), request, identity };
+async fn run<F: Api>(function: &F, route: &Route<F>, call: Call) -> Response {
     (route.handler)(function, &call).await.unwrap_or_else(Problem::into_response)
 }
 
 /// The handler's answer under an `Idempotency-Key`: run once, replayed after.
-async fn keyed<F: Api>(
-    function: &F,
-    route: &Route<F>,
-    request: Request,
-    caller: Identity,
-    raw_key: &HeaderValue,
-) -> Response {
-    let Some(store) = function.idempotency() else {
+async fn keyed<F: Api>(function: &F, route: &Route<F>, call: Call, raw_key: &HeaderValue) -> Response {
+    let (Some(store), Ok(caller)) = (function.idempotency(), call.identity()) else {
         return Problem::new(500, "internal", "Idempotency-Key is not configured for this function").into_response();
     };
-    let deadline = Invocation::of(&request).deadline;
-    match store.begin(&caller, &route.route_key(), raw_key, &request, deadline).await {
+    match store.begin(caller, &route.route_key(), raw_key, &call.request, call.invocation.deadline).await {
         Begun::Answer(response) => response,
         Begun::Run(claim) => {
-            let answer = run(function, route, request, Some(caller)).await;
+            let answer = run(function, route, call).await;
             store.finish(claim, answer).await
         }
     }

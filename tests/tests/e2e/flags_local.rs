@@ -9,13 +9,19 @@ use keel_tests::*;
 use serde_json::{Value, json};
 
 async fn start(dir: &std::path::Path) -> Host {
+    start_with(dir, &[]).await
+}
+
+/// A host with these variables besides the longest refresh interval (the host must not need it to show a change).
+async fn start_with(dir: &std::path::Path, env: &[(&str, &str)]) -> Host {
+    let mut pairs = vec![("FLAGS_REFRESH_SECONDS", "30")];
+    pairs.extend_from_slice(env);
     Host::start(HostOptions {
         port: 0,
         data_dir: dir.to_path_buf(),
         backend: Backend::Embedded,
         template: repo_root().join("template.yaml"),
-        // The longest interval: the host must not need it to show a change.
-        env: Env::from_pairs([("FLAGS_REFRESH_SECONDS", "30")]),
+        env: Env::from_pairs(pairs),
     })
     .await
     .unwrap()
@@ -276,15 +282,7 @@ async fn the_unleash_specification_passes_through_the_import_route_and_ofrep() {
         }
         for (stage, cases) in by_stage {
             let dir = tempfile::tempdir().unwrap();
-            let host = Host::start(HostOptions {
-                port: 0,
-                data_dir: dir.path().to_path_buf(),
-                backend: Backend::Embedded,
-                template: repo_root().join("template.yaml"),
-                env: Env::from_pairs([("KEEL_STAGE", stage.as_str())]),
-            })
-            .await
-            .unwrap();
+            let host = start_with(dir.path(), &[("KEEL_STAGE", stage.as_str())]).await;
             let admin = Client::new(&host, "platform", "importer", &["platform-admin"]);
             let (status, report) =
                 admin.send(reqwest::Method::POST, "/v1/admin/flags/import", Some(state.clone())).await;
@@ -527,15 +525,7 @@ async fn an_idempotent_create_runs_once_over_http() {
 #[tokio::test]
 async fn rate_limits_answer_429_with_the_ietf_fields() {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(HostOptions {
-        port: 0,
-        data_dir: dir.path().to_path_buf(),
-        backend: Backend::Embedded,
-        template: repo_root().join("template.yaml"),
-        env: Env::from_pairs([("RATE_LIMIT_ORG", "3/3600")]),
-    })
-    .await
-    .unwrap();
+    let host = start_with(dir.path(), &[("RATE_LIMIT_ORG", "3/3600")]).await;
     let http = reqwest::Client::new();
     let admin = host.token("platform", "alice", &["platform-admin"]);
     let list = || http.get(format!("http://{}/v1/admin/flags", host.addr())).bearer_auth(&admin);
