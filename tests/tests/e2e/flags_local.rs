@@ -584,5 +584,30 @@ async fn the_host_serves_the_functions_metrics_in_prometheus_text() {
     let port_calls = "keel_port_calls_total{function=\"flags-admin\",operation=\"table.transact\"} ";
     assert!(text.lines().any(|l| l.starts_with(port_calls)), "no transact calls counted:\n{text}");
     assert!(!text.contains("keel_port_errors_total{function=\"flags-admin\""), "{text}");
+
+    // The Prometheus project's own parser reads the whole exposition, with the types and labels we meant.
+    let mut parser = std::process::Command::new(repo_root().join(".venv/bin/python"))
+        .arg(repo_root().join("tests/sdk/prometheus.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut parser.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let parsed = parser.wait_with_output().unwrap();
+    assert!(parsed.status.success(), "prometheus_client refused the text: {}", String::from_utf8_lossy(&parsed.stderr));
+    let samples: Vec<Value> =
+        String::from_utf8(parsed.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let requests = samples
+        .iter()
+        .find(|s| {
+            s["name"] == "keel_requests_total"
+                && s["labels"]["route"] == "POST /ofrep/v1/evaluate/flags/{key}"
+                && s["labels"]["status"] == "2xx"
+        })
+        .unwrap_or_else(|| panic!("{samples:?}"));
+    assert_eq!((requests["type"].as_str(), requests["value"].as_f64()), (Some("counter"), Some(2.0)));
+    let latency = samples.iter().find(|s| s["name"] == "keel_latency_milliseconds_count").unwrap();
+    assert_eq!(latency["type"], "summary");
     host.shutdown().await;
 }
