@@ -39,16 +39,17 @@ use chrono::{DateTime, Duration, Utc};
 use keel::config::{ConfigError, Env};
 use keel::http::{self, HeaderValue, Request, Response};
 use keel::idempotency::Idempotency;
+use keel::openapi::{Content, Doc, Param, Reply, inline, schema};
 use keel::problem::{FieldError, Problem};
 use keel::ratelimit::RateLimits;
 use keel::resources::Resources;
 use keel::route::{Access, Api, Call, Route};
-use keel_flags::store::{FlagStore, ImportMode, StoreError, flag_subject};
+use keel_flags::store::{AuditEntry, FlagStore, ImportMode, ImportReport, StoreError, flag_subject};
 use keel_flags::{Context, FlagType, Invalid, Override, OverrideAction, Rule, Segment, unleash};
-use keel_flags::{ErrorCode, Flag};
-use serde::Deserialize;
+use keel_flags::{ErrorCode, Flag, Reason, Step, ValueType};
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use ulid::Ulid;
@@ -88,39 +89,242 @@ impl Api for FlagsAdmin {
     }
 
     const ROUTES: &'static [Route<Self>] = &[
-        Route::get("/v1/admin/flags", Access::PlatformAdmin, |admin, call| Box::pin(admin.list(&call.request))),
-        Route::post("/v1/admin/flags", Access::PlatformAdmin, |admin, call| Box::pin(admin.create(call))),
-        Route::post("/v1/admin/flags/import", Access::PlatformAdmin, |admin, call| Box::pin(admin.import(call))),
-        Route::get("/v1/admin/flags/{key}", Access::PlatformAdmin, |admin, call| Box::pin(admin.show(&call.request))),
-        Route::put("/v1/admin/flags/{key}", Access::PlatformAdmin, |admin, call| Box::pin(admin.replace(call))),
-        Route::post("/v1/admin/flags/{key}/rules", Access::PlatformAdmin, |admin, call| Box::pin(admin.add_rule(call))),
-        Route::put("/v1/admin/flags/{key}/rules/order", Access::PlatformAdmin, |admin, call| {
+        Route::get("/v1/admin/flags", Access::PlatformAdmin, LIST, |admin, call| Box::pin(admin.list(&call.request))),
+        Route::post("/v1/admin/flags", Access::PlatformAdmin, CREATE, |admin, call| Box::pin(admin.create(call))),
+        Route::post("/v1/admin/flags/import", Access::PlatformAdmin, IMPORT, |admin, call| {
+            Box::pin(admin.import(call))
+        }),
+        Route::get("/v1/admin/flags/{key}", Access::PlatformAdmin, SHOW, |admin, call| {
+            Box::pin(admin.show(&call.request))
+        }),
+        Route::put("/v1/admin/flags/{key}", Access::PlatformAdmin, REPLACE, |admin, call| {
+            Box::pin(admin.replace(call))
+        }),
+        Route::post("/v1/admin/flags/{key}/rules", Access::PlatformAdmin, ADD_RULE, |admin, call| {
+            Box::pin(admin.add_rule(call))
+        }),
+        Route::put("/v1/admin/flags/{key}/rules/order", Access::PlatformAdmin, REORDER_RULES, |admin, call| {
             Box::pin(admin.reorder_rules(call))
         }),
-        Route::put("/v1/admin/flags/{key}/overrides/{orgId}", Access::PlatformAdmin, |admin, call| {
+        Route::put("/v1/admin/flags/{key}/overrides/{orgId}", Access::PlatformAdmin, SET_OVERRIDE, |admin, call| {
             Box::pin(admin.set_override(call))
         }),
-        Route::delete("/v1/admin/flags/{key}/overrides/{orgId}", Access::PlatformAdmin, |admin, call| {
-            Box::pin(admin.clear_override(call))
-        }),
-        Route::post("/v1/admin/flags/{key}/archive", Access::PlatformAdmin, |admin, call| {
+        Route::delete(
+            "/v1/admin/flags/{key}/overrides/{orgId}",
+            Access::PlatformAdmin,
+            CLEAR_OVERRIDE,
+            |admin, call| Box::pin(admin.clear_override(call)),
+        ),
+        Route::post("/v1/admin/flags/{key}/archive", Access::PlatformAdmin, ARCHIVE, |admin, call| {
             Box::pin(admin.archive(call))
         }),
         // Explaining only reads.
-        Route::<Self>::post("/v1/admin/flags/{key}/explain", Access::PlatformAdmin, |admin, call| {
+        Route::<Self>::post("/v1/admin/flags/{key}/explain", Access::PlatformAdmin, EXPLAIN, |admin, call| {
             Box::pin(admin.explain(&call.request))
         })
         .read_only(),
-        Route::get("/v1/admin/flags/{key}/audit", Access::PlatformAdmin, |admin, call| {
+        Route::get("/v1/admin/flags/{key}/audit", Access::PlatformAdmin, FLAG_AUDIT, |admin, call| {
             Box::pin(admin.audit(&call.request, true))
         }),
-        Route::get("/v1/admin/flag-audit", Access::PlatformAdmin, |admin, call| {
+        Route::get("/v1/admin/flag-audit", Access::PlatformAdmin, AUDIT, |admin, call| {
             Box::pin(admin.audit(&call.request, false))
         }),
-        Route::get("/v1/admin/segments", Access::PlatformAdmin, |admin, _| Box::pin(admin.segments())),
-        Route::put("/v1/admin/segments/{name}", Access::PlatformAdmin, |admin, call| Box::pin(admin.put_segment(call))),
+        Route::get("/v1/admin/segments", Access::PlatformAdmin, SEGMENTS, |admin, _| Box::pin(admin.segments())),
+        Route::put("/v1/admin/segments/{name}", Access::PlatformAdmin, PUT_SEGMENT, |admin, call| {
+            Box::pin(admin.put_segment(call))
+        }),
     ];
 }
+
+// ------------------------------------------------------------------------------------------------------------------
+// The OpenAPI document of each route
+// ------------------------------------------------------------------------------------------------------------------
+
+const KEY: Param = Param::path("key", "The flag's key.");
+const IF_MATCH: Param = Param::header("If-Match", "The version the change applies to, as `ETag` gave it (`\"3\"`).");
+const LIMIT: Param = Param::query("limit", "Page size, 1 to 100 (50 when absent).", inline::<u32>);
+const CURSOR: Param = Param::query("cursor", "`next_cursor` of the previous page.", inline::<String>);
+const FLAG_OUT: &str = "The flag, with its version as `ETag`.";
+const NO_FLAG: Reply = Reply::problem(404, "No flag has this key.");
+const BAD_BODY: Reply = Reply::problem(400, "The body is missing or not JSON, or `If-Match` is not one entity tag.");
+const TOO_LARGE: Reply = Reply::problem(413, "The body is over 256 KiB.");
+const INVALID: Reply = Reply::problem(422, "The change is invalid: `errors` lists each problem with its pointer.");
+const STALE: Reply = Reply::problem(412, "`If-Match` names another version than the current one.");
+const CONFLICT: Reply = Reply::problem(409, "The flag kept changing while the change was applied; retry.");
+const BAD_PARAM: Reply = Reply::problem(422, "A query parameter is invalid (`pointer` names it).");
+
+const LIST: Doc = Doc {
+    summary: "List flags",
+    description: "Flags in key order, each with whether it is stale and when it was last evaluated.",
+    params: &[
+        Param::query("archived", "Archived flags instead of live ones.", inline::<bool>),
+        Param::query("type", "Only flags of this lifecycle type.", schema::<FlagType>),
+        Param::query("stale", "Only stale (true) or only fresh (false) flags.", inline::<bool>),
+        Param::query("prefix", "Only keys starting with this.", inline::<String>),
+        LIMIT,
+        CURSOR,
+    ],
+    replies: &[Reply::json(200, "A page of flags.", schema::<FlagPage>), BAD_PARAM],
+    ..Doc::NONE
+};
+const CREATE: Doc = Doc {
+    summary: "Create a flag",
+    body: Some(Content::Json(schema::<Flag>)),
+    replies: &[
+        Reply::json(201, "The flag as stored (version 1), with `ETag` and `Location`.", schema::<Flag>),
+        Reply::problem(409, "A flag with this key exists (it may be archived)."),
+        BAD_BODY,
+        TOO_LARGE,
+        INVALID,
+    ],
+    ..Doc::NONE
+};
+const IMPORT: Doc = Doc {
+    summary: "Import an Unleash document",
+    description: "An Unleash client features document (`features`, `segments`) or an export of events. Lenient by \
+        default: every flag that can be stored is, with warnings on it; strict refuses the whole document.",
+    params: &[
+        Param::query("mode", "`lenient` (the default) or `strict`.", schema::<ImportMode>),
+        Param::query("dry_run", "Answer the report and write nothing.", inline::<bool>),
+    ],
+    body: Some(Content::Json(inline::<Value>)),
+    replies: &[
+        Reply::json(
+            200,
+            "What was (or would be) created, updated, left unchanged and refused.",
+            schema::<ImportReport>,
+        ),
+        Reply::problem(400, "The body is missing or not JSON."),
+        Reply::problem(413, "The body is over 1 MiB."),
+        Reply::problem(422, "The document is not an Unleash document, or strict mode refused it."),
+    ],
+    ..Doc::NONE
+};
+const SHOW: Doc = Doc {
+    summary: "Read a flag",
+    params: &[KEY],
+    replies: &[Reply::json(200, FLAG_OUT, schema::<Flag>), NO_FLAG],
+    ..Doc::NONE
+};
+const REPLACE: Doc = Doc {
+    summary: "Replace a flag",
+    params: &[KEY, IF_MATCH],
+    body: Some(Content::Json(schema::<Flag>)),
+    replies: &[
+        Reply::json(200, FLAG_OUT, schema::<Flag>),
+        Reply::problem(428, "`If-Match` is required."),
+        NO_FLAG,
+        BAD_BODY,
+        TOO_LARGE,
+        INVALID,
+        STALE,
+    ],
+    ..Doc::NONE
+};
+const ADD_RULE: Doc = Doc {
+    summary: "Add a rule to a flag",
+    params: &[
+        KEY,
+        IF_MATCH,
+        Param::query("position", "The 0-based index the rule takes (last when absent).", inline::<u32>),
+    ],
+    body: Some(Content::Json(schema::<Rule>)),
+    replies: &[Reply::json(201, FLAG_OUT, schema::<Flag>), NO_FLAG, BAD_BODY, TOO_LARGE, INVALID, STALE, CONFLICT],
+    ..Doc::NONE
+};
+const REORDER_RULES: Doc = Doc {
+    summary: "Reorder a flag's rules",
+    params: &[KEY, IF_MATCH],
+    body: Some(Content::Json(schema::<RuleOrder>)),
+    replies: &[Reply::json(200, FLAG_OUT, schema::<Flag>), NO_FLAG, BAD_BODY, TOO_LARGE, INVALID, STALE, CONFLICT],
+    ..Doc::NONE
+};
+const SET_OVERRIDE: Doc = Doc {
+    summary: "Set an organization's override",
+    params: &[KEY, Param::path("orgId", "The organization."), IF_MATCH],
+    body: Some(Content::Json(schema::<OverrideBody>)),
+    replies: &[
+        Reply::json(200, "The override replaced the organization's previous one.", schema::<Flag>),
+        Reply::json(201, "The organization had no override.", schema::<Flag>),
+        BAD_BODY,
+        TOO_LARGE,
+        Reply::problem(422, "The override is invalid, or no flag has this key (`unknown_flag`)."),
+        STALE,
+        CONFLICT,
+    ],
+    ..Doc::NONE
+};
+const CLEAR_OVERRIDE: Doc = Doc {
+    summary: "Clear an organization's override",
+    params: &[KEY, Param::path("orgId", "The organization."), IF_MATCH],
+    replies: &[
+        Reply::json(200, FLAG_OUT, schema::<Flag>),
+        Reply::problem(404, "The organization has no override on this flag."),
+        Reply::problem(400, "`If-Match` is not one entity tag."),
+        Reply::problem(422, "No flag has this key (`unknown_flag`)."),
+        STALE,
+        CONFLICT,
+    ],
+    ..Doc::NONE
+};
+const ARCHIVE: Doc = Doc {
+    summary: "Archive a flag",
+    params: &[KEY, IF_MATCH],
+    replies: &[
+        Reply::json(200, "The archived flag (archiving an archived flag changes nothing).", schema::<Flag>),
+        NO_FLAG,
+        Reply::problem(400, "`If-Match` is not one entity tag."),
+        Reply::problem(409, "Live flags list this flag as a prerequisite, or it kept changing; retry."),
+        STALE,
+    ],
+    ..Doc::NONE
+};
+const EXPLAIN: Doc = Doc {
+    summary: "Explain an evaluation",
+    description: "Evaluates the flag for a context, as evaluation would from a fresh snapshot, step by step.",
+    params: &[KEY],
+    body: Some(Content::Json(schema::<ExplainBody>)),
+    body_optional: true,
+    replies: &[
+        Reply::json(200, "The answer and every step that led to it.", schema::<Explanation>),
+        NO_FLAG,
+        Reply::problem(400, "The body is not JSON."),
+        TOO_LARGE,
+        INVALID,
+    ],
+};
+const FLAG_AUDIT: Doc = Doc {
+    summary: "A flag's audit trail",
+    params: &[KEY, LIMIT, CURSOR],
+    replies: &[Reply::json(200, "Changes of the flag, oldest first.", schema::<AuditPage>), NO_FLAG, BAD_PARAM],
+    ..Doc::NONE
+};
+const AUDIT: Doc = Doc {
+    summary: "The audit trail of every flag and segment",
+    params: &[LIMIT, CURSOR],
+    replies: &[Reply::json(200, "Changes, oldest first.", schema::<AuditPage>), BAD_PARAM],
+    ..Doc::NONE
+};
+const SEGMENTS: Doc = Doc {
+    summary: "List segments",
+    replies: &[Reply::json(200, "Every segment.", schema::<SegmentList>)],
+    ..Doc::NONE
+};
+const PUT_SEGMENT: Doc = Doc {
+    summary: "Create or replace a segment",
+    params: &[Param::path("name", "The segment's name."), IF_MATCH],
+    body: Some(Content::Json(schema::<Segment>)),
+    replies: &[
+        Reply::json(200, "The segment replaced, with its version as `ETag`.", schema::<Segment>),
+        Reply::json(201, "The segment created (version 1).", schema::<Segment>),
+        BAD_BODY,
+        TOO_LARGE,
+        INVALID,
+        Reply::problem(409, "The segment was created concurrently; retry."),
+        STALE,
+    ],
+    ..Doc::NONE
+};
 
 // ------------------------------------------------------------------------------------------------------------------
 // Requests: bodies, parameters, If-Match, cursors
@@ -351,13 +555,98 @@ pub fn stale_reason(flag: &Flag, last_evaluated: Option<DateTime<Utc>>, now: Dat
 // Bodies
 // ------------------------------------------------------------------------------------------------------------------
 
-#[derive(Deserialize)]
+/// A page of the flag list.
+#[derive(Serialize, utoipa::ToSchema)]
+struct FlagPage {
+    items: Vec<ListedFlag>,
+    next_cursor: Option<String>,
+}
+
+/// A flag as the list shows it: the flag's own fields and three more.
+#[derive(Serialize)]
+struct ListedFlag {
+    #[serde(flatten)]
+    flag: Flag,
+    stale: bool,
+    /// `past_stale_after` or `not_evaluated` when stale.
+    stale_reason: Option<&'static str>,
+    last_evaluated_at: Option<DateTime<Utc>>,
+}
+
+/// The flag's schema with the list's three fields added (a flag's schema refuses other properties, so `allOf`
+/// cannot extend it).
+impl utoipa::PartialSchema for ListedFlag {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{Object, Schema};
+        use utoipa::openapi::{RefOr, Type};
+        let mut schema = match <Flag as utoipa::PartialSchema>::schema() {
+            RefOr::T(Schema::Object(object)) => object,
+            _ => Object::new(),
+        };
+        let nullable = |kind: Type| {
+            Object::builder().schema_type(utoipa::openapi::schema::SchemaType::from_iter([kind, Type::Null]))
+        };
+        schema.properties.insert("stale".into(), Object::with_type(Type::Boolean).into());
+        schema.properties.insert("stale_reason".into(), nullable(Type::String).build().into());
+        schema.properties.insert(
+            "last_evaluated_at".into(),
+            nullable(Type::String)
+                .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime)))
+                .build()
+                .into(),
+        );
+        schema.required.extend(["stale".to_string(), "stale_reason".into(), "last_evaluated_at".into()]);
+        RefOr::T(Schema::Object(schema))
+    }
+}
+
+impl utoipa::ToSchema for ListedFlag {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        <Flag as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct AuditPage {
+    items: Vec<AuditEntry>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct SegmentList {
+    items: Vec<Segment>,
+}
+
+/// An evaluation explained.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Explanation {
+    evaluation: Explained,
+    at: DateTime<Utc>,
+    steps: Vec<Step>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Explained {
+    /// The value, of the flag's type; null when the evaluation failed.
+    value: Option<Value>,
+    value_type: ValueType,
+    enabled: bool,
+    variant: Option<String>,
+    reason: Reason,
+    open_feature_reason: &'static str,
+    rule_id: Option<String>,
+    version: u64,
+    error_code: Option<ErrorCode>,
+}
+
+/// The flag's rule ids, each once, in their new order.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RuleOrder {
     rule_ids: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OverrideBody {
     action: OverrideAction,
@@ -368,7 +657,8 @@ struct OverrideBody {
     expires_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Deserialize, Default)]
+/// The context to explain the evaluation for; every field is optional.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ExplainBody {
     organization_id: Option<String>,
@@ -419,22 +709,17 @@ impl FlagsAdmin {
                 continue;
             }
             if items.len() == limit {
-                next_cursor = items
-                    .last()
-                    .and_then(|item: &Value| item.get("key"))
-                    .and_then(Value::as_str)
-                    .map(http::encode_cursor);
+                next_cursor = items.last().map(|item: &ListedFlag| http::encode_cursor(&item.flag.key));
                 break;
             }
-            let mut item = serde_json::to_value(&flag).unwrap_or_default();
-            if let Some(map) = item.as_object_mut() {
-                map.insert("stale".into(), Value::Bool(reason.is_some()));
-                map.insert("stale_reason".into(), reason.map_or(Value::Null, |r| Value::String(r.into())));
-                map.insert("last_evaluated_at".into(), json!(last_evaluated));
-            }
-            items.push(item);
+            items.push(ListedFlag {
+                flag,
+                stale: reason.is_some(),
+                stale_reason: reason,
+                last_evaluated_at: last_evaluated,
+            });
         }
-        Ok(http::json(200, &json!({ "items": items, "next_cursor": next_cursor })))
+        Ok(http::json(200, &FlagPage { items, next_cursor }))
     }
 
     async fn create(&self, call: &Call) -> Result<Response, Problem> {
@@ -695,24 +980,18 @@ impl FlagsAdmin {
         {
             return Err(Problem::not_found("no such flag"));
         }
-        Ok(http::json(
-            200,
-            &json!({
-                "evaluation": {
-                    "value": evaluation.typed_value(),
-                    "value_type": evaluation.value_type,
-                    "enabled": evaluation.value,
-                    "variant": evaluation.error.is_none().then(|| evaluation.served_name()),
-                    "reason": evaluation.reason.as_str(),
-                    "open_feature_reason": evaluation.reason.open_feature(),
-                    "rule_id": evaluation.rule_id,
-                    "version": evaluation.version,
-                    "error_code": evaluation.error.map(|(code, _)| code.as_str()),
-                },
-                "at": at,
-                "steps": steps,
-            }),
-        ))
+        let evaluation = Explained {
+            value: evaluation.typed_value(),
+            value_type: evaluation.value_type,
+            enabled: evaluation.value,
+            variant: evaluation.error.is_none().then(|| evaluation.served_name().to_string()),
+            reason: evaluation.reason,
+            open_feature_reason: evaluation.reason.open_feature(),
+            rule_id: evaluation.rule_id.map(str::to_string),
+            version: evaluation.version,
+            error_code: evaluation.error.map(|(code, _)| code),
+        };
+        Ok(http::json(200, &Explanation { evaluation, at, steps }))
     }
 
     async fn audit(&self, request: &Request, per_flag: bool) -> Result<Response, Problem> {
@@ -727,12 +1006,12 @@ impl FlagsAdmin {
         let after = decode_cursor(request, |position| Ulid::from_string(position).is_ok())?;
         let (entries, next) = self.store.audit(subject.as_deref(), after, limit).await.map_err(flag_not_found)?;
         let next_cursor = next.as_deref().map(http::encode_cursor);
-        Ok(http::json(200, &json!({ "items": entries, "next_cursor": next_cursor })))
+        Ok(http::json(200, &AuditPage { items: entries, next_cursor }))
     }
 
     async fn segments(&self) -> Result<Response, Problem> {
         let segments = self.store.segments().await.map_err(flag_not_found)?;
-        Ok(http::json(200, &json!({ "items": segments })))
+        Ok(http::json(200, &SegmentList { items: segments }))
     }
 
     /// Creates (201) or replaces (200) a segment.
@@ -765,7 +1044,7 @@ mod tests {
 
     #[test]
     fn serde_paths_become_json_pointers() {
-        let value = json!({"key": "k", "rules": [{"id": "r", "constraints": [{"field": "a/b", "operator": "NOPE"}]}]});
+        let value = serde_json::json!({"key": "k", "rules": [{"id": "r", "constraints": [{"field": "a/b", "operator": "NOPE"}]}]});
         let error = serde_path_to_error::deserialize::<_, Flag>(value).err();
         assert_eq!(error.map(|e| json_pointer(e.path())).as_deref(), Some("/rules/0/constraints/0/operator"));
     }

@@ -30,8 +30,9 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 /// One flag's answer on the wire.
-#[derive(Debug, Serialize)]
-struct Answer<'s> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FlagAnswer)]
+pub(crate) struct Answer<'s> {
     value: Value,
     value_type: &'static str,
     enabled: bool,
@@ -81,14 +82,15 @@ impl<'s> Answer<'s> {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct SnapshotState {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SnapshotState {
     loaded_at: Option<String>,
     stale: bool,
 }
 
-#[derive(Debug, Serialize)]
-struct Answers<'s> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FlagAnswers)]
+pub(crate) struct Answers<'s> {
     flags: BTreeMap<String, Answer<'s>>,
     snapshot: SnapshotState,
 }
@@ -123,9 +125,9 @@ pub(crate) async fn get(eval: &FlagsEval, call: &Call) -> Result<Response, Probl
     Ok(answer(eval, eval.now(), keys, &context).await)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EvaluateBody {
+pub(crate) struct EvaluateBody {
     /// The flags to evaluate; every live flag when absent.
     keys: Option<Vec<String>>,
     /// Extra attributes: strings, numbers or booleans.

@@ -20,6 +20,7 @@ pub use context::{MAX_ATTRIBUTES, MAX_NAME_BYTES, MAX_VALUE_BYTES, RESERVED};
 
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use keel::config::{ConfigError, Env};
+use keel::openapi::{Content, Doc, Param, Reply, inline, schema};
 use keel::ratelimit::{Counting, Quota, RateLimits};
 use keel::resources::Resources;
 use keel::route::{Access, Api, Route};
@@ -72,16 +73,77 @@ impl Api for FlagsEval {
     }
 
     const ROUTES: &'static [Route<Self>] = &[
-        Route::get("/v1/flags", Access::Member, |eval, call| Box::pin(keel_api::get(eval, call))),
+        Route::get("/v1/flags", Access::Member, GET, |eval, call| Box::pin(keel_api::get(eval, call))),
         // Evaluations are POSTs with a body (OFREP's, and Keel's for a context): they only read.
-        Route::post("/v1/flags/evaluate", Access::Member, |eval, call| Box::pin(keel_api::evaluate(eval, call)))
-            .read_only(),
-        Route::post("/ofrep/v1/evaluate/flags/{key}", Access::Member, |eval, call| Box::pin(ofrep::single(eval, call)))
-            .read_only(),
-        Route::post("/ofrep/v1/evaluate/flags", Access::Member, |eval, call| Box::pin(ofrep::bulk(eval, call)))
-            .read_only(),
+        Route::post("/v1/flags/evaluate", Access::Member, EVALUATE, |eval, call| {
+            Box::pin(keel_api::evaluate(eval, call))
+        })
+        .read_only(),
+        Route::post("/ofrep/v1/evaluate/flags/{key}", Access::Member, OFREP_SINGLE, |eval, call| {
+            Box::pin(ofrep::single(eval, call))
+        })
+        .read_only(),
+        Route::post("/ofrep/v1/evaluate/flags", Access::Member, OFREP_BULK, |eval, call| {
+            Box::pin(ofrep::bulk(eval, call))
+        })
+        .read_only(),
     ];
 }
+
+const TOO_LARGE: Reply = Reply::problem(413, "The body is over 64 KiB.");
+const NOT_LOADED: &str = "No flag configuration has loaded since this instance started: use the code's defaults.";
+
+const GET: Doc = Doc {
+    summary: "Evaluate flags for the caller",
+    description: "The caller's organization and user come from the token, the environment from the deployment.",
+    params: &[Param::query(
+        "keys",
+        "Comma-separated flag keys (at most 100); every live flag when absent.",
+        inline::<String>,
+    )],
+    replies: &[
+        Reply::json(200, "Every requested flag's answer, and the snapshot's age.", schema::<keel_api::Answers>),
+        Reply::problem(422, "An unknown query parameter, or an invalid key (`pointer` names it)."),
+    ],
+    ..Doc::NONE
+};
+const EVALUATE: Doc = Doc {
+    summary: "Evaluate flags for the caller with extra attributes",
+    body: Some(Content::Json(schema::<keel_api::EvaluateBody>)),
+    body_optional: true,
+    replies: &[
+        Reply::json(200, "Every requested flag's answer, and the snapshot's age.", schema::<keel_api::Answers>),
+        TOO_LARGE,
+        Reply::problem(422, "The body or its context is invalid (`pointer` says where)."),
+    ],
+    ..Doc::NONE
+};
+const OFREP_SINGLE: Doc = Doc {
+    summary: "OFREP: evaluate one flag",
+    description: "The OpenFeature Remote Evaluation Protocol's single evaluation.",
+    params: &[Param::path("key", "The flag's key.")],
+    body: Some(Content::Json(schema::<ofrep::EvaluationRequest>)),
+    body_optional: true,
+    replies: &[
+        Reply::json(200, "The flag's value, variant and reason.", schema::<ofrep::Success>),
+        Reply::json(400, "The context is invalid, or the flag cannot be evaluated.", schema::<ofrep::Failure>),
+        Reply::json(404, "No live flag has this key (`FLAG_NOT_FOUND`).", schema::<ofrep::Failure>),
+        Reply::json(500, NOT_LOADED, schema::<ofrep::GeneralError>),
+    ],
+};
+const OFREP_BULK: Doc = Doc {
+    summary: "OFREP: evaluate every flag",
+    description: "The OpenFeature Remote Evaluation Protocol's bulk evaluation, with a strong `ETag`.",
+    params: &[Param::header("If-None-Match", "The `ETag` of an earlier answer: 304 while it still holds.")],
+    body: Some(Content::Json(schema::<ofrep::EvaluationRequest>)),
+    body_optional: true,
+    replies: &[
+        Reply::json(200, "Every live flag's evaluation.", schema::<ofrep::Bulk>),
+        Reply::empty(304, "The answer `If-None-Match` names still holds."),
+        Reply::json(400, "The context is invalid.", schema::<ofrep::BulkFailure>),
+        Reply::json(500, NOT_LOADED, schema::<ofrep::GeneralError>),
+    ],
+};
 
 impl FlagsEval {
     pub(crate) fn now(&self) -> DateTime<Utc> {

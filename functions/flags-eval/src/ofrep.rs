@@ -33,9 +33,10 @@ use sha2::{Digest, Sha256};
 const INVALID_CONTEXT: &str = "INVALID_CONTEXT";
 
 /// The document's metadata: string, number and boolean values only.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = OfrepMetadata)]
 #[serde(rename_all = "camelCase")]
-struct Metadata<'s> {
+pub(crate) struct Metadata<'s> {
     enabled: bool,
     keel_reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -48,8 +49,9 @@ struct Metadata<'s> {
 }
 
 /// `evaluationSuccess`.
-#[derive(Debug, Serialize)]
-struct Success<'s> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = OfrepEvaluationSuccess)]
+pub(crate) struct Success<'s> {
     key: &'s str,
     reason: &'static str,
     variant: &'s str,
@@ -58,9 +60,10 @@ struct Success<'s> {
 }
 
 /// `evaluationFailure` and `flagNotFound`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = OfrepEvaluationFailure)]
 #[serde(rename_all = "camelCase")]
-struct Failure<'s> {
+pub(crate) struct Failure<'s> {
     key: &'s str,
     error_code: &'static str,
     error_details: String,
@@ -68,42 +71,57 @@ struct Failure<'s> {
     metadata: Option<Metadata<'s>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = OfrepBulkEntry)]
 #[serde(untagged)]
-enum Entry<'s> {
+pub(crate) enum Entry<'s> {
     Success(Success<'s>),
     Failure(Failure<'s>),
 }
 
 /// `bulkEvaluationSuccess`: the document's `metadata` for the flag set says when it may be out of date.
-#[derive(Debug, Serialize)]
-struct Bulk<'s> {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = OfrepBulkEvaluationSuccess)]
+pub(crate) struct Bulk<'s> {
     flags: Vec<Entry<'s>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<SetMetadata>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = OfrepFlagSetMetadata)]
 #[serde(rename_all = "camelCase")]
-struct SetMetadata {
+pub(crate) struct SetMetadata {
     stale: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     snapshot_loaded_at: Option<String>,
 }
 
 /// `bulkEvaluationFailure`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = OfrepBulkEvaluationFailure)]
 #[serde(rename_all = "camelCase")]
-struct BulkFailure {
+pub(crate) struct BulkFailure {
     error_code: &'static str,
     error_details: String,
 }
 
 /// `generalErrorResponse`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = OfrepGeneralError)]
 #[serde(rename_all = "camelCase")]
-struct GeneralError {
+pub(crate) struct GeneralError {
     error_details: &'static str,
+}
+
+/// `evaluationRequest` and `bulkEvaluationRequest`, as [`context_member`] reads them.
+#[derive(utoipa::ToSchema)]
+#[schema(as = OfrepEvaluationRequest)]
+pub(crate) struct EvaluationRequest {
+    /// Attributes of the evaluation context (strings, numbers, booleans). The organization, user and environment
+    /// come from the token and the deployment, never from here.
+    #[allow(dead_code)]
+    context: Option<Map<String, Value>>,
 }
 
 /// The context of an `evaluationRequest` / `bulkEvaluationRequest`: a JSON object whose `context` is an object.

@@ -15,6 +15,7 @@ use keel::config::{ConfigError, Env};
 use keel::function::Invocation;
 use keel::http::{self, Request, Response};
 use keel::metrics;
+use keel::openapi::{Content, Doc, Param, Reply, schema};
 use keel::port::PortError;
 use keel::problem::Problem;
 use keel::queue::Queue;
@@ -22,7 +23,7 @@ use keel::resources::Resources;
 use keel::route::{Access, Api, Route};
 use keel::table::{Attrs, Expect, Item, Table, Write};
 use keel_webhooks::{self as webhooks, Delivery, Status};
-use serde_json::json;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -85,9 +86,44 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Ingest, ConfigError
 
 impl Api for Ingest {
     /// Public: the provider's signature authenticates the request, not a token.
-    const ROUTES: &'static [Route<Self>] = &[Route::post("/webhooks/{provider}", Access::Public, |ingest, call| {
-        Box::pin(ingest.receive(&call.request, &call.invocation))
-    })];
+    const ROUTES: &'static [Route<Self>] =
+        &[Route::post("/webhooks/{provider}", Access::Public, RECEIVE, |ingest, call| {
+            Box::pin(ingest.receive(&call.request, &call.invocation))
+        })];
+}
+
+const RECEIVE: Doc = Doc {
+    summary: "Receive a webhook",
+    description: "The provider's request as it sends it, verified by the provider's signature scheme (Stripe, \
+        GitHub, Slack, Twilio, Shopify, Standard Webhooks, ...), recorded once per event id and queued for delivery.",
+    params: &[Param::path("provider", "A configured provider's name.")],
+    body: Some(Content::Bytes),
+    replies: &[
+        Reply::json(202, "Verified, recorded and queued.", schema::<Acknowledged>),
+        Reply::json(
+            200,
+            "A duplicate of an event already received, or Slack's URL verification (`challenge`).",
+            schema::<Acknowledged>,
+        ),
+        Reply::problem(400, "A signature header is missing or malformed."),
+        Reply::problem(401, "The signature does not verify, or its timestamp is outside the tolerance."),
+        Reply::problem(404, "No provider of this name is configured."),
+        Reply::problem(413, "The body is over the size limit."),
+    ],
+    ..Doc::NONE
+};
+
+/// What ingest answers a provider.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Acknowledged {
+    /// `queued` or `duplicate`; absent on Slack's URL verification.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery_id: Option<String>,
+    /// Slack's URL verification challenge, echoed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    challenge: Option<String>,
 }
 
 impl Ingest {
@@ -128,7 +164,8 @@ impl Ingest {
         if provider.scheme == Scheme::Slack
             && let Some(challenge) = verify::slack_url_verification_challenge(body)
         {
-            return Ok(http::json(200, &json!({ "challenge": challenge })));
+            let challenge = Some(challenge);
+            return Ok(http::json(200, &Acknowledged { status: None, delivery_id: None, challenge }));
         }
         let event_id = match verified.event_id {
             Some(id) if id.len() > webhooks::MAX_EVENT_ID_LEN => {
@@ -227,8 +264,9 @@ fn idempotency_item(delivery: &Delivery, now: DateTime<Utc>) -> Item {
     }
 }
 
-fn accepted(status: u16, outcome: &str, delivery_id: &str) -> Response {
-    http::json(status, &json!({ "status": outcome, "delivery_id": delivery_id }))
+fn accepted(status: u16, outcome: &'static str, delivery_id: &str) -> Response {
+    let answer = Acknowledged { status: Some(outcome), delivery_id: Some(delivery_id.to_string()), challenge: None };
+    http::json(status, &answer)
 }
 
 fn unavailable(step: &str, error: &PortError) -> Problem {

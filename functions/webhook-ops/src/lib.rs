@@ -1,12 +1,13 @@
 //! The operator API for the webhook pipeline (role `platform-admin`): the delivery log with filters and cursors,
 //! one delivery with its payload, replay of one or a filtered set, and redrive of the dead-letter queue.
 
-use chrono::{DateTime, Duration};
+use chrono::{DateTime, Duration, Utc};
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
 use keel::function::Invocation;
 use keel::http::{self, Request, Response};
 use keel::idempotency::Idempotency;
+use keel::openapi::{Content, Doc, Param, Reply, inline, schema};
 use keel::port::PortError;
 use keel::problem::Problem;
 use keel::queue::Queue;
@@ -15,8 +16,8 @@ use keel::resources::Resources;
 use keel::route::{Access, Api, Route};
 use keel::table::{Expect, Query, Table};
 use keel_webhooks::{self as webhooks, Delivery, Status};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::sync::Arc;
 use ulid::Ulid;
 
@@ -62,26 +63,180 @@ impl Api for Ops {
     }
 
     const ROUTES: &'static [Route<Self>] = &[
-        Route::get("/v1/webhooks/{provider}/deliveries", Access::PlatformAdmin, |ops, call| {
+        Route::get("/v1/webhooks/{provider}/deliveries", Access::PlatformAdmin, LIST, |ops, call| {
             Box::pin(ops.list(&call.request))
         }),
-        Route::get("/v1/webhooks/{provider}/deliveries/{deliveryId}", Access::PlatformAdmin, |ops, call| {
+        Route::get("/v1/webhooks/{provider}/deliveries/{deliveryId}", Access::PlatformAdmin, SHOW, |ops, call| {
             Box::pin(ops.show(&call.request))
         }),
-        Route::post("/v1/webhooks/{provider}/deliveries/{deliveryId}/replay", Access::PlatformAdmin, |ops, call| {
-            Box::pin(ops.replay_one(&call.request))
-        }),
-        Route::post("/v1/webhooks/{provider}/replay", Access::PlatformAdmin, |ops, call| {
+        Route::post(
+            "/v1/webhooks/{provider}/deliveries/{deliveryId}/replay",
+            Access::PlatformAdmin,
+            REPLAY_ONE,
+            |ops, call| Box::pin(ops.replay_one(&call.request)),
+        ),
+        Route::post("/v1/webhooks/{provider}/replay", Access::PlatformAdmin, REPLAY_MANY, |ops, call| {
             Box::pin(ops.replay_many(&call.request))
         }),
-        Route::post("/v1/webhooks/dead-letters/redrive", Access::PlatformAdmin, |ops, call| {
+        Route::post("/v1/webhooks/dead-letters/redrive", Access::PlatformAdmin, REDRIVE, |ops, call| {
             Box::pin(ops.redrive(&call.request, &call.invocation))
         }),
     ];
 }
 
+const PROVIDER: Param = Param::path("provider", "The provider's name, as in `POST /webhooks/{provider}`.");
+const DELIVERY: Param = Param::path("deliveryId", "The delivery's id (a ULID).");
+const NO_PROVIDER: Reply = Reply::problem(404, "The provider name is not a valid one.");
+const NO_DELIVERY: Reply = Reply::problem(404, "No delivery of this provider has this id.");
+const BAD_FILTER: Reply = Reply::problem(422, "A filter or the cursor is invalid (`pointer` names it).");
+const BUSY: Reply = Reply::problem(409, "A worker is processing the delivery, or it changed meanwhile; retry later.");
+
+const LIST: Doc = Doc {
+    summary: "List deliveries",
+    description: "The provider's delivery log, newest first, without payloads.",
+    params: &[
+        PROVIDER,
+        Param::query("status", "Only deliveries in this status.", schema::<Status>),
+        Param::query("event_type", "Only deliveries of this event type.", inline::<String>),
+        Param::query("since", "Only deliveries received at or after this instant (RFC 3339).", inline::<String>),
+        Param::query("until", "Only deliveries received before this instant (RFC 3339).", inline::<String>),
+        Param::query("limit", "Page size, 1 to 100 (50 when absent).", inline::<u32>),
+        Param::query("cursor", "`next_cursor` of the previous page.", inline::<String>),
+    ],
+    replies: &[Reply::json(200, "A page of deliveries.", schema::<DeliveryPage>), NO_PROVIDER, BAD_FILTER],
+    ..Doc::NONE
+};
+const SHOW: Doc = Doc {
+    summary: "Read a delivery",
+    params: &[PROVIDER, DELIVERY],
+    replies: &[Reply::json(200, "The delivery with its payload.", schema::<DeliveryDetail>), NO_DELIVERY],
+    ..Doc::NONE
+};
+const REPLAY_ONE: Doc = Doc {
+    summary: "Replay a delivery",
+    description: "Puts the delivery back to `pending` and queues it again.",
+    params: &[PROVIDER, DELIVERY],
+    replies: &[Reply::json(202, "The delivery is queued again.", schema::<Replayed>), NO_DELIVERY, BUSY],
+    ..Doc::NONE
+};
+const REPLAY_MANY: Doc = Doc {
+    summary: "Replay the deliveries a filter selects",
+    description: "At most `limit` deliveries received since `since` (required, so a replay is always bounded).",
+    params: &[PROVIDER],
+    body: Some(Content::Json(schema::<Filter>)),
+    replies: &[
+        Reply::json(202, "What was queued again and what was skipped (busy or changed).", schema::<Replayed>),
+        NO_PROVIDER,
+        Reply::problem(400, "The body is missing."),
+        Reply::problem(422, "The body is not a filter, or a filter is invalid (`pointer` names it)."),
+    ],
+    ..Doc::NONE
+};
+const REDRIVE: Doc = Doc {
+    summary: "Redrive the dead-letter queue",
+    description: "Moves up to `limit` dead letters (1000 when absent) back to the webhook queue.",
+    body: Some(Content::Json(schema::<RedriveBody>)),
+    body_optional: true,
+    replies: &[
+        Reply::json(200, "How many moved and how many remain.", schema::<Redriven>),
+        Reply::problem(422, "The body is not JSON of this shape, or `limit` is out of range."),
+    ],
+    ..Doc::NONE
+};
+
+/// A delivery as the log lists it: everything but the payload, and the payload's size.
+#[derive(Serialize, utoipa::ToSchema)]
+struct DeliverySummary<'d> {
+    provider: &'d str,
+    delivery_id: &'d str,
+    event_id: &'d str,
+    event_type: &'d str,
+    status: Status,
+    /// Worker attempts so far.
+    attempts: u32,
+    last_error: Option<&'d str>,
+    received_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    completed_at: Option<DateTime<Utc>>,
+    /// Time spent in the last attempt, in milliseconds.
+    duration_ms: Option<i64>,
+    /// Until when the worker that claimed it holds it.
+    lease_until: Option<DateTime<Utc>>,
+    /// How many times an operator replayed it.
+    replays: u32,
+    content_type: Option<&'d str>,
+    trace_header: Option<&'d str>,
+    body_size: usize,
+}
+
+impl<'d> DeliverySummary<'d> {
+    fn of(delivery: &'d Delivery) -> Self {
+        DeliverySummary {
+            provider: &delivery.provider,
+            delivery_id: &delivery.delivery_id,
+            event_id: &delivery.event_id,
+            event_type: &delivery.event_type,
+            status: delivery.status,
+            attempts: delivery.attempts,
+            last_error: delivery.last_error.as_deref(),
+            received_at: delivery.received_at,
+            updated_at: delivery.updated_at,
+            started_at: delivery.started_at,
+            completed_at: delivery.completed_at,
+            duration_ms: delivery.duration_ms,
+            lease_until: delivery.lease_until,
+            replays: delivery.replays,
+            content_type: delivery.content_type.as_deref(),
+            trace_header: delivery.trace_header.as_deref(),
+            body_size: delivery.body().len(),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct DeliveryPage<'d> {
+    items: Vec<DeliverySummary<'d>>,
+    next_cursor: Option<String>,
+}
+
+/// One delivery with its payload: as received (base64), and parsed when it is JSON.
+#[derive(Serialize, utoipa::ToSchema)]
+struct DeliveryDetail<'d> {
+    #[serde(flatten)]
+    summary: DeliverySummary<'d>,
+    payload_base64: &'d str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<Value>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Replayed {
+    replayed: Vec<String>,
+    /// Busy or changed while replaying (a filtered replay only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    skipped: Option<Vec<String>>,
+    /// Where a further filtered replay would continue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<Option<String>>,
+}
+
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RedriveBody {
+    /// At most this many, 1 to 1000.
+    limit: Option<usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Redriven {
+    redriven: usize,
+    /// The queue's approximate depth after the move, when it could be read.
+    remaining: Option<u64>,
+}
+
 /// Filters shared by the list and the filtered replay.
-#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Filter {
     status: Option<String>,
@@ -169,15 +324,6 @@ fn unavailable(error: &PortError) -> Problem {
     Problem::unavailable()
 }
 
-fn summary(delivery: &Delivery) -> Value {
-    let mut value = serde_json::to_value(delivery).unwrap_or_default();
-    if let Some(map) = value.as_object_mut() {
-        map.remove("body_base64");
-        map.insert("body_size".into(), delivery.body().len().into());
-    }
-    value
-}
-
 impl Ops {
     /// Scans the log newest first, applying the filters, until the page is full or the scan budget is spent.
     /// Each delivery comes with the version it was read at, for a later conditional write.
@@ -210,8 +356,8 @@ impl Ops {
         let provider = provider_param(request)?;
         let parsed = Filter::from_query(request)?.parse(provider, http::query_param(request, "cursor"))?;
         let (deliveries, next) = self.scan(&parsed).await?;
-        let items: Vec<Value> = deliveries.iter().map(|(delivery, _)| summary(delivery)).collect();
-        Ok(http::json(200, &json!({ "items": items, "next_cursor": next })))
+        let items = deliveries.iter().map(|(delivery, _)| DeliverySummary::of(delivery)).collect();
+        Ok(http::json(200, &DeliveryPage { items, next_cursor: next }))
     }
 
     async fn load(&self, request: &Request) -> Result<(Delivery, u64), Problem> {
@@ -231,12 +377,10 @@ impl Ops {
 
     async fn show(&self, request: &Request) -> Result<Response, Problem> {
         let (delivery, _) = self.load(request).await?;
-        let mut value = summary(&delivery);
-        value["payload_base64"] = Value::String(delivery.body_base64.clone());
-        if let Ok(payload) = serde_json::from_slice::<Value>(&delivery.body()) {
-            value["payload"] = payload;
-        }
-        Ok(http::json(200, &value))
+        let payload = serde_json::from_slice::<Value>(&delivery.body()).ok();
+        let detail =
+            DeliveryDetail { summary: DeliverySummary::of(&delivery), payload_base64: &delivery.body_base64, payload };
+        Ok(http::json(200, &detail))
     }
 
     /// Puts the delivery back to `pending` and queues it again. Refuses one that a worker holds right now.
@@ -263,7 +407,7 @@ impl Ops {
         let (delivery, version) = self.load(request).await?;
         let id = delivery.delivery_id.clone();
         self.replay(delivery, version).await?;
-        Ok(http::json(202, &json!({ "replayed": [id] })))
+        Ok(http::json(202, &Replayed { replayed: vec![id], skipped: None, next_cursor: None }))
     }
 
     async fn replay_many(&self, request: &Request) -> Result<Response, Problem> {
@@ -287,18 +431,14 @@ impl Ops {
                 Err(problem) => return Err(problem),
             }
         }
-        Ok(http::json(202, &json!({ "replayed": replayed, "skipped": skipped, "next_cursor": next })))
+        Ok(http::json(202, &Replayed { replayed, skipped: Some(skipped), next_cursor: Some(next) }))
     }
 
     /// Moves dead letters back to the webhook queue: send first, then delete, so a failure in between leaves a
     /// copy in each queue (the worker deduplicates) rather than none.
     async fn redrive(&self, request: &Request, invocation: &Invocation) -> Result<Response, Problem> {
-        #[derive(Deserialize, Default)]
-        #[serde(deny_unknown_fields)]
-        struct Body {
-            limit: Option<usize>,
-        }
-        let body: Body = if http::raw_body(request).is_empty() { Body::default() } else { http::json_body(request)? };
+        let body: RedriveBody =
+            if http::raw_body(request).is_empty() { RedriveBody::default() } else { http::json_body(request)? };
         let limit = body.limit.unwrap_or(MAX_REDRIVE);
         if !(1..=MAX_REDRIVE).contains(&limit) {
             return Err(
@@ -325,6 +465,6 @@ impl Ops {
             }
         }
         let remaining = self.dead_letters.depth().await.ok();
-        Ok(http::json(200, &json!({ "redriven": moved, "remaining": remaining })))
+        Ok(http::json(200, &Redriven { redriven: moved, remaining }))
     }
 }

@@ -17,7 +17,7 @@ use keel::config::{ConfigError, Env};
 use keel::function::{Invocation, QueueFunction};
 use keel::metrics;
 use keel::port::PortError;
-use keel::queue::{MessageAttrs, Queue};
+use keel::queue::{MessageAttrs, Queue, TRACE_HEADER_ATTRIBUTE};
 use keel::resources::Resources;
 use keel::table::{Expect, Table};
 use keel_webhooks::{self as webhooks, Delivery, QueueMessage, Status};
@@ -83,8 +83,12 @@ enum Retry {
 #[async_trait]
 impl QueueFunction for Worker {
     async fn call(&self, event: SqsEvent, invocation: Invocation) -> SqsBatchResponse {
-        let outcomes =
-            futures::future::join_all(event.records.iter().map(|record| self.process(record, &invocation))).await;
+        // Each message continues the trace it was sent in (its `AWSTraceHeader`), whatever the batch's own.
+        let outcomes = futures::future::join_all(event.records.iter().map(|record| {
+            let header = record.attributes.get(TRACE_HEADER_ATTRIBUTE).map(String::as_str);
+            keel::trace::invocation("webhook-worker", header, self.process(record, &invocation))
+        }))
+        .await;
         let mut response = SqsBatchResponse::default();
         for (record, outcome) in event.records.iter().zip(outcomes) {
             if let Err(reason) = outcome {

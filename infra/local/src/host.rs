@@ -31,7 +31,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// The only routes that do not come from the template.
 pub const LIVE_PATH: &str = "/health/live";
@@ -359,6 +358,14 @@ impl Host {
         self.http_functions.get(binary).cloned()
     }
 
+    /// The OpenAPI document of every HTTP function the host serves, generated from their route tables (what
+    /// `functions/api-docs/openapi.json` must hold).
+    pub fn openapi(&self) -> Result<Value, keel::openapi::Undocumented> {
+        let functions: Vec<(&str, Vec<keel::function::RouteInfo>)> =
+            self.http_functions.iter().map(|(binary, function)| (binary.as_str(), function.routes())).collect();
+        keel::openapi::document(env!("CARGO_PKG_VERSION"), &functions)
+    }
+
     pub fn served(&self) -> &Declared {
         &self.served
     }
@@ -426,7 +433,7 @@ fn route_table(template: &Template) -> Result<Routes, HostError> {
         for decl in &function.routes {
             let route = gateway::Route::new(decl, index)
                 .map_err(|reason| TemplateError::Invalid { at: format!("route {}", decl.route_key()), reason })?;
-            for reserved in [LIVE_PATH, READY_PATH, METRICS_PATH] {
+            for reserved in [LIVE_PATH, READY_PATH, METRICS_PATH, crate::docs::DOCS_PATH] {
                 if decl.path != "$default" && route.method.as_ref().is_none_or(|m| m == Method::GET) {
                     let probe = Routes::new(vec![route.clone()]);
                     if probe.find(&Method::GET, &gateway::path_segments(reserved)).is_some() {
@@ -607,6 +614,16 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         );
+        log_request(&parts.method, &path, "", "keel-local", response.status(), &request_id, started);
+        return response;
+    }
+    if parts.method == Method::GET && path == crate::docs::DOCS_PATH {
+        let document: Value = serde_json::from_str(api_docs::DOCUMENT).unwrap_or_default();
+        let mut response = message(StatusCode::OK, "docs");
+        *response.body_mut() = Body::from(crate::docs::page(&document));
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
         log_request(&parts.method, &path, "", "keel-local", response.status(), &request_id, started);
         return response;
     }
@@ -833,13 +850,11 @@ async fn fire(function: &str, handler: &Arc<dyn ScheduledFunction>, decl: &Sched
     let payload = decl.input.clone().unwrap_or_else(|| scheduled_event(function, &decl.event, now));
     let deadline = now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
     let invocation = Invocation { request_id: request_id.clone(), deadline, trace_header: None };
-    let span = keel::telemetry::invocation_span(function, &request_id, None);
     let handler = handler.clone();
     let started = Instant::now();
     let name = function.to_string();
-    let mut task = tokio::spawn(
-        async move { keel::metrics::scope(&name, handler.call(payload, invocation)).await }.instrument(span),
-    );
+    let mut task =
+        tokio::spawn(async move { keel::lambda::invoke_scheduled(&name, handler.as_ref(), payload, invocation).await });
     let outcome = match tokio::time::timeout(timeout, &mut task).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(error))) => Err(error),

@@ -12,6 +12,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod docs;
 pub mod gateway;
 pub mod host;
 pub mod poller;

@@ -13,7 +13,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 /// How long one receive waits for a first message.
 const WAIT: Duration = Duration::from_secs(1);
@@ -134,9 +133,8 @@ impl Poller {
         let invocation = Invocation { request_id: request_id.clone(), deadline, trace_header };
         let handler = self.handler.clone();
         let name = self.function.clone();
-        let mut task = tokio::spawn(
-            async move { keel::metrics::scope(&name, handler.call(event, invocation)).await }.instrument(span.clone()),
-        );
+        let mut task =
+            tokio::spawn(async move { keel::lambda::invoke_queue(&name, handler.as_ref(), event, invocation).await });
         let response = match tokio::time::timeout(self.timeout, &mut task).await {
             Ok(Ok(response)) => Some(response),
             Ok(Err(error)) => {

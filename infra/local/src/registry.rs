@@ -52,6 +52,7 @@ impl Registry {
             .http("webhook-ops", webhook_ops::build)
             .http("flags-eval", flags_eval::build)
             .http("flags-admin", flags_admin::build)
+            .http("api-docs", api_docs::build)
     }
 
     pub fn http<T, F>(mut self, binary: &str, build: F) -> Self

@@ -1,6 +1,7 @@
 //! The decorators every port call of a function goes through (the AWS resources and the local host apply them):
 //! they count each call and each error per operation (`PortCalls`, `PortErrors`, in the invocation's metrics) and
-//! inject faults.
+//! inject faults. Each call runs in a trace span of its own (`keel::trace`), and a message sent or an event put
+//! carries that span's X-Ray header, so the trace continues in whoever receives it.
 //!
 //! Fault injection fails a configured share of calls. Configured by one variable,
 //! `KEEL_FAULTS=queue.send:0.3,table.put:0.1,bus.put:0.2:ambiguous`, and off unless set. A plain fault fails the
@@ -10,7 +11,7 @@
 use crate::bus::{BusEvent, EventBus};
 use crate::config::{ConfigError, Env};
 use crate::port::PortError;
-use crate::queue::{MessageAttrs, Queue, Received};
+use crate::queue::{MessageAttrs, Queue, Received, TRACE_HEADER_ATTRIBUTE};
 use crate::table::{Expect, Item, Key, Page, Query, Table, Write};
 use async_trait::async_trait;
 use rand::Rng;
@@ -132,14 +133,17 @@ impl Faults {
         F: Future<Output = Result<T, PortError>>,
     {
         let injected = || Err(PortError::Unavailable(format!("injected fault: {operation}")));
-        let result = match self.outcome(operation) {
-            Outcome::Pass => call.await,
-            Outcome::FailBefore => injected(),
-            Outcome::FailAfter => match call.await {
-                Ok(_) => injected(),
-                Err(error) => Err(error),
-            },
-        };
+        let result = crate::trace::port_call(operation, async {
+            match self.outcome(operation) {
+                Outcome::Pass => call.await,
+                Outcome::FailBefore => injected(),
+                Outcome::FailAfter => match call.await {
+                    Ok(_) => injected(),
+                    Err(error) => Err(error),
+                },
+            }
+        })
+        .await;
         crate::metrics::count("PortCalls", &[("Operation", operation)], 1.0);
         // A condition that did not hold is an answer, not a failure of the backend.
         if result.as_ref().is_err_and(|error| !error.is_condition_failed()) {
@@ -187,7 +191,19 @@ impl Queue for FaultyQueue {
         self.inner.name()
     }
     async fn send(&self, body: &str, attributes: &MessageAttrs) -> Result<String, PortError> {
-        self.faults.around("queue.send", self.inner.send(body, attributes)).await
+        // Inside the call's span, so the message names it as its parent (SQS's `AWSTraceHeader`).
+        self.faults
+            .around("queue.send", async {
+                match crate::trace::current_header() {
+                    Some(header) => {
+                        let mut attributes = attributes.clone();
+                        attributes.insert(TRACE_HEADER_ATTRIBUTE.to_string(), header);
+                        self.inner.send(body, &attributes).await
+                    }
+                    None => self.inner.send(body, attributes).await,
+                }
+            })
+            .await
     }
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, PortError> {
         // A lost receive reply leaves its messages in flight until their visibility timeout, as in SQS.
@@ -215,7 +231,21 @@ struct FaultyBus {
 #[async_trait]
 impl EventBus for FaultyBus {
     async fn put(&self, events: &[BusEvent]) -> Result<(), PortError> {
-        self.faults.around("bus.put", self.inner.put(events)).await
+        // Inside the call's span, so each event names it as its parent (EventBridge's `TraceHeader`).
+        self.faults
+            .around("bus.put", async {
+                match crate::trace::current_header() {
+                    Some(header) => {
+                        let traced: Vec<BusEvent> = events
+                            .iter()
+                            .map(|event| BusEvent { trace_header: Some(header.clone()), ..event.clone() })
+                            .collect();
+                        self.inner.put(&traced).await
+                    }
+                    None => self.inner.put(events).await,
+                }
+            })
+            .await
     }
     async fn ping(&self) -> Result<(), PortError> {
         self.faults.around("*.ping", self.inner.ping()).await

@@ -3,6 +3,7 @@
 //! Lambda's runtime (`keel::lambda`) and the local host both call these.
 
 use crate::http::{Request, Response};
+use crate::openapi::Doc;
 use crate::route::{Access, Api, serve};
 use async_trait::async_trait;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
@@ -66,12 +67,13 @@ pub trait HttpFunction: Send + Sync {
 }
 
 /// A route as its table declares it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RouteInfo {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
     pub writes: bool,
+    pub doc: Doc,
 }
 
 #[async_trait]
@@ -88,6 +90,7 @@ impl<F: Api> HttpFunction for F {
                 path: route.path,
                 access: route.access,
                 writes: route.writes,
+                doc: route.doc,
             })
             .collect()
     }

@@ -7,7 +7,7 @@
 
 use crate::function::{HttpFunction, Invocation, QueueFunction, ScheduledFunction};
 use crate::http::{Request, Response};
-use crate::{metrics, telemetry};
+use crate::{metrics, telemetry, trace};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::sqs::SqsEvent;
@@ -18,11 +18,42 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// One request through the function, inside the invocation's span.
+/// One request through the function, inside the invocation's log span, metrics scope and trace span.
 async fn handle(name: &str, function: &dyn HttpFunction, request: Request) -> Response {
     let invocation = Invocation::of(&request);
     let span = telemetry::invocation_span(name, &invocation.request_id, invocation.trace_header.as_deref());
-    metrics::scope(name, function.handle(request).instrument(span)).await
+    let traced = trace::invocation(name, invocation.trace_header.as_deref(), async {
+        let response = function.handle(request).await;
+        trace::record_status(response.status().as_u16());
+        response
+    });
+    metrics::scope(name, traced.instrument(span)).await
+}
+
+/// One SQS batch through a queue function, as the Lambda runtime runs it (the local host calls this too).
+pub async fn invoke_queue(
+    name: &str,
+    function: &dyn QueueFunction,
+    event: SqsEvent,
+    invocation: Invocation,
+) -> aws_lambda_events::sqs::SqsBatchResponse {
+    let span = telemetry::invocation_span(name, &invocation.request_id, invocation.trace_header.as_deref());
+    let header = invocation.trace_header.clone();
+    let traced = trace::invocation(name, header.as_deref(), function.call(event, invocation));
+    metrics::scope(name, traced.instrument(span)).await
+}
+
+/// One schedule firing through a scheduled function, as the Lambda runtime runs it (the local host calls this too).
+pub async fn invoke_scheduled(
+    name: &str,
+    function: &dyn ScheduledFunction,
+    event: serde_json::Value,
+    invocation: Invocation,
+) -> Result<(), String> {
+    let span = telemetry::invocation_span(name, &invocation.request_id, invocation.trace_header.as_deref());
+    let header = invocation.trace_header.clone();
+    let traced = trace::invocation(name, header.as_deref(), function.call(event, invocation));
+    metrics::scope(name, traced.instrument(span)).await
 }
 
 pub async fn run_http(name: &'static str, function: Arc<dyn HttpFunction>) -> Result<(), lambda_runtime::Error> {
@@ -70,10 +101,7 @@ pub async fn run_queue(name: &'static str, function: Arc<dyn QueueFunction>) -> 
         let function = function.clone();
         async move {
             let invocation = Invocation::from_context(&event.context);
-            let span = telemetry::invocation_span(name, &invocation.request_id, invocation.trace_header.as_deref());
-            Ok::<_, lambda_runtime::Error>(
-                metrics::scope(name, function.call(event.payload, invocation).instrument(span)).await,
-            )
+            Ok::<_, lambda_runtime::Error>(invoke_queue(name, function.as_ref(), event.payload, invocation).await)
         }
     }))
     .await
@@ -89,8 +117,7 @@ pub async fn run_scheduled(
         let function = function.clone();
         async move {
             let invocation = Invocation::from_context(&event.context);
-            let span = telemetry::invocation_span(name, &invocation.request_id, invocation.trace_header.as_deref());
-            metrics::scope(name, function.call(event.payload, invocation).instrument(span))
+            invoke_scheduled(name, function.as_ref(), event.payload, invocation)
                 .await
                 .map_err(lambda_runtime::Error::from)
         }
@@ -102,6 +129,7 @@ pub async fn run_scheduled(
 mod tests {
     use super::*;
     use crate::http;
+    use crate::openapi::Doc;
     use crate::problem::Problem;
     use crate::route::{Access, Api, Call, Route};
 
@@ -116,7 +144,7 @@ mod tests {
 
     impl Api for Mirror {
         const ROUTES: &'static [Route<Self>] =
-            &[Route::post("/mirror", Access::Public, |m, call| Box::pin(m.mirror(call)))];
+            &[Route::post("/mirror", Access::Public, Doc::NONE, |m, call| Box::pin(m.mirror(call)))];
     }
 
     fn event(body: &str, base64: bool) -> ApiGatewayV2httpRequest {

@@ -12,6 +12,7 @@ pub mod idempotency;
 pub mod identity;
 pub mod lambda;
 pub mod metrics;
+pub mod openapi;
 pub mod port;
 pub mod problem;
 pub mod queue;
@@ -22,3 +23,4 @@ pub mod table;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod trace;

@@ -20,6 +20,9 @@ pub const STRING_TYPE: &str = "String";
 /// String attributes carried beside the body (SQS message attributes), e.g. the trace header.
 pub type MessageAttrs = BTreeMap<String, String>;
 
+/// The attribute that carries a message's X-Ray trace header (SQS's system attribute `AWSTraceHeader`).
+pub const TRACE_HEADER_ATTRIBUTE: &str = "AWSTraceHeader";
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Received {
     pub message_id: String,

@@ -8,6 +8,7 @@ use crate::http::{Request, Response};
 use crate::idempotency::{self, Begun, Idempotency};
 use crate::identity::{Identity, Role};
 use crate::metrics;
+use crate::openapi::Doc;
 use crate::problem::Problem;
 use crate::ratelimit::RateLimits;
 use http::Method;
@@ -64,23 +65,25 @@ pub struct Route<F> {
     /// Whether the route changes state: every method but GET, unless marked [`Route::read_only`]. Writing routes
     /// honour `Idempotency-Key`.
     pub writes: bool,
+    /// What the OpenAPI document says of the route.
+    pub doc: Doc,
 }
 
 impl<F> Route<F> {
-    pub const fn get(path: &'static str, access: Access, handler: Handler<F>) -> Self {
-        Self { method: Method::GET, path, access, handler, writes: false }
+    pub const fn get(path: &'static str, access: Access, doc: Doc, handler: Handler<F>) -> Self {
+        Self { method: Method::GET, path, access, handler, writes: false, doc }
     }
 
-    pub const fn post(path: &'static str, access: Access, handler: Handler<F>) -> Self {
-        Self { method: Method::POST, path, access, handler, writes: true }
+    pub const fn post(path: &'static str, access: Access, doc: Doc, handler: Handler<F>) -> Self {
+        Self { method: Method::POST, path, access, handler, writes: true, doc }
     }
 
-    pub const fn put(path: &'static str, access: Access, handler: Handler<F>) -> Self {
-        Self { method: Method::PUT, path, access, handler, writes: true }
+    pub const fn put(path: &'static str, access: Access, doc: Doc, handler: Handler<F>) -> Self {
+        Self { method: Method::PUT, path, access, handler, writes: true, doc }
     }
 
-    pub const fn delete(path: &'static str, access: Access, handler: Handler<F>) -> Self {
-        Self { method: Method::DELETE, path, access, handler, writes: true }
+    pub const fn delete(path: &'static str, access: Access, doc: Doc, handler: Handler<F>) -> Self {
+        Self { method: Method::DELETE, path, access, handler, writes: true, doc }
     }
 
     /// A POST that only reads (an evaluation with a body).
@@ -318,10 +321,10 @@ mod tests {
 
     impl Api for Fixture {
         const ROUTES: &'static [Route<Self>] = &[
-            Route::get("/things/{name}", Access::Member, |f, call| Box::pin(f.named(call))),
-            Route::put("/things/{name}", Access::PlatformAdmin, |f, call| Box::pin(f.named(call))),
-            Route::post("/things/import", Access::Public, |f, call| Box::pin(f.named(call))),
-            Route::post("/fail", Access::Public, |_, _| {
+            Route::get("/things/{name}", Access::Member, Doc::NONE, |f, call| Box::pin(f.named(call))),
+            Route::put("/things/{name}", Access::PlatformAdmin, Doc::NONE, |f, call| Box::pin(f.named(call))),
+            Route::post("/things/import", Access::Public, Doc::NONE, |f, call| Box::pin(f.named(call))),
+            Route::post("/fail", Access::Public, Doc::NONE, |_, _| {
                 Box::pin(async { Err(Problem::unprocessable("bad", "no good").at("/x")) })
             }),
         ];

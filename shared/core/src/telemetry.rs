@@ -4,6 +4,7 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs the JSON subscriber once; later calls are no-ops. The level comes from `RUST_LOG` (default `info`).
+/// Tracing to the X-Ray daemon starts too, when Lambda's active tracing gives its address (`keel::trace`).
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -13,6 +14,7 @@ pub fn init() {
         .with_span_list(false)
         .with_target(false)
         .try_init();
+    crate::trace::init_from_env();
 }
 
 /// The span every invocation runs in; its fields appear on every log line written inside it.

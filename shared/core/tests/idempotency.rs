@@ -10,6 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 use keel::clock::ManualClock;
 use keel::http::{self, Response};
 use keel::idempotency::Idempotency;
+use keel::openapi::Doc;
 use keel::problem::Problem;
 use keel::route::{Access, Api, Call, Route, serve};
 use keel::table::Table;
@@ -56,9 +57,9 @@ impl Counter {
 
 impl Api for Counter {
     const ROUTES: &'static [Route<Self>] = &[
-        Route::post("/things", Access::Member, |c, call| Box::pin(c.create(call))),
-        Route::post("/refused", Access::Member, |c, call| Box::pin(c.refuse(call))),
-        Route::get("/things", Access::Member, |c, call| Box::pin(c.read(call))),
+        Route::post("/things", Access::Member, Doc::NONE, |c, call| Box::pin(c.create(call))),
+        Route::post("/refused", Access::Member, Doc::NONE, |c, call| Box::pin(c.refuse(call))),
+        Route::get("/things", Access::Member, Doc::NONE, |c, call| Box::pin(c.read(call))),
     ];
 
     fn idempotency(&self) -> Option<&Idempotency> {

@@ -48,7 +48,7 @@ impl Context {
 }
 
 /// Why an answer is what it is. Keel's reasons are finer than OpenFeature's; `open_feature` maps them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     FlagNotFound,
@@ -101,7 +101,7 @@ impl Reason {
 }
 
 /// OpenFeature's error codes that Keel's answers can carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorCode {
     FlagNotFound,
@@ -227,7 +227,7 @@ fn number(raw: &str) -> Option<serde_json::Value> {
 }
 
 /// One step of an explanation: what was checked, whether it decided, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Step {
     pub stage: &'static str,
     pub decided: bool,

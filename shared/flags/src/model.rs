@@ -19,7 +19,7 @@ pub const MAX_SEGMENTS: usize = 10;
 pub const MAX_PAYLOAD_LEN: usize = 10_000;
 pub const MAX_WARNINGS: usize = 100;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Flag {
     pub key: String,
@@ -123,7 +123,7 @@ impl Flag {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Stable within the flag; reported with every decision the rule makes.
@@ -151,7 +151,7 @@ pub struct Rule {
     pub disabled: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Constraint {
     /// A context field: organizationId, userId, environment, sessionId, remoteAddress, appName, currentTime, or
@@ -168,7 +168,7 @@ pub struct Constraint {
 }
 
 /// Unleash's constraint operators, under Unleash's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Operator {
     In,
@@ -207,7 +207,7 @@ impl Operator {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rollout {
     /// 0 to 100 with at most two decimals.
@@ -230,6 +230,15 @@ pub enum Stickiness {
     /// A fresh random draw on every evaluation.
     Random,
 }
+
+/// On the wire, a context field name, `default` or `random`.
+impl utoipa::PartialSchema for Stickiness {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <String as utoipa::PartialSchema>::schema()
+    }
+}
+
+impl utoipa::ToSchema for Stickiness {}
 
 impl Default for Stickiness {
     fn default() -> Self {
@@ -257,7 +266,7 @@ impl From<Stickiness> for String {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
     pub name: String,
@@ -275,7 +284,7 @@ fn one() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Payload {
     /// `string`, `json`, `number` or `csv`, as Unleash has them.
@@ -285,7 +294,7 @@ pub struct Payload {
 }
 
 /// The type of a flag's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ValueType {
     /// On or off; variants and payloads are extra information.
@@ -316,7 +325,7 @@ impl ValueType {
 
 /// The variant a flag serves when evaluation chooses none. When a listed variant has the same name, it must
 /// carry the same payload, so a name always means one value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultVariant {
     pub name: String,
@@ -325,7 +334,7 @@ pub struct DefaultVariant {
 }
 
 /// Something a lenient import carried over that Keel does not support as such.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FlagWarning {
     /// Where in the flag the element is (`/rules/2`), empty for the flag as a whole.
@@ -336,7 +345,7 @@ pub struct FlagWarning {
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VariantOverride {
     pub field: String,
@@ -344,7 +353,7 @@ pub struct VariantOverride {
 }
 
 /// A per-organization decision that beats all targeting but the kill switch, environments and prerequisites.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Override {
     pub org_id: String,
@@ -360,7 +369,7 @@ pub struct Override {
     pub created_by: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OverrideAction {
     ForcedOn,
@@ -371,7 +380,7 @@ pub enum OverrideAction {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Prerequisite {
     pub flag: String,
@@ -383,7 +392,7 @@ pub struct Prerequisite {
     pub variants: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Lifecycle {
     #[serde(rename = "type", default)]
@@ -402,7 +411,7 @@ impl Default for Lifecycle {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FlagType {
     #[default]
@@ -414,7 +423,7 @@ pub enum FlagType {
 }
 
 /// A named, reusable set of constraints rules can reference.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Segment {
     pub name: String,

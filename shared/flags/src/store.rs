@@ -71,7 +71,7 @@ pub enum StoreError {
 }
 
 /// One entry of the audit trail.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: String,
     pub at: DateTime<Utc>,
@@ -84,7 +84,7 @@ pub struct AuditEntry {
 }
 
 /// How an import treats what Keel does not support as such.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ImportMode {
     /// Every flag that can be stored is imported, each unsupported element carried over as Unleash evaluates it
@@ -96,7 +96,7 @@ pub enum ImportMode {
 }
 
 /// What an import did (or, in a dry run, would do), by flag key and segment name.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ImportReport {
     pub mode: ImportMode,
     pub dry_run: bool,
@@ -112,7 +112,7 @@ pub struct ImportReport {
     pub warnings: Vec<ImportWarning>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ImportProblem {
     /// The flag refused, when the problem is one flag's.
     pub flag: Option<String>,
@@ -121,7 +121,7 @@ pub struct ImportProblem {
     pub message: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ImportWarning {
     /// None for a warning about a segment.
     pub flag: Option<String>,

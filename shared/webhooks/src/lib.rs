@@ -28,7 +28,7 @@ pub const MAX_EVENT_TYPE_LEN: usize = 128;
 /// The EventBridge source of forwarded webhook events.
 pub const BUS_SOURCE: &str = "keel.webhooks";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Pending,

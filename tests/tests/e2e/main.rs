@@ -11,4 +11,6 @@ mod flags_local;
 mod flags_store_aws;
 mod local_host;
 mod routes;
+mod schemathesis;
 mod secrets;
+mod xray;

@@ -10,19 +10,23 @@ use keel_local::{Backend, Host, HostOptions, Template};
 use keel_tests::{api_request, repo_root, with_claims};
 use std::collections::BTreeSet;
 
+async fn start(dir: &std::path::Path, template: &std::path::Path) -> Host {
+    let env = Env::from_pairs([("KEEL_STAGE", "dev")]);
+    let options = HostOptions {
+        port: 0,
+        data_dir: dir.to_path_buf(),
+        backend: Backend::Embedded,
+        template: template.into(),
+        env,
+    };
+    Host::start(options).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_function_serves_exactly_its_template_routes_and_each_reaches_its_handler() {
     let dir = tempfile::tempdir().unwrap();
     let template_path = repo_root().join("template.yaml");
-    let host = Host::start(HostOptions {
-        port: 0,
-        data_dir: dir.path().to_path_buf(),
-        backend: Backend::Embedded,
-        template: template_path.clone(),
-        env: Env::from_pairs([("KEEL_STAGE", "dev")]),
-    })
-    .await
-    .unwrap();
+    let host = start(dir.path(), &template_path).await;
     let template = Template::load(&template_path).unwrap();
     let mut checked = 0;
     for declared in template.functions.iter().filter(|function| !function.routes.is_empty()) {
@@ -70,4 +74,40 @@ async fn every_function_serves_exactly_its_template_routes_and_each_reaches_its_
     }
     assert!(checked >= 25, "only {checked} routes checked");
     host.shutdown().await;
+}
+
+/// The committed OpenAPI document is the one the route tables generate, and it covers exactly the template's
+/// routes. `KEEL_WRITE_OPENAPI=1` rewrites the committed copy instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_committed_openapi_document_is_what_the_route_tables_generate() {
+    let dir = tempfile::tempdir().unwrap();
+    let template_path = repo_root().join("template.yaml");
+    let host = start(dir.path(), &template_path).await;
+    let generated = host.openapi().unwrap_or_else(|undocumented| panic!("{undocumented}"));
+    host.shutdown().await;
+
+    let template = Template::load(&template_path).unwrap();
+    let in_template: BTreeSet<(String, String)> = template
+        .functions
+        .iter()
+        .flat_map(|function| function.routes.iter().map(|route| (route.method.to_lowercase(), route.path.clone())))
+        .collect();
+    let documented: BTreeSet<(String, String)> = generated["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| item.as_object().unwrap().keys().map(move |method| (method.clone(), path.clone())))
+        .collect();
+    assert_eq!(documented, in_template, "the document and the template's routes differ");
+
+    let committed_path = repo_root().join("functions/api-docs/openapi.json");
+    let pretty = serde_json::to_string_pretty(&generated).unwrap() + "\n";
+    if std::env::var_os("KEEL_WRITE_OPENAPI").is_some() {
+        std::fs::write(&committed_path, &pretty).unwrap();
+    }
+    assert_eq!(
+        std::fs::read_to_string(&committed_path).unwrap(),
+        pretty,
+        "functions/api-docs/openapi.json is not what the code generates: run the e2e tests with KEEL_WRITE_OPENAPI=1"
+    );
 }
