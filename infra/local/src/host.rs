@@ -618,9 +618,12 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
         return response;
     }
     if parts.method == Method::GET && path == crate::docs::DOCS_PATH {
-        let document: Value = serde_json::from_str(api_docs::DOCUMENT).unwrap_or_default();
+        // The document is compiled in: render it once per process.
+        static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let page = PAGE
+            .get_or_init(|| crate::docs::page(&serde_json::from_str::<Value>(api_docs::DOCUMENT).unwrap_or_default()));
         let mut response = message(StatusCode::OK, "docs");
-        *response.body_mut() = Body::from(crate::docs::page(&document));
+        *response.body_mut() = Body::from(page.clone());
         response
             .headers_mut()
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));

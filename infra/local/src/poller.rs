@@ -19,9 +19,6 @@ const WAIT: Duration = Duration::from_secs(1);
 /// Pause after a failed receive, so a broken backend is not hammered.
 const BACKOFF: Duration = Duration::from_secs(1);
 
-/// The system attribute SQS carries the X-Ray trace header in; Keel sends it as a message attribute.
-const TRACE_ATTRIBUTE: &str = "AWSTraceHeader";
-
 pub(crate) struct Poller {
     pub function: String,
     pub handler: Arc<dyn QueueFunction>,
@@ -48,8 +45,8 @@ pub fn event_json(messages: &[Received], queue: &str) -> Value {
             });
             let mut message_attributes = serde_json::Map::new();
             for (name, value) in &m.attributes {
-                if name == TRACE_ATTRIBUTE {
-                    attributes[TRACE_ATTRIBUTE] = Value::String(value.clone());
+                if name == keel::queue::TRACE_HEADER_ATTRIBUTE {
+                    attributes[keel::queue::TRACE_HEADER_ATTRIBUTE] = Value::String(value.clone());
                 } else {
                     message_attributes.insert(name.clone(), json!({"stringValue": value, "dataType": "String"}));
                 }
@@ -119,7 +116,7 @@ impl Poller {
 
     async fn process(&self, messages: Vec<Received>) {
         let request_id = ulid::Ulid::new().to_string();
-        let trace_header = messages.iter().find_map(|m| m.attributes.get(TRACE_ATTRIBUTE).cloned());
+        let trace_header = messages.iter().find_map(|m| m.attributes.get(keel::queue::TRACE_HEADER_ATTRIBUTE).cloned());
         let span = keel::telemetry::invocation_span(&self.function, &request_id, trace_header.as_deref());
         let started = std::time::Instant::now();
         let event: SqsEvent = match serde_json::from_value(event_json(&messages, self.queue.name())) {

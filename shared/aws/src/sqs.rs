@@ -20,12 +20,12 @@ use std::time::Duration;
 const MAX_WAIT_SECS: u64 = 20;
 /// SQS's longest visibility timeout (12 hours).
 const MAX_VISIBILITY_SECS: u64 = 43_200;
-/// The data type every attribute is sent with; it counts towards the message size.
-use keel::queue::{STRING_TYPE, check_message};
 /// The attribute name Keel carries the X-Ray trace header under. SQS has a system attribute of this name, which
 /// Lambda and X-Ray read: a well-formed header is sent as that system attribute and comes back under this name, so
 /// callers see one plain attribute on every backend.
-pub const TRACE_HEADER_ATTRIBUTE: &str = "AWSTraceHeader";
+pub use keel::queue::TRACE_HEADER_ATTRIBUTE;
+/// The data type every attribute is sent with; it counts towards the message size.
+use keel::queue::{STRING_TYPE, check_message};
 
 /// A [`Queue`] backed by one SQS queue, addressed by its URL.
 #[derive(Clone)]

@@ -18,16 +18,23 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use tracing::Instrument;
 
-/// One request through the function, inside the invocation's log span, metrics scope and trace span.
+/// Runs one invocation's work inside its log span (request and trace ids on every line), its metrics scope and
+/// its trace span: the one wrapping every function kind, on Lambda and in the local host alike.
+async fn invocation<F: std::future::Future>(name: &str, invocation: &Invocation, work: F) -> F::Output {
+    let header = invocation.trace_header.as_deref();
+    let span = telemetry::invocation_span(name, &invocation.request_id, header);
+    metrics::scope(name, trace::invocation(name, header, work).instrument(span)).await
+}
+
+/// One request through the function.
 async fn handle(name: &str, function: &dyn HttpFunction, request: Request) -> Response {
-    let invocation = Invocation::of(&request);
-    let span = telemetry::invocation_span(name, &invocation.request_id, invocation.trace_header.as_deref());
-    let traced = trace::invocation(name, invocation.trace_header.as_deref(), async {
+    let context = Invocation::of(&request);
+    invocation(name, &context, async {
         let response = function.handle(request).await;
         trace::record_status(response.status().as_u16());
         response
-    });
-    metrics::scope(name, traced.instrument(span)).await
+    })
+    .await
 }
 
 /// One SQS batch through a queue function, as the Lambda runtime runs it (the local host calls this too).
@@ -35,12 +42,9 @@ pub async fn invoke_queue(
     name: &str,
     function: &dyn QueueFunction,
     event: SqsEvent,
-    invocation: Invocation,
+    context: Invocation,
 ) -> aws_lambda_events::sqs::SqsBatchResponse {
-    let span = telemetry::invocation_span(name, &invocation.request_id, invocation.trace_header.as_deref());
-    let header = invocation.trace_header.clone();
-    let traced = trace::invocation(name, header.as_deref(), function.call(event, invocation));
-    metrics::scope(name, traced.instrument(span)).await
+    invocation(name, &context.clone(), function.call(event, context)).await
 }
 
 /// One schedule firing through a scheduled function, as the Lambda runtime runs it (the local host calls this too).
@@ -48,12 +52,9 @@ pub async fn invoke_scheduled(
     name: &str,
     function: &dyn ScheduledFunction,
     event: serde_json::Value,
-    invocation: Invocation,
+    context: Invocation,
 ) -> Result<(), String> {
-    let span = telemetry::invocation_span(name, &invocation.request_id, invocation.trace_header.as_deref());
-    let header = invocation.trace_header.clone();
-    let traced = trace::invocation(name, header.as_deref(), function.call(event, invocation));
-    metrics::scope(name, traced.instrument(span)).await
+    invocation(name, &context.clone(), function.call(event, context)).await
 }
 
 pub async fn run_http(name: &'static str, function: Arc<dyn HttpFunction>) -> Result<(), lambda_runtime::Error> {

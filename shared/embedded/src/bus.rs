@@ -15,8 +15,6 @@ type Log<'a> = TableDefinition<'a, u64, &'static [u8]>;
 
 /// The account EventBridge would name in the envelope; there is none locally.
 const LOCAL_ACCOUNT: &str = "000000000000";
-/// The message attribute carrying the trace header to a target queue, as the rest of Keel sends it.
-const TRACE_ATTRIBUTE: &str = "AWSTraceHeader";
 
 /// One event as the bus recorded it.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,7 +161,7 @@ impl EventBus for EmbeddedBus {
         for r in &recorded {
             let mut attributes = MessageAttrs::new();
             if let Some(trace) = &r.event.trace_header {
-                attributes.insert(TRACE_ATTRIBUTE.into(), trace.clone());
+                attributes.insert(keel::queue::TRACE_HEADER_ATTRIBUTE.into(), trace.clone());
             }
             let body = envelope(r);
             for rule in rules.iter().filter(|rule| rule.pattern.matches(&r.event)) {

@@ -131,7 +131,7 @@ pub async fn send_pointer(queue: &dyn Queue, delivery: &Delivery) -> Result<(), 
     let body = serde_json::to_string(&message).map_err(|e| PortError::Invalid(e.to_string()))?;
     let mut attributes = MessageAttrs::new();
     if let Some(trace) = &delivery.trace_header {
-        attributes.insert("AWSTraceHeader".into(), trace.clone());
+        attributes.insert(keel::queue::TRACE_HEADER_ATTRIBUTE.into(), trace.clone());
     }
     queue.send(&body, &attributes).await.map(|_| ())
 }
