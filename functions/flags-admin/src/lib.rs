@@ -330,68 +330,12 @@ const PUT_SEGMENT: Doc = Doc {
 // Requests: bodies, parameters, If-Match, cursors
 // ------------------------------------------------------------------------------------------------------------------
 
-/// The body as JSON: 413 over `cap`, 400 when empty or not JSON.
-fn body_value(request: &Request, cap: usize) -> Result<Value, Problem> {
-    let raw = http::raw_body(request);
-    if raw.len() > cap {
-        return Err(Problem::new(413, "body_too_large", format!("the body is over {cap} bytes")));
-    }
-    if raw.is_empty() {
-        return Err(Problem::bad_request("missing_body", "a JSON body is required"));
-    }
-    serde_json::from_slice(raw)
-        .map_err(|e| Problem::bad_request("malformed_json", format!("the body is not JSON: {e}")))
-}
-
-/// Deserializes a JSON value; a value of the wrong shape is a 422 pointing at the field that did not fit.
-fn from_json<T: DeserializeOwned>(value: Value, code: &str) -> Result<T, Problem> {
-    serde_path_to_error::deserialize(value).map_err(|error| {
-        let pointer = json_pointer(error.path());
-        let message = error.inner().to_string();
-        unprocessable(code, vec![FieldError { pointer, message }])
-    })
-}
-
 fn parse_body<T: DeserializeOwned>(request: &Request) -> Result<T, Problem> {
-    from_json(body_value(request, MAX_BODY_BYTES)?, "invalid_body")
-}
-
-/// A serde path as an RFC 6901 JSON pointer.
-pub fn json_pointer(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut pointer = String::new();
-    for segment in path {
-        match segment {
-            Segment::Seq { index } => {
-                pointer.push('/');
-                pointer.push_str(&index.to_string());
-            }
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                pointer.push('/');
-                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
-            }
-            Segment::Unknown => break,
-        }
-    }
-    pointer
-}
-
-/// 422 listing every problem; `pointer` names the first.
-fn unprocessable(code: &str, errors: Vec<FieldError>) -> Problem {
-    let detail = match errors.as_slice() {
-        [] => "the request is not valid".to_string(),
-        [only] => only.message.clone(),
-        [first, rest @ ..] => format!("{} (and {} more problems, listed in `errors`)", first.message, rest.len()),
-    };
-    Problem::unprocessable(code, detail).with_errors(errors)
+    http::from_json(http::body_value(request, MAX_BODY_BYTES)?, "invalid_body")
 }
 
 fn field_error(pointer: &str, message: impl Into<String>) -> FieldError {
     FieldError { pointer: pointer.to_string(), message: message.into() }
-}
-
-fn invalid_param(name: &str, message: impl Into<String>) -> Problem {
-    unprocessable("invalid_parameter", vec![field_error(name, message)])
 }
 
 fn path_param<'r>(request: &'r Request, name: &str, what: &str) -> Result<&'r str, Problem> {
@@ -405,7 +349,7 @@ fn bool_param(request: &Request, name: &str) -> Result<Option<bool>, Problem> {
         None => Ok(None),
         Some("true") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
-        Some(_) => Err(invalid_param(name, format!("{name} is true or false"))),
+        Some(_) => Err(Problem::invalid_param(name, format!("{name} is true or false"))),
     }
 }
 
@@ -416,7 +360,7 @@ fn limit_param(request: &Request) -> Result<usize, Problem> {
             .parse()
             .ok()
             .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-            .ok_or_else(|| invalid_param("limit", format!("limit is an integer from 1 to {MAX_LIMIT}"))),
+            .ok_or_else(|| Problem::invalid_param("limit", format!("limit is an integer from 1 to {MAX_LIMIT}"))),
     }
 }
 
@@ -425,7 +369,7 @@ fn decode_cursor(request: &Request, valid: impl Fn(&str) -> bool) -> Result<Opti
     http::decode_cursor(raw)
         .filter(|position| valid(position))
         .map(Some)
-        .ok_or_else(|| invalid_param("cursor", "the cursor is not one this API returned"))
+        .ok_or_else(|| Problem::invalid_param("cursor", "the cursor is not one this API returned"))
 }
 
 /// `If-Match: "<version>"`: exactly one strong entity tag as `ETag` sends it.
@@ -494,7 +438,7 @@ fn store_problem(error: StoreError, missing: &str, prefix: Option<&str>) -> Prob
             "version_mismatch",
             format!("If-Match does not name the current version; the current version is {current}"),
         ),
-        StoreError::Invalid(errors) => unprocessable("validation_failed", rebase(errors, prefix)),
+        StoreError::Invalid(errors) => Problem::invalid("validation_failed", rebase(errors, prefix)),
         StoreError::Port(error) => {
             tracing::warn!(%error, "flag store failed");
             Problem::unavailable()
@@ -683,7 +627,10 @@ impl FlagsAdmin {
         let kind = match http::query_param(request, "type") {
             None => None,
             Some(raw) => Some(serde_json::from_value::<FlagType>(Value::String(raw.to_string())).map_err(|_| {
-                invalid_param("type", "type is one of release, experiment, operational, kill-switch, permission")
+                Problem::invalid_param(
+                    "type",
+                    "type is one of release, experiment, operational, kill-switch, permission",
+                )
             })?),
         };
         let stale = bool_param(request, "stale")?;
@@ -752,7 +699,7 @@ impl FlagsAdmin {
         })?;
         let mut body: Flag = parse_body(request)?;
         if body.key != key {
-            return Err(unprocessable("invalid_body", vec![field_error("/key", "the key must be the path's key")]));
+            return Err(Problem::invalid("invalid_body", vec![field_error("/key", "the key must be the path's key")]));
         }
         fill_created_by(&mut body.overrides, actor);
         let flag = self
@@ -772,7 +719,7 @@ impl FlagsAdmin {
         let position = match http::query_param(request, "position") {
             None => None,
             Some(raw) => Some(raw.parse::<usize>().map_err(|_| {
-                invalid_param("position", "position is the 0-based index the rule takes among the rules")
+                Problem::invalid_param("position", "position is the 0-based index the rule takes among the rules")
             })?),
         };
         let expected = if_match(request)?;
@@ -936,23 +883,23 @@ impl FlagsAdmin {
 
     async fn import(&self, call: &Call) -> Result<Response, Problem> {
         let (request, actor) = (&call.request, call.identity()?.user_id.as_str());
-        let document = body_value(request, MAX_IMPORT_BYTES)?;
+        let document = http::body_value(request, MAX_IMPORT_BYTES)?;
         let features = if document.get("events").is_some() {
             unleash::parse(&document).map_err(|message| {
-                unprocessable("invalid_import", vec![FieldError { pointer: "/events".into(), message }])
+                Problem::invalid("invalid_import", vec![FieldError { pointer: "/events".into(), message }])
             })?
         } else {
-            from_json::<unleash::ClientFeatures>(document, "invalid_import")?
+            http::from_json::<unleash::ClientFeatures>(document, "invalid_import")?
         };
         let mode = match http::query_param(request, "mode") {
             None | Some("lenient") => ImportMode::Lenient,
             Some("strict") => ImportMode::Strict,
-            Some(_) => return Err(invalid_param("mode", "mode is lenient (the default) or strict")),
+            Some(_) => return Err(Problem::invalid_param("mode", "mode is lenient (the default) or strict")),
         };
         let dry_run = bool_param(request, "dry_run")?.unwrap_or(false);
         let import = unleash::convert(&features, self.store.clock().now());
         let report = self.store.import(import, actor, mode, dry_run).await.map_err(|e| match e {
-            StoreError::Invalid(errors) => unprocessable("invalid_import", rebase(errors, None)),
+            StoreError::Invalid(errors) => Problem::invalid("invalid_import", rebase(errors, None)),
             other => flag_not_found(other),
         })?;
         Ok(http::json(200, &report))
@@ -1021,7 +968,10 @@ impl FlagsAdmin {
         let expected = if_match(request)?;
         let segment: Segment = parse_body(request)?;
         if segment.name != name {
-            return Err(unprocessable("invalid_body", vec![field_error("/name", "the name must be the path's name")]));
+            return Err(Problem::invalid(
+                "invalid_body",
+                vec![field_error("/name", "the name must be the path's name")],
+            ));
         }
         let (segment, version) = self.store.put_segment(segment, expected, actor).await.map_err(|e| match e {
             StoreError::NotFound => {
@@ -1035,7 +985,7 @@ impl FlagsAdmin {
 }
 
 fn unknown_flag(key: &str) -> Problem {
-    unprocessable("unknown_flag", vec![field_error("/key", format!("no flag `{key}`"))])
+    Problem::invalid("unknown_flag", vec![field_error("/key", format!("no flag `{key}`"))])
 }
 
 #[cfg(test)]
@@ -1046,6 +996,6 @@ mod tests {
     fn serde_paths_become_json_pointers() {
         let value = serde_json::json!({"key": "k", "rules": [{"id": "r", "constraints": [{"field": "a/b", "operator": "NOPE"}]}]});
         let error = serde_path_to_error::deserialize::<_, Flag>(value).err();
-        assert_eq!(error.map(|e| json_pointer(e.path())).as_deref(), Some("/rules/0/constraints/0/operator"));
+        assert_eq!(error.map(|e| http::json_pointer(e.path())).as_deref(), Some("/rules/0/constraints/0/operator"));
     }
 }

@@ -53,6 +53,9 @@ impl Registry {
             .http("flags-eval", flags_eval::build)
             .http("flags-admin", flags_admin::build)
             .http("api-docs", api_docs::build)
+            .http("jobs-api", jobs_api::build)
+            .queue("job-worker", job_worker::build)
+            .scheduled("job-sweeper", job_sweeper::build)
     }
 
     pub fn http<T, F>(mut self, binary: &str, build: F) -> Self

@@ -65,6 +65,53 @@ pub fn json_body<T: serde::de::DeserializeOwned>(request: &Request) -> Result<T,
     serde_json::from_slice(raw).map_err(|e| Problem::unprocessable("invalid_body", format!("invalid JSON body: {e}")))
 }
 
+/// The body as JSON: 413 over `cap` bytes, 400 when empty or not JSON.
+pub fn body_value(request: &Request, cap: usize) -> Result<serde_json::Value, Problem> {
+    let raw = raw_body(request);
+    if raw.len() > cap {
+        return Err(Problem::new(413, "body_too_large", format!("the body is over {cap} bytes")));
+    }
+    if raw.is_empty() {
+        return Err(Problem::bad_request("missing_body", "a JSON body is required"));
+    }
+    serde_json::from_slice(raw)
+        .map_err(|e| Problem::bad_request("malformed_json", format!("the body is not JSON: {e}")))
+}
+
+/// Deserializes a JSON value; a value of the wrong shape is a 422 (`code`) pointing at the field that did not fit.
+pub fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value, code: &str) -> Result<T, Problem> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let mut pointer = json_pointer(error.path());
+        let message = error.inner().to_string();
+        // serde names a missing field only in its message; point at where it belongs.
+        if let Some(field) = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) {
+            pointer.push('/');
+            pointer.push_str(&field.replace('~', "~0").replace('/', "~1"));
+        }
+        Problem::invalid(code, vec![crate::problem::FieldError { pointer, message }])
+    })
+}
+
+/// A serde path as an RFC 6901 JSON pointer.
+pub fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path {
+        match segment {
+            Segment::Seq { index } => {
+                pointer.push('/');
+                pointer.push_str(&index.to_string());
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                pointer.push('/');
+                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            }
+            Segment::Unknown => break,
+        }
+    }
+    pointer
+}
+
 /// An opaque pagination cursor for a table position (a sort key).
 pub fn encode_cursor(position: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(position)

@@ -54,6 +54,21 @@ impl Problem {
         self
     }
 
+    /// 422 listing every problem found in the input; `pointer` names the first.
+    pub fn invalid(code: &str, errors: Vec<FieldError>) -> Self {
+        let detail = match errors.as_slice() {
+            [] => "the request is not valid".to_string(),
+            [only] => only.message.clone(),
+            [first, rest @ ..] => format!("{} (and {} more problems, listed in `errors`)", first.message, rest.len()),
+        };
+        Problem::unprocessable(code, detail).with_errors(errors)
+    }
+
+    /// 422 for one query parameter (or body field) `name`.
+    pub fn invalid_param(name: &str, message: impl Into<String>) -> Self {
+        Problem::invalid("invalid_parameter", vec![FieldError { pointer: name.to_string(), message: message.into() }])
+    }
+
     pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
         Self::new(400, code, detail)
     }

@@ -26,6 +26,9 @@ pub struct SwitchableTable {
     gets: std::sync::atomic::AtomicUsize,
     queries: std::sync::atomic::AtomicUsize,
     puts: std::sync::atomic::AtomicUsize,
+    /// Write requests (put, delete, transaction) and the items they wrote or deleted.
+    write_requests: std::sync::atomic::AtomicUsize,
+    items_written: std::sync::atomic::AtomicUsize,
 }
 
 impl SwitchableTable {
@@ -36,7 +39,24 @@ impl SwitchableTable {
             gets: Default::default(),
             queries: Default::default(),
             puts: Default::default(),
+            write_requests: Default::default(),
+            items_written: Default::default(),
         }
+    }
+
+    /// Write requests so far: each put, delete or transaction is one, as DynamoDB bills round trips.
+    pub fn write_requests(&self) -> usize {
+        self.write_requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Items written or deleted so far (a transaction's condition checks are not writes).
+    pub fn items_written(&self) -> usize {
+        self.items_written.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn wrote(&self, items: usize) {
+        self.write_requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.items_written.fetch_add(items, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn set_down(&self, down: bool) {
@@ -74,6 +94,7 @@ impl crate::table::Table for SwitchableTable {
     }
     async fn put(&self, item: crate::table::Item, expect: crate::table::Expect) -> Result<(), crate::port::PortError> {
         self.check(Some(&self.puts))?;
+        self.wrote(1);
         self.inner.put(item, expect).await
     }
     async fn delete(
@@ -82,6 +103,7 @@ impl crate::table::Table for SwitchableTable {
         expect: crate::table::Expect,
     ) -> Result<(), crate::port::PortError> {
         self.check(None)?;
+        self.wrote(1);
         self.inner.delete(key, expect).await
     }
     async fn query(&self, query: &crate::table::Query) -> Result<crate::table::Page, crate::port::PortError> {
@@ -90,6 +112,7 @@ impl crate::table::Table for SwitchableTable {
     }
     async fn transact(&self, writes: Vec<crate::table::Write>) -> Result<(), crate::port::PortError> {
         self.check(None)?;
+        self.wrote(writes.iter().filter(|write| !matches!(write, crate::table::Write::Check { .. })).count());
         self.inner.transact(writes).await
     }
     async fn ping(&self) -> Result<(), crate::port::PortError> {

@@ -9,13 +9,17 @@
 //! the variable nothing is installed and every function here passes straight through. The one gap: a datagram the
 //! daemon drops is a span lost (UDP, as every X-Ray SDK sends).
 
-use opentelemetry::trace::{FutureExt, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
+use crate::port::PortError;
+use opentelemetry::trace::{
+    FutureExt, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, Tracer, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_aws::trace::XrayIdGenerator;
 use opentelemetry_aws::trace::xray_propagator::{span_context_from_str, span_context_to_string};
 use opentelemetry_aws::xray_exporter::XrayExporter;
 use opentelemetry_aws::xray_exporter::daemon_client::XrayDaemonClient;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{IdGenerator, Sampler, SdkTracer, SdkTracerProvider};
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -35,14 +39,36 @@ static INSTALLED: OnceLock<Installed> = OnceLock::new();
 pub fn install(daemon: SocketAddr) -> std::io::Result<()> {
     let exporter = XrayExporter::new(XrayDaemonClient::new(daemon)?);
     let provider = SdkTracerProvider::builder()
-        .with_id_generator(XrayIdGenerator::default())
-        // The header's `Sampled` decides; a trace Keel starts itself is sampled.
+        .with_id_generator(HeaderRoot::default())
+        // The header's `Sampled` decides; a trace Keel starts itself, or one whose header defers (`Sampled=?`), is
+        // sampled.
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_simple_exporter(exporter)
         .build();
     let tracer = provider.tracer("keel");
     let _ = INSTALLED.set(Installed { _provider: provider, tracer });
     Ok(())
+}
+
+thread_local! {
+    // The trace id of a header that names a root but no parent, taken by the next root span started on this thread.
+    static ROOT_OF_HEADER: Cell<Option<TraceId>> = const { Cell::new(None) };
+}
+
+/// X-Ray ids, except that a root span started for a header naming only its trace (`Root=...` without `Parent`, as
+/// a client or keel-local sends) joins that trace instead of starting another: OpenTelemetry has no parent to
+/// inherit it from, and the trace id is what the caller's logs and `X-Trace-Id` show.
+#[derive(Debug, Default)]
+struct HeaderRoot(XrayIdGenerator);
+
+impl IdGenerator for HeaderRoot {
+    fn new_trace_id(&self) -> TraceId {
+        ROOT_OF_HEADER.with(Cell::take).unwrap_or_else(|| self.0.new_trace_id())
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        self.0.new_span_id()
+    }
 }
 
 /// Installs the exporter when Lambda says a daemon listens (`AWS_XRAY_DAEMON_ADDRESS`); a malformed address is
@@ -74,8 +100,13 @@ pub fn enabled() -> bool {
 /// root of a new trace without one.
 pub async fn invocation<F: Future>(name: &str, trace_header: Option<&str>, future: F) -> F::Output {
     let Some(installed) = INSTALLED.get() else { return future.await };
-    let parent = match trace_header.and_then(span_context_from_str) {
-        Some(remote) => Context::new().with_remote_span_context(remote),
+    let remote = trace_header.and_then(span_context_from_str);
+    let parent = match &remote {
+        Some(remote) if remote.span_id() != SpanId::INVALID => Context::new().with_remote_span_context(decided(remote)),
+        Some(root_only) => {
+            ROOT_OF_HEADER.with(|root| root.set(Some(root_only.trace_id())));
+            Context::new()
+        }
         None => Context::new(),
     };
     // X-Ray names a segment after its service: the function.
@@ -85,17 +116,27 @@ pub async fn invocation<F: Future>(name: &str, trace_header: Option<&str>, futur
         .with_kind(SpanKind::Server)
         .with_attributes([KeyValue::new("service.name", name.to_string())])
         .start_with_context(&installed.tracer, &parent);
+    ROOT_OF_HEADER.with(Cell::take);
     let context = parent.with_span(span);
     let output = future.with_context(context.clone()).await;
     context.span().end();
     output
 }
 
+/// The remote parent with its sampling decided: X-Ray's `Sampled=?` (or no `Sampled`) leaves the decision to the
+/// receiver, which OpenTelemetry's parent-based sampler would read as "not sampled" and hand on as `Sampled=0`.
+fn decided(remote: &SpanContext) -> SpanContext {
+    if remote.is_sampled() || remote.trace_flags() == TraceFlags::NOT_SAMPLED {
+        return remote.clone();
+    }
+    SpanContext::new(remote.trace_id(), remote.span_id(), TraceFlags::SAMPLED, true, remote.trace_state().clone())
+}
+
 /// Runs a port call (`table.put`, `queue.send`, ...) in a span under the current one; outside a traced
-/// invocation, just the call.
-pub async fn port_call<T, E: std::fmt::Display, F>(operation: &str, future: F) -> Result<T, E>
+/// invocation, just the call. A failed condition is an answer, not an error of the span (as for `PortErrors`).
+pub async fn port_call<T, F>(operation: &str, future: F) -> Result<T, PortError>
 where
-    F: Future<Output = Result<T, E>>,
+    F: Future<Output = Result<T, PortError>>,
 {
     let Some(installed) = INSTALLED.get() else { return future.await };
     let parent = Context::current();
@@ -109,7 +150,9 @@ where
         .start_with_context(&installed.tracer, &parent);
     let context = parent.with_span(span);
     let result = future.with_context(context.clone()).await;
-    if let Err(error) = &result {
+    if let Err(error) = &result
+        && !error.is_condition_failed()
+    {
         context.span().set_status(Status::error(error.to_string()));
     }
     context.span().end();
@@ -150,5 +193,30 @@ mod tests {
         assert_eq!(daemon_address("169.254.79.129:2000"), Some("169.254.79.129:2000".parse().unwrap()));
         assert_eq!(daemon_address("tcp:127.0.0.1:2000 udp:127.0.0.2:2001"), Some("127.0.0.2:2001".parse().unwrap()));
         assert_eq!(daemon_address("not an address"), None);
+    }
+
+    #[test]
+    fn a_deferred_sampling_decision_is_taken_as_sampled_and_an_explicit_one_is_kept() {
+        let parent = "Root=1-58406520-a006649127e371903a2de979;Parent=4c721bf33e3caf8f";
+        for (sampled, expected) in [(";Sampled=?", true), ("", true), (";Sampled=1", true), (";Sampled=0", false)] {
+            let remote = span_context_from_str(&format!("{parent}{sampled}")).unwrap();
+            let decided = decided(&remote);
+            assert_eq!(decided.is_sampled(), expected, "{sampled:?}");
+            assert_eq!((decided.trace_id(), decided.span_id()), (remote.trace_id(), remote.span_id()));
+            assert!(span_context_to_string(&decided).unwrap().ends_with(if expected {
+                "Sampled=1"
+            } else {
+                "Sampled=0"
+            }));
+        }
+    }
+
+    #[test]
+    fn a_header_root_is_the_trace_id_of_the_next_root_span_only() {
+        let ids = HeaderRoot::default();
+        let root = span_context_from_str("Root=1-58406520-a006649127e371903a2de979").unwrap().trace_id();
+        ROOT_OF_HEADER.with(|cell| cell.set(Some(root)));
+        assert_eq!(ids.new_trace_id(), root);
+        assert_ne!(ids.new_trace_id(), root);
     }
 }

@@ -126,7 +126,7 @@ impl EventBus for EmbeddedBus {
         let at = Utc::now();
         let recorded: Vec<RecordedEvent> = events
             .iter()
-            .map(|event| RecordedEvent { id: ulid::Ulid::new().to_string(), at, event: event.clone() })
+            .map(|event| RecordedEvent { id: keel::clock::ulid_at(at).to_string(), at, event: event.clone() })
             .collect();
         let mut values = Vec::with_capacity(recorded.len());
         for r in &recorded {

@@ -1,0 +1,394 @@
+//! The job worker: SQS messages naming a job in, one attempt run against the type's executor, its outcome recorded.
+//!
+//! At most one attempt of a job runs at a time: the worker claims the job with a lease and a new fencing token
+//! (a versioned write), extends the lease by heartbeat while the attempt runs, and records the outcome only while
+//! its token is the job's; a redelivered message finds the lease held and waits it out, and a worker that lost
+//! its lease writes nothing. The heartbeat (every `JOB_HEARTBEAT_SECONDS`, 5 by default) also reads a cancel:
+//! the downstream call is abandoned and the job ends `cancelled`. The one gap: an attempt whose worker dies
+//! mid-call has an unknown outcome; a type that runs at least once runs it again after the lease, one that runs
+//! at most once fails instead.
+
+use async_trait::async_trait;
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use chrono::{DateTime, Duration, Utc};
+use keel::clock::Clock;
+use keel::config::{ConfigError, Env};
+use keel::function::{Invocation, QueueFunction};
+use keel::metrics;
+use keel::queue::{MessageAttrs, Queue, TRACE_HEADER_ATTRIBUTE};
+use keel::resources::Resources;
+use keel_jobs::backoff;
+use keel_jobs::job::MAX_PAYLOAD_BYTES;
+use keel_jobs::sign::Secret;
+use keel_jobs::{
+    AttemptEnd, Beat, Executor, JobType, Jobs, JobsError, Message, Outcome, Registry, Status, Versioned, Waiting,
+};
+use std::sync::Arc;
+
+pub const TABLE_VAR: &str = "JOBS_TABLE";
+pub const QUEUE_VAR: &str = "JOB_QUEUE_URL";
+pub const DLQ_VAR: &str = "JOB_DLQ_URL";
+pub const BUS_VAR: &str = "EVENT_BUS_NAME";
+pub const LEASE_VAR: &str = "JOB_LEASE_SECONDS";
+pub const HEARTBEAT_VAR: &str = "JOB_HEARTBEAT_SECONDS";
+
+/// Tries of one downstream call within an attempt, and the bounds of the backoff between them.
+const CALL_TRIES: u32 = 3;
+const CALL_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const CALL_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// Time kept back from the invocation's deadline to record the outcome.
+const MARGIN: Duration = Duration::seconds(2);
+/// The header that numbers the attempt beside the Standard Webhooks headers (whose id is the job's).
+pub const ATTEMPT_HEADER: &str = "keel-attempt";
+
+pub struct Worker {
+    jobs: Jobs,
+    registry: Registry,
+    queue: Arc<dyn Queue>,
+    dead_letters: Arc<dyn Queue>,
+    clock: Arc<dyn Clock>,
+    lease: Duration,
+    heartbeat: std::time::Duration,
+    http: reqwest::Client,
+}
+
+pub fn build(env: &Env, resources: &dyn Resources) -> Result<Worker, ConfigError> {
+    let lease: i64 = env.parse_or(LEASE_VAR, "a number of seconds", 30)?;
+    let heartbeat: f64 = env.parse_or(HEARTBEAT_VAR, "a number of seconds", 5.0)?;
+    let queue = resources.queue(QUEUE_VAR)?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|error| ConfigError::Malformed { name: "HTTP client".into(), reason: error.to_string() })?;
+    Ok(Worker {
+        jobs: Jobs::new(resources.table(TABLE_VAR)?, queue.clone(), resources.bus(BUS_VAR)?, resources.clock()),
+        registry: Registry::sample(env)?,
+        queue,
+        dead_letters: resources.queue(DLQ_VAR)?,
+        clock: resources.clock(),
+        lease: Duration::seconds(lease.max(2)),
+        heartbeat: std::time::Duration::from_secs_f64(heartbeat.clamp(0.05, 5.0)),
+        http,
+    })
+}
+
+/// Why a message is left for SQS to deliver again.
+#[derive(Debug, thiserror::Error)]
+enum Again {
+    /// Another attempt holds the job until then.
+    #[error("another worker holds the job")]
+    Leased(DateTime<Utc>),
+    /// The next attempt is due then (a retry's backoff).
+    #[error("the next attempt is due later")]
+    Later(DateTime<Utc>),
+    #[error("{0}")]
+    Jobs(#[from] JobsError),
+    #[error("events of the finished job are not published yet")]
+    Unpublished,
+}
+
+impl From<keel::port::PortError> for Again {
+    fn from(error: keel::port::PortError) -> Self {
+        Again::Jobs(error.into())
+    }
+}
+
+#[async_trait]
+impl QueueFunction for Worker {
+    async fn call(&self, event: SqsEvent, invocation: Invocation) -> SqsBatchResponse {
+        let outcomes = futures::future::join_all(event.records.iter().map(|record| {
+            let header = record.attributes.get(TRACE_HEADER_ATTRIBUTE).map(String::as_str);
+            keel::trace::invocation("job-worker", header, self.process(record, &invocation))
+        }))
+        .await;
+        let mut response = SqsBatchResponse::default();
+        for (record, outcome) in event.records.iter().zip(outcomes) {
+            let Err(reason) = outcome else { continue };
+            let message_id = record.message_id.clone().unwrap_or_default();
+            let until = match reason {
+                Again::Leased(until) | Again::Later(until) => until,
+                _ => self.clock.now() + Duration::seconds(5),
+            };
+            // Whole seconds, rounded up; SQS caps a visibility timeout at 12 hours.
+            let delay = (until - self.clock.now()).num_milliseconds().clamp(0, 12 * 3600 * 1000);
+            let delay = std::time::Duration::from_secs(u64::try_from((delay + 999) / 1000).unwrap_or(0));
+            tracing::info!(%message_id, %reason, delay_seconds = delay.as_secs(), "job message will be delivered again");
+            if let Some(receipt) = &record.receipt_handle {
+                self.queue.change_visibility(receipt, delay).await.ok();
+            }
+            let mut failure = BatchItemFailure::default();
+            failure.item_identifier = message_id;
+            response.batch_item_failures.push(failure);
+        }
+        response
+    }
+}
+
+impl Worker {
+    async fn process(&self, record: &SqsMessage, invocation: &Invocation) -> Result<(), Again> {
+        let body = record.body.as_deref().unwrap_or_default();
+        let Ok(message) = serde_json::from_str::<Message>(body) else {
+            let mut attributes = MessageAttrs::new();
+            attributes.insert("keel-dead-letter-reason".into(), "not a job message".into());
+            self.dead_letters.send(body, &attributes).await?;
+            tracing::error!("poison job message moved to the dead-letter queue");
+            return Ok(());
+        };
+        let Some(found) = self.jobs.get(&message.org, &message.job).await? else {
+            tracing::warn!(job_id = %message.job, "message for a job that does not exist; dropped");
+            return Ok(());
+        };
+        let Some(job_type) = self.registry.get(&found.job.job_type).cloned() else {
+            let error = keel_jobs::job::JobError {
+                code: "unknown_type".into(),
+                message: format!("the registry has no type {}", found.job.job_type),
+            };
+            let status = Status::Failed;
+            if !found.job.status.is_terminal() {
+                self.jobs.finish(found, status, Some(error), None).await?;
+            }
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let job = &found.job;
+        match job.status {
+            status if status.is_terminal() => {
+                return if self.jobs.flush_outbox(found).await? { Ok(()) } else { Err(Again::Unpublished) };
+            }
+            // A duplicate of a message whose job now waits for a slot: its promotion sends a new one.
+            Status::Pending if job.waiting != Some(Waiting::Queued) => return Ok(()),
+            Status::Pending if job.run_at > now + Duration::seconds(1) => return Err(Again::Later(job.run_at)),
+            Status::Processing => match job.lease_until {
+                Some(until) if until > now => return Err(Again::Leased(until)),
+                _ => {
+                    let lost = AttemptEnd {
+                        outcome: Outcome::Lost,
+                        downstream_status: None,
+                        error: Some("the attempt's worker stopped before recording an outcome".into()),
+                        output: None,
+                    };
+                    let fence = job.fence;
+                    metrics::count("JobAttemptsLost", &[("Type", &job_type.name)], 1.0);
+                    match self.jobs.end_attempt(found, fence, lost, &job_type, now).await? {
+                        Some(next) if next.job.status == Status::Pending => {
+                            return self.attempt(next, &job_type, 0, invocation).await;
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+            },
+            _ => {}
+        }
+        self.attempt(found, &job_type, message.published, invocation).await
+    }
+
+    /// Claims the job and runs one attempt, heartbeating, until it ends, is cancelled or the lease is lost.
+    async fn attempt(
+        &self,
+        found: Versioned,
+        job_type: &JobType,
+        published: u32,
+        invocation: &Invocation,
+    ) -> Result<(), Again> {
+        let claimed = match self.jobs.claim(found, self.lease, published).await {
+            Ok(claimed) => claimed,
+            // Another worker claimed it first.
+            Err(JobsError::Backend(error)) if error.is_condition_failed() => {
+                return Err(Again::Leased(self.clock.now() + self.lease));
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let fence = claimed.job.fence;
+        let (org, id) = (claimed.job.org_id.clone(), claimed.job.id.clone());
+        let mut current = claimed.clone();
+        let started = std::time::Instant::now();
+        let call = self.execute(&claimed.job, job_type, invocation.deadline);
+        tokio::pin!(call);
+        let end = loop {
+            tokio::select! {
+                end = &mut call => break end,
+                () = tokio::time::sleep(self.heartbeat) => match self.jobs.heartbeat(&org, &id, fence, self.lease).await {
+                    Ok(Beat::Continue(version)) => current.version = version,
+                    Ok(Beat::Cancel(read)) => {
+                        current = *read;
+                        break AttemptEnd { outcome: Outcome::Cancelled, downstream_status: None, error: None, output: None };
+                    }
+                    Ok(Beat::Lost) => {
+                        tracing::warn!(job_id = %id, "lease lost mid-attempt; abandoning it without recording");
+                        return Ok(());
+                    }
+                    // A heartbeat that cannot reach the table leaves the lease to run out; keep going until then.
+                    Err(error) => tracing::warn!(job_id = %id, %error, "heartbeat failed"),
+                },
+            }
+        };
+        let outcome = end.outcome;
+        metrics::count("JobAttempts", &[("Type", &job_type.name), ("Outcome", outcome_name(outcome))], 1.0);
+        metrics::milliseconds(
+            "JobAttemptDuration",
+            &[("Type", &job_type.name)],
+            started.elapsed().as_secs_f64() * 1000.0,
+        );
+        let attempts = u32::try_from(current.job.attempts.len()).unwrap_or(u32::MAX);
+        let retry_at = self.clock.now() + jitter(job_type, attempts);
+        match self.jobs.end_attempt(current, fence, end, job_type, retry_at).await? {
+            Some(done) if done.job.status == Status::Pending => Err(Again::Later(done.job.run_at)),
+            Some(done) if !done.job.outbox.is_empty() => Err(Again::Unpublished),
+            _ => Ok(()),
+        }
+    }
+
+    /// One attempt against the type's executor, bounded by its timeout and the invocation's remaining time.
+    async fn execute(&self, job: &keel_jobs::Job, job_type: &JobType, deadline: DateTime<Utc>) -> AttemptEnd {
+        let Executor::Http { url: Some(url), secret: Some(secret), .. } = &job_type.executor else {
+            return AttemptEnd {
+                outcome: Outcome::Failed,
+                downstream_status: None,
+                error: job_type.unavailable().or(Some("the type has no executor here".into())),
+                output: None,
+            };
+        };
+        let attempt = job.current_attempt().map_or(1, |a| a.number);
+        let budget = (deadline - self.clock.now() - MARGIN).to_std().unwrap_or_default().min(job_type.timeout);
+        let body = serde_json::to_vec(&job.input).unwrap_or_default();
+        let until = tokio::time::Instant::now() + budget;
+        let mut last = AttemptEnd { outcome: Outcome::Retriable, downstream_status: None, error: None, output: None };
+        for try_number in 1..=CALL_TRIES {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                last.error.get_or_insert_with(|| "timed out".into());
+                break;
+            }
+            let (end, retry_after) = self.call_once(url, secret, job, attempt, &body, left).await;
+            if end.outcome != Outcome::Retriable || try_number == CALL_TRIES {
+                return end;
+            }
+            // `Retry-After` is honoured up to the cap; without it, the capped exponential with full jitter.
+            let wait = retry_after
+                .unwrap_or_else(|| {
+                    backoff::full_jitter(CALL_BACKOFF_MIN, CALL_BACKOFF_MAX, try_number, &mut rand::rng())
+                })
+                .min(CALL_BACKOFF_MAX);
+            last = end;
+            if until.saturating_duration_since(tokio::time::Instant::now()) <= wait {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+        }
+        last
+    }
+
+    /// One signed POST; its outcome, and the `Retry-After` it asked for.
+    async fn call_once(
+        &self,
+        url: &str,
+        secret: &Secret,
+        job: &keel_jobs::Job,
+        attempt: u32,
+        body: &[u8],
+        timeout: std::time::Duration,
+    ) -> (AttemptEnd, Option<std::time::Duration>) {
+        let mut request = self.http.post(url).timeout(timeout).header("content-type", "application/json");
+        for (name, value) in secret.headers(&job.id, self.clock.now().timestamp(), body) {
+            request = request.header(name, value);
+        }
+        request = request.header(ATTEMPT_HEADER, attempt.to_string());
+        if let Some(header) = keel::trace::current_header().or_else(|| job.trace_header.clone()) {
+            request = request.header("x-amzn-trace-id", header);
+        }
+        let fail = |outcome, status, error: String| AttemptEnd {
+            outcome,
+            downstream_status: status,
+            error: Some(error),
+            output: None,
+        };
+        let response = match request.body(body.to_vec()).send().await {
+            Ok(response) => response,
+            Err(error) if error.is_timeout() => {
+                return (fail(Outcome::Retriable, None, "the call timed out".into()), None);
+            }
+            Err(_) => return (fail(Outcome::Retriable, None, "the service could not be reached".into()), None),
+        };
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| retry_after(value, self.clock.now()));
+        match status {
+            200..=299 => {}
+            429 | 502 | 503 | 504 => {
+                return (fail(Outcome::Retriable, Some(status), format!("the service answered {status}")), retry_after);
+            }
+            400..=499 => return (fail(Outcome::Failed, Some(status), format!("the service answered {status}")), None),
+            _ => return (fail(Outcome::Retriable, Some(status), format!("the service answered {status}")), None),
+        }
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(_) => return (fail(Outcome::Retriable, Some(status), "the answer was cut off".into()), None),
+        };
+        if bytes.len() > MAX_PAYLOAD_BYTES {
+            return (
+                fail(Outcome::Failed, Some(status), format!("the answer is over {MAX_PAYLOAD_BYTES} bytes")),
+                None,
+            );
+        }
+        let output = if bytes.iter().all(u8::is_ascii_whitespace) {
+            serde_json::Value::Null
+        } else {
+            match serde_json::from_slice(&bytes) {
+                Ok(output) => output,
+                Err(_) => return (fail(Outcome::Failed, Some(status), "the answer is not JSON".into()), None),
+            }
+        };
+        (
+            AttemptEnd {
+                outcome: Outcome::Succeeded,
+                downstream_status: Some(status),
+                error: None,
+                output: Some(output),
+            },
+            None,
+        )
+    }
+}
+
+/// The delay before the next attempt after `attempts` attempts: the type's backoff with full jitter.
+fn jitter(job_type: &JobType, attempts: u32) -> Duration {
+    let delay = backoff::full_jitter(job_type.retry_base, job_type.retry_max, attempts.max(1), &mut rand::rng());
+    Duration::from_std(delay).unwrap_or(Duration::zero())
+}
+
+/// `Retry-After`: seconds, or an HTTP date.
+pub fn retry_after(value: &str, now: DateTime<Utc>) -> Option<std::time::Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(std::time::Duration::from_secs(seconds));
+    }
+    let at = DateTime::parse_from_rfc2822(value.trim()).ok()?.with_timezone(&Utc);
+    Some((at - now).to_std().unwrap_or_default())
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Retriable => "retriable",
+        Outcome::Failed => "failed",
+        Outcome::Cancelled => "cancelled",
+        Outcome::Lost => "lost",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+        assert_eq!(retry_after("3", now), Some(std::time::Duration::from_secs(3)));
+        assert_eq!(retry_after("Tue, 01 Dec 2026 09:00:04 GMT", now), Some(std::time::Duration::from_secs(4)));
+        assert_eq!(retry_after("Tue, 01 Dec 2026 08:00:00 GMT", now), Some(std::time::Duration::ZERO));
+        assert_eq!(retry_after("soon", now), None);
+    }
+}

@@ -1,0 +1,291 @@
+//! The job worker on the embedded backend against a stub downstream service started by the test: signed calls,
+//! outputs, in-invocation retries with `Retry-After`, permanent failures, attempts, cancel at the heartbeat, and
+//! leases that keep a redelivered message from running a job twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use chrono::Utc;
+use keel::bus::EventBus;
+use keel::clock::{Clock, SystemClock};
+use keel::config::Env;
+use keel::function::{Invocation, QueueFunction};
+use keel::queue::Queue;
+use keel::resources::StaticResources;
+use keel::table::Table;
+use keel_embedded::{EmbeddedBus, EmbeddedDb, EmbeddedQueue, QueueSpec};
+use keel_jobs::{Created, Jobs, NewJob, Registry, Status, Versioned};
+use keel_tests::{drain, sqs_event};
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// What the stub service saw: each call's template (the behaviour asked for), id, attempt and verdict on the
+/// signature (checked by Keel's Standard Webhooks verifier of the ingest, an implementation of its own).
+#[derive(Default)]
+struct Stub {
+    calls: Mutex<Vec<(String, String, String, bool)>>,
+    flaky: AtomicUsize,
+}
+
+async fn service(
+    State(stub): State<Arc<Stub>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let secret = webhook_ingest::verify::Secret::new(SECRET.to_string());
+    let verified = webhook_ingest::verify::verify(
+        webhook_ingest::verify::Scheme::Standard,
+        &[secret],
+        &headers,
+        &body,
+        Utc::now(),
+    )
+    .is_ok();
+    let input: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let template = input["template"].as_str().unwrap_or_default().to_string();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    stub.calls.lock().unwrap().push((template.clone(), header("webhook-id"), header("keel-attempt"), verified));
+    match template.as_str() {
+        "ok" => answer(json!({"delivered": true, "to": input["to"]})),
+        "flaky" if stub.flaky.fetch_add(1, Ordering::SeqCst) < 2 => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        "flaky" => answer(json!({"after": "retries"})),
+        "rate" if stub.flaky.fetch_add(1, Ordering::SeqCst) == 0 => {
+            (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")]).into_response()
+        }
+        "rate" => answer(json!({"rate": "ok"})),
+        "bad" => (StatusCode::BAD_REQUEST, "no such template").into_response(),
+        "down" => StatusCode::BAD_GATEWAY.into_response(),
+        "text" => (StatusCode::OK, "not json").into_response(),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            answer(json!({}))
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+fn answer(body: Value) -> axum::response::Response {
+    ([("content-type", "application/json")], body.to_string()).into_response()
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    stub: Arc<Stub>,
+    table: Arc<dyn Table>,
+    queue: Arc<EmbeddedQueue>,
+    dead_letters: Arc<EmbeddedQueue>,
+    bus: Arc<EmbeddedBus>,
+    resources: StaticResources,
+    env: Env,
+}
+
+async fn world() -> World {
+    let stub = Arc::new(Stub::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = axum::Router::new().route("/notify", axum::routing::post(service)).with_state(stub.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let db = EmbeddedDb::open(dir.path()).unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let table: Arc<dyn Table> = Arc::new(db.table("JobsTable", clock.clone()));
+    let mut spec = QueueSpec::new("JobQueue");
+    spec.visibility_timeout = Duration::from_secs(360);
+    let queue = Arc::new(db.queue(spec, clock.clone()));
+    let dead_letters = Arc::new(db.queue(QueueSpec::new("JobDeadLetterQueue"), clock.clone()));
+    let bus = Arc::new(db.bus("EventBus"));
+    let dyn_bus: Arc<dyn EventBus> = bus.clone();
+    let resources = StaticResources::new(clock)
+        .with_table("JOBS_TABLE", table.clone())
+        .with_queue("JOB_QUEUE_URL", queue.clone())
+        .with_queue("JOB_DLQ_URL", dead_letters.clone())
+        .with_bus("EVENT_BUS_NAME", dyn_bus);
+    let env = Env::from_pairs([
+        ("JOB_URL_NOTIFY", format!("http://{address}/notify")),
+        ("JOB_SECRET_NOTIFY", SECRET.to_string()),
+        ("JOB_HEARTBEAT_SECONDS", "0.1".to_string()),
+    ]);
+    World { _dir: dir, stub, table, queue, dead_letters, bus, resources, env }
+}
+
+impl World {
+    fn jobs(&self) -> Jobs {
+        Jobs::new(self.table.clone(), self.queue.clone(), self.bus.clone(), Arc::new(SystemClock))
+    }
+
+    async fn create(&self, template: &str) -> keel_jobs::Job {
+        let registry = Registry::sample(&self.env).unwrap();
+        let input = json!({"to": "ada@example.com", "template": template});
+        let new = NewJob { input, ..NewJob::default() };
+        let Created::New(job) =
+            self.jobs().create("o1", "u1", registry.get("notify.email").unwrap(), new, None).await.unwrap()
+        else {
+            panic!("deduplicated")
+        };
+        job
+    }
+
+    fn worker(&self) -> job_worker::Worker {
+        job_worker::build(&self.env, &self.resources).unwrap()
+    }
+
+    /// Delivers every visible message to the worker once; the batch's failures.
+    async fn deliver(&self) -> usize {
+        let messages = drain(self.queue.as_ref()).await;
+        let invocation = Invocation {
+            request_id: "r".into(),
+            deadline: Utc::now() + chrono::Duration::seconds(60),
+            trace_header: None,
+        };
+        self.worker().call(sqs_event(&messages), invocation).await.batch_item_failures.len()
+    }
+
+    async fn read(&self, id: &str) -> Versioned {
+        self.jobs().get("o1", id).await.unwrap().unwrap()
+    }
+
+    fn calls(&self) -> Vec<(String, String, String, bool)> {
+        self.stub.calls.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_job_is_posted_signed_and_its_json_answer_becomes_the_output() {
+    let w = world().await;
+    let job = w.create("ok").await;
+    assert_eq!(w.deliver().await, 0);
+    let done = w.read(&job.id).await.job;
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(
+        w.jobs().output("o1", &job.id).await.unwrap(),
+        Some(json!({"delivered": true, "to": "ada@example.com"}))
+    );
+    assert_eq!(w.calls(), [("ok".to_string(), job.id.clone(), "1".to_string(), true)], "signed, verifiable, id = job");
+    let attempt = &done.attempts[0];
+    assert_eq!((attempt.downstream_status, attempt.outcome), (Some(200), Some(keel_jobs::Outcome::Succeeded)));
+    let types: Vec<String> = w.bus.recorded().unwrap().into_iter().map(|r| r.event.detail_type).collect();
+    assert_eq!(types, ["job.created", "job.started", "job.completed"]);
+    assert!(drain(w.queue.as_ref()).await.is_empty(), "the message is acknowledged");
+}
+
+#[tokio::test]
+async fn gateway_errors_are_retried_within_the_attempt_and_retry_after_is_honoured() {
+    let w = world().await;
+    let flaky = w.create("flaky").await;
+    assert_eq!(w.deliver().await, 0);
+    assert_eq!(w.read(&flaky.id).await.job.status, Status::Completed);
+    assert_eq!(w.calls().len(), 3, "two 503s, then the answer, in one attempt");
+    assert_eq!(w.read(&flaky.id).await.job.attempts.len(), 1);
+
+    let w = world().await;
+    let rate = w.create("rate").await;
+    let started = Instant::now();
+    assert_eq!(w.deliver().await, 0);
+    assert!(started.elapsed() >= Duration::from_secs(2), "Retry-After: 2 waited out");
+    assert_eq!(w.read(&rate.id).await.job.status, Status::Completed);
+}
+
+#[tokio::test]
+async fn other_client_errors_and_answers_that_are_not_json_fail_without_retry() {
+    let w = world().await;
+    let bad = w.create("bad").await;
+    let text = w.create("text").await;
+    assert_eq!(w.deliver().await, 0);
+    for (id, expected) in [(&bad.id, "the service answered 400"), (&text.id, "the answer is not JSON")] {
+        let job = w.read(id).await.job;
+        assert_eq!((job.status, job.attempts.len()), (Status::Failed, 1));
+        assert_eq!(job.error.unwrap().message, expected);
+    }
+    assert_eq!(w.calls().len(), 2, "one call each");
+}
+
+#[tokio::test]
+async fn a_service_that_stays_down_costs_an_attempt_and_the_job_waits_for_the_next() {
+    let w = world().await;
+    let job = w.create("down").await;
+    assert_eq!(w.deliver().await, 1, "the message comes back after the backoff");
+    let after = w.read(&job.id).await.job;
+    assert_eq!((after.status, after.attempts.len()), (Status::Pending, 1));
+    assert_eq!(after.attempts[0].outcome, Some(keel_jobs::Outcome::Retriable));
+    assert_eq!(after.attempts[0].downstream_status, Some(502));
+    assert_eq!(w.calls().len(), 3, "three tries within the attempt");
+    assert!(after.run_at >= after.attempts[0].ended_at.unwrap(), "the next attempt is not before the backoff");
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_a_running_call_at_the_next_heartbeat() {
+    let w = world().await;
+    let job = w.create("slow").await;
+    let worker = tokio::spawn({
+        let messages = drain(w.queue.as_ref()).await;
+        let worker = w.worker();
+        async move {
+            let invocation = Invocation {
+                request_id: "r".into(),
+                deadline: Utc::now() + chrono::Duration::seconds(60),
+                trace_header: None,
+            };
+            worker.call(sqs_event(&messages), invocation).await
+        }
+    });
+    let started = Instant::now();
+    while w.read(&job.id).await.job.status != Status::Processing {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = w.jobs().cancel("o1", &job.id, "u1").await.unwrap();
+    assert_eq!(asked.status, Status::Processing);
+    let response = worker.await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert!(started.elapsed() < Duration::from_secs(5), "abandoned within the heartbeat, not after the 30 s call");
+    let done = w.read(&job.id).await.job;
+    assert_eq!(done.status, Status::Cancelled);
+    assert_eq!(done.attempts[0].outcome, Some(keel_jobs::Outcome::Cancelled));
+}
+
+#[tokio::test]
+async fn a_redelivered_message_finds_the_lease_held_and_never_runs_the_job_twice_at_once() {
+    let w = world().await;
+    let job = w.create("slow").await;
+    let messages = drain(w.queue.as_ref()).await;
+    let first = {
+        let worker = w.worker();
+        let messages = messages.clone();
+        tokio::spawn(async move {
+            let invocation = Invocation {
+                request_id: "a".into(),
+                deadline: Utc::now() + chrono::Duration::seconds(60),
+                trace_header: None,
+            };
+            worker.call(sqs_event(&messages), invocation).await
+        })
+    };
+    while w.read(&job.id).await.job.status != Status::Processing {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The same message again, as SQS may deliver it: the second worker leaves it for later.
+    let invocation =
+        Invocation { request_id: "b".into(), deadline: Utc::now() + chrono::Duration::seconds(60), trace_header: None };
+    let second = w.worker().call(sqs_event(&messages), invocation).await;
+    assert_eq!(second.batch_item_failures.len(), 1);
+    assert_eq!(w.calls().len(), 1, "one call in flight, not two");
+    w.jobs().cancel("o1", &job.id, "u1").await.unwrap();
+    first.await.unwrap();
+    assert_eq!(w.read(&job.id).await.job.attempts.len(), 1);
+}
+
+#[tokio::test]
+async fn a_message_that_names_no_job_goes_to_the_dead_letter_queue() {
+    let w = world().await;
+    w.queue.send("not a job message", &Default::default()).await.unwrap();
+    assert_eq!(w.deliver().await, 0);
+    let dead = drain(w.dead_letters.as_ref()).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, "not a job message");
+    assert_eq!(dead[0].attributes["keel-dead-letter-reason"], "not a job message");
+}

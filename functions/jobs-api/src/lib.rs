@@ -1,0 +1,403 @@
+//! The jobs API: create a typed job (validated against its type's schema, deduplicated by `dedup_key`, honouring
+//! `Idempotency-Key`), list and read an organization's jobs with every attempt, cancel, and retry as a new job.
+//!
+//! Members create and read their organization's jobs only; a job of another organization answers 404, never 403,
+//! so ids do not leak. Cancel and retry are the creator's or an org admin's. Platform admins read any
+//! organization's jobs (`org_id` on the list; any id on the others).
+
+use chrono::{DateTime, Duration, Utc};
+use keel::config::{ConfigError, Env};
+use keel::http::{self, Request, Response};
+use keel::idempotency::Idempotency;
+use keel::identity::{Identity, Role};
+use keel::openapi::{Content, Doc, Param, Reply, inline, schema};
+use keel::problem::{FieldError, Problem};
+use keel::ratelimit::RateLimits;
+use keel::resources::Resources;
+use keel::route::{Access, Api, Call, Route};
+use keel_jobs::job::{MAX_PAYLOAD_BYTES, valid_org};
+use keel_jobs::{Created, Filter, Job, Jobs, JobsError, NewJob, Registry, Status, Versioned};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const TABLE_VAR: &str = "JOBS_TABLE";
+pub const QUEUE_VAR: &str = "JOB_QUEUE_URL";
+pub const BUS_VAR: &str = "EVENT_BUS_NAME";
+
+/// The farthest ahead a job may be scheduled.
+pub const MAX_SCHEDULE_AHEAD: Duration = Duration::days(366);
+/// A create body: the input's cap and room for the rest.
+const MAX_BODY_BYTES: usize = MAX_PAYLOAD_BYTES + 16 * 1024;
+const MAX_METADATA_BYTES: usize = 8 * 1024;
+const MAX_SKILLS: usize = 20;
+const MAX_SHORT_TEXT: usize = 128;
+const MAX_DEDUP_KEY: usize = 256;
+const DEFAULT_LIMIT: usize = 50;
+
+pub struct JobsApi {
+    jobs: Jobs,
+    registry: Registry,
+    idempotency: Idempotency,
+    rate_limits: RateLimits,
+}
+
+pub fn build(env: &Env, resources: &dyn Resources) -> Result<JobsApi, ConfigError> {
+    Ok(JobsApi {
+        jobs: Jobs::new(
+            resources.table(TABLE_VAR)?,
+            resources.queue(QUEUE_VAR)?,
+            resources.bus(BUS_VAR)?,
+            resources.clock(),
+        ),
+        registry: Registry::sample_unsigned(env)?,
+        idempotency: Idempotency::from_resources(resources)?,
+        rate_limits: RateLimits::shared(env, resources)?,
+    })
+}
+
+impl Api for JobsApi {
+    fn idempotency(&self) -> Option<&Idempotency> {
+        Some(&self.idempotency)
+    }
+
+    fn rate_limits(&self) -> Option<&RateLimits> {
+        Some(&self.rate_limits)
+    }
+
+    const ROUTES: &'static [Route<Self>] = &[
+        Route::post("/v1/jobs", Access::Member, CREATE, |api, call| Box::pin(api.create(call))),
+        Route::get("/v1/jobs", Access::Member, LIST, |api, call| Box::pin(api.list(call))),
+        Route::get("/v1/jobs/{id}", Access::Member, SHOW, |api, call| Box::pin(api.show(call))),
+        Route::post("/v1/jobs/{id}/cancel", Access::Member, CANCEL, |api, call| Box::pin(api.cancel(call))),
+        Route::post("/v1/jobs/{id}/retry", Access::Member, RETRY, |api, call| Box::pin(api.retry(call))),
+    ];
+}
+
+const ID: Param = Param::path("id", "The job's id (a ULID).");
+const NO_JOB: Reply = Reply::problem(404, "No job of the caller's organization has this id.");
+const NOT_YOURS: Reply = Reply::problem(403, "Only the job's creator or an org admin may do this.");
+
+const CREATE: Doc = Doc {
+    summary: "Create a job",
+    description: "Validates the input against the type's schema and queues the job, or holds it until `run_at` or \
+        until the organization has a slot of the type free. A `dedup_key` held by a pending or running job of the \
+        organization returns that job (200) instead of creating one.",
+    body: Some(Content::Json(schema::<CreateBody>)),
+    replies: &[
+        Reply::json(202, "The job, created.", schema::<Job>),
+        Reply::json(200, "The pending or running job that holds `dedup_key`.", schema::<Job>),
+        Reply::problem(400, "The body is missing or not JSON."),
+        Reply::problem(413, "The body, or the input, is over 256 KB."),
+        Reply::problem(422, "Unknown or unavailable type, an input that breaks its schema, or a bad field (`errors`)."),
+    ],
+    ..Doc::NONE
+};
+const LIST: Doc = Doc {
+    summary: "List jobs",
+    description: "The organization's jobs, newest first, without outputs.",
+    params: &[
+        Param::query("status", "Only jobs in this status.", schema::<Status>),
+        Param::query("type", "Only jobs of this type.", inline::<String>),
+        Param::query("category", "Only jobs of this category.", inline::<String>),
+        Param::query("user_id", "Only jobs this user created.", inline::<String>),
+        Param::query("created_from", "Only jobs created at or after this instant (RFC 3339).", inline::<String>),
+        Param::query("created_to", "Only jobs created before this instant (RFC 3339).", inline::<String>),
+        Param::query(
+            "org_id",
+            "Platform admins: the organization to list (the caller's own by default).",
+            inline::<String>,
+        ),
+        Param::query("limit", "Page size, 1 to 100 (50 when absent).", inline::<u32>),
+        Param::query("cursor", "`next_cursor` of the previous page.", inline::<String>),
+    ],
+    replies: &[
+        Reply::json(200, "A page of jobs.", schema::<JobPage>),
+        Reply::problem(422, "A filter or the cursor is invalid (`pointer` names it)."),
+    ],
+    ..Doc::NONE
+};
+const SHOW: Doc = Doc {
+    summary: "Read a job",
+    description: "The execution record with every attempt, and the output once completed.",
+    params: &[ID],
+    replies: &[Reply::json(200, "The job.", schema::<JobDetail>), NO_JOB],
+    ..Doc::NONE
+};
+const CANCEL: Doc = Doc {
+    summary: "Cancel a job",
+    description: "A pending job ends `cancelled` at once; a running one's worker sees the request at its next \
+        heartbeat (5 s or less), abandons the downstream call and ends it `cancelled`.",
+    params: &[ID],
+    replies: &[
+        Reply::json(202, "The job: cancelled, or asked to stop.", schema::<Job>),
+        NO_JOB,
+        NOT_YOURS,
+        Reply::problem(409, "The job has already finished."),
+    ],
+    ..Doc::NONE
+};
+const RETRY: Doc = Doc {
+    summary: "Retry a job",
+    description: "Creates a new job of the same type and input, linked to this failed or cancelled one.",
+    params: &[ID],
+    replies: &[
+        Reply::json(202, "The new job (its `retry_of` is this one).", schema::<Job>),
+        NO_JOB,
+        NOT_YOURS,
+        Reply::problem(409, "The job has not failed or been cancelled, or was retried already."),
+        Reply::problem(422, "The job's type no longer exists or is unavailable."),
+    ],
+    ..Doc::NONE
+};
+
+/// `POST /v1/jobs`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    /// A type of the registry.
+    #[serde(rename = "type")]
+    job_type: String,
+    /// Checked against the type's input schema.
+    input: Value,
+    /// When to start (RFC 3339, up to a year ahead); now when absent or past.
+    run_at: Option<DateTime<Utc>>,
+    /// While a pending or running job of the organization holds this key, creating another returns that one.
+    dedup_key: Option<String>,
+    session_id: Option<String>,
+    #[serde(default)]
+    skills: Vec<String>,
+    #[serde(default)]
+    metadata: serde_json::Map<String, Value>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct JobPage {
+    items: Vec<Job>,
+    next_cursor: Option<String>,
+}
+
+/// A job with its output.
+#[derive(Serialize, utoipa::ToSchema)]
+struct JobDetail {
+    #[serde(flatten)]
+    job: Job,
+    /// The downstream service's answer, once completed.
+    output: Option<Value>,
+}
+
+fn backend(error: JobsError) -> Problem {
+    match error {
+        JobsError::NotFound => Problem::not_found("no such job"),
+        JobsError::Conflict(detail) => Problem::new(409, "conflict", detail),
+        JobsError::Contended => Problem::new(409, "contended", "too many concurrent changes; retry"),
+        JobsError::Backend(error) => {
+            tracing::warn!(%error, "jobs request failed on a backend");
+            Problem::unavailable()
+        }
+    }
+}
+
+fn port(error: keel::port::PortError) -> Problem {
+    backend(error.into())
+}
+
+fn field(pointer: &str, message: impl Into<String>) -> FieldError {
+    FieldError { pointer: pointer.to_string(), message: message.into() }
+}
+
+/// Text fields: non-empty, at most `max` characters.
+fn check_text(errors: &mut Vec<FieldError>, pointer: &str, value: Option<&str>, max: usize) {
+    if let Some(value) = value
+        && (value.is_empty() || value.chars().count() > max)
+    {
+        errors.push(field(pointer, format!("1 to {max} characters")));
+    }
+}
+
+fn may_act_on(caller: &Identity, job: &Job) -> bool {
+    job.user_id == caller.user_id || caller.has_role(Role::Admin) || caller.has_role(Role::PlatformAdmin)
+}
+
+fn time_param(request: &Request, name: &str) -> Result<Option<DateTime<Utc>>, Problem> {
+    let Some(raw) = http::query_param(request, name) else { return Ok(None) };
+    DateTime::parse_from_rfc3339(raw)
+        .map(|at| Some(at.with_timezone(&Utc)))
+        .map_err(|_| Problem::invalid_param(name, format!("{name} must be an RFC 3339 timestamp")))
+}
+
+impl JobsApi {
+    async fn create(&self, call: &Call) -> Result<Response, Problem> {
+        let caller = call.identity()?;
+        let raw = http::raw_body(&call.request);
+        let body: CreateBody = http::from_json(http::body_value(&call.request, MAX_BODY_BYTES)?, "invalid_body")?;
+        let input_size = serde_json::to_vec(&body.input).map_or(raw.len(), |encoded| encoded.len());
+        if input_size > MAX_PAYLOAD_BYTES {
+            return Err(Problem::new(413, "input_too_large", format!("the input is over {MAX_PAYLOAD_BYTES} bytes"))
+                .at("/input"));
+        }
+        let Some(job_type) = self.registry.get(&body.job_type) else {
+            return Err(Problem::invalid(
+                "unknown_type",
+                vec![field("/type", format!("no job type `{}`", body.job_type))],
+            ));
+        };
+        if let Some(missing) = job_type.unavailable() {
+            return Err(Problem::invalid(
+                "type_unavailable",
+                vec![field("/type", format!("the type is not configured here: {missing}"))],
+            ));
+        }
+        let mut errors = job_type.violations(&body.input);
+        let now = self.jobs.now();
+        if body.run_at.is_some_and(|at| at > now + MAX_SCHEDULE_AHEAD) {
+            errors.push(field("/run_at", "at most a year ahead"));
+        }
+        check_text(&mut errors, "/dedup_key", body.dedup_key.as_deref(), MAX_DEDUP_KEY);
+        check_text(&mut errors, "/session_id", body.session_id.as_deref(), MAX_SHORT_TEXT);
+        if body.skills.len() > MAX_SKILLS {
+            errors.push(field("/skills", format!("at most {MAX_SKILLS} skills")));
+        }
+        for (i, skill) in body.skills.iter().enumerate() {
+            check_text(&mut errors, &format!("/skills/{i}"), Some(skill), MAX_SHORT_TEXT);
+        }
+        if serde_json::to_vec(&body.metadata).map_or(0, |m| m.len()) > MAX_METADATA_BYTES {
+            errors.push(field("/metadata", format!("at most {MAX_METADATA_BYTES} bytes")));
+        }
+        if !errors.is_empty() {
+            return Err(Problem::invalid("invalid_job", errors));
+        }
+        let new = NewJob {
+            job_type: body.job_type.clone(),
+            input: body.input,
+            run_at: body.run_at,
+            dedup_key: body.dedup_key,
+            session_id: body.session_id,
+            skills: body.skills,
+            metadata: body.metadata,
+            trace_header: call.invocation.trace_header.clone(),
+            trace_id: call.invocation.trace_id().map(str::to_string),
+        };
+        match self.jobs.create(&caller.org_id, &caller.user_id, job_type, new, None).await.map_err(backend)? {
+            Created::New(job) => Ok(http::json(202, &job)),
+            Created::Existing(job) => Ok(http::json(200, &job)),
+        }
+    }
+
+    /// The job `id` as the caller may see it: their organization's, or any for a platform admin.
+    async fn find(&self, caller: &Identity, request: &Request) -> Result<Versioned, Problem> {
+        let id = http::path_param(request, "id").filter(|id| ulid::Ulid::from_string(id).is_ok());
+        let Some(id) = id else { return Err(Problem::not_found("no such job")) };
+        let org = if caller.has_role(Role::PlatformAdmin) {
+            self.jobs.owner(id).await.map_err(port)?.unwrap_or_else(|| caller.org_id.clone())
+        } else {
+            caller.org_id.clone()
+        };
+        self.jobs.get(&org, id).await.map_err(port)?.ok_or_else(|| Problem::not_found("no such job"))
+    }
+
+    async fn show(&self, call: &Call) -> Result<Response, Problem> {
+        let found = self.find(call.identity()?, &call.request).await?;
+        let output = match found.job.status {
+            Status::Completed => self.jobs.output(&found.job.org_id, &found.job.id).await.map_err(port)?,
+            _ => None,
+        };
+        Ok(http::json(200, &JobDetail { job: found.job, output }))
+    }
+
+    async fn list(&self, call: &Call) -> Result<Response, Problem> {
+        let caller = call.identity()?;
+        let request = &call.request;
+        let org = match http::query_param(request, "org_id") {
+            Some(org) if caller.has_role(Role::PlatformAdmin) => {
+                if !valid_org(org) {
+                    return Err(Problem::invalid_param("org_id", "not an organization id"));
+                }
+                org.to_string()
+            }
+            // A member naming another organization sees their own: the parameter is the operators'.
+            _ => caller.org_id.clone(),
+        };
+        let status = match http::query_param(request, "status") {
+            None => None,
+            Some(raw) => Some(Status::parse(raw).ok_or_else(|| {
+                Problem::invalid_param("status", "one of pending, processing, completed, failed, cancelled")
+            })?),
+        };
+        let limit = match http::query_param(request, "limit") {
+            None => DEFAULT_LIMIT,
+            Some(raw) => raw
+                .parse()
+                .ok()
+                .filter(|n| (1..=keel_jobs::store::MAX_LIST_LIMIT).contains(n))
+                .ok_or_else(|| Problem::invalid_param("limit", "an integer from 1 to 100"))?,
+        };
+        let after = match http::query_param(request, "cursor") {
+            None => None,
+            Some(raw) => Some(
+                http::decode_cursor(raw)
+                    .filter(|sk| ulid::Ulid::from_string(sk).is_ok())
+                    .ok_or_else(|| Problem::invalid_param("cursor", "the cursor is not one this API returned"))?,
+            ),
+        };
+        let filter = Filter {
+            status,
+            job_type: http::query_param(request, "type").map(str::to_string),
+            category: http::query_param(request, "category").map(str::to_string),
+            user_id: http::query_param(request, "user_id").map(str::to_string),
+            created_from: time_param(request, "created_from")?,
+            created_to: time_param(request, "created_to")?,
+        };
+        let page = self.jobs.list(&org, &filter, after, limit).await.map_err(port)?;
+        let next_cursor = page.next.as_deref().map(http::encode_cursor);
+        Ok(http::json(200, &JobPage { items: page.jobs, next_cursor }))
+    }
+
+    async fn cancel(&self, call: &Call) -> Result<Response, Problem> {
+        let caller = call.identity()?;
+        let found = self.find(caller, &call.request).await?;
+        if !may_act_on(caller, &found.job) {
+            return Err(Problem::forbidden("only the job's creator or an org admin may cancel it"));
+        }
+        let job = self.jobs.cancel(&found.job.org_id, &found.job.id, &caller.user_id).await.map_err(backend)?;
+        Ok(http::json(202, &job))
+    }
+
+    async fn retry(&self, call: &Call) -> Result<Response, Problem> {
+        let caller = call.identity()?;
+        let found = self.find(caller, &call.request).await?;
+        let old = &found.job;
+        if !may_act_on(caller, old) {
+            return Err(Problem::forbidden("only the job's creator or an org admin may retry it"));
+        }
+        if !matches!(old.status, Status::Failed | Status::Cancelled) {
+            return Err(Problem::new(409, "not_retriable", "only a failed or cancelled job can be retried"));
+        }
+        if let Some(by) = &old.retried_by {
+            return Err(Problem::new(409, "already_retried", format!("the job was retried already, by job {by}")));
+        }
+        let Some(job_type) = self.registry.get(&old.job_type) else {
+            return Err(Problem::invalid("unknown_type", vec![field("/type", "the job's type no longer exists")]));
+        };
+        if let Some(missing) = job_type.unavailable() {
+            return Err(Problem::invalid(
+                "type_unavailable",
+                vec![field("/type", format!("the type is not configured here: {missing}"))],
+            ));
+        }
+        let new = NewJob {
+            job_type: old.job_type.clone(),
+            input: old.input.clone(),
+            run_at: None,
+            dedup_key: None,
+            session_id: old.session_id.clone(),
+            skills: old.skills.clone(),
+            metadata: old.metadata.clone(),
+            trace_header: call.invocation.trace_header.clone(),
+            trace_id: call.invocation.trace_id().map(str::to_string),
+        };
+        let org = old.org_id.clone();
+        match self.jobs.create(&org, &caller.user_id, job_type, new, Some(found)).await.map_err(backend)? {
+            Created::New(job) | Created::Existing(job) => Ok(http::json(202, &job)),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Orchestration's domain: typed jobs run against downstream services.
+//!
+//! - `registry`: the job types, declared once (input schema, executor, timeout, attempts, concurrency, delivery).
+//! - `job`: the execution record and its attempts, and the keys of every item orchestration writes.
+//! - `store`: the transitions, each one transaction that writes the record, its event and its indexes; fairness
+//!   by per-organization slots; the sweeper's pass.
+//! - `events`: lifecycle events, in the organization's feed and on EventBridge (source `keel.jobs`).
+//! - `sign`: Standard Webhooks signatures on downstream calls. `backoff`: capped exponential with full jitter.
+//!
+//! The guarantee: a job acknowledged with 202 ends completed, failed or cancelled, its record says how, and at
+//! most one attempt runs at a time (a lease with a fencing token; a worker that lost its lease cannot record an
+//! outcome). Each transition's event is written with it, so none is lost; it is published after the commit, so a
+//! crash between the two publishes it again later under the same id, which consumers deduplicate on.
+
+pub mod backoff;
+pub mod events;
+pub mod job;
+pub mod registry;
+pub mod sign;
+pub mod store;
+
+pub use job::{Attempt, Job, Message, Outcome, Status, Waiting};
+pub use registry::{Delivery, Executor, JobType, Registry};
+pub use store::{AttemptEnd, Beat, Created, Filter, Jobs, JobsError, NewJob, Versioned};
