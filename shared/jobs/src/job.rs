@@ -18,6 +18,7 @@ pub const OPEN_SHARDS: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = JobStatus)]
 pub enum Status {
     Pending,
     Processing,
@@ -51,6 +52,7 @@ pub enum Waiting {
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = AttemptOutcome)]
 pub enum Outcome {
     Succeeded,
     /// Failed in a way worth retrying (a 429, a 5xx gateway answer, the network, a timeout).

@@ -28,6 +28,9 @@ async fn every_route_answers_as_its_openapi_document_says() {
             ("RATE_LIMIT_ORG", "off"),
             ("RATE_LIMIT_IP", "off"),
             ("WEBHOOK_SECRET_ACME", SECRET),
+            // A service that is not there: jobs are created and their attempts fail, which is all this test needs.
+            ("JOB_URL_NOTIFY", "http://127.0.0.1:9/notify"),
+            ("JOB_SECRET_NOTIFY", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
         ]),
     })
     .await
@@ -36,6 +39,7 @@ async fn every_route_answers_as_its_openapi_document_says() {
     let admin = host.token("org-a", "alice", &["platform-admin"]);
     let member = host.token("org-a", "bob", &["member"]);
     let deliveries = seed(&base, &admin).await;
+    let jobs = seed_jobs(&base, &member).await;
 
     let config = dir.path().join("schemathesis.toml");
     let dictionaries = json!({
@@ -44,6 +48,7 @@ async fn every_route_answers_as_its_openapi_document_says() {
         "organizations": ["org-a", "org-b"],
         "providers": ["acme"],
         "deliveries": deliveries,
+        "jobs": jobs,
     });
     let mut toml = String::new();
     for (name, values) in dictionaries.as_object().unwrap() {
@@ -55,12 +60,14 @@ async fn every_route_answers_as_its_openapi_document_says() {
          \"path.name\" = { dictionary = \"segments\", probability = 0.7 }\n\
          \"path.orgId\" = { dictionary = \"organizations\", probability = 0.7 }\n\
          \"path.provider\" = { dictionary = \"providers\", probability = 0.7 }\n\
-         \"path.deliveryId\" = { dictionary = \"deliveries\", probability = 0.7 }\n",
+         \"path.deliveryId\" = { dictionary = \"deliveries\", probability = 0.7 }\n\
+         \"path.id\" = { dictionary = \"jobs\", probability = 0.7 }\n",
     );
     std::fs::write(&config, toml).unwrap();
 
     // Operators' routes with an operator's token; members' and public routes with a member's.
-    let runs = [("^/v1/admin|^/v1/webhooks/", &admin), ("^/v1/flags|^/ofrep/|^/webhooks/|^/openapi", &member)];
+    let runs =
+        [("^/v1/admin|^/v1/webhooks/", &admin), ("^/v1/flags|^/v1/jobs|^/ofrep/|^/webhooks/|^/openapi", &member)];
     let mut tested = 0;
     for (paths, token) in runs {
         let output = Command::new(&schemathesis)
@@ -90,6 +97,25 @@ async fn every_route_answers_as_its_openapi_document_says() {
         .sum();
     assert_eq!(tested, operations, "every operation of the document is tested");
     host.shutdown().await;
+}
+
+/// Three jobs of the member's organization (ids returned): one queued, one scheduled, one cancelled.
+async fn seed_jobs(base: &str, member: &str) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    let bodies = [
+        json!({"type": "notify.email", "input": {"to": "a@example.com", "template": "welcome"}}),
+        json!({"type": "notify.sms", "input": {"to": "+15550100100", "text": "hi"}, "run_at": "2027-06-01T00:00:00Z"}),
+        json!({"type": "notify.email", "input": {"to": "b@example.com", "template": "bye"}, "dedup_key": "d-1"}),
+    ];
+    for body in bodies {
+        let answer = client.post(format!("{base}/v1/jobs")).bearer_auth(member).json(&body).send().await.unwrap();
+        assert_eq!(answer.status(), 202);
+        ids.push(answer.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string());
+    }
+    let cancel = client.post(format!("{base}/v1/jobs/{}/cancel", ids[2])).bearer_auth(member).send().await.unwrap();
+    assert_eq!(cancel.status(), 202);
+    ids
 }
 
 /// Flags of each value type with rules, variants and an override, a segment, an Unleash import, and two webhook
