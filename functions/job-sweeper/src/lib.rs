@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use keel::config::{ConfigError, Env};
 use keel::function::{Invocation, ScheduledFunction};
 use keel::resources::Resources;
+use keel_jobs::breaker::Breakers;
 use keel_jobs::{Jobs, Registry};
 
 pub const TABLE_VAR: &str = "JOBS_TABLE";
@@ -16,17 +17,15 @@ pub const BUS_VAR: &str = "EVENT_BUS_NAME";
 
 pub struct Sweeper {
     jobs: Jobs,
+    breakers: Breakers,
     registry: Registry,
 }
 
 pub fn build(env: &Env, resources: &dyn Resources) -> Result<Sweeper, ConfigError> {
+    let table = resources.table(TABLE_VAR)?;
     Ok(Sweeper {
-        jobs: Jobs::new(
-            resources.table(TABLE_VAR)?,
-            resources.queue(QUEUE_VAR)?,
-            resources.bus(BUS_VAR)?,
-            resources.clock(),
-        ),
+        jobs: Jobs::new(table.clone(), resources.queue(QUEUE_VAR)?, resources.bus(BUS_VAR)?, resources.clock()),
+        breakers: Breakers::new(table, resources.clock()),
         registry: Registry::sample_unsigned(env)?,
     })
 }
@@ -34,7 +33,7 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Sweeper, ConfigErro
 #[async_trait]
 impl ScheduledFunction for Sweeper {
     async fn call(&self, _event: serde_json::Value, _invocation: Invocation) -> Result<(), String> {
-        let swept = self.jobs.sweep(&self.registry).await.map_err(|error| error.to_string())?;
+        let swept = self.jobs.sweep(&self.registry, &self.breakers).await.map_err(|error| error.to_string())?;
         keel::metrics::count("JobsOpen", &[], swept.open as f64);
         tracing::info!(
             open = swept.open,

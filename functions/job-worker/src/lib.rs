@@ -18,6 +18,7 @@ use keel::metrics;
 use keel::queue::{MessageAttrs, Queue, TRACE_HEADER_ATTRIBUTE};
 use keel::resources::Resources;
 use keel_jobs::backoff;
+use keel_jobs::breaker::{Admission, Breakers, target_of};
 use keel_jobs::job::MAX_PAYLOAD_BYTES;
 use keel_jobs::sign::Secret;
 use keel_jobs::{
@@ -43,6 +44,7 @@ pub const ATTEMPT_HEADER: &str = "keel-attempt";
 
 pub struct Worker {
     jobs: Jobs,
+    breakers: Breakers,
     registry: Registry,
     queue: Arc<dyn Queue>,
     dead_letters: Arc<dyn Queue>,
@@ -56,12 +58,14 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Worker, ConfigError
     let lease: i64 = env.parse_or(LEASE_VAR, "a number of seconds", 30)?;
     let heartbeat: f64 = env.parse_or(HEARTBEAT_VAR, "a number of seconds", 5.0)?;
     let queue = resources.queue(QUEUE_VAR)?;
+    let table = resources.table(TABLE_VAR)?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|error| ConfigError::Malformed { name: "HTTP client".into(), reason: error.to_string() })?;
     Ok(Worker {
-        jobs: Jobs::new(resources.table(TABLE_VAR)?, queue.clone(), resources.bus(BUS_VAR)?, resources.clock()),
+        jobs: Jobs::new(table.clone(), queue.clone(), resources.bus(BUS_VAR)?, resources.clock()),
+        breakers: Breakers::new(table, resources.clock()),
         registry: Registry::sample(env)?,
         queue,
         dead_letters: resources.queue(DLQ_VAR)?,
@@ -179,6 +183,13 @@ impl Worker {
             },
             _ => {}
         }
+        // A target whose circuit is open costs no attempt: the job waits, queued, for the probe.
+        if let Executor::Http { url: Some(url), .. } = &job_type.executor
+            && let Admission::Wait(until) = self.breakers.admit(&target_of(url)).await?
+        {
+            metrics::count("JobsDeferredByBreaker", &[("Type", &job_type.name)], 1.0);
+            return Err(Again::Later(until));
+        }
         self.attempt(found, &job_type, message.published, invocation).await
     }
 
@@ -260,7 +271,18 @@ impl Worker {
                 break;
             }
             let (end, retry_after) = self.call_once(url, secret, job, attempt, &body, left).await;
+            // The service failed if it did not answer or answered 5xx; any other answer shows it is up.
+            let failed = end.downstream_status.is_none_or(|status| status >= 500);
+            let target = target_of(url);
+            if let Err(error) = self.breakers.record(&target, !failed).await {
+                tracing::warn!(%error, "breaker state not recorded");
+            }
             if end.outcome != Outcome::Retriable || try_number == CALL_TRIES {
+                return end;
+            }
+            if matches!(self.breakers.admit(&target).await, Ok(Admission::Wait(_))) {
+                let mut end = end;
+                end.error = Some(format!("{}; the target's circuit is open", end.error.unwrap_or_default()));
                 return end;
             }
             // `Retry-After` is honoured up to the cap; without it, the capped exponential with full jitter.
@@ -353,10 +375,11 @@ impl Worker {
     }
 }
 
-/// The delay before the next attempt after `attempts` attempts: the type's backoff with full jitter.
+/// The delay before the next attempt after `attempts` attempts: the type's backoff with full jitter, and never
+/// under a second (SQS delays in whole seconds; a job is not retried the instant it failed).
 fn jitter(job_type: &JobType, attempts: u32) -> Duration {
     let delay = backoff::full_jitter(job_type.retry_base, job_type.retry_max, attempts.max(1), &mut rand::rng());
-    Duration::from_std(delay).unwrap_or(Duration::zero())
+    Duration::from_std(delay).unwrap_or(Duration::zero()).max(Duration::seconds(1))
 }
 
 /// `Retry-After`: seconds, or an HTTP date.

@@ -289,3 +289,21 @@ async fn a_message_that_names_no_job_goes_to_the_dead_letter_queue() {
     assert_eq!(dead[0].body, "not a job message");
     assert_eq!(dead[0].attributes["keel-dead-letter-reason"], "not a job message");
 }
+
+#[tokio::test]
+async fn the_breaker_opens_after_five_failed_calls_and_then_jobs_wait_without_an_attempt() {
+    let w = world().await;
+    let first = w.create("down").await;
+    assert_eq!(w.deliver().await, 1);
+    assert_eq!(w.calls().len(), 3, "the first attempt's three tries");
+    let second = w.create("down").await;
+    assert_eq!(w.deliver().await, 1);
+    assert_eq!(w.calls().len(), 5, "two more, and the breaker is open: no third try");
+    let waiting = w.create("ok").await;
+    assert_eq!(w.deliver().await, 1, "the job waits for the probe");
+    assert_eq!(w.calls().len(), 5, "no call to an open target");
+    let job = w.read(&waiting.id).await.job;
+    assert_eq!((job.status, job.attempts.len()), (Status::Pending, 0), "and no attempt spent");
+    assert_eq!(w.read(&first.id).await.job.attempts.len(), 1);
+    assert!(w.read(&second.id).await.job.attempts[0].error.as_deref().unwrap().contains("circuit is open"));
+}

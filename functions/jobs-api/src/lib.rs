@@ -1,5 +1,6 @@
 //! The jobs API: create a typed job (validated against its type's schema, deduplicated by `dedup_key`, honouring
-//! `Idempotency-Key`), list and read an organization's jobs with every attempt, cancel, and retry as a new job.
+//! `Idempotency-Key`), list and read an organization's jobs with every attempt, cancel, and retry as a new job;
+//! publish domain events; read the organization's event feed; and, for platform admins, the circuit breakers.
 //!
 //! Members create and read their organization's jobs only; a job of another organization answers 404, never 403,
 //! so ids do not leak. Cancel and retry are the creator's or an org admin's. Platform admins read any
@@ -15,6 +16,8 @@ use keel::problem::{FieldError, Problem};
 use keel::ratelimit::RateLimits;
 use keel::resources::Resources;
 use keel::route::{Access, Api, Call, Route};
+use keel_jobs::breaker::{Breaker, Breakers};
+use keel_jobs::events::{self, FeedEvent};
 use keel_jobs::job::{MAX_PAYLOAD_BYTES, valid_org};
 use keel_jobs::{Created, Filter, Job, Jobs, JobsError, NewJob, Registry, Status, Versioned};
 use serde::{Deserialize, Serialize};
@@ -36,19 +39,17 @@ const DEFAULT_LIMIT: usize = 50;
 
 pub struct JobsApi {
     jobs: Jobs,
+    breakers: Breakers,
     registry: Registry,
     idempotency: Idempotency,
     rate_limits: RateLimits,
 }
 
 pub fn build(env: &Env, resources: &dyn Resources) -> Result<JobsApi, ConfigError> {
+    let table = resources.table(TABLE_VAR)?;
     Ok(JobsApi {
-        jobs: Jobs::new(
-            resources.table(TABLE_VAR)?,
-            resources.queue(QUEUE_VAR)?,
-            resources.bus(BUS_VAR)?,
-            resources.clock(),
-        ),
+        jobs: Jobs::new(table.clone(), resources.queue(QUEUE_VAR)?, resources.bus(BUS_VAR)?, resources.clock()),
+        breakers: Breakers::new(table, resources.clock()),
         registry: Registry::sample_unsigned(env)?,
         idempotency: Idempotency::from_resources(resources)?,
         rate_limits: RateLimits::shared(env, resources)?,
@@ -70,6 +71,9 @@ impl Api for JobsApi {
         Route::get("/v1/jobs/{id}", Access::Member, SHOW, |api, call| Box::pin(api.show(call))),
         Route::post("/v1/jobs/{id}/cancel", Access::Member, CANCEL, |api, call| Box::pin(api.cancel(call))),
         Route::post("/v1/jobs/{id}/retry", Access::Member, RETRY, |api, call| Box::pin(api.retry(call))),
+        Route::post("/v1/events", Access::Member, PUBLISH, |api, call| Box::pin(api.publish(call))),
+        Route::get("/v1/events/feed", Access::Member, FEED, |api, call| Box::pin(api.feed(call))),
+        Route::get("/v1/admin/jobs/breakers", Access::PlatformAdmin, BREAKERS, |api, _| Box::pin(api.breakers())),
     ];
 }
 
@@ -150,6 +154,73 @@ const RETRY: Doc = Doc {
     ..Doc::NONE
 };
 
+const PUBLISH: Doc = Doc {
+    summary: "Publish a domain event",
+    description: "Publishes the event to EventBridge (source `keel.events`, detail-type the event's type, the \
+        organization in the detail) and adds it to the organization's feed. An `id` seen in the last 24 hours is \
+        not published again (200 with the first event); after a 503, sending the same id again publishes it.",
+    body: Some(Content::Json(schema::<EventBody>)),
+    replies: &[
+        Reply::json(202, "The event, published.", schema::<FeedEvent>),
+        Reply::json(200, "The event first published with this id.", schema::<FeedEvent>),
+        Reply::problem(400, "The body is missing or not JSON."),
+        Reply::problem(413, "`data` is over 64 KB."),
+        Reply::problem(422, "A bad type (`job.` is Keel's) or id, or `data` not an object (`errors`)."),
+    ],
+    ..Doc::NONE
+};
+const FEED: Doc = Doc {
+    summary: "Read the event feed",
+    description: "The organization's job lifecycle events and domain events of the last 24 hours, oldest first, \
+        from a second ago back.",
+    params: &[
+        Param::query("after", "`next_cursor` of the previous page (absent: from the oldest kept).", inline::<String>),
+        Param::query("limit", "Page size, 1 to 100 (50 when absent).", inline::<u32>),
+    ],
+    replies: &[
+        Reply::json(200, "A page of events.", schema::<FeedPage>),
+        Reply::problem(422, "The cursor or the limit is invalid."),
+    ],
+    ..Doc::NONE
+};
+const BREAKERS: Doc = Doc {
+    summary: "List circuit breakers",
+    description: "Every downstream target's breaker that has counted a failure: closed, open or probing.",
+    replies: &[Reply::json(200, "The breakers.", schema::<BreakerList>)],
+    ..Doc::NONE
+};
+
+/// `POST /v1/events`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    /// Yours to choose (1 to 128 of `[A-Za-z0-9._:-]`), so a retry publishes once; a ULID when absent.
+    id: Option<String>,
+    /// `[a-z0-9][a-z0-9._-]*`, up to 128 characters; not `job.*`.
+    #[serde(rename = "type")]
+    event_type: String,
+    /// A JSON object, up to 64 KB.
+    data: Value,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct FeedItem {
+    #[serde(flatten)]
+    event: FeedEvent,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct FeedPage {
+    items: Vec<FeedItem>,
+    /// Pass as `after` for what follows; the same cursor again when nothing newer has settled yet.
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct BreakerList {
+    items: Vec<Breaker>,
+}
+
 /// `POST /v1/jobs`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +287,14 @@ fn check_text(errors: &mut Vec<FieldError>, pointer: &str, value: Option<&str>, 
 
 fn may_act_on(caller: &Identity, job: &Job) -> bool {
     job.user_id == caller.user_id || caller.has_role(Role::Admin) || caller.has_role(Role::PlatformAdmin)
+}
+
+fn limit_param(request: &Request) -> Result<usize, Problem> {
+    let Some(raw) = http::query_param(request, "limit") else { return Ok(DEFAULT_LIMIT) };
+    raw.parse()
+        .ok()
+        .filter(|n| (1..=keel_jobs::store::MAX_LIST_LIMIT).contains(n))
+        .ok_or_else(|| Problem::invalid_param("limit", "an integer from 1 to 100"))
 }
 
 fn time_param(request: &Request, name: &str) -> Result<Option<DateTime<Utc>>, Problem> {
@@ -323,14 +402,7 @@ impl JobsApi {
                 Problem::invalid_param("status", "one of pending, processing, completed, failed, cancelled")
             })?),
         };
-        let limit = match http::query_param(request, "limit") {
-            None => DEFAULT_LIMIT,
-            Some(raw) => raw
-                .parse()
-                .ok()
-                .filter(|n| (1..=keel_jobs::store::MAX_LIST_LIMIT).contains(n))
-                .ok_or_else(|| Problem::invalid_param("limit", "an integer from 1 to 100"))?,
-        };
+        let limit = limit_param(request)?;
         let after = match http::query_param(request, "cursor") {
             None => None,
             Some(raw) => Some(
@@ -350,6 +422,54 @@ impl JobsApi {
         let page = self.jobs.list(&org, &filter, after, limit).await.map_err(port)?;
         let next_cursor = page.next.as_deref().map(http::encode_cursor);
         Ok(http::json(200, &JobPage { items: page.jobs, next_cursor }))
+    }
+
+    async fn publish(&self, call: &Call) -> Result<Response, Problem> {
+        let caller = call.identity()?;
+        let body: EventBody = http::from_json(http::body_value(&call.request, MAX_BODY_BYTES)?, "invalid_body")?;
+        if serde_json::to_vec(&body.data).map_or(0, |data| data.len()) > events::MAX_DOMAIN_DATA {
+            return Err(Problem::new(413, "data_too_large", format!("data is over {} bytes", events::MAX_DOMAIN_DATA))
+                .at("/data"));
+        }
+        let mut errors = Vec::new();
+        if !events::valid_domain_type(&body.event_type) {
+            errors.push(field("/type", "1 to 128 of [a-z0-9._-], starting with a letter or digit, and not job.*"));
+        }
+        if body.id.as_deref().is_some_and(|id| !events::valid_domain_id(id)) {
+            errors.push(field("/id", "1 to 128 of [A-Za-z0-9._:-]"));
+        }
+        if !body.data.is_object() {
+            errors.push(field("/data", "a JSON object"));
+        }
+        if !errors.is_empty() {
+            return Err(Problem::invalid("invalid_event", errors));
+        }
+        let (event, new) =
+            self.jobs.domain_event(&caller.org_id, body.id, &body.event_type, body.data).await.map_err(backend)?;
+        Ok(http::json(if new { 202 } else { 200 }, &event))
+    }
+
+    async fn feed(&self, call: &Call) -> Result<Response, Problem> {
+        let caller = call.identity()?;
+        let request = &call.request;
+        let after = match http::query_param(request, "after") {
+            None => None,
+            Some(raw) => Some(
+                http::decode_cursor(raw)
+                    .filter(|position| ulid::Ulid::from_string(position).is_ok())
+                    .ok_or_else(|| Problem::invalid_param("after", "the cursor is not one this API returned"))?,
+            ),
+        };
+        let limit = limit_param(request)?;
+        let (page, _) = self.jobs.feed(&caller.org_id, after.clone(), limit).await.map_err(port)?;
+        let next = page.last().map(|(position, _)| position.clone()).or(after);
+        let items = page.into_iter().map(|(_, event)| FeedItem { event }).collect();
+        Ok(http::json(200, &FeedPage { items, next_cursor: next.as_deref().map(http::encode_cursor) }))
+    }
+
+    async fn breakers(&self) -> Result<Response, Problem> {
+        let items = self.breakers.list().await.map_err(port)?;
+        Ok(http::json(200, &BreakerList { items }))
     }
 
     async fn cancel(&self, call: &Call) -> Result<Response, Problem> {

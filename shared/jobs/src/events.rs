@@ -10,8 +10,36 @@ use keel::table::{Item, Key};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// The EventBridge source of job lifecycle events.
+/// The EventBridge source of job lifecycle events, and of the domain events `POST /v1/events` publishes.
 pub const BUS_SOURCE: &str = "keel.jobs";
+pub const DOMAIN_SOURCE: &str = "keel.events";
+/// Lifecycle event types start with this; a domain event's type may not.
+pub const JOB_PREFIX: &str = "job.";
+/// How long a domain event's id is remembered, so that publishing it again publishes nothing.
+pub const DOMAIN_ID_WINDOW: Duration = Duration::hours(24);
+/// Largest `data` of a domain event (bytes of JSON), and longest type and id.
+pub const MAX_DOMAIN_DATA: usize = 64 * 1024;
+pub const MAX_DOMAIN_TYPE: usize = 128;
+pub const MAX_DOMAIN_ID: usize = 128;
+
+/// A domain event type: `[a-z0-9]` then up to 127 of `[a-z0-9._-]`, not in the `job.` namespace.
+pub fn valid_domain_type(name: &str) -> bool {
+    name.len() <= MAX_DOMAIN_TYPE
+        && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && !name.starts_with(JOB_PREFIX)
+}
+
+/// A caller's event id: 1 to 128 of `[A-Za-z0-9._:-]`.
+pub fn valid_domain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_DOMAIN_ID
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+pub fn domain_id_key(org: &str, id: &str) -> Key {
+    Key::new(format!("EVENTID#{org}"), id)
+}
 /// How long the feed keeps an event.
 pub const FEED_RETENTION: Duration = Duration::hours(24);
 
@@ -89,13 +117,30 @@ impl FeedEvent {
         serde_json::from_value(Value::Object(item.attrs.clone())).ok()
     }
 
-    /// The EventBridge event: the feed event itself as the detail, with the organization.
+    /// The EventBridge event: the feed event itself as the detail, with the organization (source `keel.jobs` for
+    /// lifecycle events, `keel.events` for domain events).
     pub fn bus_event(&self, trace_header: Option<String>) -> BusEvent {
+        let source = if self.event_type.starts_with(JOB_PREFIX) { BUS_SOURCE } else { DOMAIN_SOURCE };
         BusEvent {
-            source: BUS_SOURCE.to_string(),
+            source: source.to_string(),
             detail_type: self.event_type.clone(),
             detail: json!({"id": self.id, "org_id": self.org_id, "at": self.at, "data": self.data}),
             trace_header,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_types_and_ids_are_bounded_and_the_job_namespace_is_keels() {
+        assert!(valid_domain_type("order.placed") && valid_domain_type("a"));
+        for bad in ["", "Order", ".x", "job.completed", "a b", &"x".repeat(129)] {
+            assert!(!valid_domain_type(bad), "{bad}");
+        }
+        assert!(valid_domain_id("evt:2026-12-01.7_a-b"));
+        assert!(!valid_domain_id("") && !valid_domain_id("a/b") && !valid_domain_id(&"x".repeat(129)));
     }
 }

@@ -5,6 +5,7 @@
 //! - `store`: the transitions, each one transaction that writes the record, its event and its indexes; fairness
 //!   by per-organization slots; the sweeper's pass.
 //! - `events`: lifecycle events, in the organization's feed and on EventBridge (source `keel.jobs`).
+//! - `breaker`: a circuit breaker per downstream target, shared by every worker through the table.
 //! - `sign`: Standard Webhooks signatures on downstream calls. `backoff`: capped exponential with full jitter.
 //!
 //! The guarantee: a job acknowledged with 202 ends completed, failed or cancelled, its record says how, and at
@@ -13,6 +14,7 @@
 //! crash between the two publishes it again later under the same id, which consumers deduplicate on.
 
 pub mod backoff;
+pub mod breaker;
 pub mod events;
 pub mod job;
 pub mod registry;

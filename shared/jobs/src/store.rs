@@ -14,12 +14,13 @@
 //! the job that changes it, so concurrent creators and finishers cannot lose a slot or a waiter; a waiter left
 //! behind by a crash between commit and send is admitted or re-sent by the sweeper.
 
+use crate::breaker::{Breakers, target_of};
 use crate::events::{self, FeedEvent};
 use crate::job::{
     self, Attempt, CancelRequest, Job, JobError, Message, Outcome, Status, Waiting, dedup_key, job_key, open_key,
     output_key, owner_key, slots_key, wait_key, wait_partition, wait_sort_key,
 };
-use crate::registry::{Delivery, JobType, Registry};
+use crate::registry::{Delivery, Executor, JobType, Registry};
 use chrono::{DateTime, Duration, Utc};
 use keel::bus::EventBus;
 use keel::clock::Clock;
@@ -30,14 +31,25 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use ulid::Ulid;
 
-/// Tries of a transition that keeps losing to concurrent writers of the same slot count or record.
-const MAX_CONTENTION: usize = 20;
+/// Tries of a transition that keeps losing to concurrent writers of the same slot count or record; between
+/// tries, a pause with full jitter up to `CONTENTION_PAUSE_MAX`, so a burst of creators spreads out.
+const MAX_CONTENTION: usize = 50;
+const CONTENTION_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(50);
+
+async fn pause(retry: usize) {
+    let retry = u32::try_from(retry).unwrap_or(u32::MAX);
+    let delay =
+        crate::backoff::full_jitter(std::time::Duration::from_millis(1), CONTENTION_PAUSE_MAX, retry, &mut rand::rng());
+    tokio::time::sleep(delay).await;
+}
 /// Largest page of `list`, and the backend pages one call may scan while filtering.
 pub const MAX_LIST_LIMIT: usize = 100;
 const MAX_SCAN_PAGES: usize = 10;
 /// How long past its time a queued job, or past its lease a running one, may go unclaimed before the sweeper sends
 /// its message again (the first may be lost: a crash between commit and send).
 pub const RESEND_AFTER: Duration = Duration::minutes(2);
+/// How old an event must be before the feed serves it (see `feed`).
+pub const FEED_SETTLE: Duration = Duration::seconds(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {
@@ -216,7 +228,10 @@ impl Jobs {
         retrying: Option<Versioned>,
     ) -> Result<Created, JobsError> {
         let id = self.ulid();
-        for _ in 0..MAX_CONTENTION {
+        for retry in 0..MAX_CONTENTION {
+            if retry > 0 {
+                pause(retry).await;
+            }
             let now = self.clock.now();
             let run_at = new.run_at.unwrap_or(now).max(now);
             let (held, slots_version) = self.slots(org, &job_type.name).await?;
@@ -404,7 +419,10 @@ impl Jobs {
 
     /// Cancels a pending job at once; asks a running one's worker to stop (it sees it at its next heartbeat).
     pub async fn cancel(&self, org: &str, id: &str, by: &str) -> Result<Job, JobsError> {
-        for _ in 0..MAX_CONTENTION {
+        for retry in 0..MAX_CONTENTION {
+            if retry > 0 {
+                pause(retry).await;
+            }
             let Some(Versioned { mut job, version }) = self.get(org, id).await? else {
                 return Err(JobsError::NotFound);
             };
@@ -581,7 +599,10 @@ impl Jobs {
     /// Reads the record for the worker holding `fence`: lost, cancelled, or go on (extending the lease when less
     /// than half of it is left).
     pub async fn heartbeat(&self, org: &str, id: &str, fence: u64, lease: Duration) -> Result<Beat, JobsError> {
-        for _ in 0..MAX_CONTENTION {
+        for retry in 0..MAX_CONTENTION {
+            if retry > 0 {
+                pause(retry).await;
+            }
             let Some(Versioned { mut job, version }) = self.get(org, id).await? else { return Ok(Beat::Lost) };
             if job.fence != fence || job.status != Status::Processing {
                 return Ok(Beat::Lost);
@@ -613,7 +634,10 @@ impl Jobs {
         job_type: &JobType,
         retry_at: DateTime<Utc>,
     ) -> Result<Option<Versioned>, JobsError> {
-        for _ in 0..MAX_CONTENTION {
+        for retry in 0..MAX_CONTENTION {
+            if retry > 0 {
+                pause(retry).await;
+            }
             if current.job.fence != fence || current.job.status != Status::Processing {
                 return Ok(None);
             }
@@ -682,7 +706,8 @@ impl Jobs {
     /// One pass over the open jobs: admits waiting jobs whose time has come while their organization has a slot,
     /// sends again the message of a queued job not claimed `RESEND_AFTER` past its time or of a running job
     /// `RESEND_AFTER` past its lease (the worker that held it died), and drops index entries of finished jobs.
-    pub async fn sweep(&self, registry: &Registry) -> Result<Swept, JobsError> {
+    /// A queued job whose target's circuit is open is left alone: the worker brings it back for the probe.
+    pub async fn sweep(&self, registry: &Registry, breakers: &Breakers) -> Result<Swept, JobsError> {
         let mut swept = Swept::default();
         for shard in 0..job::OPEN_SHARDS {
             let mut query = Query::partition(job::open_partition(shard));
@@ -697,7 +722,7 @@ impl Jobs {
                         swept.removed += 1;
                         continue;
                     };
-                    self.sweep_one(found, item, registry, &mut swept).await?;
+                    self.sweep_one(found, item, registry, breakers, &mut swept).await?;
                 }
                 match page.next {
                     Some(next) => query.after = Some(next),
@@ -713,16 +738,23 @@ impl Jobs {
         found: Versioned,
         open_item: &Item,
         registry: &Registry,
+        breakers: &Breakers,
         swept: &mut Swept,
     ) -> Result<(), JobsError> {
         let now = self.clock.now();
         let job = &found.job;
+        let target_open = match registry.get(&job.job_type).map(|job_type| &job_type.executor) {
+            Some(Executor::Http { url: Some(url), .. }) => breakers.is_open(&target_of(url)).await?,
+            _ => false,
+        };
         match (job.status, job.waiting) {
             (status, _) if status.is_terminal() => {
                 self.table.delete(&open_item.key, Expect::Any).await?;
                 swept.removed += 1;
             }
-            (Status::Pending, Some(Waiting::Queued)) if now - job.run_at.max(job.updated_at) > RESEND_AFTER => {
+            (Status::Pending, Some(Waiting::Queued))
+                if now - job.run_at.max(job.updated_at) > RESEND_AFTER && !target_open =>
+            {
                 self.send(job, 0).await?;
                 swept.resent += 1;
             }
@@ -767,7 +799,81 @@ impl Jobs {
         }
     }
 
-    /// The feed after `position` (exclusive), oldest first.
+    /// Records a domain event in the organization's feed and publishes it. An id seen in the last 24 hours is not
+    /// recorded again; if its publish had failed, it is published now. `true` when the event is new.
+    pub async fn domain_event(
+        &self,
+        org: &str,
+        id: Option<String>,
+        event_type: &str,
+        data: Value,
+    ) -> Result<(FeedEvent, bool), JobsError> {
+        let id = id.unwrap_or_else(|| self.ulid());
+        let key = events::domain_id_key(org, &id);
+        for retry in 0..MAX_CONTENTION {
+            if retry > 0 {
+                pause(retry).await;
+            }
+            if let Some(item) = self.table.get(&key).await? {
+                let event: FeedEvent = serde_json::from_value(item.attrs.get("event").cloned().unwrap_or_default())
+                    .map_err(|_| PortError::Invalid("a stored domain event is unreadable".into()))?;
+                if item.attrs.get("published") != Some(&Value::Bool(true)) {
+                    self.publish_domain(&event, &key, item.version).await?;
+                }
+                return Ok((event, false));
+            }
+            let now = self.clock.now();
+            let event = FeedEvent {
+                id: id.clone(),
+                event_type: event_type.to_string(),
+                org_id: org.to_string(),
+                at: now,
+                data: data.clone(),
+            };
+            let seen = Item {
+                key: key.clone(),
+                attrs: attrs(json!({"event": event, "published": false})),
+                version: 1,
+                expires_at: Some(now + events::DOMAIN_ID_WINDOW),
+            };
+            match self
+                .table
+                .transact(vec![put(seen, Expect::Absent), put(event.to_item(&self.ulid()), Expect::Absent)])
+                .await
+            {
+                Ok(()) => {
+                    self.publish_domain(&event, &key, 1).await?;
+                    return Ok((event, true));
+                }
+                Err(PortError::ConditionFailed { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(JobsError::Contended)
+    }
+
+    /// Publishes a recorded domain event and marks its id published. A failure is the caller's to report: the
+    /// event is in the feed, and sending it again with the same id publishes it.
+    async fn publish_domain(&self, event: &FeedEvent, key: &Key, version: u64) -> Result<(), PortError> {
+        self.bus.put(&[event.bus_event(None)]).await?;
+        let item = Item {
+            key: key.clone(),
+            attrs: attrs(json!({"event": event, "published": true})),
+            version: version + 1,
+            expires_at: Some(event.at + events::DOMAIN_ID_WINDOW),
+        };
+        // Published either way; unmarked (or marked by another publisher first), a repeat publishes it again.
+        if let Err(error) = self.table.put(item, Expect::Version(version)).await
+            && !error.is_condition_failed()
+        {
+            tracing::warn!(event_id = %event.id, %error, "published domain event not marked");
+        }
+        Ok(())
+    }
+
+    /// The feed after `position` (exclusive), oldest first, up to events a second old: a transition commits
+    /// within that of taking its position, so a reader that has passed a position never finds an event before it
+    /// appear later.
     pub async fn feed(
         &self,
         org: &str,
@@ -777,6 +883,9 @@ impl Jobs {
         let mut query = Query::partition(events::feed_partition(org));
         query.after = after;
         query.limit = limit.clamp(1, MAX_LIST_LIMIT);
+        let settled = self.clock.now() - FEED_SETTLE;
+        let bound = Ulid::from_parts(u64::try_from(settled.timestamp_millis()).unwrap_or(0), u128::MAX >> 48);
+        query.sk_to = Some(bound.to_string());
         let page = self.table.query(&query).await?;
         let events = page
             .items

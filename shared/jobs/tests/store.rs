@@ -25,6 +25,7 @@ struct Fixture {
     queue: Arc<EmbeddedQueue>,
     bus: Arc<EmbeddedBus>,
     jobs: Jobs,
+    breakers: keel_jobs::breaker::Breakers,
     registry: Registry,
 }
 
@@ -48,7 +49,8 @@ fn fixture() -> Fixture {
     let queue = Arc::new(db.queue(QueueSpec::new("jobs"), clock.clone()));
     let bus = Arc::new(db.bus("bus"));
     let jobs = Jobs::new(table.clone(), queue.clone(), bus.clone(), clock.clone());
-    Fixture { _dir: dir, clock, table, queue, bus, jobs, registry: registry() }
+    let breakers = keel_jobs::breaker::Breakers::new(table.clone(), clock.clone());
+    Fixture { _dir: dir, clock, table, queue, bus, jobs, breakers, registry: registry() }
 }
 
 impl Fixture {
@@ -117,6 +119,8 @@ async fn a_job_runs_from_creation_to_completion_in_four_write_requests_with_an_e
     // Creation, claim and completion (one transaction each), and the mark that the last event is out.
     assert_eq!(f.table.write_requests(), 4, "items written: {}", f.table.items_written());
     assert!(f.read("o1", &job.id).await.job.outbox.is_empty());
+    assert!(f.jobs.feed("o1", None, 10).await.unwrap().0.is_empty(), "the feed serves events a second old");
+    f.clock.advance(Duration::seconds(2));
     let (feed, _) = f.jobs.feed("o1", None, 10).await.unwrap();
     let feed_types: Vec<&str> = feed.iter().map(|(_, event)| event.event_type.as_str()).collect();
     assert_eq!(feed_types, ["job.created", "job.started", "job.completed"]);
@@ -286,19 +290,19 @@ async fn the_sweeper_admits_scheduled_jobs_when_due_and_resends_lost_messages() 
     let queued = f.create("o1", "t.fast").await;
     assert_eq!(f.messages().await.len(), 1, "the queued job's message, now lost");
 
-    let swept = f.jobs.sweep(&f.registry).await.unwrap();
+    let swept = f.jobs.sweep(&f.registry, &f.breakers).await.unwrap();
     assert_eq!((swept.open, swept.admitted, swept.resent), (2, 0, 0));
     f.clock.advance(RESEND_AFTER + Duration::seconds(1));
-    let swept = f.jobs.sweep(&f.registry).await.unwrap();
+    let swept = f.jobs.sweep(&f.registry, &f.breakers).await.unwrap();
     assert_eq!(swept.resent, 1);
     assert_eq!(f.messages().await.into_iter().map(|m| m.job).collect::<Vec<_>>(), [queued.id.as_str()]);
 
     f.clock.set(later);
-    let swept = f.jobs.sweep(&f.registry).await.unwrap();
+    let swept = f.jobs.sweep(&f.registry, &f.breakers).await.unwrap();
     assert_eq!(swept.admitted, 1);
     assert_eq!(f.read("o1", &scheduled.id).await.job.waiting, Some(Waiting::Queued));
     f.run("o1", &queued.id, Outcome::Succeeded).await.unwrap();
-    let swept = f.jobs.sweep(&f.registry).await.unwrap();
+    let swept = f.jobs.sweep(&f.registry, &f.breakers).await.unwrap();
     assert_eq!(swept.open, 1, "the finished job left the index in its own transaction");
 }
 
@@ -367,4 +371,42 @@ async fn an_event_whose_publish_failed_stays_in_the_outbox_and_goes_out_with_the
     let fence = claimed.job.fence;
     jobs.end_attempt(claimed, fence, end, &job_type, f.clock.now()).await.unwrap().unwrap();
     assert_eq!(f.event_types(), ["job.created", "job.started", "job.completed"], "each once, in order");
+}
+
+#[tokio::test]
+async fn a_domain_event_is_published_once_per_id_and_joins_the_feed() {
+    let f = fixture();
+    let (event, new) =
+        f.jobs.domain_event("o1", Some("order-9".into()), "order.placed", json!({"total": 5})).await.unwrap();
+    assert!(new);
+    let (again, new_again) =
+        f.jobs.domain_event("o1", Some("order-9".into()), "order.placed", json!({"total": 6})).await.unwrap();
+    assert_eq!((again.clone(), new_again), (event.clone(), false), "the first one, not the repeat's data");
+    let recorded = f.bus.recorded().unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        (recorded[0].event.source.as_str(), recorded[0].event.detail_type.as_str()),
+        ("keel.events", "order.placed")
+    );
+    assert_eq!(recorded[0].event.detail["org_id"], "o1");
+    let (other, new_elsewhere) =
+        f.jobs.domain_event("o2", Some("order-9".into()), "order.placed", json!({})).await.unwrap();
+    assert!(new_elsewhere && other.org_id == "o2", "ids are per organization");
+    f.clock.advance(Duration::seconds(2));
+    let feed = f.jobs.feed("o1", None, 10).await.unwrap().0;
+    assert_eq!(feed.iter().map(|(_, e)| e.id.as_str()).collect::<Vec<_>>(), ["order-9"]);
+}
+
+#[tokio::test]
+async fn a_domain_event_whose_publish_failed_is_published_by_its_repeat() {
+    let f = fixture();
+    let bus = Arc::new(SwitchableBus { inner: f.bus.clone(), down: true.into() });
+    let jobs = Jobs::new(f.table.clone(), f.queue.clone(), bus.clone(), f.clock.clone());
+    assert!(jobs.domain_event("o1", Some("e1".into()), "order.placed", json!({})).await.is_err());
+    assert!(f.bus.recorded().unwrap().is_empty());
+    bus.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (_, new) = jobs.domain_event("o1", Some("e1".into()), "order.placed", json!({})).await.unwrap();
+    assert!(!new);
+    jobs.domain_event("o1", Some("e1".into()), "order.placed", json!({})).await.unwrap();
+    assert_eq!(f.bus.recorded().unwrap().len(), 1, "published by the first repeat, not again by the second");
 }

@@ -1,0 +1,201 @@
+//! Jobs end to end on keel-local over HTTP, against a downstream service that verifies every call with the official
+//! Standard Webhooks library (`tests/sdk/job_service.py`): outcomes, events, fairness between organizations, and a
+//! cancel that reaches a running call.
+
+use keel::config::Env;
+use keel_local::{Backend, Host, HostOptions};
+use keel_tests::repo_root;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The Python service, stopped when dropped.
+struct Service {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Service {
+    fn start() -> Self {
+        let python = repo_root().join(".venv/bin/python");
+        assert!(python.exists(), "the virtualenv is missing: run `bash infra/bootstrap.sh`");
+        let mut child = Command::new(python)
+            .arg(repo_root().join("tests/sdk/job_service.py"))
+            .arg(SECRET)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("the service printed {line:?}"));
+        Self { child, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    async fn calls(&self) -> Vec<Value> {
+        reqwest::get(format!("{}/calls", self.url)).await.unwrap().json().await.unwrap()
+    }
+}
+
+async fn start(dir: &std::path::Path, service: &Service) -> Host {
+    Host::start(HostOptions {
+        port: 0,
+        data_dir: dir.to_path_buf(),
+        backend: Backend::Embedded,
+        template: repo_root().join("template.yaml"),
+        env: Env::from_pairs([
+            ("KEEL_STAGE", "dev".to_string()),
+            ("RATE_LIMIT_ORG", "off".to_string()),
+            ("RATE_LIMIT_IP", "off".to_string()),
+            ("JOB_URL_NOTIFY", format!("{}/notify", service.url)),
+            ("JOB_SECRET_NOTIFY", SECRET.to_string()),
+        ]),
+    })
+    .await
+    .unwrap()
+}
+
+struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(host: &Host, org: &str, user: &str) -> Self {
+        Self {
+            base: format!("http://{}", host.addr()),
+            token: host.token(org, user, &["member"]),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn create(&self, template: &str) -> Value {
+        let body = json!({"type": "notify.email", "input": {"to": "ada@example.com", "template": template}});
+        let response =
+            self.http.post(format!("{}/v1/jobs", self.base)).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 202);
+        response.json().await.unwrap()
+    }
+
+    async fn get(&self, id: &str) -> Value {
+        let response =
+            self.http.get(format!("{}/v1/jobs/{id}", self.base)).bearer_auth(&self.token).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Waits until the job is in one of `statuses`; the job.
+    async fn wait_for(&self, id: &str, statuses: &[&str], within: Duration) -> Value {
+        let started = Instant::now();
+        loop {
+            let job = self.get(id).await;
+            if statuses.contains(&job["status"].as_str().unwrap()) {
+                return job;
+            }
+            assert!(started.elapsed() < within, "job {id} still {} after {within:?}: {job}", job["status"]);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_reach_a_service_that_verifies_them_with_the_standard_webhooks_library() {
+    let service = Service::start();
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &service).await;
+    let ada = Client::new(&host, "org-a", "ada");
+    let ok = ada.create("ok").await;
+    let flaky = ada.create("flaky").await;
+    let fail = ada.create("fail").await;
+    let ok = ada.wait_for(ok["id"].as_str().unwrap(), &["completed"], Duration::from_secs(20)).await;
+    assert_eq!(ok["output"], json!({"delivered": true}));
+    let flaky = ada.wait_for(flaky["id"].as_str().unwrap(), &["completed"], Duration::from_secs(20)).await;
+    assert_eq!(flaky["attempts"].as_array().unwrap().len(), 1, "the 503 was retried within the attempt");
+    let fail = ada.wait_for(fail["id"].as_str().unwrap(), &["failed"], Duration::from_secs(20)).await;
+    assert_eq!(fail["attempts"][0]["downstream_status"], 400);
+
+    let calls = service.calls().await;
+    assert_eq!(calls.len(), 4, "ok, flaky twice, fail: {calls:#?}");
+    assert!(calls.iter().all(|call| call["verified"] == true), "every call verifies: {calls:#?}");
+    let ids: std::collections::BTreeSet<&str> = calls.iter().map(|call| call["id"].as_str().unwrap()).collect();
+    let jobs: std::collections::BTreeSet<&str> =
+        [&ok, &flaky, &fail].iter().map(|job| job["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, jobs, "the webhook-id is the job id");
+
+    let events: Vec<String> = host
+        .bus_recorded()
+        .unwrap()
+        .into_iter()
+        .filter(|recorded| recorded.event.source == "keel.jobs" && recorded.event.detail["data"]["job_id"] == ok["id"])
+        .map(|recorded| recorded.event.detail_type)
+        .collect();
+    assert_eq!(events, ["job.created", "job.started", "job.completed"]);
+    host.shutdown().await;
+}
+
+/// Organization A queues 500 jobs, then B queues 5: every one of B's starts before A has had 50 start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_organizations_jobs_start_before_a_flood_has_had_fifty_start() {
+    let service = Service::start();
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &service).await;
+    let a = Client::new(&host, "org-a", "ada");
+    let b = Client::new(&host, "org-b", "bob");
+    // A's jobs take 2 s each and are created 16 at a time, so all 500 are queued while its first are running.
+    use futures::StreamExt;
+    let a_ids: Vec<String> = futures::stream::iter(0..500)
+        .map(|_| async { a.create("slow:2000").await["id"].as_str().unwrap().to_string() })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut b_ids = Vec::new();
+    for _ in 0..5 {
+        b_ids.push(b.create("ok").await["id"].as_str().unwrap().to_string());
+    }
+    let mut b_started = Vec::new();
+    for id in &b_ids {
+        let job = b.wait_for(id, &["completed"], Duration::from_secs(60)).await;
+        b_started.push(chrono::DateTime::parse_from_rfc3339(job["started_at"].as_str().unwrap()).unwrap());
+    }
+    let last_b = b_started.iter().max().copied().unwrap();
+    let a_started: Vec<Value> = futures::stream::iter(&a_ids).then(|id| a.get(id)).collect().await;
+    let a_started_before = a_started
+        .iter()
+        .filter_map(|job| job["started_at"].as_str())
+        .filter(|at| chrono::DateTime::parse_from_rfc3339(at).unwrap() <= last_b)
+        .count();
+    println!("A jobs started before B's last: {a_started_before}");
+    assert!(a_started_before < 50, "{a_started_before} of A's jobs started before B's last");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_a_running_job_within_the_heartbeat() {
+    let service = Service::start();
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &service).await;
+    let ada = Client::new(&host, "org-a", "ada");
+    let job = ada.create("slow:40000").await;
+    let id = job["id"].as_str().unwrap();
+    ada.wait_for(id, &["processing"], Duration::from_secs(20)).await;
+    let asked = Instant::now();
+    let response =
+        ada.http.post(format!("{}/v1/jobs/{id}/cancel", ada.base)).bearer_auth(&ada.token).send().await.unwrap();
+    assert_eq!(response.status(), 202);
+    let cancelled = ada.wait_for(id, &["cancelled"], Duration::from_secs(10)).await;
+    let took = asked.elapsed();
+    println!("cancel reached the running job in {took:?}");
+    assert!(took <= Duration::from_secs(6), "the heartbeat is 5 s: {took:?}");
+    assert_eq!(cancelled["attempts"][0]["outcome"], "cancelled");
+    host.shutdown().await;
+}
