@@ -9,6 +9,7 @@ use keel::config::{ConfigError, Env};
 use keel::function::{Invocation, ScheduledFunction};
 use keel::resources::Resources;
 use keel_jobs::breaker::Breakers;
+use keel_jobs::gate::Gates;
 use keel_jobs::{Jobs, Registry};
 
 pub const TABLE_VAR: &str = "JOBS_TABLE";
@@ -18,6 +19,7 @@ pub const BUS_VAR: &str = "EVENT_BUS_NAME";
 pub struct Sweeper {
     jobs: Jobs,
     breakers: Breakers,
+    gates: Gates,
     registry: Registry,
 }
 
@@ -26,6 +28,7 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Sweeper, ConfigErro
     Ok(Sweeper {
         jobs: Jobs::new(table.clone(), resources.queue(QUEUE_VAR)?, resources.bus(BUS_VAR)?, resources.clock()),
         breakers: Breakers::new(table, resources.clock()),
+        gates: Gates::from_resources(env, resources)?,
         registry: Registry::sample_unsigned(env)?,
     })
 }
@@ -33,7 +36,8 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Sweeper, ConfigErro
 #[async_trait]
 impl ScheduledFunction for Sweeper {
     async fn call(&self, _event: serde_json::Value, _invocation: Invocation) -> Result<(), String> {
-        let swept = self.jobs.sweep(&self.registry, &self.breakers).await.map_err(|error| error.to_string())?;
+        let swept =
+            self.jobs.sweep(&self.registry, &self.breakers, &self.gates).await.map_err(|error| error.to_string())?;
         keel::metrics::count("JobsOpen", &[], swept.open as f64);
         tracing::info!(
             open = swept.open,

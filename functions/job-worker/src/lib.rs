@@ -19,6 +19,7 @@ use keel::queue::{MessageAttrs, Queue, TRACE_HEADER_ATTRIBUTE};
 use keel::resources::Resources;
 use keel_jobs::backoff;
 use keel_jobs::breaker::{Admission, Breakers, target_of};
+use keel_jobs::gate::Gates;
 use keel_jobs::job::MAX_PAYLOAD_BYTES;
 use keel_jobs::sign::Secret;
 use keel_jobs::{
@@ -39,12 +40,15 @@ const CALL_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
 const CALL_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 /// Time kept back from the invocation's deadline to record the outcome.
 const MARGIN: Duration = Duration::seconds(2);
+/// How soon a paused job's message comes back to see whether the pause is over.
+const PAUSED_RECHECK: Duration = Duration::seconds(30);
 /// The header that numbers the attempt beside the Standard Webhooks headers (whose id is the job's).
 pub const ATTEMPT_HEADER: &str = "keel-attempt";
 
 pub struct Worker {
     jobs: Jobs,
     breakers: Breakers,
+    gates: Gates,
     registry: Registry,
     queue: Arc<dyn Queue>,
     dead_letters: Arc<dyn Queue>,
@@ -66,6 +70,7 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Worker, ConfigError
     Ok(Worker {
         jobs: Jobs::new(table.clone(), queue.clone(), resources.bus(BUS_VAR)?, resources.clock()),
         breakers: Breakers::new(table, resources.clock()),
+        gates: Gates::from_resources(env, resources)?,
         registry: Registry::sample(env)?,
         queue,
         dead_letters: resources.queue(DLQ_VAR)?,
@@ -183,7 +188,11 @@ impl Worker {
             },
             _ => {}
         }
-        // A target whose circuit is open costs no attempt: the job waits, queued, for the probe.
+        // A paused type, or a target whose circuit is open, costs no attempt: the job waits, queued.
+        if self.gates.paused(&found.job.org_id, &job_type.name).await {
+            metrics::count("JobsPaused", &[("Type", &job_type.name)], 1.0);
+            return Err(Again::Later(now + PAUSED_RECHECK));
+        }
         if let Executor::Http { url: Some(url), .. } = &job_type.executor
             && let Admission::Wait(until) = self.breakers.admit(&target_of(url)).await?
         {

@@ -78,6 +78,7 @@ struct World {
     _dir: tempfile::TempDir,
     stub: Arc<Stub>,
     table: Arc<dyn Table>,
+    flags: Arc<dyn Table>,
     queue: Arc<EmbeddedQueue>,
     dead_letters: Arc<EmbeddedQueue>,
     bus: Arc<EmbeddedBus>,
@@ -95,6 +96,7 @@ async fn world() -> World {
     let db = EmbeddedDb::open(dir.path()).unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let table: Arc<dyn Table> = Arc::new(db.table("JobsTable", clock.clone()));
+    let flags: Arc<dyn Table> = Arc::new(db.table("FlagsTable", clock.clone()));
     let mut spec = QueueSpec::new("JobQueue");
     spec.visibility_timeout = Duration::from_secs(360);
     let queue = Arc::new(db.queue(spec, clock.clone()));
@@ -103,6 +105,7 @@ async fn world() -> World {
     let dyn_bus: Arc<dyn EventBus> = bus.clone();
     let resources = StaticResources::new(clock)
         .with_table("JOBS_TABLE", table.clone())
+        .with_table("FLAGS_TABLE", flags.clone())
         .with_queue("JOB_QUEUE_URL", queue.clone())
         .with_queue("JOB_DLQ_URL", dead_letters.clone())
         .with_bus("EVENT_BUS_NAME", dyn_bus);
@@ -110,8 +113,9 @@ async fn world() -> World {
         ("JOB_URL_NOTIFY", format!("http://{address}/notify")),
         ("JOB_SECRET_NOTIFY", SECRET.to_string()),
         ("JOB_HEARTBEAT_SECONDS", "0.1".to_string()),
+        ("KEEL_STAGE", "dev".to_string()),
     ]);
-    World { _dir: dir, stub, table, queue, dead_letters, bus, resources, env }
+    World { _dir: dir, stub, table, flags, queue, dead_letters, bus, resources, env }
 }
 
 impl World {
@@ -120,11 +124,15 @@ impl World {
     }
 
     async fn create(&self, template: &str) -> keel_jobs::Job {
+        self.create_for("o1", template).await
+    }
+
+    async fn create_for(&self, org: &str, template: &str) -> keel_jobs::Job {
         let registry = Registry::sample(&self.env).unwrap();
         let input = json!({"to": "ada@example.com", "template": template});
         let new = NewJob { input, ..NewJob::default() };
         let Created::New(job) =
-            self.jobs().create("o1", "u1", registry.get("notify.email").unwrap(), new, None).await.unwrap()
+            self.jobs().create(org, "u1", registry.get("notify.email").unwrap(), new, None).await.unwrap()
         else {
             panic!("deduplicated")
         };
@@ -147,7 +155,11 @@ impl World {
     }
 
     async fn read(&self, id: &str) -> Versioned {
-        self.jobs().get("o1", id).await.unwrap().unwrap()
+        self.read_of("o1", id).await
+    }
+
+    async fn read_of(&self, org: &str, id: &str) -> Versioned {
+        self.jobs().get(org, id).await.unwrap().unwrap()
     }
 
     fn calls(&self) -> Vec<(String, String, String, bool)> {
@@ -306,4 +318,21 @@ async fn the_breaker_opens_after_five_failed_calls_and_then_jobs_wait_without_an
     assert_eq!((job.status, job.attempts.len()), (Status::Pending, 0), "and no attempt spent");
     assert_eq!(w.read(&first.id).await.job.attempts.len(), 1);
     assert!(w.read(&second.id).await.job.attempts[0].error.as_deref().unwrap().contains("circuit is open"));
+}
+
+#[tokio::test]
+async fn an_operational_flag_pauses_a_type_for_one_organization_and_its_jobs_wait_without_an_attempt() {
+    let w = world().await;
+    let store = keel_flags::store::FlagStore::new(w.flags.clone(), Arc::new(SystemClock));
+    let mut flag = keel_flags::Flag::new("keel.jobs.notify.email");
+    flag.default_value = true;
+    flag.block_orgs = vec!["o1".into()];
+    store.create(flag, "operator").await.unwrap();
+    let held = w.create_for("o1", "ok").await;
+    let free = w.create_for("o2", "ok").await;
+    assert_eq!(w.deliver().await, 1, "o1's job comes back later");
+    assert_eq!(w.read_of("o2", &free.id).await.job.status, Status::Completed);
+    let waiting = w.read_of("o1", &held.id).await.job;
+    assert_eq!((waiting.status, waiting.attempts.len()), (Status::Pending, 0));
+    assert_eq!(w.calls().len(), 1, "only o2's job reached the service");
 }

@@ -18,6 +18,7 @@ use keel::resources::Resources;
 use keel::route::{Access, Api, Call, Route};
 use keel_jobs::breaker::{Breaker, Breakers};
 use keel_jobs::events::{self, FeedEvent};
+use keel_jobs::gate::Gates;
 use keel_jobs::job::{MAX_PAYLOAD_BYTES, valid_org};
 use keel_jobs::{Created, Filter, Job, Jobs, JobsError, NewJob, Registry, Status, Versioned};
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,7 @@ const DEFAULT_LIMIT: usize = 50;
 pub struct JobsApi {
     jobs: Jobs,
     breakers: Breakers,
+    gates: Gates,
     registry: Registry,
     idempotency: Idempotency,
     rate_limits: RateLimits,
@@ -50,6 +52,7 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<JobsApi, ConfigErro
     Ok(JobsApi {
         jobs: Jobs::new(table.clone(), resources.queue(QUEUE_VAR)?, resources.bus(BUS_VAR)?, resources.clock()),
         breakers: Breakers::new(table, resources.clock()),
+        gates: Gates::from_resources(env, resources)?,
         registry: Registry::sample_unsigned(env)?,
         idempotency: Idempotency::from_resources(resources)?,
         rate_limits: RateLimits::shared(env, resources)?,
@@ -88,8 +91,8 @@ const CREATE: Doc = Doc {
         organization returns that job (200) instead of creating one.",
     body: Some(Content::Json(schema::<CreateBody>)),
     replies: &[
-        Reply::json(202, "The job, created.", schema::<Job>),
-        Reply::json(200, "The pending or running job that holds `dedup_key`.", schema::<Job>),
+        Reply::json(202, "The job, created.", schema::<CreatedJob>),
+        Reply::json(200, "The pending or running job that holds `dedup_key`.", schema::<CreatedJob>),
         Reply::problem(400, "The body is missing or not JSON."),
         Reply::problem(413, "The body, or the input, is over 256 KB."),
         Reply::problem(422, "Unknown or unavailable type, an input that breaks its schema, or a bad field (`errors`)."),
@@ -241,6 +244,16 @@ struct CreateBody {
     metadata: serde_json::Map<String, Value>,
 }
 
+/// A job as creation answers it.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CreatedJob {
+    #[serde(flatten)]
+    job: Job,
+    /// The type is paused for the organization (its operational flag `keel.jobs.<type>` is off): the job waits,
+    /// queued, until it is on again.
+    paused: bool,
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 struct JobPage {
     items: Vec<Job>,
@@ -356,9 +369,10 @@ impl JobsApi {
             trace_header: call.invocation.trace_header.clone(),
             trace_id: call.invocation.trace_id().map(str::to_string),
         };
+        let paused = self.gates.paused(&caller.org_id, &job_type.name).await;
         match self.jobs.create(&caller.org_id, &caller.user_id, job_type, new, None).await.map_err(backend)? {
-            Created::New(job) => Ok(http::json(202, &job)),
-            Created::Existing(job) => Ok(http::json(200, &job)),
+            Created::New(job) => Ok(http::json(202, &CreatedJob { job, paused })),
+            Created::Existing(job) => Ok(http::json(200, &CreatedJob { job, paused })),
         }
     }
 

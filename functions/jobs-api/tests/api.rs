@@ -31,6 +31,7 @@ fn api() -> Api {
     let bus: Arc<dyn EventBus> = Arc::new(db.bus("EventBus"));
     let resources = StaticResources::new(dyn_clock.clone())
         .with_table("JOBS_TABLE", table)
+        .with_table("FLAGS_TABLE", Arc::new(db.table("FlagsTable", dyn_clock.clone())))
         .with_queue("JOB_QUEUE_URL", queue.clone())
         .with_bus("EVENT_BUS_NAME", bus)
         .with_table(keel::idempotency::TABLE_VAR, Arc::new(db.table("IdempotencyTable", dyn_clock.clone())))
@@ -39,6 +40,7 @@ fn api() -> Api {
         ("JOB_URL_NOTIFY", "http://127.0.0.1:9/notify"),
         ("RATE_LIMIT_ORG", "off"),
         ("RATE_LIMIT_IP", "off"),
+        ("KEEL_STAGE", "dev"),
     ]);
     Api { _dir: dir, clock, queue, api: jobs_api::build(&env, &resources).unwrap() }
 }

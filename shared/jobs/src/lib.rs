@@ -5,6 +5,7 @@
 //! - `store`: the transitions, each one transaction that writes the record, its event and its indexes; fairness
 //!   by per-organization slots; the sweeper's pass.
 //! - `events`: lifecycle events, in the organization's feed and on EventBridge (source `keel.jobs`).
+//! - `gate`: operational flags (`keel.jobs.<type>`) that pause a type everywhere or for one organization.
 //! - `breaker`: a circuit breaker per downstream target, shared by every worker through the table.
 //! - `sign`: Standard Webhooks signatures on downstream calls. `backoff`: capped exponential with full jitter.
 //!
@@ -16,6 +17,7 @@
 pub mod backoff;
 pub mod breaker;
 pub mod events;
+pub mod gate;
 pub mod job;
 pub mod registry;
 pub mod sign;

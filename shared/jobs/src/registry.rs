@@ -59,19 +59,32 @@ pub struct JobType {
     pub concurrency: u32,
     pub delivery: Delivery,
     pub input_schema: Value,
-    validator: std::sync::Arc<jsonschema::Validator>,
+    /// Compiled at the first validation: a worker never needs it, and compiling six schemas would add milliseconds
+    /// to every function's cold start. The sample registry's schemas are checked by its tests.
+    validator: std::sync::Arc<std::sync::OnceLock<Result<jsonschema::Validator, String>>>,
+}
+
+/// `format` is checked too (an `email` must be one), not only annotated as draft 2020-12 allows.
+fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::options().should_validate_formats(true).build(schema).map_err(|error| error.to_string())
 }
 
 impl JobType {
     /// Every way `input` breaks the type's schema, each with its JSON pointer under `/input`.
     pub fn violations(&self, input: &Value) -> Vec<FieldError> {
-        self.validator
-            .iter_errors(input)
-            .map(|error| FieldError {
-                pointer: format!("/input{}", error.instance_path()),
-                message: error.masked().to_string(),
-            })
-            .collect()
+        match self.validator.get_or_init(|| compile(&self.input_schema)) {
+            Ok(validator) => validator
+                .iter_errors(input)
+                .map(|error| FieldError {
+                    pointer: format!("/input{}", error.instance_path()),
+                    message: error.masked().to_string(),
+                })
+                .collect(),
+            Err(reason) => vec![FieldError {
+                pointer: "/type".into(),
+                message: format!("the type's input schema does not compile: {reason}"),
+            }],
+        }
     }
 
     /// Why the type cannot run here, if it cannot: the variable a deployment must set.
@@ -129,22 +142,23 @@ pub fn valid_type_name(name: &str) -> bool {
 
 impl Registry {
     /// Reads a registry document, resolving URLs and secrets from `env`.
+    /// Every schema is compiled now, so a declaration that does not compile is refused at once.
     pub fn from_json(document: &str, env: &Env) -> Result<Self, ConfigError> {
-        Self::read(document, env, true)
+        Self::read(document, env, true, true)
     }
 
     /// The registry Keel ships, with `env`'s URLs and secrets (the worker, which signs).
     pub fn sample(env: &Env) -> Result<Self, ConfigError> {
-        Self::read(SAMPLE, env, true)
+        Self::read(SAMPLE, env, true, false)
     }
 
     /// The registry Keel ships with `env`'s URLs but no secrets: what the API and the sweeper need, which check and
     /// schedule jobs but never call a service.
     pub fn sample_unsigned(env: &Env) -> Result<Self, ConfigError> {
-        Self::read(SAMPLE, env, false)
+        Self::read(SAMPLE, env, false, false)
     }
 
-    fn read(document: &str, env: &Env, signing: bool) -> Result<Self, ConfigError> {
+    fn read(document: &str, env: &Env, signing: bool, compiled: bool) -> Result<Self, ConfigError> {
         let document: Document = serde_json::from_str(document)
             .map_err(|error| invalid("registry", format!("a registry document: {error}")))?;
         let mut types = BTreeMap::new();
@@ -168,11 +182,12 @@ impl Registry {
             if !(1..=MAX_CONCURRENCY).contains(&decl.concurrency) {
                 return Err(invalid(&name, "a concurrency of 1 to 1000"));
             }
-            // `format` is checked too (an `email` must be one), not only annotated as draft 2020-12 allows.
-            let validator = jsonschema::options()
-                .should_validate_formats(true)
-                .build(&decl.input_schema)
-                .map_err(|error| invalid(&name, format!("a valid input schema ({error})")))?;
+            let validator = std::sync::OnceLock::new();
+            if compiled {
+                let validator_now = compile(&decl.input_schema)
+                    .map_err(|error| invalid(&name, format!("a valid input schema ({error})")))?;
+                let _ = validator.set(Ok(validator_now));
+            }
             let executor = match decl.executor {
                 ExecutorDecl::Http { url_var, secret_var } => {
                     let url = env.get(&url_var).map(str::to_string).filter(|url| !url.is_empty());
@@ -246,6 +261,12 @@ mod tests {
         for kind in ["notify.email", "notify.sms", "analytics.aggregate", "cache.warm", "hold.expire"] {
             assert!(registry.get(kind).is_some(), "{kind}");
         }
+    }
+
+    #[test]
+    fn every_schema_of_the_sample_registry_compiles() {
+        let checked = Registry::from_json(SAMPLE, &env(&[])).unwrap();
+        assert_eq!(checked.types().count(), Registry::sample(&env(&[])).unwrap().types().count());
     }
 
     #[test]

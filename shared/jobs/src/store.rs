@@ -16,11 +16,13 @@
 
 use crate::breaker::{Breakers, target_of};
 use crate::events::{self, FeedEvent};
+use crate::gate::Gates;
 use crate::job::{
     self, Attempt, CancelRequest, Job, JobError, Message, Outcome, Status, Waiting, dedup_key, job_key, open_key,
     output_key, owner_key, slots_key, wait_key, wait_partition, wait_sort_key,
 };
 use crate::registry::{Delivery, Executor, JobType, Registry};
+use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Duration, Utc};
 use keel::bus::EventBus;
 use keel::clock::Clock;
@@ -48,6 +50,8 @@ const MAX_SCAN_PAGES: usize = 10;
 /// How long past its time a queued job, or past its lease a running one, may go unclaimed before the sweeper sends
 /// its message again (the first may be lost: a crash between commit and send).
 pub const RESEND_AFTER: Duration = Duration::minutes(2);
+/// Tries of a transaction whose failure was transient (see `commit`).
+const COMMIT_TRIES: usize = 4;
 /// How old an event must be before the feed serves it (see `feed`).
 pub const FEED_SETTLE: Duration = Duration::seconds(1);
 
@@ -195,6 +199,38 @@ impl Jobs {
         Some(put(item, Expect::Absent))
     }
 
+    /// Runs a transition's transaction, which writes `job` at `version`. A transient failure may be ambiguous (the
+    /// backend committed and the reply was lost): the record then shows whether it committed (its version and
+    /// `updated_at` are the ones written); if it did not, the transaction is tried again, a few times. A failed
+    /// condition is returned as it is, unless an earlier try had committed.
+    async fn commit(&self, writes: Vec<Write>, job: &Job, version: u64) -> Result<(), PortError> {
+        let mut failure = PortError::Unavailable("not tried".into());
+        for retry in 0..COMMIT_TRIES {
+            if retry > 0 {
+                pause(retry).await;
+            }
+            match self.table.transact(writes.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_condition_failed() && retry == 0 => return Err(error),
+                Err(error) => {
+                    if self.committed(job, version).await.unwrap_or(false) {
+                        return Ok(());
+                    }
+                    if error.is_condition_failed() {
+                        return Err(error);
+                    }
+                    failure = error;
+                }
+            }
+        }
+        Err(failure)
+    }
+
+    async fn committed(&self, job: &Job, version: u64) -> Result<bool, PortError> {
+        let stored = self.get(&job.org_id, &job.id).await?;
+        Ok(stored.is_some_and(|stored| stored.version == version && stored.job.updated_at == job.updated_at))
+    }
+
     /// The organization's slot count of a type, with the version to write it back under.
     async fn slots(&self, org: &str, job_type: &str) -> Result<(u32, Option<u64>), PortError> {
         let item = self.table.get(&slots_key(org, job_type)).await?;
@@ -290,7 +326,7 @@ impl Jobs {
                 retried.updated_at = now;
                 writes.push(put(retried.to_item(old.version + 1), Expect::Version(old.version)));
             }
-            match self.table.transact(writes).await {
+            match self.commit(writes, &job, 1).await {
                 Ok(()) => {
                     self.after_commit(&mut job).await;
                     return Ok(Created::New(job));
@@ -325,11 +361,13 @@ impl Jobs {
     /// publishes and sends what is left.
     async fn after_commit(&self, job: &mut Job) {
         let published = self.publish(job).await;
-        if job.status == Status::Pending
-            && job.waiting == Some(Waiting::Queued)
-            && let Err(error) = self.send(job, published).await
-        {
-            tracing::warn!(job_id = %job.id, %error, "job message not sent; the sweeper will send it");
+        if job.status == Status::Pending && job.waiting == Some(Waiting::Queued) {
+            let send = || self.send(job, published);
+            let retries =
+                ExponentialBuilder::default().with_min_delay(std::time::Duration::from_millis(20)).with_max_times(5);
+            if let Err(error) = send.retry(retries).await {
+                tracing::warn!(job_id = %job.id, %error, "job message not sent; the sweeper will send it");
+            }
         }
     }
 
@@ -509,7 +547,7 @@ impl Jobs {
                 }
             }
         }
-        self.table.transact(writes).await?;
+        self.commit(writes, &job, version + 1).await?;
         let mut version = version + 1;
         self.after_commit(&mut job).await;
         if job.outbox.is_empty() {
@@ -590,7 +628,7 @@ impl Jobs {
         job.updated_at = now;
         let mut writes: Vec<Write> = self.record_event(&mut job).into_iter().collect();
         writes.push(put(job.to_item(version + 1), Expect::Version(version)));
-        self.table.transact(writes).await?;
+        self.commit(writes, &job, version + 1).await?;
         // What is left unpublished stays in the outbox, for the attempt's next write to carry.
         self.publish(&mut job).await;
         Ok(Versioned { job, version: version + 1 })
@@ -670,7 +708,8 @@ impl Jobs {
                     job.run_at = retry_at;
                     job.updated_at = now;
                     let version = current.version;
-                    match self.table.put(job.to_item(version + 1), Expect::Version(version)).await {
+                    let write = vec![put(job.to_item(version + 1), Expect::Version(version))];
+                    match self.commit(write, &job, version + 1).await {
                         Ok(()) => Ok(Versioned { job, version: version + 1 }),
                         Err(error) => Err(error.into()),
                     }
@@ -706,8 +745,9 @@ impl Jobs {
     /// One pass over the open jobs: admits waiting jobs whose time has come while their organization has a slot,
     /// sends again the message of a queued job not claimed `RESEND_AFTER` past its time or of a running job
     /// `RESEND_AFTER` past its lease (the worker that held it died), and drops index entries of finished jobs.
-    /// A queued job whose target's circuit is open is left alone: the worker brings it back for the probe.
-    pub async fn sweep(&self, registry: &Registry, breakers: &Breakers) -> Result<Swept, JobsError> {
+    /// A queued job whose target's circuit is open, or whose type is paused, is left alone: the worker brings it
+    /// back for the probe, or when the pause ends.
+    pub async fn sweep(&self, registry: &Registry, breakers: &Breakers, gates: &Gates) -> Result<Swept, JobsError> {
         let mut swept = Swept::default();
         for shard in 0..job::OPEN_SHARDS {
             let mut query = Query::partition(job::open_partition(shard));
@@ -722,7 +762,7 @@ impl Jobs {
                         swept.removed += 1;
                         continue;
                     };
-                    self.sweep_one(found, item, registry, breakers, &mut swept).await?;
+                    self.sweep_one(found, item, registry, (breakers, gates), &mut swept).await?;
                 }
                 match page.next {
                     Some(next) => query.after = Some(next),
@@ -738,14 +778,15 @@ impl Jobs {
         found: Versioned,
         open_item: &Item,
         registry: &Registry,
-        breakers: &Breakers,
+        (breakers, gates): (&Breakers, &Gates),
         swept: &mut Swept,
     ) -> Result<(), JobsError> {
         let now = self.clock.now();
         let job = &found.job;
-        let target_open = match registry.get(&job.job_type).map(|job_type| &job_type.executor) {
-            Some(Executor::Http { url: Some(url), .. }) => breakers.is_open(&target_of(url)).await?,
-            _ => false,
+        let held_back = match registry.get(&job.job_type).map(|job_type| &job_type.executor) {
+            _ if job.status != Status::Pending => false,
+            Some(Executor::Http { url: Some(url), .. }) if breakers.is_open(&target_of(url)).await? => true,
+            _ => gates.paused(&job.org_id, &job.job_type).await,
         };
         match (job.status, job.waiting) {
             (status, _) if status.is_terminal() => {
@@ -753,7 +794,7 @@ impl Jobs {
                 swept.removed += 1;
             }
             (Status::Pending, Some(Waiting::Queued))
-                if now - job.run_at.max(job.updated_at) > RESEND_AFTER && !target_open =>
+                if now - job.run_at.max(job.updated_at) > RESEND_AFTER && !held_back =>
             {
                 self.send(job, 0).await?;
                 swept.resent += 1;
@@ -788,7 +829,7 @@ impl Jobs {
             Self::slots_write(&job.org_id, &job.job_type, held + 1, slots_version),
             Write::Delete { key: wait, expect: Expect::Any },
         ];
-        match self.table.transact(writes).await {
+        match self.commit(writes, &job, version + 1).await {
             Ok(()) => {
                 self.after_commit(&mut job).await;
                 Ok(true)

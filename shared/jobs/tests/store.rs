@@ -26,6 +26,7 @@ struct Fixture {
     bus: Arc<EmbeddedBus>,
     jobs: Jobs,
     breakers: keel_jobs::breaker::Breakers,
+    gates: keel_jobs::gate::Gates,
     registry: Registry,
 }
 
@@ -50,7 +51,10 @@ fn fixture() -> Fixture {
     let bus = Arc::new(db.bus("bus"));
     let jobs = Jobs::new(table.clone(), queue.clone(), bus.clone(), clock.clone());
     let breakers = keel_jobs::breaker::Breakers::new(table.clone(), clock.clone());
-    Fixture { _dir: dir, clock, table, queue, bus, jobs, breakers, registry: registry() }
+    let flags = keel_flags::store::FlagStore::new(Arc::new(db.table("flags", clock.clone())), clock.clone());
+    let gates =
+        keel_jobs::gate::Gates::new(Arc::new(keel_flags::store::FlagCache::new(flags, Duration::seconds(5))), "dev");
+    Fixture { _dir: dir, clock, table, queue, bus, jobs, breakers, gates, registry: registry() }
 }
 
 impl Fixture {
@@ -290,19 +294,19 @@ async fn the_sweeper_admits_scheduled_jobs_when_due_and_resends_lost_messages() 
     let queued = f.create("o1", "t.fast").await;
     assert_eq!(f.messages().await.len(), 1, "the queued job's message, now lost");
 
-    let swept = f.jobs.sweep(&f.registry, &f.breakers).await.unwrap();
+    let swept = f.jobs.sweep(&f.registry, &f.breakers, &f.gates).await.unwrap();
     assert_eq!((swept.open, swept.admitted, swept.resent), (2, 0, 0));
     f.clock.advance(RESEND_AFTER + Duration::seconds(1));
-    let swept = f.jobs.sweep(&f.registry, &f.breakers).await.unwrap();
+    let swept = f.jobs.sweep(&f.registry, &f.breakers, &f.gates).await.unwrap();
     assert_eq!(swept.resent, 1);
     assert_eq!(f.messages().await.into_iter().map(|m| m.job).collect::<Vec<_>>(), [queued.id.as_str()]);
 
     f.clock.set(later);
-    let swept = f.jobs.sweep(&f.registry, &f.breakers).await.unwrap();
+    let swept = f.jobs.sweep(&f.registry, &f.breakers, &f.gates).await.unwrap();
     assert_eq!(swept.admitted, 1);
     assert_eq!(f.read("o1", &scheduled.id).await.job.waiting, Some(Waiting::Queued));
     f.run("o1", &queued.id, Outcome::Succeeded).await.unwrap();
-    let swept = f.jobs.sweep(&f.registry, &f.breakers).await.unwrap();
+    let swept = f.jobs.sweep(&f.registry, &f.breakers, &f.gates).await.unwrap();
     assert_eq!(swept.open, 1, "the finished job left the index in its own transaction");
 }
 

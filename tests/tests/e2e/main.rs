@@ -9,6 +9,7 @@ mod aws_pipeline;
 mod dashboards;
 mod flags_local;
 mod flags_store_aws;
+mod jobs_aws;
 mod jobs_local;
 mod local_host;
 mod routes;

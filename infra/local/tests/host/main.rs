@@ -8,5 +8,6 @@ mod aws_backend;
 mod cli;
 mod common;
 mod fixture_host;
+mod jobs_sigkill;
 mod sigkill;
 mod template_host;

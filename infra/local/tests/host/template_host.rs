@@ -54,15 +54,13 @@ async fn serves_exactly_what_the_template_declares() {
     let declared = declared(&template()).unwrap();
     assert_eq!(served(&host), declared);
     assert!(declared.routes.contains(&("POST".to_string(), "/webhooks/{provider}".to_string())));
-    assert_eq!(
-        declared.queues,
-        vec![QueueMapping {
-            queue: "WebhookQueue".into(),
-            function: "webhook-worker".into(),
-            batch_size: 10,
-            report_batch_item_failures: true
-        }]
-    );
+    let mapping = |queue: &str, function: &str| QueueMapping {
+        queue: queue.into(),
+        function: function.into(),
+        batch_size: 10,
+        report_batch_item_failures: true,
+    };
+    assert_eq!(declared.queues, vec![mapping("JobQueue", "job-worker"), mapping("WebhookQueue", "webhook-worker")]);
 
     // Every declared route reaches a function: whatever it answers, it is not the host's own 404 or 401.
     let client = reqwest::Client::new();
@@ -73,7 +71,8 @@ async fn serves_exactly_what_the_template_declares() {
             .replace("{deliveryId}", "01HZZZZZZZZZZZZZZZZZZZZZZZ")
             .replace("{key}", "a-flag")
             .replace("{orgId}", "org-1")
-            .replace("{name}", "a-segment");
+            .replace("{name}", "a-segment")
+            .replace("{id}", "01HZZZZZZZZZZZZZZZZZZZZZZZ");
         assert!(!concrete.contains('{'), "a path parameter this test does not know: {path}");
         let response = client
             .request(method.parse().unwrap(), format!("http://{}{concrete}", host.addr()))
