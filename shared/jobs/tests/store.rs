@@ -121,6 +121,7 @@ async fn a_job_runs_from_creation_to_completion_in_four_write_requests_with_an_e
         f.bus.recorded().unwrap().iter().map(|r| r.event.detail["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids, [format!("{}.1", job.id), format!("{}.2", job.id), format!("{}.3", job.id)]);
     // Creation, claim and completion (one transaction each), and the mark that the last event is out.
+    println!("write requests {}, items written {}", f.table.write_requests(), f.table.items_written());
     assert_eq!(f.table.write_requests(), 4, "items written: {}", f.table.items_written());
     assert!(f.read("o1", &job.id).await.job.outbox.is_empty());
     assert!(f.jobs.feed("o1", None, 10).await.unwrap().0.is_empty(), "the feed serves events a second old");
