@@ -6,7 +6,9 @@ Usage: job_service.py SECRET. Listens on 127.0.0.1 on a free port and prints the
 - POST /notify: 401 if the signature does not verify. Templates: `ok` answers {"delivered": true}; `slow:N`
   answers the same after N milliseconds; `fail` answers 400; `flaky` answers 503 to the first call of each
   `webhook-id`, then {"delivered": true}.
-- GET /calls: every call so far, as JSON: [{"id", "attempt", "template", "verified", "at"}].
+  A callback job's `workflow` (sidecar.orchestrate) of `callback` answers 202: it will report on Keel's callback
+  route with the `keel-callback-token` it was sent (the test does that for it).
+- GET /calls: every call so far, as JSON: [{"id", "attempt", "template", "verified", "token", "event", "at"}].
 """
 
 import json
@@ -48,18 +50,22 @@ class Handler(BaseHTTPRequestHandler):
             verified = True
         except WebhookVerificationError:
             verified = False
-        template = json.loads(body).get("template", "") if body else ""
+        document = json.loads(body) if body else {}
+        template = document.get("template") or document.get("workflow") or ""
         message_id = headers.get("webhook-id", "")
         with lock:
             seen = sum(1 for call in calls if call["id"] == message_id)
             calls.append({"id": message_id, "attempt": headers.get("keel-attempt"), "template": template,
-                          "verified": verified, "at": time.time()})
+                          "verified": verified, "token": headers.get("keel-callback-token"),
+                          "event": headers.get("keel-event"), "at": time.time()})
         if not verified:
             return self.answer(401, {"error": "signature"})
         if template.startswith("slow:"):
             time.sleep(int(template.split(":")[1]) / 1000)
         if template == "fail":
             return self.answer(400, {"error": "no such template"})
+        if template == "callback":
+            return self.answer(202, {"accepted": True})
         if template == "flaky" and seen == 0:
             return self.answer(503, {"error": "try again"})
         self.answer(200, {"delivered": True})

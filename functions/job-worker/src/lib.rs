@@ -21,7 +21,7 @@ use keel_jobs::backoff;
 use keel_jobs::breaker::{Admission, Breakers, target_of};
 use keel_jobs::gate::Gates;
 use keel_jobs::job::MAX_PAYLOAD_BYTES;
-use keel_jobs::sign::Secret;
+use keel_jobs::sign::{self, Secret};
 use keel_jobs::{
     AttemptEnd, Beat, Executor, JobType, Jobs, JobsError, Message, Outcome, Registry, Status, Versioned, Waiting,
 };
@@ -42,6 +42,9 @@ const CALL_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 const MARGIN: Duration = Duration::seconds(2);
 /// How soon a paused job's message comes back to see whether the pause is over.
 const PAUSED_RECHECK: Duration = Duration::seconds(30);
+/// The headers a callback type's service gets: the attempt's token (to report with), and, on a cancel, the event.
+pub const CALLBACK_TOKEN_HEADER: &str = "keel-callback-token";
+pub const EVENT_HEADER: &str = "keel-event";
 /// The header that numbers the attempt beside the Standard Webhooks headers (whose id is the job's).
 pub const ATTEMPT_HEADER: &str = "keel-attempt";
 
@@ -167,6 +170,17 @@ impl Worker {
             // A duplicate of a message whose job now waits for a slot: its promotion sends a new one.
             Status::Pending if job.waiting != Some(Waiting::Queued) => return Ok(()),
             Status::Pending if job.run_at > now + Duration::seconds(1) => return Err(Again::Later(job.run_at)),
+            // A callback job whose service holds it: a cancel is delivered to the service; any other message for
+            // it is a duplicate (the sweeper sends one when the service's report is overdue).
+            Status::Processing if job.awaiting_callback() && job.lease_until.is_some_and(|until| until > now) => {
+                if job.cancel_requested.is_some() {
+                    self.tell_cancelled(&found.job, &job_type).await;
+                    let end = AttemptEnd { outcome: Outcome::Cancelled, downstream_status: None, error: None, output: None };
+                    let fence = found.job.fence;
+                    self.jobs.end_attempt(found, fence, end, &job_type, now).await?;
+                }
+                return Ok(());
+            }
             Status::Processing => match job.lease_until {
                 Some(until) if until > now => return Err(Again::Leased(until)),
                 _ => {
@@ -193,7 +207,7 @@ impl Worker {
             metrics::count("JobsPaused", &[("Type", &job_type.name)], 1.0);
             return Err(Again::Later(now + PAUSED_RECHECK));
         }
-        if let Executor::Http { url: Some(url), .. } = &job_type.executor
+        if let Some(url) = &job_type.executor.url
             && let Admission::Wait(until) = self.breakers.admit(&target_of(url)).await?
         {
             metrics::count("JobsDeferredByBreaker", &[("Type", &job_type.name)], 1.0);
@@ -210,7 +224,10 @@ impl Worker {
         published: u32,
         invocation: &Invocation,
     ) -> Result<(), Again> {
-        let claimed = match self.jobs.claim(found, self.lease, published).await {
+        // A callback type's attempt hands its service a token of its own; the record keeps only its hash.
+        let token = job_type.executor.report_within.map(|_| sign::callback_token(&found.job.id));
+        let hash = token.as_deref().map(|token| sign::sha256_hex(token.as_bytes()));
+        let claimed = match self.jobs.claim(found, self.lease, published, hash).await {
             Ok(claimed) => claimed,
             // Another worker claimed it first.
             Err(JobsError::Backend(error)) if error.is_condition_failed() => {
@@ -222,7 +239,7 @@ impl Worker {
         let (org, id) = (claimed.job.org_id.clone(), claimed.job.id.clone());
         let mut current = claimed.clone();
         let started = std::time::Instant::now();
-        let call = self.execute(&claimed.job, job_type, invocation.deadline);
+        let call = self.execute(&claimed.job, job_type, invocation.deadline, token.as_deref());
         tokio::pin!(call);
         let end = loop {
             tokio::select! {
@@ -242,6 +259,15 @@ impl Worker {
                 },
             }
         };
+        if let Some(report_within) = job_type.executor.report_within
+            && end.outcome == Outcome::Succeeded
+            && end.downstream_status == Some(202)
+        {
+            // Accepted: the service reports on the callback route; the attempt outlives this invocation.
+            let report_within = Duration::from_std(report_within).unwrap_or(Duration::minutes(5));
+            metrics::count("JobAttempts", &[("Type", &job_type.name), ("Outcome", "accepted")], 1.0);
+            return self.await_callback(current, job_type, fence, report_within).await;
+        }
         let outcome = end.outcome;
         metrics::count("JobAttempts", &[("Type", &job_type.name), ("Outcome", outcome_name(outcome))], 1.0);
         metrics::milliseconds(
@@ -259,8 +285,14 @@ impl Worker {
     }
 
     /// One attempt against the type's executor, bounded by its timeout and the invocation's remaining time.
-    async fn execute(&self, job: &keel_jobs::Job, job_type: &JobType, deadline: DateTime<Utc>) -> AttemptEnd {
-        let Executor::Http { url: Some(url), secret: Some(secret), .. } = &job_type.executor else {
+    async fn execute(
+        &self,
+        job: &keel_jobs::Job,
+        job_type: &JobType,
+        deadline: DateTime<Utc>,
+        token: Option<&str>,
+    ) -> AttemptEnd {
+        let Executor { url: Some(url), secret: Some(secret), .. } = &job_type.executor else {
             return AttemptEnd {
                 outcome: Outcome::Failed,
                 downstream_status: None,
@@ -279,7 +311,7 @@ impl Worker {
                 last.error.get_or_insert_with(|| "timed out".into());
                 break;
             }
-            let (end, retry_after) = self.call_once(url, secret, job, attempt, &body, left).await;
+            let (end, retry_after) = self.call_once(url, secret, job, attempt, &body, left, token).await;
             // The service failed if it did not answer or answered 5xx; any other answer shows it is up.
             let failed = end.downstream_status.is_none_or(|status| status >= 500);
             let target = target_of(url);
@@ -318,8 +350,12 @@ impl Worker {
         attempt: u32,
         body: &[u8],
         timeout: std::time::Duration,
+        token: Option<&str>,
     ) -> (AttemptEnd, Option<std::time::Duration>) {
         let mut request = self.http.post(url).timeout(timeout).header("content-type", "application/json");
+        if let Some(token) = token {
+            request = request.header(CALLBACK_TOKEN_HEADER, token);
+        }
         for (name, value) in secret.headers(&job.id, self.clock.now().timestamp(), body) {
             request = request.header(name, value);
         }
@@ -381,6 +417,52 @@ impl Worker {
             },
             None,
         )
+    }
+}
+
+impl Worker {
+    /// Records that the service accepted the attempt, reading the record again when it changed meanwhile (a cancel
+    /// asked while the call was out is delivered to the service at once).
+    async fn await_callback(
+        &self,
+        mut current: Versioned,
+        job_type: &JobType,
+        fence: u64,
+        report_within: Duration,
+    ) -> Result<(), Again> {
+        for _ in 0..5 {
+            if current.job.cancel_requested.is_some() {
+                self.tell_cancelled(&current.job, job_type).await;
+                let end = AttemptEnd { outcome: Outcome::Cancelled, downstream_status: Some(202), error: None, output: None };
+                self.jobs.end_attempt(current, fence, end, job_type, self.clock.now()).await?;
+                return Ok(());
+            }
+            let (org, id) = (current.job.org_id.clone(), current.job.id.clone());
+            match self.jobs.await_callback(current, fence, report_within).await {
+                Ok(_) | Err(JobsError::Conflict(_)) => return Ok(()),
+                Err(JobsError::Backend(error)) if error.is_condition_failed() => match self.jobs.get(&org, &id).await? {
+                    Some(again) if again.job.fence == fence => current = again,
+                    _ => return Ok(()),
+                },
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(Again::Jobs(JobsError::Contended))
+    }
+
+    /// Tells a callback type's service that its job was cancelled: the same signed POST, with `keel-event:
+    /// cancel` and `{"job_id", "cancelled": true}`. Best effort, one try: the job ends cancelled either way.
+    async fn tell_cancelled(&self, job: &keel_jobs::Job, job_type: &JobType) {
+        let Executor { url: Some(url), secret: Some(secret), .. } = &job_type.executor else { return };
+        let body = serde_json::json!({"job_id": job.id, "cancelled": true}).to_string();
+        let mut request = self.http.post(url).timeout(std::time::Duration::from_secs(5));
+        request = request.header("content-type", "application/json").header(EVENT_HEADER, "cancel");
+        for (name, value) in secret.headers(&format!("{}.cancel", job.id), self.clock.now().timestamp(), body.as_bytes()) {
+            request = request.header(name, value);
+        }
+        if let Err(error) = request.body(body).send().await {
+            tracing::warn!(job_id = %job.id, %error, "the service was not told of the cancel");
+        }
     }
 }
 

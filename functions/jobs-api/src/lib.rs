@@ -20,7 +20,7 @@ use keel_jobs::breaker::{Breaker, Breakers};
 use keel_jobs::events::{self, FeedEvent};
 use keel_jobs::gate::Gates;
 use keel_jobs::job::{MAX_PAYLOAD_BYTES, valid_org};
-use keel_jobs::{Created, Filter, Job, Jobs, JobsError, NewJob, Registry, Status, Versioned};
+use keel_jobs::{AttemptEnd, Created, Filter, Job, Jobs, JobsError, NewJob, Outcome, Registry, Status, Versioned};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -74,6 +74,7 @@ impl Api for JobsApi {
         Route::get("/v1/jobs/{id}", Access::Member, SHOW, |api, call| Box::pin(api.show(call))),
         Route::post("/v1/jobs/{id}/cancel", Access::Member, CANCEL, |api, call| Box::pin(api.cancel(call))),
         Route::post("/v1/jobs/{id}/retry", Access::Member, RETRY, |api, call| Box::pin(api.retry(call))),
+        Route::post("/v1/jobs/callbacks", Access::Public, CALLBACK, |api, call| Box::pin(api.callback(call))),
         Route::post("/v1/events", Access::Member, PUBLISH, |api, call| Box::pin(api.publish(call))),
         Route::get("/v1/events/feed", Access::Member, FEED, |api, call| Box::pin(api.feed(call))),
         Route::get("/v1/admin/jobs/breakers", Access::PlatformAdmin, BREAKERS, |api, _| Box::pin(api.breakers())),
@@ -157,6 +158,22 @@ const RETRY: Doc = Doc {
     ..Doc::NONE
 };
 
+const CALLBACK: Doc = Doc {
+    summary: "Report on a callback job",
+    description: "For the service of a callback type, authenticated by the attempt's token (`keel-callback-token`, \
+        sent with the job): `progress` keeps the attempt alive for the type's `report_within`; `completed` ends the \
+        job with `output`; `failed` ends the attempt (tried again after the type's backoff when `retry` is true and \
+        attempts remain). Another attempt's token, an unknown one, or a finished job: 404.",
+    params: &[Param::header(CALLBACK_TOKEN_HEADER, "The token the attempt was sent with.")],
+    body: Some(Content::Json(schema::<CallbackBody>)),
+    replies: &[
+        Reply::json(200, "The job, as the report left it.", schema::<Job>),
+        Reply::problem(400, "The body is missing or not JSON."),
+        Reply::problem(404, "No attempt waits for a report with this token."),
+        Reply::problem(422, "The body is not a report (`pointer` names the field)."),
+    ],
+    ..Doc::NONE
+};
 const PUBLISH: Doc = Doc {
     summary: "Publish a domain event",
     description: "Publishes the event to EventBridge (source `keel.events`, detail-type the event's type, the \
@@ -192,6 +209,32 @@ const BREAKERS: Doc = Doc {
     replies: &[Reply::json(200, "The breakers.", schema::<BreakerList>)],
     ..Doc::NONE
 };
+
+/// The header a callback type's service reports with (the worker's `keel-callback-token`).
+pub const CALLBACK_TOKEN_HEADER: &str = "keel-callback-token";
+
+/// What a callback job's service reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum ReportState {
+    Progress,
+    Completed,
+    Failed,
+}
+
+/// `POST /v1/jobs/callbacks`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CallbackBody {
+    state: ReportState,
+    /// The job's output (`completed`), up to 256 KB.
+    output: Option<Value>,
+    /// Why it failed (`failed`).
+    error: Option<String>,
+    /// `failed` only: try again after the type's backoff, while attempts remain.
+    #[serde(default)]
+    retry: bool,
+}
 
 /// `POST /v1/events`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -481,6 +524,37 @@ impl JobsApi {
         Ok(http::json(200, &FeedPage { items, next_cursor: next.as_deref().map(http::encode_cursor) }))
     }
 
+    async fn callback(&self, call: &Call) -> Result<Response, Problem> {
+        let no_attempt = || Problem::not_found("no attempt waits for a report with this token");
+        let token = http::header(&call.request, CALLBACK_TOKEN_HEADER).ok_or_else(no_attempt)?;
+        let body: CallbackBody = http::from_json(http::body_value(&call.request, MAX_BODY_BYTES)?, "invalid_report")?;
+        if body.output.as_ref().and_then(|output| serde_json::to_vec(output).ok()).is_some_and(|o| o.len() > MAX_PAYLOAD_BYTES) {
+            return Err(Problem::new(413, "output_too_large", format!("the output is over {MAX_PAYLOAD_BYTES} bytes")).at("/output"));
+        }
+        let found = self.jobs.by_callback_token(token).await.map_err(port)?.ok_or_else(no_attempt)?;
+        let job_type = self.registry.get(&found.job.job_type).ok_or_else(no_attempt)?;
+        let report_within = job_type.executor.report_within.ok_or_else(no_attempt)?;
+        let report_within = Duration::from_std(report_within).unwrap_or(Duration::minutes(5));
+        let fence = found.job.fence;
+        let (outcome, output, error) = match body.state {
+            ReportState::Progress => {
+                let job = self.jobs.report_progress(found, report_within).await.map_err(backend)?.job;
+                return Ok(http::json(200, &job));
+            }
+            ReportState::Completed => (Outcome::Succeeded, body.output, None),
+            ReportState::Failed if body.retry => (Outcome::Retriable, None, body.error),
+            ReportState::Failed => (Outcome::Failed, None, body.error),
+        };
+        let end = AttemptEnd { outcome, downstream_status: Some(202), error, output };
+        let retry_at = self.jobs.now() + Duration::from_std(job_type.retry_base).unwrap_or(Duration::seconds(10));
+        let done = self.jobs.end_attempt(found, fence, end, job_type, retry_at).await.map_err(backend)?.ok_or_else(no_attempt)?;
+        if done.job.status == Status::Pending {
+            // The next attempt needs a message: the worker let go of this one when the service accepted it.
+            self.jobs.send(&done.job, 0).await.map_err(port)?;
+        }
+        Ok(http::json(200, &done.job))
+    }
+
     async fn breakers(&self) -> Result<Response, Problem> {
         let items = self.breakers.list().await.map_err(port)?;
         Ok(http::json(200, &BreakerList { items }))
@@ -493,6 +567,10 @@ impl JobsApi {
             return Err(Problem::forbidden("only the job's creator or an org admin may cancel it"));
         }
         let job = self.jobs.cancel(&found.job.org_id, &found.job.id, &caller.user_id).await.map_err(backend)?;
+        if job.awaiting_callback() {
+            // No worker holds a callback job its service has accepted: a message brings one to tell the service.
+            self.jobs.send(&job, 0).await.map_err(port)?;
+        }
         Ok(http::json(202, &job))
     }
 

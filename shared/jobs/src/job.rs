@@ -130,6 +130,10 @@ pub struct Job {
     pub trace_id: Option<String>,
     #[serde(skip)]
     pub trace_header: Option<String>,
+    /// SHA-256 (hex) of the current attempt's callback token, for a callback type: the token itself is only ever
+    /// in the request to the service.
+    #[serde(skip)]
+    pub callback: Option<String>,
     /// Lifecycle events written so far (each one's id is `{job id}.{sequence}`), and the outbox: those not yet
     /// known to be published, kept in the record so an event is written with its transition.
     #[serde(skip)]
@@ -144,6 +148,8 @@ struct Stored {
     #[serde(flatten)]
     job: Job,
     trace_header: Option<String>,
+    #[serde(default)]
+    callback: Option<String>,
     events: u32,
     outbox: Vec<FeedEvent>,
 }
@@ -161,11 +167,19 @@ impl Job {
         self.attempts.last()
     }
 
+    /// A running callback job whose service accepted the attempt (202) and has not reported its end.
+    pub fn awaiting_callback(&self) -> bool {
+        self.status == Status::Processing
+            && self.callback.is_some()
+            && self.current_attempt().is_some_and(|a| a.downstream_status == Some(202) && a.outcome.is_none())
+    }
+
     /// The item to store with version `version`. Finished jobs expire after [`RETENTION`].
     pub fn to_item(&self, version: u64) -> Item {
         let stored = Stored {
             job: self.clone(),
             trace_header: self.trace_header.clone(),
+            callback: self.callback.clone(),
             events: self.events,
             outbox: self.outbox.clone(),
         };
@@ -181,6 +195,7 @@ impl Job {
         let stored: Stored = serde_json::from_value(Value::Object(item.attrs.clone())).ok()?;
         let mut job = stored.job;
         job.trace_header = stored.trace_header;
+        job.callback = stored.callback;
         job.events = stored.events;
         job.outbox = stored.outbox;
         Some(job)
@@ -294,6 +309,7 @@ mod tests {
             retried_by: None,
             trace_id: None,
             trace_header: Some("Root=1-5759e988-bd862e3fe1be46a994272793".into()),
+            callback: None,
             events: 1,
             outbox: vec![],
         }
@@ -309,7 +325,7 @@ mod tests {
         done.finished_at = Some(done.created_at);
         assert_eq!(done.to_item(4).expires_at, Some(done.created_at + RETENTION));
         let shown = serde_json::to_value(&done).unwrap();
-        for internal in ["events", "outbox", "trace_header"] {
+        for internal in ["events", "outbox", "trace_header", "callback"] {
             assert!(shown.get(internal).is_none(), "{internal}: {shown}");
         }
         assert_eq!(shown["type"], "notify.email");

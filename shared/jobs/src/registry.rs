@@ -22,6 +22,8 @@ pub const MAX_TYPE_NAME: usize = 64;
 const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const MAX_ATTEMPTS: u32 = 25;
 const MAX_CONCURRENCY: u32 = 1000;
+/// The longest a callback type's service may go without reporting.
+const MAX_REPORT_WITHIN: Duration = Duration::from_secs(86_400);
 
 /// Whether an attempt whose outcome is unknown (its worker died mid-call) may be run again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -29,16 +31,22 @@ const MAX_CONCURRENCY: u32 = 1000;
 pub enum Delivery {
     /// Never run again after an unknown outcome: the job fails instead (a payment, an SMS).
     AtMostOnce,
-    /// Run again: the downstream service deduplicates on `webhook-id` (the job id and attempt).
+    /// Run again: the downstream service deduplicates on `webhook-id` (the job id, the same on every attempt).
     AtLeastOnce,
 }
 
-/// How an attempt is carried out.
+/// How an attempt is carried out: POST the input to `url`, signed with Standard Webhooks headers under `secret`; a
+/// 2xx JSON answer is the output. A callback type's service may instead answer 202 and report later, on
+/// `POST /v1/jobs/callbacks` with the attempt's token, within `report_within` of the call and of each progress
+/// report, so a job may outlive one invocation of the worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Executor {
-    /// POST the input to `url`, signed with Standard Webhooks headers under `secret`; a 2xx JSON answer is the
-    /// output. `None` while the type's URL variable is unset.
-    Http { url: Option<String>, url_var: String, secret: Option<Secret> },
+pub struct Executor {
+    /// `None` while the type's URL variable is unset.
+    pub url: Option<String>,
+    pub url_var: String,
+    pub secret: Option<Secret>,
+    /// Callback types only.
+    pub report_within: Option<Duration>,
 }
 
 /// One job type.
@@ -89,9 +97,9 @@ impl JobType {
 
     /// Why the type cannot run here, if it cannot: the variable a deployment must set.
     pub fn unavailable(&self) -> Option<String> {
-        match &self.executor {
-            Executor::Http { url: None, url_var, .. } => Some(format!("set {url_var} to the service's URL")),
-            Executor::Http { .. } => None,
+        match &self.executor.url {
+            None => Some(format!("set {} to the service's URL", self.executor.url_var)),
+            Some(_) => None,
         }
     }
 }
@@ -128,6 +136,7 @@ struct TypeDecl {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum ExecutorDecl {
     Http { url_var: String, secret_var: String },
+    Callback { url_var: String, secret_var: String, report_within_seconds: u64 },
 }
 
 fn invalid(name: &str, reason: impl std::fmt::Display) -> ConfigError {
@@ -188,26 +197,31 @@ impl Registry {
                     .map_err(|error| invalid(&name, format!("a valid input schema ({error})")))?;
                 let _ = validator.set(Ok(validator_now));
             }
-            let executor = match decl.executor {
-                ExecutorDecl::Http { url_var, secret_var } => {
-                    let url = env.get(&url_var).map(str::to_string).filter(|url| !url.is_empty());
-                    if let Some(url) = &url
-                        && !(url.starts_with("https://") || url.starts_with("http://"))
-                    {
-                        return Err(ConfigError::Malformed { name: url_var, reason: "expected an http(s) URL".into() });
+            let (url_var, secret_var, report_within) = match decl.executor {
+                ExecutorDecl::Http { url_var, secret_var } => (url_var, secret_var, None),
+                ExecutorDecl::Callback { url_var, secret_var, report_within_seconds } => {
+                    if !(1..=MAX_REPORT_WITHIN.as_secs()).contains(&report_within_seconds) {
+                        return Err(invalid(&name, "a report_within_seconds of 1 to 86400"));
                     }
-                    let secret = match (&url, env.get(&secret_var)) {
-                        (None, _) => None,
-                        (Some(_), _) if !signing => None,
-                        (Some(_), None) => return Err(ConfigError::Missing(secret_var)),
-                        (Some(_), Some(raw)) => Some(Secret::parse(raw).ok_or_else(|| ConfigError::Malformed {
-                            name: secret_var.clone(),
-                            reason: "expected a Standard Webhooks secret (whsec_ and base64)".into(),
-                        })?),
-                    };
-                    Executor::Http { url, url_var, secret }
+                    (url_var, secret_var, Some(Duration::from_secs(report_within_seconds)))
                 }
             };
+            let url = env.get(&url_var).map(str::to_string).filter(|url| !url.is_empty());
+            if let Some(url) = &url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err(ConfigError::Malformed { name: url_var, reason: "expected an http(s) URL".into() });
+            }
+            let secret = match (&url, env.get(&secret_var)) {
+                (None, _) => None,
+                (Some(_), _) if !signing => None,
+                (Some(_), None) => return Err(ConfigError::Missing(secret_var)),
+                (Some(_), Some(raw)) => Some(Secret::parse(raw).ok_or_else(|| ConfigError::Malformed {
+                    name: secret_var.clone(),
+                    reason: "expected a Standard Webhooks secret (whsec_ and base64)".into(),
+                })?),
+            };
+            let executor = Executor { url, url_var, secret, report_within };
             let job_type = JobType {
                 name: name.clone(),
                 category: decl.category,

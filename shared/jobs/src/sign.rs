@@ -45,6 +45,28 @@ impl Secret {
     }
 }
 
+/// SHA-256 of `bytes`, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex_of(&Sha256::digest(bytes))
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether two strings are equal, in time that depends on their length only.
+pub fn equal(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+/// A fresh callback token for a job's attempt: `{job id}.{32 random bytes, base64url}`.
+pub fn callback_token(job_id: &str) -> String {
+    let mut secret = [0u8; 32];
+    rand::Rng::fill(&mut rand::rng(), &mut secret[..]);
+    format!("{job_id}.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +80,14 @@ mod tests {
         assert_eq!(id, (ID_HEADER, "msg_p5jXN8AQM9LWM0D4loKWxJek".to_string()));
         assert_eq!(timestamp, (TIMESTAMP_HEADER, "1614265330".to_string()));
         assert_eq!(signature, (SIGNATURE_HEADER, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=".to_string()));
+    }
+
+    #[test]
+    fn callback_tokens_name_their_job_and_differ_every_time() {
+        let (one, two) = (callback_token("01JOB"), callback_token("01JOB"));
+        assert!(one.starts_with("01JOB.") && one != two && one.len() == "01JOB.".len() + 43);
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert!(equal("abc", "abc") && !equal("abc", "abd") && !equal("abc", "ab"));
     }
 
     #[test]

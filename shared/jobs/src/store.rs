@@ -305,6 +305,7 @@ impl Jobs {
                 retried_by: None,
                 trace_id: new.trace_id.clone(),
                 trace_header: new.trace_header.clone(),
+                callback: None,
                 events: 0,
                 outbox: Vec::new(),
             };
@@ -606,9 +607,17 @@ impl Jobs {
 
     /// Starts an attempt: a new fencing token, a lease, the attempt in the record and its `started` event. The
     /// outbox drops what the message says was published.
-    pub async fn claim(&self, current: Versioned, lease: Duration, published: u32) -> Result<Versioned, JobsError> {
+    /// `callback`: the SHA-256 of the token a callback type's attempt hands its service.
+    pub async fn claim(
+        &self,
+        current: Versioned,
+        lease: Duration,
+        published: u32,
+        callback: Option<String>,
+    ) -> Result<Versioned, JobsError> {
         let Versioned { mut job, version } = current;
         let now = self.clock.now();
+        job.callback = callback;
         job.outbox.retain(|event| events::sequence(event) > published);
         job.fence += 1;
         let number = u32::try_from(job.attempts.len()).unwrap_or(u32::MAX).saturating_add(1);
@@ -631,6 +640,47 @@ impl Jobs {
         self.commit(writes, &job, version + 1).await?;
         // What is left unpublished stays in the outbox, for the attempt's next write to carry.
         self.publish(&mut job).await;
+        Ok(Versioned { job, version: version + 1 })
+    }
+
+    /// The service of a callback type accepted the attempt (202): the job stays `processing`, leased until the
+    /// service's first report is due; the worker lets go of it.
+    pub async fn await_callback(&self, current: Versioned, fence: u64, report_within: Duration) -> Result<Versioned, JobsError> {
+        let Versioned { mut job, version } = current;
+        if job.fence != fence || job.status != Status::Processing {
+            return Err(JobsError::Conflict("the attempt lost the job".into()));
+        }
+        let now = self.clock.now();
+        job.lease_until = Some(now + report_within);
+        job.updated_at = now;
+        if let Some(attempt) = job.attempts.last_mut() {
+            attempt.downstream_status = Some(202);
+        }
+        self.commit(vec![put(job.to_item(version + 1), Expect::Version(version))], &job, version + 1).await?;
+        Ok(Versioned { job, version: version + 1 })
+    }
+
+    /// The job a callback token belongs to, while the attempt it was made for waits for its report; `None` for
+    /// anything else (an unknown job, another attempt's token, a finished job), alike.
+    pub async fn by_callback_token(&self, token: &str) -> Result<Option<Versioned>, PortError> {
+        let Some((id, _)) = token.split_once('.') else { return Ok(None) };
+        if Ulid::from_string(id).is_err() {
+            return Ok(None);
+        }
+        let Some(org) = self.owner(id).await? else { return Ok(None) };
+        let Some(found) = self.get(&org, id).await? else { return Ok(None) };
+        let presented = crate::sign::sha256_hex(token.as_bytes());
+        let matches = found.job.callback.as_deref().is_some_and(|stored| crate::sign::equal(stored, &presented));
+        Ok((matches && found.job.awaiting_callback()).then_some(found))
+    }
+
+    /// A progress report of a callback job's service: the next report is due `report_within` from now.
+    pub async fn report_progress(&self, current: Versioned, report_within: Duration) -> Result<Versioned, JobsError> {
+        let Versioned { mut job, version } = current;
+        let now = self.clock.now();
+        job.lease_until = Some(now + report_within);
+        job.updated_at = now;
+        self.commit(vec![put(job.to_item(version + 1), Expect::Version(version))], &job, version + 1).await?;
         Ok(Versioned { job, version: version + 1 })
     }
 
@@ -785,7 +835,7 @@ impl Jobs {
         let job = &found.job;
         let held_back = match registry.get(&job.job_type).map(|job_type| &job_type.executor) {
             _ if job.status != Status::Pending => false,
-            Some(Executor::Http { url: Some(url), .. }) if breakers.is_open(&target_of(url)).await? => true,
+            Some(Executor { url: Some(url), .. }) if breakers.is_open(&target_of(url)).await? => true,
             _ => gates.paused(&job.org_id, &job.job_type).await,
         };
         match (job.status, job.waiting) {

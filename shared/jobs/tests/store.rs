@@ -92,7 +92,7 @@ impl Fixture {
 
     async fn run(&self, org: &str, id: &str, outcome: Outcome) -> Option<Versioned> {
         let job_type = self.registry.get(&self.read(org, id).await.job.job_type).unwrap().clone();
-        let claimed = self.jobs.claim(self.read(org, id).await, LEASE, 1).await.unwrap();
+        let claimed = self.jobs.claim(self.read(org, id).await, LEASE, 1, None).await.unwrap();
         let fence = claimed.job.fence;
         let end = AttemptEnd { outcome, downstream_status: Some(200), error: None, output: Some(json!({"ok": true})) };
         self.jobs.end_attempt(claimed, fence, end, &job_type, self.clock.now()).await.unwrap()
@@ -184,7 +184,7 @@ async fn a_worker_that_lost_its_lease_cannot_record_an_outcome() {
     let f = fixture();
     let job_type = f.registry.get("t.fast").unwrap().clone();
     let job = f.create("o1", "t.fast").await;
-    let first = f.jobs.claim(f.read("o1", &job.id).await, LEASE, 1).await.unwrap();
+    let first = f.jobs.claim(f.read("o1", &job.id).await, LEASE, 1, None).await.unwrap();
     f.clock.advance(LEASE + Duration::seconds(1));
     // The lease ran out: the record says the attempt was lost; a second worker claims with a larger fence.
     let stale = f.read("o1", &job.id).await;
@@ -197,7 +197,7 @@ async fn a_worker_that_lost_its_lease_cannot_record_an_outcome() {
     let pending =
         f.jobs.end_attempt(stale.clone(), stale.job.fence, lost, &job_type, f.clock.now()).await.unwrap().unwrap();
     assert_eq!(pending.job.status, Status::Pending, "at least once: run again");
-    let second = f.jobs.claim(pending, LEASE, 1).await.unwrap();
+    let second = f.jobs.claim(pending, LEASE, 1, None).await.unwrap();
     assert!(second.job.fence > first.job.fence);
     assert_eq!(f.jobs.heartbeat("o1", &job.id, first.job.fence, LEASE).await.unwrap(), Beat::Lost);
     let late = AttemptEnd { outcome: Outcome::Succeeded, downstream_status: Some(200), error: None, output: None };
@@ -213,7 +213,7 @@ async fn a_lost_attempt_of_an_at_most_once_type_fails_the_job() {
     let f = fixture();
     let job_type = f.registry.get("t.once").unwrap().clone();
     let job = f.create("o1", "t.once").await;
-    let claimed = f.jobs.claim(f.read("o1", &job.id).await, LEASE, 1).await.unwrap();
+    let claimed = f.jobs.claim(f.read("o1", &job.id).await, LEASE, 1, None).await.unwrap();
     let lost =
         AttemptEnd { outcome: Outcome::Lost, downstream_status: None, error: Some("worker died".into()), output: None };
     let done =
@@ -247,7 +247,7 @@ async fn cancel_ends_a_pending_job_at_once_and_reaches_a_running_one_at_its_hear
     assert!(matches!(f.jobs.cancel("o2", &pending.id, "u9").await, Err(JobsError::NotFound)));
 
     let running = f.create("o1", "t.fast").await;
-    let claimed = f.jobs.claim(f.read("o1", &running.id).await, LEASE, 1).await.unwrap();
+    let claimed = f.jobs.claim(f.read("o1", &running.id).await, LEASE, 1, None).await.unwrap();
     let asked = f.jobs.cancel("o1", &running.id, "u9").await.unwrap();
     assert_eq!(
         (asked.status, asked.cancel_requested.as_ref().map(|c| c.by.as_str())),
@@ -270,7 +270,7 @@ async fn cancel_ends_a_pending_job_at_once_and_reaches_a_running_one_at_its_hear
 async fn heartbeats_extend_the_lease_only_when_half_of_it_is_gone() {
     let f = fixture();
     let job = f.create("o1", "t.fast").await;
-    let claimed = f.jobs.claim(f.read("o1", &job.id).await, LEASE, 1).await.unwrap();
+    let claimed = f.jobs.claim(f.read("o1", &job.id).await, LEASE, 1, None).await.unwrap();
     let before = f.table.write_requests();
     assert_eq!(
         f.jobs.heartbeat("o1", &job.id, claimed.job.fence, LEASE).await.unwrap(),
@@ -365,7 +365,7 @@ async fn an_event_whose_publish_failed_stays_in_the_outbox_and_goes_out_with_the
     };
     let message: keel_jobs::Message = f.messages().await.pop().unwrap();
     assert_eq!(message.published, 0, "the message says the creation event is not out");
-    let claimed = jobs.claim(f.read("o1", &job.id).await, LEASE, message.published).await.unwrap();
+    let claimed = jobs.claim(f.read("o1", &job.id).await, LEASE, message.published, None).await.unwrap();
     let stored = f.read("o1", &job.id).await.job.outbox;
     assert_eq!(
         stored.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),

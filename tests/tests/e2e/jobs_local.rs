@@ -57,6 +57,8 @@ async fn start_with(dir: &std::path::Path, service: &Service, extra: &[(&str, &s
         ("RATE_LIMIT_IP", "off".to_string()),
         ("JOB_URL_NOTIFY", format!("{}/notify", service.url)),
         ("JOB_SECRET_NOTIFY", SECRET.to_string()),
+        ("JOB_URL_SIDECAR", format!("{}/sidecar", service.url)),
+        ("JOB_SECRET_SIDECAR", SECRET.to_string()),
     ]);
     for (name, value) in extra {
         env.set(*name, *value);
@@ -275,4 +277,60 @@ async fn faults_in_table_writes_and_queries_leave_no_job_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_in_the_queue_and_the_bus_leave_no_job_behind() {
     faults_leave_no_job_behind("queue.send:0.3:ambiguous,queue.receive:0.2,queue.delete:0.2,bus.put:0.3").await;
+}
+
+/// A callback job outlives its worker's invocation: the service answers 202, reports progress and the result on
+/// the callback route with the attempt's token; another token is refused; a cancel is delivered to the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_job_reports_its_progress_and_result_with_its_attempts_token() {
+    let service = Service::start();
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &service).await;
+    let ada = Client::new(&host, "org-a", "ada");
+    let create = |workflow: &str| {
+        let body = json!({"type": "sidecar.orchestrate", "input": {"workflow": workflow}});
+        ada.http.post(format!("{}/v1/jobs", ada.base)).bearer_auth(&ada.token).json(&body).send()
+    };
+    let job: Value = create("callback").await.unwrap().json().await.unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let started = Instant::now();
+    let token = loop {
+        let calls = service.calls().await;
+        if let Some(token) = calls.iter().find(|c| c["id"] == id.as_str()).and_then(|c| c["token"].as_str()) {
+            break token.to_string();
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the service was never called: {calls:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let accepted = ada.wait_for(&id, &["processing"], Duration::from_secs(10)).await;
+    assert!(token.starts_with(&format!("{id}.")));
+    let report = |token: String, body: Value| {
+        reqwest::Client::new().post(format!("{}/v1/jobs/callbacks", ada.base)).header("keel-callback-token", token).json(&body).send()
+    };
+    let forged = format!("{id}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    assert_eq!(report(forged, json!({"state": "completed"})).await.unwrap().status(), 404);
+    let progress = report(token.clone(), json!({"state": "progress"})).await.unwrap();
+    assert_eq!(progress.status(), 200);
+    let moved: Value = progress.json().await.unwrap();
+    assert!(moved["lease_until"].as_str() > accepted["lease_until"].as_str(), "progress pushes the deadline out");
+    let done = report(token.clone(), json!({"state": "completed", "output": {"steps": 3}})).await.unwrap();
+    assert_eq!(done.status(), 200);
+    let job = ada.get(&id).await;
+    assert_eq!((job["status"].as_str(), &job["output"]), (Some("completed"), &json!({"steps": 3})));
+    assert_eq!(report(token, json!({"state": "progress"})).await.unwrap().status(), 404, "the attempt is over");
+
+    let second: Value = create("callback").await.unwrap().json().await.unwrap();
+    let second_id = second["id"].as_str().unwrap().to_string();
+    while !service.calls().await.iter().any(|c| c["id"] == second_id.as_str()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ada.wait_for(&second_id, &["processing"], Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancel = ada.http.post(format!("{}/v1/jobs/{second_id}/cancel", ada.base)).bearer_auth(&ada.token).send().await.unwrap();
+    assert_eq!(cancel.status(), 202);
+    ada.wait_for(&second_id, &["cancelled"], Duration::from_secs(10)).await;
+    let told = service.calls().await;
+    let notice = told.iter().find(|c| c["event"] == "cancel").unwrap_or_else(|| panic!("no cancel notice: {told:#?}"));
+    assert_eq!((notice["id"].as_str(), notice["verified"].as_bool()), (Some(format!("{second_id}.cancel").as_str()), Some(true)));
+    host.shutdown().await;
 }
