@@ -155,11 +155,12 @@ impl Worker {
                 code: "unknown_type".into(),
                 message: format!("the registry has no type {}", found.job.job_type),
             };
-            let status = Status::Failed;
-            if !found.job.status.is_terminal() {
-                self.jobs.finish(found, status, Some(error), None).await?;
-            }
-            return Ok(());
+            let done = if found.job.status.is_terminal() {
+                found
+            } else {
+                self.jobs.finish(found, Status::Failed, Some(error), None).await?
+            };
+            return if self.jobs.flush_outbox(done).await? { Ok(()) } else { Err(Again::Unpublished) };
         };
         let now = self.clock.now();
         let job = &found.job;
@@ -175,7 +176,8 @@ impl Worker {
             Status::Processing if job.awaiting_callback() && job.lease_until.is_some_and(|until| until > now) => {
                 if job.cancel_requested.is_some() {
                     self.tell_cancelled(&found.job, &job_type).await;
-                    let end = AttemptEnd { outcome: Outcome::Cancelled, downstream_status: None, error: None, output: None };
+                    let end =
+                        AttemptEnd { outcome: Outcome::Cancelled, downstream_status: None, error: None, output: None };
                     let fence = found.job.fence;
                     self.jobs.end_attempt(found, fence, end, &job_type, now).await?;
                 }
@@ -193,9 +195,9 @@ impl Worker {
                     let fence = job.fence;
                     metrics::count("JobAttemptsLost", &[("Type", &job_type.name)], 1.0);
                     match self.jobs.end_attempt(found, fence, lost, &job_type, now).await? {
-                        Some(next) if next.job.status == Status::Pending => {
-                            return self.attempt(next, &job_type, 0, invocation).await;
-                        }
+                        // Run again through this very path (pause and breaker included) on the next delivery.
+                        Some(next) if next.job.status == Status::Pending => return Err(Again::Later(next.job.run_at)),
+                        Some(done) if !done.job.outbox.is_empty() => return Err(Again::Unpublished),
                         _ => return Ok(()),
                     }
                 }
@@ -241,11 +243,15 @@ impl Worker {
         let started = std::time::Instant::now();
         let call = self.execute(&claimed.job, job_type, invocation.deadline, token.as_deref());
         tokio::pin!(call);
+        let mut lease_until = claimed.job.lease_until.unwrap_or_else(|| self.clock.now() + self.lease);
         let end = loop {
             tokio::select! {
                 end = &mut call => break end,
                 () = tokio::time::sleep(self.heartbeat) => match self.jobs.heartbeat(&org, &id, fence, self.lease).await {
-                    Ok(Beat::Continue(version)) => current.version = version,
+                    Ok(Beat::Continue { version, lease_until: until }) => {
+                        current.version = version;
+                        lease_until = until;
+                    }
                     Ok(Beat::Cancel(read)) => {
                         current = *read;
                         break AttemptEnd { outcome: Outcome::Cancelled, downstream_status: None, error: None, output: None };
@@ -254,8 +260,15 @@ impl Worker {
                         tracing::warn!(job_id = %id, "lease lost mid-attempt; abandoning it without recording");
                         return Ok(());
                     }
-                    // A heartbeat that cannot reach the table leaves the lease to run out; keep going until then.
-                    Err(error) => tracing::warn!(job_id = %id, %error, "heartbeat failed"),
+                    // A heartbeat that cannot reach the table: keep going while the lease holds, and stop before it
+                    // runs out, since another worker may then take the job.
+                    Err(error) => {
+                        tracing::warn!(job_id = %id, %error, "heartbeat failed");
+                        if self.clock.now() + Duration::from_std(self.heartbeat).unwrap_or(Duration::seconds(5)) >= lease_until {
+                            tracing::warn!(job_id = %id, "lease about to run out unrenewed; abandoning the attempt");
+                            return Ok(());
+                        }
+                    }
                 },
             }
         };
@@ -311,7 +324,8 @@ impl Worker {
                 last.error.get_or_insert_with(|| "timed out".into());
                 break;
             }
-            let (end, retry_after) = self.call_once(url, secret, job, attempt, &body, left, token).await;
+            let service = Service { url, secret, token };
+            let (end, retry_after) = self.call_once(service, job, attempt, &body, left).await;
             // The service failed if it did not answer or answered 5xx; any other answer shows it is up.
             let failed = end.downstream_status.is_none_or(|status| status >= 500);
             let target = target_of(url);
@@ -344,19 +358,17 @@ impl Worker {
     /// One signed POST; its outcome, and the `Retry-After` it asked for.
     async fn call_once(
         &self,
-        url: &str,
-        secret: &Secret,
+        service: Service<'_>,
         job: &keel_jobs::Job,
         attempt: u32,
         body: &[u8],
         timeout: std::time::Duration,
-        token: Option<&str>,
     ) -> (AttemptEnd, Option<std::time::Duration>) {
-        let mut request = self.http.post(url).timeout(timeout).header("content-type", "application/json");
-        if let Some(token) = token {
+        let mut request = self.http.post(service.url).timeout(timeout).header("content-type", "application/json");
+        if let Some(token) = service.token {
             request = request.header(CALLBACK_TOKEN_HEADER, token);
         }
-        for (name, value) in secret.headers(&job.id, self.clock.now().timestamp(), body) {
+        for (name, value) in service.secret.headers(&job.id, self.clock.now().timestamp(), body) {
             request = request.header(name, value);
         }
         request = request.header(ATTEMPT_HEADER, attempt.to_string());
@@ -433,17 +445,20 @@ impl Worker {
         for _ in 0..5 {
             if current.job.cancel_requested.is_some() {
                 self.tell_cancelled(&current.job, job_type).await;
-                let end = AttemptEnd { outcome: Outcome::Cancelled, downstream_status: Some(202), error: None, output: None };
+                let end =
+                    AttemptEnd { outcome: Outcome::Cancelled, downstream_status: Some(202), error: None, output: None };
                 self.jobs.end_attempt(current, fence, end, job_type, self.clock.now()).await?;
                 return Ok(());
             }
             let (org, id) = (current.job.org_id.clone(), current.job.id.clone());
             match self.jobs.await_callback(current, fence, report_within).await {
                 Ok(_) | Err(JobsError::Conflict(_)) => return Ok(()),
-                Err(JobsError::Backend(error)) if error.is_condition_failed() => match self.jobs.get(&org, &id).await? {
-                    Some(again) if again.job.fence == fence => current = again,
-                    _ => return Ok(()),
-                },
+                Err(JobsError::Backend(error)) if error.is_condition_failed() => {
+                    match self.jobs.get(&org, &id).await? {
+                        Some(again) if again.job.fence == fence => current = again,
+                        _ => return Ok(()),
+                    }
+                }
                 Err(error) => return Err(error.into()),
             }
         }
@@ -457,13 +472,23 @@ impl Worker {
         let body = serde_json::json!({"job_id": job.id, "cancelled": true}).to_string();
         let mut request = self.http.post(url).timeout(std::time::Duration::from_secs(5));
         request = request.header("content-type", "application/json").header(EVENT_HEADER, "cancel");
-        for (name, value) in secret.headers(&format!("{}.cancel", job.id), self.clock.now().timestamp(), body.as_bytes()) {
+        for (name, value) in
+            secret.headers(&format!("{}.cancel", job.id), self.clock.now().timestamp(), body.as_bytes())
+        {
             request = request.header(name, value);
         }
         if let Err(error) = request.body(body).send().await {
             tracing::warn!(job_id = %job.id, %error, "the service was not told of the cancel");
         }
     }
+}
+
+/// Where an attempt's call goes, how it is signed, and the callback token it carries (callback types).
+#[derive(Clone, Copy)]
+struct Service<'a> {
+    url: &'a str,
+    secret: &'a Secret,
+    token: Option<&'a str>,
 }
 
 /// The delay before the next attempt after `attempts` attempts: the type's backoff with full jitter, and never

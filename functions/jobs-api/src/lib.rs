@@ -528,8 +528,14 @@ impl JobsApi {
         let no_attempt = || Problem::not_found("no attempt waits for a report with this token");
         let token = http::header(&call.request, CALLBACK_TOKEN_HEADER).ok_or_else(no_attempt)?;
         let body: CallbackBody = http::from_json(http::body_value(&call.request, MAX_BODY_BYTES)?, "invalid_report")?;
-        if body.output.as_ref().and_then(|output| serde_json::to_vec(output).ok()).is_some_and(|o| o.len() > MAX_PAYLOAD_BYTES) {
-            return Err(Problem::new(413, "output_too_large", format!("the output is over {MAX_PAYLOAD_BYTES} bytes")).at("/output"));
+        if body
+            .output
+            .as_ref()
+            .and_then(|output| serde_json::to_vec(output).ok())
+            .is_some_and(|o| o.len() > MAX_PAYLOAD_BYTES)
+        {
+            return Err(Problem::new(413, "output_too_large", format!("the output is over {MAX_PAYLOAD_BYTES} bytes"))
+                .at("/output"));
         }
         let found = self.jobs.by_callback_token(token).await.map_err(port)?.ok_or_else(no_attempt)?;
         let job_type = self.registry.get(&found.job.job_type).ok_or_else(no_attempt)?;
@@ -547,7 +553,12 @@ impl JobsApi {
         };
         let end = AttemptEnd { outcome, downstream_status: Some(202), error, output };
         let retry_at = self.jobs.now() + Duration::from_std(job_type.retry_base).unwrap_or(Duration::seconds(10));
-        let done = self.jobs.end_attempt(found, fence, end, job_type, retry_at).await.map_err(backend)?.ok_or_else(no_attempt)?;
+        let done = self
+            .jobs
+            .end_attempt(found, fence, end, job_type, retry_at)
+            .await
+            .map_err(backend)?
+            .ok_or_else(no_attempt)?;
         if done.job.status == Status::Pending {
             // The next attempt needs a message: the worker let go of this one when the service accepted it.
             self.jobs.send(&done.job, 0).await.map_err(port)?;

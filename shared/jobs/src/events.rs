@@ -56,8 +56,11 @@ pub struct FeedEvent {
     pub data: Value,
 }
 
+/// Feed partitions are `FEED#{org}`.
+pub const FEED_PREFIX: &str = "FEED#";
+
 pub fn feed_partition(org: &str) -> String {
-    format!("FEED#{org}")
+    format!("{FEED_PREFIX}{org}")
 }
 
 /// The event of the transition `job` has just made, numbered `job.events` (the caller counts it). A job back to

@@ -92,8 +92,8 @@ pub enum Created {
 /// What a worker learns at a heartbeat.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Beat {
-    /// Keep going; the record is at this version.
-    Continue(u64),
+    /// Keep going; the record is at this version, and the lease runs until then.
+    Continue { version: u64, lease_until: DateTime<Utc> },
     /// Someone asked to cancel: stop, and record the attempt as cancelled (on the record as just read).
     Cancel(Box<Versioned>),
     /// Another attempt holds the job now: stop, and write nothing.
@@ -209,7 +209,7 @@ impl Jobs {
             if retry > 0 {
                 pause(retry).await;
             }
-            match self.table.transact(writes.clone()).await {
+            match self.table.transact(self.fresh_positions(&writes)).await {
                 Ok(()) => return Ok(()),
                 Err(error) if error.is_condition_failed() && retry == 0 => return Err(error),
                 Err(error) => {
@@ -224,6 +224,22 @@ impl Jobs {
             }
         }
         Err(failure)
+    }
+
+    /// The writes with each feed event at a position taken now: the feed serves events a second old, so an event
+    /// must commit within a second of taking its place, whatever reads and retries came before.
+    fn fresh_positions(&self, writes: &[Write]) -> Vec<Write> {
+        writes
+            .iter()
+            .map(|write| match write {
+                Write::Put { item, expect } if item.key.pk.starts_with(events::FEED_PREFIX) => {
+                    let mut item = item.clone();
+                    item.key.sk = self.ulid();
+                    Write::Put { item, expect: *expect }
+                }
+                other => other.clone(),
+            })
+            .collect()
     }
 
     async fn committed(&self, job: &Job, version: u64) -> Result<bool, PortError> {
@@ -333,6 +349,12 @@ impl Jobs {
                     return Ok(Created::New(job));
                 }
                 Err(PortError::ConditionFailed { .. }) => {
+                    // An earlier try committed after all (its answer was lost, and reading it back failed).
+                    if let Some(created) = self.get(org, &id).await? {
+                        let mut job = created.job;
+                        self.after_commit(&mut job).await;
+                        return Ok(Created::New(job));
+                    }
                     if let Some(key) = &new.dedup_key
                         && let Some(holder) = self.dedup_holder(org, key).await?
                     {
@@ -515,7 +537,6 @@ impl Jobs {
         job.duration_ms = job.started_at.map(|started| (now - started).num_milliseconds());
         let mut writes: Vec<Write> = self.record_event(&mut job).into_iter().collect();
         writes.push(put(job.to_item(version + 1), Expect::Version(version)));
-        writes.push(Write::Delete { key: open_key(&job.id), expect: Expect::Any });
         if let Some(output) = output {
             let item = Item {
                 key: output_key(&job.org_id, &job.id),
@@ -533,6 +554,9 @@ impl Jobs {
         }
         let mut promoted = None;
         if held_slot {
+            // The count first: a creator that adds a waiter after this read also rewrites the count, so this
+            // transaction fails and the next try finds the waiter.
+            let (held, slots_version) = self.slots(&job.org_id, &job.job_type).await?;
             match self.next_waiting(&job.org_id, &job.job_type, now).await? {
                 Some((waiter, wait_item)) => {
                     let mut next = waiter.job.clone();
@@ -541,9 +565,9 @@ impl Jobs {
                     writes.push(put(next.to_item(waiter.version + 1), Expect::Version(waiter.version)));
                     writes.push(Write::Delete { key: wait_item, expect: Expect::Any });
                     promoted = Some(next);
+                    writes.push(Self::slots_write(&job.org_id, &job.job_type, held, slots_version));
                 }
                 None => {
-                    let (held, slots_version) = self.slots(&job.org_id, &job.job_type).await?;
                     writes.push(Self::slots_write(&job.org_id, &job.job_type, held.saturating_sub(1), slots_version));
                 }
             }
@@ -552,9 +576,10 @@ impl Jobs {
         let mut version = version + 1;
         self.after_commit(&mut job).await;
         if job.outbox.is_empty() {
-            // The record of a finished job says its events are out, so a redelivered message publishes nothing
-            // again. Left undone (a failure here), the next delivery publishes them once more.
-            match self.table.put(job.to_item(version + 1), Expect::Version(version)).await {
+            // The record of a finished job says its events are out, and the job leaves the open index, so a
+            // redelivered message publishes nothing again. Left undone (a failure here), the next delivery or the
+            // sweeper publishes them once more.
+            match self.mark_published(&job, version).await {
                 Ok(()) => version += 1,
                 Err(error) => tracing::warn!(job_id = %job.id, %error, "published events not marked"),
             }
@@ -575,10 +600,19 @@ impl Jobs {
         if !job.outbox.is_empty() {
             return Ok(false);
         }
-        match self.table.put(job.to_item(version + 1), Expect::Version(version)).await {
+        match self.mark_published(&job, version).await {
             Ok(()) | Err(PortError::ConditionFailed { .. }) => Ok(true),
             Err(error) => Err(error),
         }
+    }
+
+    /// The write that closes a finished job: its record with the outbox empty, and its open-index entry gone.
+    async fn mark_published(&self, job: &Job, version: u64) -> Result<(), PortError> {
+        let writes = vec![
+            put(job.to_item(version + 1), Expect::Version(version)),
+            Write::Delete { key: open_key(&job.id), expect: Expect::Any },
+        ];
+        self.table.transact(writes).await
     }
 
     /// The organization's oldest waiting job of a type whose time has come, with its wait entry's key.
@@ -591,15 +625,21 @@ impl Jobs {
         let mut query = Query::partition(wait_partition(org, job_type));
         query.sk_to = Some(wait_sort_key(now, "~"));
         query.limit = 10;
-        let page = self.table.query(&query).await?;
-        for item in page.items {
-            let Some(id) = item.attrs.get("job_id").and_then(Value::as_str) else { continue };
-            match self.get(org, id).await? {
-                Some(found) if found.job.status == Status::Pending && !found.job.is_admitted() => {
-                    return Ok(Some((found, item.key)));
+        for _ in 0..MAX_SCAN_PAGES {
+            let page = self.table.query(&query).await?;
+            for item in page.items {
+                let Some(id) = item.attrs.get("job_id").and_then(Value::as_str) else { continue };
+                match self.get(org, id).await? {
+                    Some(found) if found.job.status == Status::Pending && !found.job.is_admitted() => {
+                        return Ok(Some((found, item.key)));
+                    }
+                    // A wait entry whose job moved on (a crash between its transactions): remove it.
+                    _ => self.table.delete(&item.key, Expect::Any).await?,
                 }
-                // A wait entry whose job moved on (a crash between its transactions): remove it.
-                _ => self.table.delete(&item.key, Expect::Any).await?,
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
             }
         }
         Ok(None)
@@ -645,7 +685,12 @@ impl Jobs {
 
     /// The service of a callback type accepted the attempt (202): the job stays `processing`, leased until the
     /// service's first report is due; the worker lets go of it.
-    pub async fn await_callback(&self, current: Versioned, fence: u64, report_within: Duration) -> Result<Versioned, JobsError> {
+    pub async fn await_callback(
+        &self,
+        current: Versioned,
+        fence: u64,
+        report_within: Duration,
+    ) -> Result<Versioned, JobsError> {
         let Versioned { mut job, version } = current;
         if job.fence != fence || job.status != Status::Processing {
             return Err(JobsError::Conflict("the attempt lost the job".into()));
@@ -699,12 +744,12 @@ impl Jobs {
                 return Ok(Beat::Cancel(Box::new(Versioned { job, version })));
             }
             let now = self.clock.now();
-            if job.lease_until.is_some_and(|until| until - now > lease / 2) {
-                return Ok(Beat::Continue(version));
+            if let Some(until) = job.lease_until.filter(|until| *until - now > lease / 2) {
+                return Ok(Beat::Continue { version, lease_until: until });
             }
             job.lease_until = Some(now + lease);
             match self.table.put(job.to_item(version + 1), Expect::Version(version)).await {
-                Ok(()) => return Ok(Beat::Continue(version + 1)),
+                Ok(()) => return Ok(Beat::Continue { version: version + 1, lease_until: now + lease }),
                 Err(PortError::ConditionFailed { .. }) => continue,
                 Err(error) => return Err(error.into()),
             }
@@ -764,7 +809,7 @@ impl Jobs {
                         Err(error) => Err(error.into()),
                     }
                 }
-                Outcome::Cancelled => {
+                _ if end.outcome == Outcome::Cancelled || job.cancel_requested.is_some() => {
                     let by = job.cancel_requested.as_ref().map_or("a worker", |c| c.by.as_str()).to_string();
                     let error = JobError { code: "cancelled".into(), message: format!("cancelled by {by}") };
                     self.finish(Versioned { job, version: current.version }, Status::Cancelled, Some(error), None).await
@@ -812,7 +857,10 @@ impl Jobs {
                         swept.removed += 1;
                         continue;
                     };
-                    self.sweep_one(found, item, registry, (breakers, gates), &mut swept).await?;
+                    // One job's failure does not stop the pass; the next pass tries it again.
+                    if let Err(error) = self.sweep_one(found, item, registry, (breakers, gates), &mut swept).await {
+                        tracing::warn!(job_id = %item.key.sk, %error, "job not swept");
+                    }
                 }
                 match page.next {
                     Some(next) => query.after = Some(next),
@@ -839,8 +887,13 @@ impl Jobs {
             _ => gates.paused(&job.org_id, &job.job_type).await,
         };
         match (job.status, job.waiting) {
+            // A finished job whose events did not all go out (it had no message to bring them back).
             (status, _) if status.is_terminal() => {
-                self.table.delete(&open_item.key, Expect::Any).await?;
+                if found.job.outbox.is_empty() {
+                    self.table.delete(&open_item.key, Expect::Any).await?;
+                } else {
+                    self.flush_outbox(found.clone()).await?;
+                }
                 swept.removed += 1;
             }
             (Status::Pending, Some(Waiting::Queued))

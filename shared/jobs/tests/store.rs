@@ -274,11 +274,12 @@ async fn heartbeats_extend_the_lease_only_when_half_of_it_is_gone() {
     let before = f.table.write_requests();
     assert_eq!(
         f.jobs.heartbeat("o1", &job.id, claimed.job.fence, LEASE).await.unwrap(),
-        Beat::Continue(claimed.version)
+        Beat::Continue { version: claimed.version, lease_until: claimed.job.lease_until.unwrap() }
     );
     assert_eq!(f.table.write_requests(), before, "a fresh lease is not rewritten");
     f.clock.advance(Duration::seconds(20));
-    let Beat::Continue(version) = f.jobs.heartbeat("o1", &job.id, claimed.job.fence, LEASE).await.unwrap() else {
+    let Beat::Continue { version, .. } = f.jobs.heartbeat("o1", &job.id, claimed.job.fence, LEASE).await.unwrap()
+    else {
         panic!()
     };
     assert_eq!(version, claimed.version + 1);

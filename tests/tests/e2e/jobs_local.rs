@@ -305,7 +305,11 @@ async fn a_callback_job_reports_its_progress_and_result_with_its_attempts_token(
     let accepted = ada.wait_for(&id, &["processing"], Duration::from_secs(10)).await;
     assert!(token.starts_with(&format!("{id}.")));
     let report = |token: String, body: Value| {
-        reqwest::Client::new().post(format!("{}/v1/jobs/callbacks", ada.base)).header("keel-callback-token", token).json(&body).send()
+        reqwest::Client::new()
+            .post(format!("{}/v1/jobs/callbacks", ada.base))
+            .header("keel-callback-token", token)
+            .json(&body)
+            .send()
     };
     let forged = format!("{id}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
     assert_eq!(report(forged, json!({"state": "completed"})).await.unwrap().status(), 404);
@@ -326,11 +330,15 @@ async fn a_callback_job_reports_its_progress_and_result_with_its_attempts_token(
     }
     ada.wait_for(&second_id, &["processing"], Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cancel = ada.http.post(format!("{}/v1/jobs/{second_id}/cancel", ada.base)).bearer_auth(&ada.token).send().await.unwrap();
+    let cancel =
+        ada.http.post(format!("{}/v1/jobs/{second_id}/cancel", ada.base)).bearer_auth(&ada.token).send().await.unwrap();
     assert_eq!(cancel.status(), 202);
     ada.wait_for(&second_id, &["cancelled"], Duration::from_secs(10)).await;
     let told = service.calls().await;
     let notice = told.iter().find(|c| c["event"] == "cancel").unwrap_or_else(|| panic!("no cancel notice: {told:#?}"));
-    assert_eq!((notice["id"].as_str(), notice["verified"].as_bool()), (Some(format!("{second_id}.cancel").as_str()), Some(true)));
+    assert_eq!(
+        (notice["id"].as_str(), notice["verified"].as_bool()),
+        (Some(format!("{second_id}.cancel").as_str()), Some(true))
+    );
     host.shutdown().await;
 }

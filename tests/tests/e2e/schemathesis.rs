@@ -66,8 +66,10 @@ async fn every_route_answers_as_its_openapi_document_says() {
     std::fs::write(&config, toml).unwrap();
 
     // Operators' routes with an operator's token; members' and public routes with a member's.
-    let runs =
-        [("^/v1/admin|^/v1/webhooks/", &admin), ("^/v1/flags|^/v1/jobs|^/v1/events|^/ofrep/|^/webhooks/|^/openapi", &member)];
+    let runs = [
+        ("^/v1/admin|^/v1/webhooks/", &admin),
+        ("^/v1/flags|^/v1/jobs|^/v1/events|^/ofrep/|^/webhooks/|^/openapi", &member),
+    ];
     let mut tested = 0;
     for (paths, token) in runs {
         let output = Command::new(&schemathesis)
