@@ -200,8 +200,8 @@ impl Jobs {
     }
 
     /// Runs a transition's transaction, which writes `job` at `version`. A transient failure may be ambiguous (the
-    /// backend committed and the reply was lost): the record then shows whether it committed (its version and
-    /// `updated_at` are the ones written); if it did not, the transaction is tried again, a few times. A failed
+    /// backend committed and the reply was lost): the record then shows whether it committed (it is, at that
+    /// version, exactly the record written); if it did not, the transaction is tried again, a few times. A failed
     /// condition is returned as it is, unless an earlier try had committed.
     async fn commit(&self, writes: Vec<Write>, job: &Job, version: u64) -> Result<(), PortError> {
         let mut failure = PortError::Unavailable("not tried".into());
@@ -244,7 +244,7 @@ impl Jobs {
 
     async fn committed(&self, job: &Job, version: u64) -> Result<bool, PortError> {
         let stored = self.get(&job.org_id, &job.id).await?;
-        Ok(stored.is_some_and(|stored| stored.version == version && stored.job.updated_at == job.updated_at))
+        Ok(stored.is_some_and(|stored| stored.version == version && stored.job == *job))
     }
 
     /// The organization's slot count of a type, with the version to write it back under.

@@ -10,11 +10,18 @@
 //!   `--context`: every flag evaluated, serialised and hashed into the ETag. `--revalidate` sends the ETag of a
 //!   first response as `If-None-Match` (the 304 path: the same work, no body on the wire). `--seed-flags N` first
 //!   creates N flags of a fixed mix through the admin API (`--admin-token`, role platform-admin; existing ones kept).
+//! - `jobs`: `POST /v1/jobs` of a no-op job (`--job-type`, `--job-input`) with a member's `--token`, then every job
+//!   read back until it has completed: create-to-completed latency (the records' `created_at` to `finished_at`) as
+//!   p50/p90/p99/max and completed jobs per second, with the host's CPU per job over the whole run.
+//! - `stub`: a downstream service for `jobs` on `--url` (loopback): every POST answers `200 {}` at once.
 //!
 //! ```text
 //! target/release/load --url http://127.0.0.1:8787 --mode unique --requests 5000 --concurrency 16
 //! target/release/load --url http://127.0.0.1:8787 --mode ofrep --token "$MEMBER" --seed-flags 100 \
 //!     --admin-token "$ADMIN" --requests 5000 --concurrency 16
+//! target/release/load --url http://127.0.0.1:9911 --mode stub &
+//! JOB_URL_NOTIFY=http://127.0.0.1:9911/notify JOB_SECRET_NOTIFY=whsec_... target/release/keel-local serve ... &
+//! target/release/load --url http://127.0.0.1:8787 --mode jobs --token "$MEMBER" --requests 2000 --concurrency 16
 //! ```
 
 use clap::{Parser, ValueEnum};
@@ -30,6 +37,8 @@ enum Mode {
     Duplicate,
     Get,
     Ofrep,
+    Jobs,
+    Stub,
 }
 
 impl Mode {
@@ -39,6 +48,8 @@ impl Mode {
             Mode::Duplicate => "duplicate",
             Mode::Get => "get",
             Mode::Ofrep => "ofrep",
+            Mode::Jobs => "jobs",
+            Mode::Stub => "stub",
         }
     }
 
@@ -47,6 +58,8 @@ impl Mode {
             Mode::Unique | Mode::Duplicate => "/webhooks/acme",
             Mode::Get => "/health/live",
             Mode::Ofrep => "/ofrep/v1/evaluate/flags",
+            Mode::Jobs => "/v1/jobs",
+            Mode::Stub => "/",
         }
     }
 }
@@ -102,6 +115,11 @@ struct Args {
     /// `ofrep`: a platform-admin bearer token for `--seed-flags`.
     #[arg(long)]
     admin_token: Option<String>,
+    /// `jobs`: the type and input of every job.
+    #[arg(long, default_value = "notify.email")]
+    job_type: String,
+    #[arg(long, default_value = r#"{"to":"bench@example.com","template":"noop"}"#)]
+    job_input: String,
 }
 
 /// A process's CPU time so far (utime + stime from /proc/<pid>/stat, in clock ticks of 1/100 s).
@@ -132,6 +150,8 @@ struct Tally {
     latencies: Vec<Duration>,
     statuses: BTreeMap<u16, usize>,
     transport_errors: usize,
+    /// `jobs`: the ids of the jobs created.
+    ids: Vec<String>,
 }
 
 fn loopback_only(url: &str) -> Result<(), String> {
@@ -169,6 +189,11 @@ fn request(client: &reqwest::Client, plan: &Plan, index: usize) -> reqwest::Requ
             signed(client, plan, &id, &ts)
         }
         Mode::Duplicate => signed(client, plan, &plan.duplicate_id, &plan.duplicate_ts),
+        Mode::Jobs | Mode::Stub => client
+            .post(&plan.url)
+            .header("content-type", "application/json")
+            .header("authorization", &plan.authorization)
+            .body(plan.body.clone()),
     }
 }
 
@@ -187,8 +212,8 @@ async fn one(client: &reqwest::Client, plan: &Plan, index: usize, tally: &mut Ta
     let outcome = tokio::time::timeout(Duration::from_secs(10), async {
         let response = request(client, plan, index).send().await?;
         let status = response.status().as_u16();
-        response.bytes().await?;
-        Ok::<u16, reqwest::Error>(status)
+        let body = response.bytes().await?;
+        Ok::<(u16, bytes::Bytes), reqwest::Error>((status, body))
     })
     .await;
     let elapsed = started.elapsed();
@@ -196,9 +221,16 @@ async fn one(client: &reqwest::Client, plan: &Plan, index: usize, tally: &mut Ta
         return;
     }
     match outcome {
-        Ok(Ok(status)) => {
+        Ok(Ok((status, body))) => {
             *tally.statuses.entry(status).or_default() += 1;
             tally.latencies.push(elapsed);
+            if plan.mode == Mode::Jobs
+                && let Some(id) = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+            {
+                tally.ids.push(id);
+            }
         }
         _ => tally.transport_errors += 1,
     }
@@ -226,8 +258,18 @@ async fn run(args: Args) -> Result<(), String> {
         authorization: String::new(),
         if_none_match: None,
     };
+    if args.mode == Mode::Stub {
+        return serve_stub(&args.url).await;
+    }
     if args.mode == Mode::Ofrep {
         prepare_ofrep(&client, &args, base, &mut plan).await?;
+    }
+    if args.mode == Mode::Jobs {
+        let token = args.token.as_deref().ok_or("--mode jobs needs --token (keel-local token --roles member)")?;
+        plan.authorization = format!("Bearer {token}");
+        let input: serde_json::Value =
+            serde_json::from_str(&args.job_input).map_err(|e| format!("--job-input is not JSON: {e}"))?;
+        plan.body = serde_json::json!({"type": args.job_type, "input": input}).to_string();
     }
     let plan = Arc::new(plan);
 
@@ -265,10 +307,14 @@ async fn run(args: Args) -> Result<(), String> {
     for worker in spawn_workers(args.warmup + args.requests, true) {
         let tally = worker.await.map_err(|e| format!("worker: {e}"))?;
         total.latencies.extend(tally.latencies);
+        total.ids.extend(tally.ids);
         total.transport_errors += tally.transport_errors;
         for (status, count) in tally.statuses {
             *total.statuses.entry(status).or_default() += count;
         }
+    }
+    if args.mode == Mode::Jobs {
+        return report_jobs(&client, &plan, base, &total.ids, deadline, args.host_pid.zip(host_cpu_before)).await;
     }
     let wall = started.elapsed();
     let host_cpu =
@@ -304,6 +350,127 @@ async fn run(args: Args) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// `jobs`: waits for the last job created, then reads every job back until it has completed (or the time cap), and
+/// reports create-to-completed latency, completed jobs per second, and the host's CPU per job from the first
+/// measured request to the last job's end (the API's creates and reads of the last job included).
+async fn report_jobs(
+    client: &reqwest::Client,
+    plan: &Plan,
+    base: &str,
+    ids: &[String],
+    deadline: Instant,
+    cpu: Option<(u32, Duration)>,
+) -> Result<(), String> {
+    let mut spans = Vec::new();
+    let parse = |raw: &serde_json::Value| raw.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    // Only the last job is watched while the host works, so the reads do not weigh on its CPU; then every job.
+    let ended = |job: &serde_json::Value| matches!(job["status"].as_str(), Some("completed" | "failed" | "cancelled"));
+    if let Some(last) = ids.last() {
+        loop {
+            let job: serde_json::Value = client
+                .get(format!("{base}/v1/jobs/{last}"))
+                .header("authorization", &plan.authorization)
+                .send()
+                .await
+                .map_err(|e| format!("read back: {e}"))?
+                .json()
+                .await
+                .map_err(|e| format!("read back: {e}"))?;
+            if ended(&job) || Instant::now() > deadline + Duration::from_secs(60) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let host_cpu = cpu.and_then(|(pid, before)| cpu_time(pid).map(|after| after.saturating_sub(before)));
+    let mut pending: Vec<&String> = ids.iter().collect();
+    while !pending.is_empty() && Instant::now() < deadline + Duration::from_secs(60) {
+        let mut still = Vec::new();
+        for id in pending {
+            let job: serde_json::Value = client
+                .get(format!("{base}/v1/jobs/{id}"))
+                .header("authorization", &plan.authorization)
+                .send()
+                .await
+                .map_err(|e| format!("read back: {e}"))?
+                .json()
+                .await
+                .map_err(|e| format!("read back: {e}"))?;
+            match (job["status"].as_str(), parse(&job["created_at"]), parse(&job["finished_at"])) {
+                (Some("completed"), Some(created), Some(finished)) => spans.push((created, finished)),
+                (Some("failed" | "cancelled"), ..) => return Err(format!("job {id} ended {}", job["status"])),
+                _ => still.push(id),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let (Some(first), Some(last)) = (spans.iter().map(|s| s.0).min(), spans.iter().map(|s| s.1).max()) else {
+        return Err("no job completed".into());
+    };
+    let latencies: Vec<Duration> =
+        spans.iter().map(|(created, finished)| (*finished - *created).to_std().unwrap_or_default()).collect();
+    let wall = (last - first).to_std().unwrap_or_default().as_secs_f64().max(1e-9);
+    let s = Summary::of(&latencies).ok_or("no latencies")?;
+    let cpu = host_cpu
+        .map(|cpu| format!(" host_cpu_us_per_job={:.0}", cpu.as_secs_f64() * 1e6 / spans.len() as f64))
+        .unwrap_or_default();
+    println!(
+        "RESULT mode=jobs completed={} of {} jobs_per_s={:.0} create_to_completed p50_ms={} p90_ms={} p99_ms={} max_ms={}{cpu}",
+        spans.len(),
+        ids.len(),
+        spans.len() as f64 / wall,
+        ms(s.p50),
+        ms(s.p90),
+        ms(s.p99),
+        ms(s.max)
+    );
+    Ok(())
+}
+
+/// `stub`: answers every request with `200 {}` at once, keeping connections open, until killed.
+async fn serve_stub(url: &str) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = url.strip_prefix("http://").unwrap_or(url).split('/').next().unwrap_or_default().to_string();
+    let listener = tokio::net::TcpListener::bind(&authority).await.map_err(|e| format!("stub: {e}"))?;
+    println!("stub listening on {authority}");
+    loop {
+        let (mut stream, _) = listener.accept().await.map_err(|e| format!("stub: {e}"))?;
+        tokio::spawn(async move {
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                // One request: the head up to the blank line, then content-length bytes of body.
+                let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .unwrap_or(0);
+                while buffer.len() < end + 4 + length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buffer.drain(..end + 4 + length);
+                let reply = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                if stream.write_all(reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// One flag of the `--seed-flags` mix, by index: a fifth each of static, attribute rule, 50 % rollout, two weighted
