@@ -9,11 +9,11 @@
 //! at most once fails instead.
 
 use async_trait::async_trait;
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Duration, Utc};
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
-use keel::function::{Invocation, QueueFunction};
+use keel::function::{Invocation, QueueFunction, deliver_again};
 use keel::metrics;
 use keel::queue::{MessageAttrs, Queue, TRACE_HEADER_ATTRIBUTE};
 use keel::resources::Resources;
@@ -116,21 +116,14 @@ impl QueueFunction for Worker {
         let mut response = SqsBatchResponse::default();
         for (record, outcome) in event.records.iter().zip(outcomes) {
             let Err(reason) = outcome else { continue };
-            let message_id = record.message_id.clone().unwrap_or_default();
-            let until = match reason {
-                Again::Leased(until) | Again::Later(until) => until,
+            let until = match &reason {
+                Again::Leased(until) | Again::Later(until) => *until,
                 _ => self.clock.now() + Duration::seconds(5),
             };
-            // Whole seconds, rounded up; SQS caps a visibility timeout at 12 hours.
-            let delay = (until - self.clock.now()).num_milliseconds().clamp(0, 12 * 3600 * 1000);
-            let delay = std::time::Duration::from_secs(u64::try_from((delay + 999) / 1000).unwrap_or(0));
+            let delay = (until - self.clock.now()).to_std().unwrap_or_default();
+            let delay = deliver_again(self.queue.as_ref(), record, delay, &mut response).await;
+            let message_id = record.message_id.as_deref().unwrap_or_default();
             tracing::info!(%message_id, %reason, delay_seconds = delay.as_secs(), "job message will be delivered again");
-            if let Some(receipt) = &record.receipt_handle {
-                self.queue.change_visibility(receipt, delay).await.ok();
-            }
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = message_id;
-            response.batch_item_failures.push(failure);
         }
         response
     }

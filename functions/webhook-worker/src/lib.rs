@@ -8,13 +8,13 @@
 //! consumers deduplicate on `delivery_id`.
 
 use async_trait::async_trait;
-use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Duration, Utc};
 use keel::bus::{BusEvent, EventBus, MAX_EVENT_BYTES};
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
-use keel::function::{Invocation, QueueFunction};
+use keel::function::{Invocation, QueueFunction, deliver_again};
 use keel::metrics;
 use keel::port::PortError;
 use keel::queue::{MessageAttrs, Queue, TRACE_HEADER_ATTRIBUTE};
@@ -92,16 +92,10 @@ impl QueueFunction for Worker {
         let mut response = SqsBatchResponse::default();
         for (record, outcome) in event.records.iter().zip(outcomes) {
             if let Err(reason) = outcome {
-                let message_id = record.message_id.clone().unwrap_or_default();
                 let delay = self.retry_delay(record, &reason);
+                let delay = deliver_again(self.queue.as_ref(), record, delay, &mut response).await;
+                let message_id = record.message_id.as_deref().unwrap_or_default();
                 tracing::warn!(%message_id, %reason, delay_seconds = delay.as_secs(), "message will be retried");
-                if let Some(receipt) = &record.receipt_handle {
-                    // Best effort: if this fails, the queue's own visibility timeout applies.
-                    self.queue.change_visibility(receipt, delay).await.ok();
-                }
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = message_id;
-                response.batch_item_failures.push(failure);
             }
         }
         response

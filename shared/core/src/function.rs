@@ -4,9 +4,10 @@
 
 use crate::http::{Request, Response};
 use crate::openapi::Doc;
+use crate::queue::Queue;
 use crate::route::{Access, Api, serve};
 use async_trait::async_trait;
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
 use http::Method;
 use lambda_http::RequestExt;
@@ -104,6 +105,26 @@ impl<F: Api> HttpFunction for F {
 pub trait QueueFunction: Send + Sync {
     /// Returns the ids of the messages that failed; the rest are deleted from the queue.
     async fn call(&self, event: SqsEvent, invocation: Invocation) -> SqsBatchResponse;
+}
+
+/// Leaves a message of the batch for SQS to deliver again after `delay` (whole seconds, rounded up, at most the
+/// 12 hours SQS allows): its visibility is changed, best effort (if that fails, the queue's own visibility timeout
+/// applies), and it is reported as a batch item failure. Returns the delay set.
+pub async fn deliver_again(
+    queue: &dyn Queue,
+    record: &SqsMessage,
+    delay: std::time::Duration,
+    response: &mut SqsBatchResponse,
+) -> std::time::Duration {
+    let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    let delay = std::time::Duration::from_secs(seconds.min(12 * 3600));
+    if let Some(receipt) = &record.receipt_handle {
+        queue.change_visibility(receipt, delay).await.ok();
+    }
+    let mut failure = BatchItemFailure::default();
+    failure.item_identifier = record.message_id.clone().unwrap_or_default();
+    response.batch_item_failures.push(failure);
+    delay
 }
 
 /// A function an EventBridge Scheduler schedule invokes. It receives the schedule's input (or, under an

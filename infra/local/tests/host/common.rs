@@ -293,3 +293,22 @@ pub async fn fixture_host(env: Env) -> (Host, Seen, tempfile::TempDir) {
 pub fn url(host: &Host, path: &str) -> String {
     format!("http://{}{path}", host.addr())
 }
+
+/// A port nothing listens on now (for a host started as its own process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until a keel-local process answers `GET /health/live` on `port`.
+pub async fn wait_live(client: &reqwest::Client, port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Ok(response) = client.get(format!("http://127.0.0.1:{port}/health/live")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("keel-local did not come up on port {port}");
+}

@@ -2,6 +2,7 @@
 //! ends completed, none is lost and none stays pending or processing (embedded backend). The downstream service is
 //! a stub the test serves, counting the calls of each job.
 
+use crate::common::{free_port, wait_live};
 use keel_local::DevKey;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -11,10 +12,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keel-local");
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A service that answers every call after 30 ms, counting calls per `webhook-id` (the job id).
 fn serve_stub(calls: Arc<Mutex<HashMap<String, usize>>>) -> u16 {
@@ -81,19 +78,6 @@ fn spawn(data: &Path, port: u16, service: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-async fn wait_live(client: &reqwest::Client, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(response) = client.get(format!("http://127.0.0.1:{port}/health/live")).send().await
-            && response.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("keel-local did not come up on port {port}");
 }
 
 async fn status(client: &reqwest::Client, port: u16, token: &str, id: &str) -> Option<String> {

@@ -1,6 +1,7 @@
 //! The host killed with SIGKILL under load and restarted loses no acknowledged webhook (embedded backend): every
 //! event it answered 2xx for is forwarded to the bus after the restart.
 
+use crate::common::{free_port, wait_live};
 use hmac::{Hmac, Mac};
 use keel_embedded::EmbeddedDb;
 use keel_local::DevKey;
@@ -13,10 +14,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keel-local");
 const SECRET: &str = "sigkill-test-secret";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn spawn(data: &Path, port: u16) -> Child {
     let template = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../template.yaml");
@@ -34,19 +31,6 @@ fn spawn(data: &Path, port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
-}
-
-async fn wait_live(client: &reqwest::Client, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(response) = client.get(format!("http://127.0.0.1:{port}/health/live")).send().await
-            && response.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("keel-local did not come up on port {port}");
 }
 
 async fn send(client: &reqwest::Client, port: u16, event_id: &str) -> bool {
