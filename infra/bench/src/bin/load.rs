@@ -369,15 +369,7 @@ async fn report_jobs(
     let ended = |job: &serde_json::Value| matches!(job["status"].as_str(), Some("completed" | "failed" | "cancelled"));
     if let Some(last) = ids.last() {
         loop {
-            let job: serde_json::Value = client
-                .get(format!("{base}/v1/jobs/{last}"))
-                .header("authorization", &plan.authorization)
-                .send()
-                .await
-                .map_err(|e| format!("read back: {e}"))?
-                .json()
-                .await
-                .map_err(|e| format!("read back: {e}"))?;
+            let job = read_job(client, base, &plan.authorization, last).await?;
             if ended(&job) || Instant::now() > deadline + Duration::from_secs(60) {
                 break;
             }
@@ -389,15 +381,7 @@ async fn report_jobs(
     while !pending.is_empty() && Instant::now() < deadline + Duration::from_secs(60) {
         let mut still = Vec::new();
         for id in pending {
-            let job: serde_json::Value = client
-                .get(format!("{base}/v1/jobs/{id}"))
-                .header("authorization", &plan.authorization)
-                .send()
-                .await
-                .map_err(|e| format!("read back: {e}"))?
-                .json()
-                .await
-                .map_err(|e| format!("read back: {e}"))?;
+            let job = read_job(client, base, &plan.authorization, id).await?;
             match (job["status"].as_str(), parse(&job["created_at"]), parse(&job["finished_at"])) {
                 (Some("completed"), Some(created), Some(finished)) => spans.push((created, finished)),
                 (Some("failed" | "cancelled"), ..) => return Err(format!("job {id} ended {}", job["status"])),
@@ -430,6 +414,18 @@ async fn report_jobs(
         ms(s.max)
     );
     Ok(())
+}
+
+/// `jobs`: one job as `GET /v1/jobs/{id}` answers it.
+async fn read_job(
+    client: &reqwest::Client,
+    base: &str,
+    authorization: &str,
+    id: &str,
+) -> Result<serde_json::Value, String> {
+    let response = client.get(format!("{base}/v1/jobs/{id}")).header("authorization", authorization).send().await;
+    let response = response.map_err(|e| format!("read back: {e}"))?;
+    response.json().await.map_err(|e| format!("read back: {e}"))
 }
 
 /// `stub`: answers every request with `200 {}` at once, keeping connections open, until killed.
