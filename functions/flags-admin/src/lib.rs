@@ -353,25 +353,6 @@ fn bool_param(request: &Request, name: &str) -> Result<Option<bool>, Problem> {
     }
 }
 
-fn limit_param(request: &Request) -> Result<usize, Problem> {
-    match http::query_param(request, "limit") {
-        None => Ok(DEFAULT_LIMIT),
-        Some(raw) => raw
-            .parse()
-            .ok()
-            .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-            .ok_or_else(|| Problem::invalid_param("limit", format!("limit is an integer from 1 to {MAX_LIMIT}"))),
-    }
-}
-
-fn decode_cursor(request: &Request, valid: impl Fn(&str) -> bool) -> Result<Option<String>, Problem> {
-    let Some(raw) = http::query_param(request, "cursor") else { return Ok(None) };
-    http::decode_cursor(raw)
-        .filter(|position| valid(position))
-        .map(Some)
-        .ok_or_else(|| Problem::invalid_param("cursor", "the cursor is not one this API returned"))
-}
-
 /// `If-Match: "<version>"`: exactly one strong entity tag as `ETag` sends it.
 fn if_match(request: &Request) -> Result<Option<u64>, Problem> {
     let Some(value) = request.headers().get("if-match") else { return Ok(None) };
@@ -635,8 +616,8 @@ impl FlagsAdmin {
         };
         let stale = bool_param(request, "stale")?;
         let prefix = http::query_param(request, "prefix");
-        let limit = limit_param(request)?;
-        let after = decode_cursor(request, |_| true)?;
+        let limit = http::limit_param(request, DEFAULT_LIMIT, MAX_LIMIT)?;
+        let after = http::cursor_param(request, "cursor", |_| true)?;
         let now = self.store.clock().now();
         let flags = self.store.flags().await.map_err(flag_not_found)?;
         let usage = self.store.usage().await.map_err(flag_not_found)?;
@@ -949,8 +930,8 @@ impl FlagsAdmin {
         } else {
             None
         };
-        let limit = limit_param(request)?;
-        let after = decode_cursor(request, |position| Ulid::from_string(position).is_ok())?;
+        let limit = http::limit_param(request, DEFAULT_LIMIT, MAX_LIMIT)?;
+        let after = http::cursor_param(request, "cursor", |position| Ulid::from_string(position).is_ok())?;
         let (entries, next) = self.store.audit(subject.as_deref(), after, limit).await.map_err(flag_not_found)?;
         let next_cursor = next.as_deref().map(http::encode_cursor);
         Ok(http::json(200, &AuditPage { items: entries, next_cursor }))

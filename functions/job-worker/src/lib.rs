@@ -143,7 +143,7 @@ impl Worker {
             tracing::warn!(job_id = %message.job, "message for a job that does not exist; dropped");
             return Ok(());
         };
-        let Some(job_type) = self.registry.get(&found.job.job_type).cloned() else {
+        let Some(job_type) = self.registry.get(&found.job.job_type) else {
             let error = keel_jobs::job::JobError {
                 code: "unknown_type".into(),
                 message: format!("the registry has no type {}", found.job.job_type),
@@ -168,11 +168,11 @@ impl Worker {
             // it is a duplicate (the sweeper sends one when the service's report is overdue).
             Status::Processing if job.awaiting_callback() && job.lease_until.is_some_and(|until| until > now) => {
                 if job.cancel_requested.is_some() {
-                    self.tell_cancelled(&found.job, &job_type).await;
+                    self.tell_cancelled(&found.job, job_type).await;
                     let end =
                         AttemptEnd { outcome: Outcome::Cancelled, downstream_status: None, error: None, output: None };
                     let fence = found.job.fence;
-                    self.jobs.end_attempt(found, fence, end, &job_type, now).await?;
+                    self.jobs.end_attempt(found, fence, end, job_type, now).await?;
                 }
                 return Ok(());
             }
@@ -187,7 +187,7 @@ impl Worker {
                     };
                     let fence = job.fence;
                     metrics::count("JobAttemptsLost", &[("Type", &job_type.name)], 1.0);
-                    match self.jobs.end_attempt(found, fence, lost, &job_type, now).await? {
+                    match self.jobs.end_attempt(found, fence, lost, job_type, now).await? {
                         // Run again through this very path (pause and breaker included) on the next delivery.
                         Some(next) if next.job.status == Status::Pending => return Err(Again::Later(next.job.run_at)),
                         Some(done) if !done.job.outbox.is_empty() => return Err(Again::Unpublished),
@@ -208,7 +208,7 @@ impl Worker {
             metrics::count("JobsDeferredByBreaker", &[("Type", &job_type.name)], 1.0);
             return Err(Again::Later(until));
         }
-        self.attempt(found, &job_type, message.published, invocation).await
+        self.attempt(found, job_type, message.published, invocation).await
     }
 
     /// Claims the job and runs one attempt, heartbeating, until it ends, is cancelled or the lease is lost.

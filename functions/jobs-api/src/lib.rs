@@ -345,14 +345,6 @@ fn may_act_on(caller: &Identity, job: &Job) -> bool {
     job.user_id == caller.user_id || caller.has_role(Role::Admin) || caller.has_role(Role::PlatformAdmin)
 }
 
-fn limit_param(request: &Request) -> Result<usize, Problem> {
-    let Some(raw) = http::query_param(request, "limit") else { return Ok(DEFAULT_LIMIT) };
-    raw.parse()
-        .ok()
-        .filter(|n| (1..=keel_jobs::store::MAX_LIST_LIMIT).contains(n))
-        .ok_or_else(|| Problem::invalid_param("limit", "an integer from 1 to 100"))
-}
-
 fn time_param(request: &Request, name: &str) -> Result<Option<DateTime<Utc>>, Problem> {
     let Some(raw) = http::query_param(request, name) else { return Ok(None) };
     DateTime::parse_from_rfc3339(raw)
@@ -361,27 +353,28 @@ fn time_param(request: &Request, name: &str) -> Result<Option<DateTime<Utc>>, Pr
 }
 
 impl JobsApi {
+    /// The registry's type `name`, if it can run here: 422 at `/type` (`unknown` says why when there is none).
+    fn runnable(&self, name: &str, unknown: &str) -> Result<&keel_jobs::JobType, Problem> {
+        let job_type =
+            self.registry.get(name).ok_or_else(|| Problem::invalid("unknown_type", vec![field("/type", unknown)]))?;
+        match job_type.unavailable() {
+            Some(missing) => Err(Problem::invalid(
+                "type_unavailable",
+                vec![field("/type", format!("the type is not configured here: {missing}"))],
+            )),
+            None => Ok(job_type),
+        }
+    }
+
     async fn create(&self, call: &Call) -> Result<Response, Problem> {
         let caller = call.identity()?;
-        let raw = http::raw_body(&call.request);
         let body: CreateBody = http::from_json(http::body_value(&call.request, MAX_BODY_BYTES)?, "invalid_body")?;
-        let input_size = serde_json::to_vec(&body.input).map_or(raw.len(), |encoded| encoded.len());
+        let input_size = serde_json::to_vec(&body.input).map_or(0, |encoded| encoded.len());
         if input_size > MAX_PAYLOAD_BYTES {
             return Err(Problem::new(413, "input_too_large", format!("the input is over {MAX_PAYLOAD_BYTES} bytes"))
                 .at("/input"));
         }
-        let Some(job_type) = self.registry.get(&body.job_type) else {
-            return Err(Problem::invalid(
-                "unknown_type",
-                vec![field("/type", format!("no job type `{}`", body.job_type))],
-            ));
-        };
-        if let Some(missing) = job_type.unavailable() {
-            return Err(Problem::invalid(
-                "type_unavailable",
-                vec![field("/type", format!("the type is not configured here: {missing}"))],
-            ));
-        }
+        let job_type = self.runnable(&body.job_type, &format!("no job type `{}`", body.job_type))?;
         let mut errors = job_type.violations(&body.input);
         let now = self.jobs.now();
         if body.run_at.is_some_and(|at| at > now + MAX_SCHEDULE_AHEAD) {
@@ -459,15 +452,8 @@ impl JobsApi {
                 Problem::invalid_param("status", "one of pending, processing, completed, failed, cancelled")
             })?),
         };
-        let limit = limit_param(request)?;
-        let after = match http::query_param(request, "cursor") {
-            None => None,
-            Some(raw) => Some(
-                http::decode_cursor(raw)
-                    .filter(|sk| ulid::Ulid::from_string(sk).is_ok())
-                    .ok_or_else(|| Problem::invalid_param("cursor", "the cursor is not one this API returned"))?,
-            ),
-        };
+        let limit = http::limit_param(request, DEFAULT_LIMIT, keel_jobs::store::MAX_LIST_LIMIT)?;
+        let after = http::cursor_param(request, "cursor", |sk| ulid::Ulid::from_string(sk).is_ok())?;
         let filter = Filter {
             status,
             job_type: http::query_param(request, "type").map(str::to_string),
@@ -509,15 +495,8 @@ impl JobsApi {
     async fn feed(&self, call: &Call) -> Result<Response, Problem> {
         let caller = call.identity()?;
         let request = &call.request;
-        let after = match http::query_param(request, "after") {
-            None => None,
-            Some(raw) => Some(
-                http::decode_cursor(raw)
-                    .filter(|position| ulid::Ulid::from_string(position).is_ok())
-                    .ok_or_else(|| Problem::invalid_param("after", "the cursor is not one this API returned"))?,
-            ),
-        };
-        let limit = limit_param(request)?;
+        let after = http::cursor_param(request, "after", |position| ulid::Ulid::from_string(position).is_ok())?;
+        let limit = http::limit_param(request, DEFAULT_LIMIT, keel_jobs::store::MAX_LIST_LIMIT)?;
         let (page, _) = self.jobs.feed(&caller.org_id, after.clone(), limit).await.map_err(port)?;
         let next = page.last().map(|(position, _)| position.clone()).or(after);
         let items = page.into_iter().map(|(_, event)| FeedItem { event }).collect();
@@ -598,15 +577,7 @@ impl JobsApi {
         if let Some(by) = &old.retried_by {
             return Err(Problem::new(409, "already_retried", format!("the job was retried already, by job {by}")));
         }
-        let Some(job_type) = self.registry.get(&old.job_type) else {
-            return Err(Problem::invalid("unknown_type", vec![field("/type", "the job's type no longer exists")]));
-        };
-        if let Some(missing) = job_type.unavailable() {
-            return Err(Problem::invalid(
-                "type_unavailable",
-                vec![field("/type", format!("the type is not configured here: {missing}"))],
-            ));
-        }
+        let job_type = self.runnable(&old.job_type, "the job's type no longer exists")?;
         let new = NewJob {
             job_type: old.job_type.clone(),
             input: old.input.clone(),

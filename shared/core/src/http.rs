@@ -112,6 +112,25 @@ pub fn json_pointer(path: &serde_path_to_error::Path) -> String {
     pointer
 }
 
+/// Query parameter `name` as a cursor [`encode_cursor`] made whose position passes `valid`; 422 naming the parameter
+/// otherwise.
+pub fn cursor_param(request: &Request, name: &str, valid: impl Fn(&str) -> bool) -> Result<Option<String>, Problem> {
+    let Some(raw) = query_param(request, name) else { return Ok(None) };
+    decode_cursor(raw)
+        .filter(|position| valid(position))
+        .map(Some)
+        .ok_or_else(|| Problem::invalid_param(name, "the cursor is not one this API returned"))
+}
+
+/// Query parameter `limit`: `default` when absent, else an integer from 1 to `max`; 422 otherwise.
+pub fn limit_param(request: &Request, default: usize, max: usize) -> Result<usize, Problem> {
+    let Some(raw) = query_param(request, "limit") else { return Ok(default) };
+    raw.parse()
+        .ok()
+        .filter(|limit| (1..=max).contains(limit))
+        .ok_or_else(|| Problem::invalid_param("limit", format!("limit is an integer from 1 to {max}")))
+}
+
 /// An opaque pagination cursor for a table position (a sort key).
 pub fn encode_cursor(position: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(position)
