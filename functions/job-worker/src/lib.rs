@@ -191,7 +191,10 @@ impl Worker {
                         // Run again through this very path (pause and breaker included) on the next delivery.
                         Some(next) if next.job.status == Status::Pending => return Err(Again::Later(next.job.run_at)),
                         Some(done) if !done.job.outbox.is_empty() => return Err(Again::Unpublished),
-                        _ => return Ok(()),
+                        Some(_) => return Ok(()),
+                        // The record moved on meanwhile (or our own write's answer was lost): the message stays, and
+                        // its next delivery decides from the record.
+                        None => return Err(Again::Later(now)),
                     }
                 }
             },
@@ -286,7 +289,10 @@ impl Worker {
         match self.jobs.end_attempt(current, fence, end, job_type, retry_at).await? {
             Some(done) if done.job.status == Status::Pending => Err(Again::Later(done.job.run_at)),
             Some(done) if !done.job.outbox.is_empty() => Err(Again::Unpublished),
-            _ => Ok(()),
+            Some(_) => Ok(()),
+            // The attempt lost the job meanwhile (or its own write's answer was lost): the message stays, and its
+            // next delivery decides from the record.
+            None => Err(Again::Later(self.clock.now())),
         }
     }
 
