@@ -249,7 +249,9 @@ impl Worker {
                         lease_until = until;
                     }
                     Ok(Beat::Cancel(read)) => {
-                        current = *read;
+                        let mut read = *read;
+                        read.job.forget_published(&current.job);
+                        current = read;
                         break AttemptEnd { outcome: Outcome::Cancelled, downstream_status: None, error: None, output: None };
                     }
                     Ok(Beat::Lost) => {

@@ -167,6 +167,14 @@ impl Job {
         self.attempts.last()
     }
 
+    /// Drops from this record's outbox (as just read) the events `known`, this process's copy of the same job, has
+    /// published since that record was written: re-reading after a concurrent change must not publish them twice.
+    pub fn forget_published(&mut self, known: &Job) {
+        self.outbox.retain(|event| {
+            crate::events::sequence(event) > known.events || known.outbox.iter().any(|kept| kept.id == event.id)
+        });
+    }
+
     /// A running callback job whose service accepted the attempt (202) and has not reported its end.
     pub fn awaiting_callback(&self) -> bool {
         self.status == Status::Processing

@@ -828,7 +828,10 @@ impl Jobs {
             match result {
                 Ok(done) => return Ok(Some(done)),
                 Err(JobsError::Backend(PortError::ConditionFailed { .. })) => {
-                    let Some(again) = self.get(&current.job.org_id, &current.job.id).await? else { return Ok(None) };
+                    let Some(mut again) = self.get(&current.job.org_id, &current.job.id).await? else {
+                        return Ok(None);
+                    };
+                    again.job.forget_published(&current.job);
                     current = again;
                 }
                 Err(error) => return Err(error),
