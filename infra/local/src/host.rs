@@ -596,12 +596,6 @@ fn new_trace_header(now: chrono::DateTime<Utc>) -> String {
     format!("Root=1-{:08x}-{hex};Sampled=1", now.timestamp())
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
-}
-
 async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request) -> Response {
     let started = Instant::now();
     let request_id = ulid::Ulid::new().to_string();
@@ -657,8 +651,8 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
 
     let claims = match &route.auth {
         Auth::None => None,
-        Auth::Jwt(_) => match bearer(&parts.headers).map(|t| app.key.verify(t)) {
-            Some(Ok(claims)) => Some(token::flatten_claims(&claims)),
+        Auth::Jwt(_) => match keel::http::bearer(&parts.headers).map(|t| app.key.verify(t)) {
+            Some(Ok(claims)) => Some(keel::identity::flatten_claims(&claims)),
             outcome => {
                 let (reason, challenge) = match outcome {
                     None => ("no bearer token".to_string(), "Bearer"),
@@ -879,18 +873,6 @@ async fn fire(function: &str, handler: &Arc<dyn ScheduledFunction>, decl: &Sched
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_tokens_are_read_case_insensitively() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(bearer(&headers), None);
-        headers.insert(http::header::AUTHORIZATION, HeaderValue::from_static("bearer abc"));
-        assert_eq!(bearer(&headers), Some("abc"));
-        headers.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&headers), None);
-        headers.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
-        assert_eq!(bearer(&headers), None);
-    }
 
     struct Counter(std::sync::Mutex<Vec<Value>>);
 

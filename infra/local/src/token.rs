@@ -138,21 +138,6 @@ fn tighten_permissions(path: &Path) {
 #[cfg(not(unix))]
 fn tighten_permissions(_path: &Path) {}
 
-/// Claims as API Gateway's JWT authorizer passes them to the function: every value a string, arrays flattened to
-/// `[a b]`, objects as JSON.
-pub fn flatten_claims(claims: &Map<String, Value>) -> HashMap<String, String> {
-    claims.iter().map(|(name, value)| (name.clone(), flatten(value))).collect()
-}
-
-fn flatten(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Array(items) => format!("[{}]", items.iter().map(flatten).collect::<Vec<_>>().join(" ")),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,7 +174,7 @@ mod tests {
         let claims = key.verify(&token).unwrap();
         assert_eq!(claims["iss"], ISSUER);
         assert_eq!(claims["aud"], AUDIENCE);
-        let flat = flatten_claims(&claims);
+        let flat = keel::identity::flatten_claims(&claims);
         assert_eq!(flat["sub"], "user-1");
         assert_eq!(flat["org_id"], "org-1");
         assert_eq!(flat["roles"], "[admin member]");

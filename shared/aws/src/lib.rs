@@ -1,6 +1,7 @@
 //! Adapters over the official AWS SDK: DynamoDB for the table port, SQS for the queue port, EventBridge for the
 //! event bus port, plus the [`AwsResources`] a Lambda resolves its backends with and the idempotent provisioning
-//! helpers the tests and the local host use against an emulator.
+//! helpers the tests and the local host use against an emulator; and [`jwks::JwksVerifier`], the OIDC issuer's
+//! tokens checked where no API Gateway authorizer stands in front of a function.
 //!
 //! Every client is built from one [`aws_config::SdkConfig`] loaded by [`load_sdk_config`]. The SDK itself honours
 //! `AWS_ENDPOINT_URL` (and the per-service `AWS_ENDPOINT_URL_DYNAMODB`, `..._SQS`, `..._EVENTBRIDGE`), so the same
@@ -8,6 +9,7 @@
 
 pub mod dynamodb;
 pub mod eventbridge;
+pub mod jwks;
 pub mod provision;
 pub mod resources;
 pub mod sqs;

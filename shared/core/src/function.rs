@@ -1,9 +1,12 @@
-//! The three shapes of Keel function, as AWS invokes them: an HTTP API route (payload format 2.0, through
-//! `lambda_http`), an SQS event source mapping with partial batch responses, and an EventBridge Scheduler target.
+//! The four shapes of Keel function, as AWS invokes them: an HTTP API route (payload format 2.0, through
+//! `lambda_http`), an SQS event source mapping with partial batch responses, an EventBridge Scheduler target, and a
+//! Function URL that streams its response.
 //! Lambda's runtime (`keel::lambda`) and the local host both call these.
 
 use crate::http::{Request, Response};
+use crate::identity::Identity;
 use crate::openapi::Doc;
+use crate::problem::Problem;
 use crate::queue::Queue;
 use crate::route::{Access, Api, serve};
 use async_trait::async_trait;
@@ -11,6 +14,7 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMe
 use chrono::{DateTime, Utc};
 use http::Method;
 use lambda_http::RequestExt;
+use std::collections::HashMap;
 
 /// What the invocation knows about itself.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,4 +136,40 @@ pub async fn deliver_again(
 #[async_trait]
 pub trait ScheduledFunction: Send + Sync {
     async fn call(&self, event: serde_json::Value, invocation: Invocation) -> Result<(), String>;
+}
+
+/// Verifies a bearer token where no JWT authorizer stands in front of the function (a Lambda Function URL): the
+/// same checks API Gateway's authorizer makes, the same claims handed over.
+#[async_trait]
+pub trait TokenVerifier: Send + Sync {
+    /// The token's claims, flattened as API Gateway flattens them ([`crate::identity::flatten_claims`]).
+    async fn verify(&self, token: &str) -> Result<HashMap<String, String>, TokenRefused>;
+}
+
+/// Why a token was not accepted. The reason is for the log only: the client is told 401 or 503 and nothing more.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefused {
+    /// Malformed, badly signed, expired, or for another issuer or audience: 401.
+    #[error("the token was refused: {0}")]
+    Invalid(String),
+    /// The keys to check it could not be had (the issuer did not answer): 503, so the client retries instead of
+    /// signing in again.
+    #[error("the token could not be checked: {0}")]
+    Unavailable(String),
+}
+
+/// What a streaming function sends after its status line: chunks, in order, until it ends.
+pub type ByteStream = std::pin::Pin<Box<dyn futures::Stream<Item = bytes::Bytes> + Send>>;
+
+/// A function that streams its answer (Lambda response streaming, behind a Function URL: API Gateway HTTP APIs
+/// cannot stream). It serves one `GET` path and authenticates callers itself through a [`TokenVerifier`]; the
+/// runner (`keel::lambda::run_stream`, or the local host) checks the path and the token before calling it.
+#[async_trait]
+pub trait StreamFunction: Send + Sync {
+    /// The path it answers (a Function URL sends every path to it; the others answer 404).
+    fn path(&self) -> &'static str;
+    /// The `Content-Type` of a stream.
+    fn content_type(&self) -> &'static str;
+    /// Opens a stream for `caller`, to end before `until`. An error is answered as problem+json before any chunk.
+    async fn open(&self, caller: Identity, request: &Request, until: DateTime<Utc>) -> Result<ByteStream, Problem>;
 }

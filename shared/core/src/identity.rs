@@ -5,6 +5,8 @@
 use crate::http::Request;
 use lambda_http::RequestExt;
 use lambda_http::request::RequestContext;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -45,7 +47,12 @@ impl Identity {
         let RequestContext::ApiGatewayV2(context) = request.request_context_ref()? else {
             return None;
         };
-        let claims = &context.authorizer.as_ref()?.jwt.as_ref()?.claims;
+        Self::from_claims(&context.authorizer.as_ref()?.jwt.as_ref()?.claims)
+    }
+
+    /// From claims flattened as API Gateway hands them over (see [`flatten_claims`]); `None` without `sub` or
+    /// `org_id`.
+    pub fn from_claims(claims: &HashMap<String, String>) -> Option<Self> {
         let user_id = claims.get("sub").filter(|s| !s.is_empty())?.clone();
         let org_id = claims.get("org_id").filter(|s| !s.is_empty())?.clone();
         let roles = claims.get("roles").map(|raw| parse_roles(raw)).unwrap_or_default();
@@ -54,6 +61,22 @@ impl Identity {
 
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+}
+
+/// A verified token's claims as API Gateway's JWT authorizer hands them to a function: every value a string, an
+/// array as `[a b]`. Functions that verify tokens themselves (a Function URL has no authorizer) flatten the same way,
+/// so [`Identity::from_claims`] reads one shape.
+pub fn flatten_claims(claims: &Map<String, Value>) -> HashMap<String, String> {
+    claims.iter().map(|(name, value)| (name.clone(), flatten(value))).collect()
+}
+
+fn flatten(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Array(items) => format!("[{}]", items.iter().map(flatten).collect::<Vec<_>>().join(" ")),
+        Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 

@@ -5,7 +5,9 @@
 //! answer back into the API Gateway response. [`invoke_http`] applies that same adapter to an event built
 //! elsewhere (the local host, tests), so the local and the AWS paths are one code path.
 
-use crate::function::{HttpFunction, Invocation, QueueFunction, ScheduledFunction};
+use crate::function::{ByteStream, HttpFunction, Invocation, QueueFunction, ScheduledFunction, StreamFunction, TokenRefused, TokenVerifier};
+use crate::identity::Identity;
+use crate::problem::Problem;
 use crate::http::{Request, Response};
 use crate::{metrics, telemetry, trace};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
@@ -121,6 +123,104 @@ pub async fn run_scheduled(
             invoke_scheduled(name, function.as_ref(), event.payload, invocation)
                 .await
                 .map_err(lambda_runtime::Error::from)
+        }
+    }))
+    .await
+}
+
+/// How long before the invocation's deadline a stream ends, so it closes cleanly (the client reconnects with
+/// `Last-Event-ID`) instead of being cut by the runtime.
+pub const STREAM_MARGIN: chrono::Duration = chrono::Duration::seconds(10);
+
+/// One request to a streaming function, as Lambda's runner and the local host both answer it: `GET` on the
+/// function's path, a bearer token `verifier` accepts, then the function's stream, to end by `until`. Everything
+/// refused is answered as problem+json (401 with a `WWW-Authenticate` challenge for a missing or refused token).
+pub async fn open_stream(
+    name: &str,
+    function: &dyn StreamFunction,
+    verifier: &dyn TokenVerifier,
+    request: Request,
+    until: chrono::DateTime<chrono::Utc>,
+) -> http::Response<ByteStream> {
+    let context = Invocation::of(&request);
+    invocation(name, &context, async {
+        let opened = async {
+            if request.uri().path() != function.path() {
+                return Err(Problem::not_found("no such path"));
+            }
+            if request.method() != http::Method::GET {
+                return Err(Problem::new(405, "method_not_allowed", "the stream is read with GET"));
+            }
+            let token = crate::http::bearer(request.headers()).ok_or_else(unauthorized)?;
+            let claims = verifier.verify(token).await.map_err(|refused| match refused {
+                TokenRefused::Invalid(reason) => {
+                    tracing::info!(reason, "the bearer token was refused");
+                    unauthorized()
+                }
+                TokenRefused::Unavailable(reason) => {
+                    tracing::warn!(reason, "the bearer token could not be checked");
+                    Problem::unavailable()
+                }
+            })?;
+            let caller = Identity::from_claims(&claims).ok_or_else(|| {
+                tracing::info!("the token names no `sub` or no `org_id`");
+                unauthorized()
+            })?;
+            function.open(caller, &request, until).await
+        };
+        let response = match opened.await {
+            Ok(body) => http::Response::builder()
+                .status(200)
+                .header(http::header::CONTENT_TYPE, function.content_type())
+                .header(http::header::CACHE_CONTROL, "no-cache")
+                .body(body),
+            Err(problem) => {
+                let status = problem.status;
+                let challenge = (status == 401).then_some("Bearer");
+                let body = serde_json::to_vec(&problem).unwrap_or_default();
+                let mut builder = http::Response::builder()
+                    .status(status)
+                    .header(http::header::CONTENT_TYPE, "application/problem+json");
+                if let Some(challenge) = challenge {
+                    builder = builder.header(http::header::WWW_AUTHENTICATE, challenge);
+                }
+                let once: ByteStream = Box::pin(futures::stream::once(async move { bytes::Bytes::from(body) }));
+                builder.body(once)
+            }
+        };
+        let response = response.unwrap_or_else(|_| {
+            let mut empty = http::Response::new(Box::pin(futures::stream::empty()) as ByteStream);
+            *empty.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+            empty
+        });
+        trace::record_status(response.status().as_u16());
+        response
+    })
+    .await
+}
+
+fn unauthorized() -> Problem {
+    Problem::new(401, "unauthorized", "a valid bearer token is required")
+}
+
+/// A streaming function behind a Lambda Function URL (`InvokeMode: RESPONSE_STREAM`). Each stream ends
+/// [`STREAM_MARGIN`] before the invocation's deadline.
+pub async fn run_stream(
+    name: &'static str,
+    function: Arc<dyn StreamFunction>,
+    verifier: Arc<dyn TokenVerifier>,
+) -> Result<(), lambda_runtime::Error> {
+    use futures::StreamExt;
+    lambda_http::run_with_streaming_response(service_fn(move |request: Request| {
+        let (function, verifier) = (function.clone(), verifier.clone());
+        async move {
+            let until = Invocation::of(&request).deadline - STREAM_MARGIN;
+            let response = open_stream(name, function.as_ref(), verifier.as_ref(), request, until).await;
+            Ok::<_, Infallible>(response.map(|body| {
+                http_body_util::StreamBody::new(
+                    body.map(|chunk| Ok::<_, Infallible>(http_body::Frame::data(chunk))),
+                )
+            }))
         }
     }))
     .await
