@@ -1027,18 +1027,36 @@ impl Jobs {
         after: Option<String>,
         limit: usize,
     ) -> Result<(Vec<(String, FeedEvent)>, Option<String>), PortError> {
-        let mut query = Query::partition(events::feed_partition(org));
-        query.after = after;
-        query.limit = limit.clamp(1, MAX_LIST_LIMIT);
-        let settled = self.clock.now() - FEED_SETTLE;
-        let bound = Ulid::from_parts(u64::try_from(settled.timestamp_millis()).unwrap_or(0), u128::MAX >> 48);
-        query.sk_to = Some(bound.to_string());
-        let page = self.table.query(&query).await?;
-        let events = page
-            .items
-            .iter()
-            .filter_map(|item| FeedEvent::from_item(item).map(|event| (item.key.sk.clone(), event)))
-            .collect();
-        Ok((events, page.next))
+        feed_page(self.table.as_ref(), self.clock.now(), org, after, limit).await
     }
+}
+
+/// A page of `org`'s feed after the position `after` (each event with its position), only events that have
+/// settled ([`FEED_SETTLE`] before `now`): an event is written with its position at commit, so one written later
+/// may still take a position before a fresh one, never before a settled one. Needs only the table (the stream of
+/// the feed reads it so).
+pub async fn feed_page(
+    table: &dyn Table,
+    now: DateTime<Utc>,
+    org: &str,
+    after: Option<String>,
+    limit: usize,
+) -> Result<(Vec<(String, FeedEvent)>, Option<String>), PortError> {
+    let mut query = Query::partition(events::feed_partition(org));
+    query.after = after;
+    query.limit = limit.clamp(1, MAX_LIST_LIMIT);
+    query.sk_to = Some(settled_position(now).to_string());
+    let page = table.query(&query).await?;
+    let events = page
+        .items
+        .iter()
+        .filter_map(|item| FeedEvent::from_item(item).map(|event| (item.key.sk.clone(), event)))
+        .collect();
+    Ok((events, page.next))
+}
+
+/// The last position that has settled at `now`: every event written from now on takes a later one.
+pub fn settled_position(now: DateTime<Utc>) -> Ulid {
+    let settled = now - FEED_SETTLE;
+    Ulid::from_parts(u64::try_from(settled.timestamp_millis()).unwrap_or(0), u128::MAX >> 48)
 }
