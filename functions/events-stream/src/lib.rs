@@ -143,15 +143,15 @@ impl StreamFunction for EventsStream {
     }
 
     async fn open(&self, caller: Identity, request: &Request, until: DateTime<Utc>) -> Result<ByteStream, Problem> {
-        let after = resume_position(request).map_err(|error| {
-            Problem::invalid_param(LAST_EVENT_ID_PARAM, error.to_string())
-        })?;
+        let after =
+            resume_position(request).map_err(|error| Problem::invalid_param(LAST_EVENT_ID_PARAM, error.to_string()))?;
         let now = self.clock.now();
         let longest = chrono::Duration::from_std(self.settings.longest).unwrap_or(chrono::Duration::MAX);
         let end = until.min(now + longest);
         let after = after.unwrap_or_else(|| settled_position(now).to_string());
         let (sender, receiver) = mpsc::channel::<Bytes>(16);
-        let pump = Pump { table: self.table.clone(), clock: self.clock.clone(), settings: self.settings, org: caller.org_id };
+        let pump =
+            Pump { table: self.table.clone(), clock: self.clock.clone(), settings: self.settings, org: caller.org_id };
         tokio::spawn(async move {
             let outcome = pump.run(after, end, sender).await;
             if let Err(error) = outcome {

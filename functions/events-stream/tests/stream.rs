@@ -165,14 +165,17 @@ async fn a_stream_starts_at_the_present_and_a_reconnect_resumes_after_its_last_i
 
     // From the very first event's position (a JSON page's cursor, in the query): everything after it.
     let first = world.jobs.feed("o1", None, 1).await.unwrap().0[0].0.clone();
-    let mut replay = function.open(caller("o1"), &request(None, Some(&format!("last_event_id={first}"))), far()).await.unwrap();
+    let mut replay =
+        function.open(caller("o1"), &request(None, Some(&format!("last_event_id={first}"))), far()).await.unwrap();
     let (frames, _) = read(&mut replay, &mut String::new(), 8, Duration::from_secs(10)).await;
     let replayed: Vec<String> = events(&frames).iter().map(|(_, d)| d["id"].as_str().unwrap().to_string()).collect();
     let all: Vec<String> = before[1..].iter().chain(&after).chain(&meanwhile).cloned().collect();
     assert_eq!(replayed, all);
     // The header wins over the query parameter.
-    let mut both =
-        function.open(caller("o1"), &request(Some(&last_seen), Some(&format!("last_event_id={first}"))), far()).await.unwrap();
+    let mut both = function
+        .open(caller("o1"), &request(Some(&last_seen), Some(&format!("last_event_id={first}"))), far())
+        .await
+        .unwrap();
     let (frames, _) = read(&mut both, &mut String::new(), 4, Duration::from_secs(10)).await;
     assert_eq!(events(&frames)[0].1["id"], json!(after[2]));
 }

@@ -7,7 +7,7 @@ use crate::poller::Poller;
 use crate::registry::{Handler, Registry};
 use crate::schedule::Schedule;
 use crate::template::{Auth, LOCAL_ACCOUNT, LOCAL_REGION, ScheduleDecl, Template, TemplateError, VarValue};
-use crate::token::{self, DevKey, TokenError};
+use crate::token::{DevKey, TokenError};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
@@ -18,13 +18,13 @@ use keel::clock::{Clock, SystemClock};
 use keel::config::{ConfigError, Env};
 use keel::faults::Faults;
 use keel::function::ScheduledFunction;
-use keel::function::{HttpFunction, Invocation};
+use keel::function::{HttpFunction, Invocation, StreamFunction};
 use keel::queue::Queue;
 use keel::resources::StaticResources;
 use keel::table::Table;
 use keel_embedded::{EmbeddedBus, EmbeddedDb, RecordedEvent};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,6 +107,8 @@ pub struct Declared {
     pub routes: Vec<(String, String)>,
     pub queues: Vec<QueueMapping>,
     pub schedules: Vec<ScheduleMapping>,
+    /// The binary names of functions with a (streaming) Function URL.
+    pub function_urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -131,6 +133,7 @@ impl Declared {
         self.routes.sort();
         self.queues.sort();
         self.schedules.sort();
+        self.function_urls.sort();
         self
     }
 }
@@ -154,6 +157,9 @@ fn declared_by(template: &Template) -> Declared {
                 report_batch_item_failures: sqs.report_batch_item_failures,
             });
         }
+        if function.url.is_some() {
+            declared.function_urls.push(function.binary.clone());
+        }
         for schedule in function.schedules.iter().filter(|s| s.enabled) {
             declared.schedules.push(ScheduleMapping {
                 function: function.binary.clone(),
@@ -176,6 +182,13 @@ struct HttpTarget {
     timeout: Duration,
 }
 
+/// A function behind a streaming Function URL, served at the path it answers.
+struct StreamTarget {
+    function: String,
+    handler: Arc<dyn StreamFunction>,
+    timeout: Duration,
+}
+
 enum Probe {
     Table(String, Arc<dyn Table>),
     Queue(String, Arc<dyn Queue>),
@@ -185,6 +198,9 @@ enum Probe {
 struct App {
     routes: Routes,
     targets: Vec<HttpTarget>,
+    streams: Vec<StreamTarget>,
+    /// Ends open streams when the host shuts down (graceful shutdown waits for every connection).
+    cancel: CancellationToken,
     key: DevKey,
     probes: Vec<Probe>,
 }
@@ -276,9 +292,26 @@ impl Host {
             tasks.push(tokio::spawn(run_schedule(function, handler, decl, timeout, cancel.clone())));
         }
 
+        for stream in &functions.streams {
+            let path = stream.handler.path();
+            if routes.find(&Method::GET, &gateway::path_segments(path)).is_some() {
+                return Err(HostError::Registry(format!(
+                    "{} streams at {path}, which a route of the HTTP API also matches",
+                    stream.function
+                )));
+            }
+            served.function_urls.push(stream.function.clone());
+        }
         let http_functions =
             functions.http.iter().map(|target| (target.function.clone(), target.handler.clone())).collect();
-        let app = Arc::new(App { routes, targets: functions.http, key: key.clone(), probes });
+        let app = Arc::new(App {
+            routes,
+            targets: functions.http,
+            streams: functions.streams,
+            cancel: cancel.clone(),
+            key: key.clone(),
+            probes,
+        });
         let router = axum::Router::new().fallback(handle).with_state(app);
         let shutdown = cancel.clone();
         let server = tokio::spawn(async move {
@@ -460,6 +493,7 @@ struct PollerSpec {
 
 struct Functions {
     http: Vec<HttpTarget>,
+    streams: Vec<StreamTarget>,
     pollers: Vec<PollerSpec>,
     schedules: Vec<(String, Arc<dyn ScheduledFunction>, ScheduleDecl, Duration)>,
 }
@@ -473,7 +507,7 @@ fn build_functions(
     built: &Built,
     clock: Arc<dyn Clock>,
 ) -> Result<Functions, HostError> {
-    let mut functions = Functions { http: Vec::new(), pollers: Vec::new(), schedules: Vec::new() };
+    let mut functions = Functions { http: Vec::new(), streams: Vec::new(), pollers: Vec::new(), schedules: Vec::new() };
     for function in &template.functions {
         let mut env = process.clone();
         let mut resources = StaticResources::new(clock.clone());
@@ -527,6 +561,19 @@ fn build_functions(
                 handler: http.clone(),
                 timeout: function.timeout,
             });
+        }
+        if function.url.is_some() {
+            let Handler::Stream(stream) = &handler else { return Err(mismatch("FunctionUrlConfig")) };
+            functions.streams.push(StreamTarget {
+                function: function.binary.clone(),
+                handler: stream.clone(),
+                timeout: function.timeout,
+            });
+        } else if let Handler::Stream(_) = &handler {
+            return Err(HostError::Registry(format!(
+                "{} streams its answers but the template gives it no FunctionUrlConfig",
+                function.binary
+            )));
         }
         for sqs in function.sqs.iter().filter(|s| s.enabled) {
             let Handler::Queue(worker) = &handler else { return Err(mismatch("SQS")) };
@@ -633,6 +680,12 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
             ready(&app).await
         };
         log_request(&parts.method, &path, "", "keel-local", response.status(), &request_id, started);
+        return response;
+    }
+
+    if let Some(stream) = app.streams.iter().find(|s| s.handler.path() == path) {
+        let response = serve_stream(&app, stream, &parts, peer, &request_id).await;
+        log_request(&parts.method, &path, "", &stream.function, response.status(), &request_id, started);
         return response;
     }
 
@@ -745,6 +798,57 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
         out.headers_mut().insert("apigw-requestid", id);
     }
     respond(out)
+}
+
+/// A request to a streaming function's path, as its Function URL would deliver it: the event (payload format 2.0,
+/// no authorizer), the host's development key as the token verifier, the stream ended at the function's timeout
+/// less the runner's margin, or when the host shuts down.
+async fn serve_stream(
+    app: &App,
+    stream: &StreamTarget,
+    parts: &http::request::Parts,
+    peer: SocketAddr,
+    request_id: &str,
+) -> Response {
+    let now = Utc::now();
+    let mut headers = parts.headers.clone();
+    if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert("x-forwarded-for", value);
+    }
+    let no_params = HashMap::new();
+    let incoming = Incoming {
+        method: &parts.method,
+        uri: &parts.uri,
+        version: parts.version,
+        headers: &headers,
+        body: &[],
+        source_ip: peer.ip(),
+        request_id,
+        now,
+        route_key: "$default",
+        path_parameters: &no_params,
+        claims: None,
+    };
+    let event = match gateway::to_request(&incoming) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::error!(%error, "the request could not be translated");
+            return message(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error");
+        }
+    };
+    let deadline = now + chrono::Duration::from_std(stream.timeout).unwrap_or(chrono::Duration::MAX);
+    let invocation = Invocation { request_id: request_id.to_string(), deadline, trace_header: None };
+    let mut request = keel::lambda::request_of(event);
+    request.extensions_mut().insert(invocation.to_context());
+    let until = deadline - keel::lambda::STREAM_MARGIN;
+    let answer = keel::lambda::open_stream(&stream.function, stream.handler.as_ref(), &app.key, request, until).await;
+    let (answer_parts, body) = answer.into_parts();
+    let ended = app.cancel.clone().cancelled_owned();
+    let body = futures::StreamExt::take_until(futures::StreamExt::map(body, Ok::<_, std::convert::Infallible>), ended);
+    let mut response = Response::new(Body::from_stream(body));
+    *response.status_mut() = answer_parts.status;
+    *response.headers_mut() = answer_parts.headers;
+    response
 }
 
 fn app_port(headers: &HeaderMap) -> String {

@@ -2,7 +2,7 @@
 //! fails when the template and the registry disagree, in either direction.
 
 use keel::config::{ConfigError, Env};
-use keel::function::{HttpFunction, QueueFunction, ScheduledFunction};
+use keel::function::{HttpFunction, QueueFunction, ScheduledFunction, StreamFunction};
 use keel::resources::Resources;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ pub enum Handler {
     Http(Arc<dyn HttpFunction>),
     Queue(Arc<dyn QueueFunction>),
     Scheduled(Arc<dyn ScheduledFunction>),
+    Stream(Arc<dyn StreamFunction>),
 }
 
 impl Handler {
@@ -21,6 +22,7 @@ impl Handler {
             Handler::Http(_) => "an HTTP function",
             Handler::Queue(_) => "a queue function",
             Handler::Scheduled(_) => "a scheduled function",
+            Handler::Stream(_) => "a streaming function",
         }
     }
 }
@@ -56,6 +58,7 @@ impl Registry {
             .http("jobs-api", jobs_api::build)
             .queue("job-worker", job_worker::build)
             .scheduled("job-sweeper", job_sweeper::build)
+            .stream("events-stream", events_stream::build)
     }
 
     pub fn http<T, F>(mut self, binary: &str, build: F) -> Self
@@ -87,6 +90,17 @@ impl Registry {
     {
         let constructor: Constructor =
             Box::new(move |env, resources| Ok(Handler::Scheduled(Arc::new(build(env, resources)?))));
+        self.constructors.insert(binary.to_string(), constructor);
+        self
+    }
+
+    pub fn stream<T, F>(mut self, binary: &str, build: F) -> Self
+    where
+        T: StreamFunction + 'static,
+        F: Fn(&Env, &dyn Resources) -> Result<T, ConfigError> + Send + Sync + 'static,
+    {
+        let constructor: Constructor =
+            Box::new(move |env, resources| Ok(Handler::Stream(Arc::new(build(env, resources)?))));
         self.constructors.insert(binary.to_string(), constructor);
         self
     }

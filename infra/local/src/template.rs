@@ -70,6 +70,14 @@ pub struct FunctionDecl {
     pub routes: Vec<RouteDecl>,
     pub sqs: Vec<SqsDecl>,
     pub schedules: Vec<ScheduleDecl>,
+    /// `FunctionUrlConfig`: served beside the routes, at the path the function answers.
+    pub url: Option<FunctionUrlDecl>,
+}
+
+/// A Function URL keel-local serves: response streaming, no IAM auth (the function checks tokens itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionUrlDecl {
+    pub invoke_mode: String,
 }
 
 /// What one environment variable is bound to.
@@ -484,6 +492,10 @@ impl Template {
             routes: Vec::new(),
             sqs: Vec::new(),
             schedules: Vec::new(),
+            url: match get(props, "FunctionUrlConfig") {
+                Some(config) => Some(function_url(config, &format!("{at}.Properties.FunctionUrlConfig"))?),
+                None => None,
+            },
         };
         if let Some(events) = get(props, "Events") {
             let events =
@@ -585,6 +597,27 @@ impl Template {
         out.push_str(rest);
         Ok(out)
     }
+}
+
+/// keel-local serves a Function URL only as Keel uses one: `AuthType: NONE` (it cannot check IAM signatures; the
+/// function checks the caller's token itself) and `InvokeMode: RESPONSE_STREAM` (a buffered URL would be an HTTP
+/// API route by another name).
+fn function_url(config: &Value, at: &str) -> Result<FunctionUrlDecl, TemplateError> {
+    let auth = string_at(config, "AuthType", at)?.unwrap_or_default();
+    if auth != "NONE" {
+        return Err(invalid(
+            format!("{at}.AuthType"),
+            format!("keel-local serves Function URLs with AuthType NONE only, not `{auth}`"),
+        ));
+    }
+    let invoke_mode = string_at(config, "InvokeMode", at)?.unwrap_or_else(|| "BUFFERED".into());
+    if invoke_mode != "RESPONSE_STREAM" {
+        return Err(invalid(
+            format!("{at}.InvokeMode"),
+            format!("keel-local serves streaming Function URLs (RESPONSE_STREAM) only, not `{invoke_mode}`"),
+        ));
+    }
+    Ok(FunctionUrlDecl { invoke_mode })
 }
 
 fn route(
@@ -1013,6 +1046,20 @@ Resources:
       Events: {{{events}}}
 "#
         )
+    }
+
+    #[test]
+    fn a_streaming_function_url_is_read_and_any_other_is_refused_naming_its_property() {
+        let url = |config: &str| {
+            with_function("", "").replace("      Events: {}", &format!("      FunctionUrlConfig: {{{config}}}"))
+        };
+        let template = Template::parse(&url("AuthType: NONE, InvokeMode: RESPONSE_STREAM")).unwrap();
+        assert_eq!(template.functions[0].url, Some(FunctionUrlDecl { invoke_mode: "RESPONSE_STREAM".into() }));
+        assert_eq!(Template::parse(&with_function("", "")).unwrap().functions[0].url, None);
+        let e = error_of(&url("AuthType: AWS_IAM, InvokeMode: RESPONSE_STREAM"));
+        assert!(e.contains("FunctionUrlConfig.AuthType") && e.contains("AWS_IAM"), "{e}");
+        let e = error_of(&url("AuthType: NONE"));
+        assert!(e.contains("FunctionUrlConfig.InvokeMode") && e.contains("BUFFERED"), "{e}");
     }
 
     fn error_of(text: &str) -> String {

@@ -7,7 +7,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value, json};
-use std::collections::HashMap;
+
 use std::io::Write;
 use std::path::Path;
 
@@ -105,6 +105,19 @@ impl DevKey {
         jsonwebtoken::decode::<Map<String, Value>>(token, &DecodingKey::from_secret(&self.secret), &validation)
             .map(|data| data.claims)
             .map_err(|e| TokenError::Invalid(e.to_string()))
+    }
+}
+
+/// The host checks its development tokens where a Function URL's function checks the issuer's.
+#[async_trait::async_trait]
+impl keel::function::TokenVerifier for DevKey {
+    async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<std::collections::HashMap<String, String>, keel::function::TokenRefused> {
+        DevKey::verify(self, token)
+            .map(|claims| keel::identity::flatten_claims(&claims))
+            .map_err(|error| keel::function::TokenRefused::Invalid(error.to_string()))
     }
 }
 

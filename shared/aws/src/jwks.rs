@@ -68,11 +68,16 @@ impl JwksVerifier {
         if audience.is_empty() {
             return Err(ConfigError::Malformed { name: AUDIENCE_VAR.into(), reason: "the audience is empty".into() });
         }
-        let client = reqwest::Client::builder().timeout(FETCH_TIMEOUT).build().map_err(|e| ConfigError::Malformed {
-            name: ISSUER_VAR.into(),
-            reason: format!("no HTTP client: {e}"),
-        })?;
-        Ok(Self { issuer: issuer.to_string(), base, audience: audience.to_string(), client, cache: RwLock::new(Cache::default()),
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .build()
+            .map_err(|e| ConfigError::Malformed { name: ISSUER_VAR.into(), reason: format!("no HTTP client: {e}") })?;
+        Ok(Self {
+            issuer: issuer.to_string(),
+            base,
+            audience: audience.to_string(),
+            client,
+            cache: RwLock::new(Cache::default()),
             refetch_after: REFETCH_AFTER,
         })
     }
@@ -105,7 +110,9 @@ impl JwksVerifier {
                 Ok(keys) => *cache = Cache { keys, fetched: Some(Instant::now()) },
                 // Keys fetched within the hour still answer while the issuer is down.
                 Err(reason) if !fresh => return Err(TokenRefused::Unavailable(reason)),
-                Err(reason) => tracing::warn!(reason, "the issuer's keys could not be fetched again; using the last set"),
+                Err(reason) => {
+                    tracing::warn!(reason, "the issuer's keys could not be fetched again; using the last set")
+                }
             }
         }
         cache.keys.get(kid).cloned().ok_or_else(|| TokenRefused::Invalid(format!("no key `{kid}` in the issuer's set")))

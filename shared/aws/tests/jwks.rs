@@ -158,10 +158,13 @@ async fn tokens_that_are_forged_expired_early_or_for_someone_else_are_refused() 
         ("another issuer", with(&|c| c["iss"] = json!("https://elsewhere.example"))),
         ("another audience", with(&|c| c["aud"] = json!("someone-else"))),
         ("audiences without ours", with(&|c| c["aud"] = json!(["a", "b"]))),
-        ("client_id beside a wrong aud", with(&|c| {
-            c["aud"] = json!("someone-else");
-            c["client_id"] = json!(AUDIENCE);
-        })),
+        (
+            "client_id beside a wrong aud",
+            with(&|c| {
+                c["aud"] = json!("someone-else");
+                c["client_id"] = json!(AUDIENCE);
+            }),
+        ),
         ("not a token", "not-a-token".to_string()),
     ];
     for (case, token) in cases {

@@ -5,10 +5,12 @@
 //! answer back into the API Gateway response. [`invoke_http`] applies that same adapter to an event built
 //! elsewhere (the local host, tests), so the local and the AWS paths are one code path.
 
-use crate::function::{ByteStream, HttpFunction, Invocation, QueueFunction, ScheduledFunction, StreamFunction, TokenRefused, TokenVerifier};
+use crate::function::{
+    ByteStream, HttpFunction, Invocation, QueueFunction, ScheduledFunction, StreamFunction, TokenRefused, TokenVerifier,
+};
+use crate::http::{Request, Response};
 use crate::identity::Identity;
 use crate::problem::Problem;
-use crate::http::{Request, Response};
 use crate::{metrics, telemetry, trace};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
@@ -217,9 +219,7 @@ pub async fn run_stream(
             let until = Invocation::of(&request).deadline - STREAM_MARGIN;
             let response = open_stream(name, function.as_ref(), verifier.as_ref(), request, until).await;
             Ok::<_, Infallible>(response.map(|body| {
-                http_body_util::StreamBody::new(
-                    body.map(|chunk| Ok::<_, Infallible>(http_body::Frame::data(chunk))),
-                )
+                http_body_util::StreamBody::new(body.map(|chunk| Ok::<_, Infallible>(http_body::Frame::data(chunk))))
             }))
         }
     }))

@@ -45,6 +45,7 @@ async fn serves_exactly_the_declared_routes_queues_and_schedules() {
                 event: "Tick".into(),
                 expression: "rate(1 minute)".into()
             }],
+            function_urls: vec![],
         }
     );
     host.shutdown().await;
