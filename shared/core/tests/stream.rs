@@ -13,77 +13,12 @@ use keel::function::{ByteStream, StreamFunction, TokenRefused, TokenVerifier};
 use keel::http::Request;
 use keel::identity::Identity;
 use keel::problem::Problem;
+use keel::testing::runtime_api;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
 
 const CHILD: &str = "KEEL_TEST_STREAM_CHILD";
-
-struct Posted {
-    path: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-/// One HTTP/1.1 request, its body read by length or in chunks.
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Posted> {
-    let mut line = String::new();
-    if reader.read_line(&mut line).ok()? == 0 {
-        return None;
-    }
-    let path = line.split_whitespace().nth(1)?.to_string();
-    let mut headers = HashMap::new();
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header).ok()?;
-        if header.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
-        }
-    }
-    let mut body = Vec::new();
-    if headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut size = String::new();
-            reader.read_line(&mut size).ok()?;
-            let size = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
-            if size == 0 {
-                // Trailers, then the blank line.
-                loop {
-                    let mut trailer = String::new();
-                    reader.read_line(&mut trailer).ok()?;
-                    if trailer.trim().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).ok()?;
-            body.extend_from_slice(&chunk[..size]);
-        }
-    } else {
-        let length = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        body.resize(length, 0);
-        reader.read_exact(&mut body).ok()?;
-    }
-    Some(Posted { path, headers, body })
-}
-
-fn respond(stream: &mut TcpStream, headers: &[(&str, String)], body: &str) {
-    let mut text = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/json\r\n", body.len());
-    for (name, value) in headers {
-        text.push_str(&format!("{name}: {value}\r\n"));
-    }
-    text.push_str("\r\n");
-    text.push_str(body);
-    stream.write_all(text.as_bytes()).unwrap();
-}
 
 /// A Function URL's event (payload format 2.0, no authorizer).
 fn event(path: &str, token: Option<&str>) -> String {
@@ -108,20 +43,6 @@ fn split(body: &[u8]) -> (Value, String) {
 
 #[test]
 fn a_streaming_function_answers_the_runtime_api_in_streaming_mode_after_checking_the_token() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = listener.local_addr().unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "stream_child", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .env("AWS_LAMBDA_RUNTIME_API", address.to_string())
-        .env("AWS_LAMBDA_FUNCTION_NAME", "events")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("AWS_LAMBDA_LOG_STREAM_NAME", "stream")
-        .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/events")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     let deadline = chrono::Utc::now() + chrono::Duration::seconds(60);
     let events = [
         event("/stream", Some("good")),
@@ -130,39 +51,7 @@ fn a_streaming_function_answers_the_runtime_api_in_streaming_mode_after_checking
         event("/elsewhere", Some("good")),
         event("/stream", Some("forged")),
     ];
-    let mut posted = Vec::new();
-    let mut served = 0;
-    'connections: while posted.len() < events.len() {
-        let (stream, _) = listener.accept().unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut writer = stream.try_clone().unwrap();
-        let mut reader = BufReader::new(stream);
-        while let Some(request) = read_request(&mut reader) {
-            if request.path.ends_with("/runtime/invocation/next") {
-                if served == events.len() {
-                    break 'connections;
-                }
-                let headers = [
-                    ("lambda-runtime-aws-request-id", format!("req-{served}")),
-                    ("lambda-runtime-deadline-ms", deadline.timestamp_millis().to_string()),
-                    (
-                        "lambda-runtime-invoked-function-arn",
-                        "arn:aws:lambda:us-east-1:123456789012:function:events".into(),
-                    ),
-                ];
-                respond(&mut writer, &headers, &events[served]);
-                served += 1;
-            } else {
-                respond(&mut writer, &[], "{}");
-                posted.push(request);
-                if posted.len() == events.len() {
-                    break 'connections;
-                }
-            }
-        }
-    }
-    child.kill().ok();
-    child.wait().ok();
+    let posted = runtime_api::serve("stream_child", CHILD, "events", &events, deadline);
     assert_eq!(posted.len(), events.len());
     for (n, request) in posted.iter().enumerate() {
         assert_eq!(request.path, format!("/2018-06-01/runtime/invocation/req-{n}/response"));

@@ -3,9 +3,8 @@
 //! `Last-Event-ID`, and what it saw is exactly the feed, with no gap and no duplicate. Another organization's client
 //! sees nothing, a bad token is refused, and shutting the host down ends open streams at once.
 
-use crate::jobs_local::{SECRET, Service};
-use keel::config::Env;
-use keel_local::{Backend, Host, HostOptions};
+use crate::jobs_local::{Service, start_with};
+use keel_local::Host;
 use keel_tests::repo_root;
 use serde_json::{Value, json};
 use std::process::Stdio;
@@ -13,25 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+/// Streams end every two seconds here, and the feed is read ten times a second.
 async fn start(dir: &std::path::Path, service: &Service) -> Host {
-    let env = Env::from_pairs([
-        ("KEEL_STAGE", "dev".to_string()),
-        ("RATE_LIMIT_ORG", "off".to_string()),
-        ("RATE_LIMIT_IP", "off".to_string()),
-        ("JOB_URL_NOTIFY", format!("{}/notify", service.url)),
-        ("JOB_SECRET_NOTIFY", SECRET.to_string()),
-        (events_stream::LONGEST_VAR, "2".to_string()),
-        (events_stream::POLL_VAR, "100".to_string()),
-    ]);
-    Host::start(HostOptions {
-        port: 0,
-        data_dir: dir.to_path_buf(),
-        backend: Backend::Embedded,
-        template: repo_root().join("template.yaml"),
-        env,
-    })
-    .await
-    .unwrap()
+    start_with(dir, service, &[(events_stream::LONGEST_VAR, "2"), (events_stream::POLL_VAR, "100")]).await
 }
 
 /// The Node client, its lines as they come, and its exit.
@@ -179,17 +162,8 @@ async fn an_eventsource_client_that_reconnects_every_two_seconds_sees_the_whole_
 async fn shutting_the_host_down_ends_open_streams_at_once_and_a_stream_needs_get_on_its_path() {
     let service = Service::start();
     let dir = tempfile::tempdir().unwrap();
-    let env = Env::from_pairs([("KEEL_STAGE", "dev"), ("RATE_LIMIT_ORG", "off"), ("RATE_LIMIT_IP", "off")]);
-    let host = Host::start(HostOptions {
-        port: 0,
-        data_dir: dir.path().to_path_buf(),
-        backend: Backend::Embedded,
-        template: repo_root().join("template.yaml"),
-        env,
-    })
-    .await
-    .unwrap();
-    drop(service);
+    // Streams that would last their full 14 minutes.
+    let host = start_with(dir.path(), &service, &[]).await;
     let token = host.token("org-a", "ada", &["member"]);
     let url = format!("http://{}{}", host.addr(), events_stream::PATH);
     let client = reqwest::Client::new();

@@ -50,7 +50,7 @@ async fn start(dir: &std::path::Path, service: &Service) -> Host {
     start_with(dir, service, &[]).await
 }
 
-async fn start_with(dir: &std::path::Path, service: &Service, extra: &[(&str, &str)]) -> Host {
+pub(crate) async fn start_with(dir: &std::path::Path, service: &Service, extra: &[(&str, &str)]) -> Host {
     let mut env = Env::from_pairs([
         ("KEEL_STAGE", "dev".to_string()),
         ("RATE_LIMIT_ORG", "off".to_string()),
