@@ -37,7 +37,7 @@ for tool in moto_server; do
 done
 
 if ! command -v npm >/dev/null 2>&1; then
-    echo "bootstrap: npm not found; install Node.js 18 or newer (the OpenFeature Node SDK tests need it)" >&2
+    echo "bootstrap: npm not found; install Node.js 20 or newer (the OpenFeature Node SDK and EventSource tests need it)" >&2
     exit 1
 fi
 echo "bootstrap: installing tests/sdk's Node packages from its package-lock.json"

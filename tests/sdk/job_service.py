@@ -5,7 +5,7 @@ Usage: job_service.py SECRET. Listens on 127.0.0.1 on a free port and prints the
 
 - POST /notify: 401 if the signature does not verify. Templates: `ok` answers {"delivered": true}; `slow:N`
   answers the same after N milliseconds; `fail` answers 400; `flaky` answers 503 to the first call of each
-  `webhook-id`, then {"delivered": true}.
+  `webhook-id`, then {"delivered": true}. An SMS's `text` (notify.sms) acts as its template.
   A callback job's `workflow` (sidecar.orchestrate) of `callback` answers 202: it will report on Keel's callback
   route with the `keel-callback-token` it was sent (the test does that for it).
 - GET /calls: every call so far, as JSON: [{"id", "attempt", "template", "verified", "token", "event", "at"}].
@@ -51,7 +51,7 @@ class Handler(BaseHTTPRequestHandler):
         except WebhookVerificationError:
             verified = False
         document = json.loads(body) if body else {}
-        template = document.get("template") or document.get("workflow") or ""
+        template = document.get("template") or document.get("workflow") or document.get("text") or ""
         message_id = headers.get("webhook-id", "")
         with lock:
             seen = sum(1 for call in calls if call["id"] == message_id)

@@ -127,6 +127,7 @@ pub fn invocation(clock: &dyn Clock) -> Invocation {
         request_id: ulid::Ulid::new().to_string(),
         deadline: clock.now() + chrono::Duration::seconds(30),
         trace_header: Some("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".into()),
+        stop: Default::default(),
     }
 }
 

@@ -6,7 +6,9 @@
 //! its lease writes nothing. The heartbeat (every `JOB_HEARTBEAT_SECONDS`, 5 by default) also reads a cancel:
 //! the downstream call is abandoned and the job ends `cancelled`. The one gap: an attempt whose worker dies
 //! mid-call has an unknown outcome; a type that runs at least once runs it again after the lease, one that runs
-//! at most once fails instead.
+//! at most once fails instead. When the host asks work to stop (keel-local shutting down), an attempt of a type
+//! that runs at least once is handed back at once (outcome `released`, not counted, the message left to run it
+//! again); one of a type that runs at most once finishes its call first.
 
 use async_trait::async_trait;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -23,7 +25,8 @@ use keel_jobs::gate::Gates;
 use keel_jobs::job::MAX_PAYLOAD_BYTES;
 use keel_jobs::sign::{self, Secret};
 use keel_jobs::{
-    AttemptEnd, Beat, Executor, JobType, Jobs, JobsError, Message, Outcome, Registry, Status, Versioned, Waiting,
+    AttemptEnd, Beat, Delivery, Executor, JobType, Jobs, JobsError, Message, Outcome, Registry, Status, Versioned,
+    Waiting,
 };
 use std::sync::Arc;
 
@@ -240,9 +243,21 @@ impl Worker {
         let call = self.execute(&claimed.job, job_type, invocation.deadline, token.as_deref());
         tokio::pin!(call);
         let mut lease_until = claimed.job.lease_until.unwrap_or_else(|| self.clock.now() + self.lease);
+        // A type that runs at least once hands the job back when the host stops; one that runs at most once
+        // finishes its call (the service may already be acting on it).
+        let releasable = job_type.delivery == Delivery::AtLeastOnce;
         let end = loop {
             tokio::select! {
                 end = &mut call => break end,
+                () = invocation.stop.stopped(), if releasable => {
+                    tracing::info!(job_id = %id, "the host is stopping: the attempt is handed back to run again");
+                    break AttemptEnd {
+                        outcome: Outcome::Released,
+                        downstream_status: None,
+                        error: Some("the worker's host shut down mid-attempt; the job runs again".into()),
+                        output: None,
+                    };
+                }
                 () = tokio::time::sleep(self.heartbeat) => match self.jobs.heartbeat(&org, &id, fence, self.lease).await {
                     Ok(Beat::Continue { version, lease_until: until }) => {
                         current.version = version;
@@ -287,7 +302,10 @@ impl Worker {
             started.elapsed().as_secs_f64() * 1000.0,
         );
         let attempts = u32::try_from(current.job.attempts.len()).unwrap_or(u32::MAX);
-        let retry_at = self.clock.now() + jitter(job_type, attempts);
+        let retry_at = match outcome {
+            Outcome::Released => self.clock.now(),
+            _ => self.clock.now() + jitter(job_type, attempts),
+        };
         match self.jobs.end_attempt(current, fence, end, job_type, retry_at).await? {
             Some(done) if done.job.status == Status::Pending => Err(Again::Later(done.job.run_at)),
             Some(done) if !done.job.outbox.is_empty() => Err(Again::Unpublished),
@@ -515,6 +533,7 @@ fn outcome_name(outcome: Outcome) -> &'static str {
         Outcome::Failed => "failed",
         Outcome::Cancelled => "cancelled",
         Outcome::Lost => "lost",
+        Outcome::Released => "released",
     }
 }
 

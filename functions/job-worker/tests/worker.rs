@@ -150,6 +150,7 @@ impl World {
             request_id: "r".into(),
             deadline: Utc::now() + chrono::Duration::seconds(60),
             trace_header: None,
+            stop: Default::default(),
         };
         self.worker().call(sqs_event(&messages), invocation).await.batch_item_failures.len()
     }
@@ -242,6 +243,7 @@ async fn a_cancel_reaches_a_running_call_at_the_next_heartbeat() {
                 request_id: "r".into(),
                 deadline: Utc::now() + chrono::Duration::seconds(60),
                 trace_header: None,
+                stop: Default::default(),
             };
             worker.call(sqs_event(&messages), invocation).await
         }
@@ -273,6 +275,7 @@ async fn a_redelivered_message_finds_the_lease_held_and_never_runs_the_job_twice
                 request_id: "a".into(),
                 deadline: Utc::now() + chrono::Duration::seconds(60),
                 trace_header: None,
+                stop: Default::default(),
             };
             worker.call(sqs_event(&messages), invocation).await
         })
@@ -281,8 +284,12 @@ async fn a_redelivered_message_finds_the_lease_held_and_never_runs_the_job_twice
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // The same message again, as SQS may deliver it: the second worker leaves it for later.
-    let invocation =
-        Invocation { request_id: "b".into(), deadline: Utc::now() + chrono::Duration::seconds(60), trace_header: None };
+    let invocation = Invocation {
+        request_id: "b".into(),
+        deadline: Utc::now() + chrono::Duration::seconds(60),
+        trace_header: None,
+        stop: Default::default(),
+    };
     let second = w.worker().call(sqs_event(&messages), invocation).await;
     assert_eq!(second.batch_item_failures.len(), 1);
     assert_eq!(w.calls().len(), 1, "one call in flight, not two");

@@ -175,6 +175,7 @@ fn invocation() -> Invocation {
         request_id: "8f5a4c2e-0000-4000-8000-000000000000".into(),
         deadline: now() + chrono::Duration::seconds(10),
         trace_header: Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1".into()),
+        stop: Default::default(),
     }
 }
 

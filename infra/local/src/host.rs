@@ -768,7 +768,12 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
         }
     };
     let deadline = now + chrono::Duration::from_std(target.timeout).unwrap_or(chrono::Duration::MAX);
-    let invocation = Invocation { request_id: request_id.clone(), deadline, trace_header: Some(trace_header.clone()) };
+    let invocation = Invocation {
+        request_id: request_id.clone(),
+        deadline,
+        trace_header: Some(trace_header.clone()),
+        stop: Default::default(),
+    };
     let (handler, name) = (target.handler.clone(), target.function.clone());
     let mut task =
         tokio::spawn(async move { keel::lambda::invoke_http(&name, handler.as_ref(), event, &invocation).await });
@@ -837,7 +842,8 @@ async fn serve_stream(
         }
     };
     let deadline = now + chrono::Duration::from_std(stream.timeout).unwrap_or(chrono::Duration::MAX);
-    let invocation = Invocation { request_id: request_id.to_string(), deadline, trace_header: None };
+    let invocation =
+        Invocation { request_id: request_id.to_string(), deadline, trace_header: None, stop: Default::default() };
     let mut request = keel::lambda::request_of(event);
     request.extensions_mut().insert(invocation.to_context());
     let until = deadline - keel::lambda::STREAM_MARGIN;
@@ -950,7 +956,8 @@ async fn fire(function: &str, handler: &Arc<dyn ScheduledFunction>, decl: &Sched
     let request_id = ulid::Ulid::new().to_string();
     let payload = decl.input.clone().unwrap_or_else(|| scheduled_event(function, &decl.event, now));
     let deadline = now + chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
-    let invocation = Invocation { request_id: request_id.clone(), deadline, trace_header: None };
+    let invocation =
+        Invocation { request_id: request_id.clone(), deadline, trace_header: None, stop: Default::default() };
     let handler = handler.clone();
     let started = Instant::now();
     let name = function.to_string();

@@ -90,6 +90,14 @@ impl Poller {
     /// Polls until `cancel` fires; a batch in flight is finished first.
     pub async fn run(self, cancel: CancellationToken) {
         tracing::info!(function = %self.function, queue = %self.queue.name(), "polling queue");
+        // The batch in flight hears the shutdown too, so long work can hand back what it holds.
+        let stop = keel::function::Stop::default();
+        let asked = stop.clone();
+        let watch = cancel.clone();
+        tokio::spawn(async move {
+            watch.cancelled().await;
+            asked.stop();
+        });
         while !cancel.is_cancelled() {
             // A shutdown does not wait out the long poll. A receive dropped after it took messages leaves them in
             // flight: visible again after their visibility timeout, or at once when the host next starts.
@@ -108,13 +116,13 @@ impl Poller {
                 }
             };
             if !messages.is_empty() {
-                self.process(messages).await;
+                self.process(messages, &stop).await;
             }
         }
         tracing::info!(function = %self.function, queue = %self.queue.name(), "stopped polling");
     }
 
-    async fn process(&self, messages: Vec<Received>) {
+    async fn process(&self, messages: Vec<Received>, stop: &keel::function::Stop) {
         let request_id = ulid::Ulid::new().to_string();
         let trace_header = messages.iter().find_map(|m| m.attributes.get(keel::queue::TRACE_HEADER_ATTRIBUTE).cloned());
         let span = keel::telemetry::invocation_span(&self.function, &request_id, trace_header.as_deref());
@@ -127,7 +135,7 @@ impl Poller {
             }
         };
         let deadline = Utc::now() + chrono::Duration::from_std(self.timeout).unwrap_or(chrono::Duration::MAX);
-        let invocation = Invocation { request_id: request_id.clone(), deadline, trace_header };
+        let invocation = Invocation { request_id: request_id.clone(), deadline, trace_header, stop: stop.clone() };
         let handler = self.handler.clone();
         let name = self.function.clone();
         let mut task =

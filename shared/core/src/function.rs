@@ -24,6 +24,54 @@ pub struct Invocation {
     pub deadline: DateTime<Utc>,
     /// The X-Ray trace header of the invocation, if any.
     pub trace_header: Option<String>,
+    /// Fires when the host asks work in flight to stop early (keel-local shutting down). On Lambda it never fires:
+    /// the runtime stops a sandbox only between invocations.
+    pub stop: Stop,
+}
+
+/// A request to stop early that long work can wait on beside its own work (`tokio::select!`).
+#[derive(Clone, Default)]
+pub struct Stop(std::sync::Arc<StopState>);
+
+#[derive(Default)]
+struct StopState {
+    stopped: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    pub fn stop(&self) {
+        self.0.stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.0.stopped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once [`Stop::stop`] has been called (at once if it already was).
+    pub async fn stopped(&self) {
+        let notified = self.0.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_stopped() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+impl std::fmt::Debug for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Stop").field(&self.is_stopped()).finish()
+    }
+}
+
+/// Two stops are alike when both have, or both have not, been asked to stop.
+impl PartialEq for Stop {
+    fn eq(&self, other: &Self) -> bool {
+        self.is_stopped() == other.is_stopped()
+    }
 }
 
 impl Invocation {
@@ -33,6 +81,7 @@ impl Invocation {
             request_id: context.request_id.clone(),
             deadline: DateTime::<Utc>::from_timestamp_millis(deadline_ms).unwrap_or(DateTime::<Utc>::MAX_UTC),
             trace_header: context.xray_trace_id.clone(),
+            stop: Stop::default(),
         }
     }
 
@@ -172,4 +221,28 @@ pub trait StreamFunction: Send + Sync {
     fn content_type(&self) -> &'static str;
     /// Opens a stream for `caller`, to end before `until`. An error is answered as problem+json before any chunk.
     async fn open(&self, caller: Identity, request: &Request, until: DateTime<Utc>) -> Result<ByteStream, Problem>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stop_wakes_every_waiter_and_later_ones_at_once() {
+        let stop = Stop::default();
+        let waiter = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = stop.stopped() => true,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(10)) => false,
+                }
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!stop.is_stopped());
+        stop.stop();
+        assert!(waiter.await.unwrap(), "the waiter heard the stop");
+        tokio::time::timeout(std::time::Duration::from_secs(1), stop.stopped()).await.unwrap();
+    }
 }

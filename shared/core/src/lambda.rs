@@ -265,6 +265,7 @@ mod tests {
             request_id: "r1".into(),
             deadline: chrono::Utc::now(),
             trace_header: Some("Root=1-abc".into()),
+            stop: Default::default(),
         };
         let response = invoke_http("mirror", &Mirror, event(&encoded, true), &invocation).await;
         assert_eq!(response.status_code, 200);
@@ -283,6 +284,7 @@ mod tests {
             request_id: "req-1".into(),
             deadline: chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap(),
             trace_header: Some("Root=1-abc;Sampled=1".into()),
+            stop: Default::default(),
         };
         assert_eq!(Invocation::from_context(&invocation.to_context()), invocation);
         assert_eq!(invocation.trace_id(), Some("1-abc"));

@@ -62,6 +62,9 @@ pub enum Outcome {
     Cancelled,
     /// Its worker stopped holding the lease (died or was cut off) before recording an outcome.
     Lost,
+    /// Its worker handed the job back mid-call because its host was shutting down (a type that runs at least once):
+    /// it runs again and the attempt does not count against the type's maximum.
+    Released,
 }
 
 /// One attempt.

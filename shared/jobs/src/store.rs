@@ -782,9 +782,10 @@ impl Jobs {
                 attempt.downstream_status = end.downstream_status;
                 attempt.error = end.error.as_deref().map(truncated);
             }
-            let attempts_left = job.attempts.len() < job_type.max_attempts as usize;
+            let counted = job.attempts.iter().filter(|a| a.outcome != Some(Outcome::Released)).count();
+            let attempts_left = end.outcome == Outcome::Released || counted < job_type.max_attempts as usize;
             // A lost attempt of a type that runs at least once is run again; of one that runs at most once, never.
-            let again = end.outcome == Outcome::Retriable
+            let again = matches!(end.outcome, Outcome::Retriable | Outcome::Released)
                 || (end.outcome == Outcome::Lost && job_type.delivery == Delivery::AtLeastOnce);
             let result = match end.outcome {
                 Outcome::Succeeded => {

@@ -238,6 +238,23 @@ async fn retriable_failures_go_back_to_the_queue_until_attempts_run_out() {
 }
 
 #[tokio::test]
+async fn an_attempt_handed_back_at_shutdown_runs_again_and_does_not_count_against_the_maximum() {
+    let f = fixture();
+    let job = f.create("o1", "t.fast").await; // two attempts at most
+    for _ in 0..3 {
+        let back = f.run("o1", &job.id, Outcome::Released).await.unwrap();
+        assert_eq!((back.job.status, back.job.waiting), (Status::Pending, Some(Waiting::Queued)));
+    }
+    let retry = f.run("o1", &job.id, Outcome::Retriable).await.unwrap();
+    assert_eq!(retry.job.status, Status::Pending, "three released attempts and one counted: one left");
+    let done = f.run("o1", &job.id, Outcome::Retriable).await.unwrap();
+    assert_eq!(done.job.status, Status::Failed);
+    let outcomes: Vec<Option<Outcome>> = done.job.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes.len(), 5);
+    assert_eq!(outcomes[..3], [Some(Outcome::Released); 3]);
+}
+
+#[tokio::test]
 async fn cancel_ends_a_pending_job_at_once_and_reaches_a_running_one_at_its_heartbeat() {
     let f = fixture();
     let pending = f.create("o1", "t.fast").await;

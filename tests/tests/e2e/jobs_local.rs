@@ -342,3 +342,54 @@ async fn a_callback_job_reports_its_progress_and_result_with_its_attempts_token(
     );
     host.shutdown().await;
 }
+
+/// keel-local shutting down mid-call: an attempt of a type that runs at least once is handed back at once (not
+/// counted) and runs again when the host is back; one of a type that runs at most once finishes its call first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_hands_back_a_job_that_runs_at_least_once_and_finishes_one_that_runs_at_most_once() {
+    let service = Service::start();
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(dir.path(), &service).await;
+    let ada = Client::new(&host, "org-a", "ada");
+    let email = ada.create("slow:60000").await["id"].as_str().unwrap().to_string();
+    ada.wait_for(&email, &["processing"], Duration::from_secs(20)).await;
+    let stopping = Instant::now();
+    host.shutdown().await;
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(5), "shutdown waited {took:?}: the 60 s call was not handed back");
+
+    let host = start(dir.path(), &service).await;
+    let ada = Client::new(&host, "org-a", "ada");
+    let again = loop {
+        let job = ada.get(&email).await;
+        if job["attempts"].as_array().unwrap().len() == 2 {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(again["attempts"][0]["outcome"], "released", "{again}");
+    assert_eq!(again["status"], "processing", "it runs again at once: {again}");
+    let response = ada.http.post(format!("{}/v1/jobs/{email}/cancel", ada.base)).bearer_auth(&ada.token).send();
+    assert_eq!(response.await.unwrap().status(), 202);
+    ada.wait_for(&email, &["cancelled"], Duration::from_secs(20)).await;
+
+    let sms: Value = ada
+        .http
+        .post(format!("{}/v1/jobs", ada.base))
+        .bearer_auth(&ada.token)
+        .json(&json!({"type": "notify.sms", "input": {"to": "+15551234567", "text": "slow:2500"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sms = sms["id"].as_str().unwrap().to_string();
+    ada.wait_for(&sms, &["processing"], Duration::from_secs(20)).await;
+    host.shutdown().await;
+    let host = start(dir.path(), &service).await;
+    let sms = Client::new(&host, "org-a", "ada").get(&sms).await;
+    assert_eq!(sms["status"], "completed", "the at-most-once call was finished before the host stopped: {sms}");
+    assert_eq!(sms["attempts"].as_array().unwrap().len(), 1);
+    host.shutdown().await;
+}
