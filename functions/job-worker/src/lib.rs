@@ -21,6 +21,7 @@ use keel::queue::{MessageAttrs, Queue, TRACE_HEADER_ATTRIBUTE};
 use keel::resources::Resources;
 use keel_jobs::backoff;
 use keel_jobs::breaker::{Admission, Breakers, target_of};
+use keel_jobs::builtin::{Checkpoints, TaskFailure, Tasks};
 use keel_jobs::gate::Gates;
 use keel_jobs::job::MAX_PAYLOAD_BYTES;
 use keel_jobs::sign::{self, Secret};
@@ -30,7 +31,12 @@ use keel_jobs::{
 };
 use std::sync::Arc;
 
+pub mod tasks;
+
 pub const TABLE_VAR: &str = "JOBS_TABLE";
+/// The webhooks table and queue, for the built-in bulk replay.
+pub const WEBHOOKS_TABLE_VAR: &str = "WEBHOOKS_TABLE";
+pub const WEBHOOK_QUEUE_VAR: &str = "WEBHOOK_QUEUE_URL";
 pub const QUEUE_VAR: &str = "JOB_QUEUE_URL";
 pub const DLQ_VAR: &str = "JOB_DLQ_URL";
 pub const BUS_VAR: &str = "EVENT_BUS_NAME";
@@ -62,6 +68,7 @@ pub struct Worker {
     lease: Duration,
     heartbeat: std::time::Duration,
     http: reqwest::Client,
+    tasks: Tasks,
 }
 
 pub fn build(env: &Env, resources: &dyn Resources) -> Result<Worker, ConfigError> {
@@ -73,11 +80,20 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Worker, ConfigError
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|error| ConfigError::Malformed { name: "HTTP client".into(), reason: error.to_string() })?;
+    let replay = tasks::WebhookReplay::new(
+        resources.table(WEBHOOKS_TABLE_VAR)?,
+        resources.queue(WEBHOOK_QUEUE_VAR)?,
+        resources.clock(),
+    );
+    let tasks = Tasks::default().with(tasks::WEBHOOK_REPLAY, replay);
+    let registry = Registry::sample(env)?;
+    tasks.check(&registry)?;
     Ok(Worker {
         jobs: Jobs::new(table.clone(), queue.clone(), resources.bus(BUS_VAR)?, resources.clock()),
         breakers: Breakers::new(table, resources.clock()),
         gates: Gates::from_resources(env, resources)?,
-        registry: Registry::sample(env)?,
+        registry,
+        tasks,
         queue,
         dead_letters: resources.queue(DLQ_VAR)?,
         clock: resources.clock(),
@@ -240,7 +256,8 @@ impl Worker {
         let (org, id) = (claimed.job.org_id.clone(), claimed.job.id.clone());
         let mut current = claimed.clone();
         let started = std::time::Instant::now();
-        let call = self.execute(&claimed.job, job_type, invocation.deadline, token.as_deref());
+        let saver = Saver { jobs: &self.jobs, org: &org, id: &id, fence, last: std::sync::Mutex::new(None) };
+        let call = self.execute(&claimed.job, job_type, invocation.deadline, token.as_deref(), &saver);
         tokio::pin!(call);
         let mut lease_until = claimed.job.lease_until.unwrap_or_else(|| self.clock.now() + self.lease);
         // A type that runs at least once hands the job back when the host stops; one that runs at most once
@@ -294,6 +311,10 @@ impl Worker {
             metrics::count("JobAttempts", &[("Type", &job_type.name), ("Outcome", "accepted")], 1.0);
             return self.await_callback(current, job_type, fence, report_within).await;
         }
+        // What a built-in task saved is kept for the next attempt (the record this worker holds predates it).
+        if let Some(saved) = saver.last() {
+            current.job.checkpoint = Some(saved);
+        }
         let outcome = end.outcome;
         metrics::count("JobAttempts", &[("Type", &job_type.name), ("Outcome", outcome_name(outcome))], 1.0);
         metrics::milliseconds(
@@ -323,7 +344,12 @@ impl Worker {
         job_type: &JobType,
         deadline: DateTime<Utc>,
         token: Option<&str>,
+        checkpoints: &dyn Checkpoints,
     ) -> AttemptEnd {
+        let budget = (deadline - self.clock.now() - MARGIN).to_std().unwrap_or_default().min(job_type.timeout);
+        if let Some(name) = &job_type.executor.task {
+            return self.run_task(job, name, budget, checkpoints).await;
+        }
         let Executor { url: Some(url), secret: Some(secret), .. } = &job_type.executor else {
             return AttemptEnd {
                 outcome: Outcome::Failed,
@@ -333,7 +359,6 @@ impl Worker {
             };
         };
         let attempt = job.current_attempt().map_or(1, |a| a.number);
-        let budget = (deadline - self.clock.now() - MARGIN).to_std().unwrap_or_default().min(job_type.timeout);
         let body = serde_json::to_vec(&job.input).unwrap_or_default();
         let until = tokio::time::Instant::now() + budget;
         let mut last = AttemptEnd { outcome: Outcome::Retriable, downstream_status: None, error: None, output: None };
@@ -372,6 +397,33 @@ impl Worker {
             tokio::time::sleep(wait).await;
         }
         last
+    }
+
+    /// A built-in task, from the job's last checkpoint, within `budget`; a task that runs out of time is retried
+    /// from where it got to.
+    async fn run_task(
+        &self,
+        job: &keel_jobs::Job,
+        name: &str,
+        budget: std::time::Duration,
+        checkpoints: &dyn Checkpoints,
+    ) -> AttemptEnd {
+        let end =
+            |outcome, error: Option<String>, output| AttemptEnd { outcome, downstream_status: None, error, output };
+        let Some(task) = self.tasks.get(name) else {
+            return end(Outcome::Failed, Some(format!("this worker has no built-in task `{name}`")), None);
+        };
+        match tokio::time::timeout(budget, task.run(&job.input, job.checkpoint.as_ref(), checkpoints)).await {
+            Ok(Ok(output)) if serde_json::to_vec(&output).map_or(0, |o| o.len()) > MAX_PAYLOAD_BYTES => {
+                end(Outcome::Failed, Some(format!("the output is over {MAX_PAYLOAD_BYTES} bytes")), None)
+            }
+            Ok(Ok(output)) => end(Outcome::Succeeded, None, Some(output)),
+            Ok(Err(TaskFailure::Retriable(error))) => end(Outcome::Retriable, Some(error), None),
+            Ok(Err(TaskFailure::Failed(error))) => end(Outcome::Failed, Some(error), None),
+            Err(_) => {
+                end(Outcome::Retriable, Some("the task ran out of time; it resumes from its checkpoint".into()), None)
+            }
+        }
     }
 
     /// One signed POST; its outcome, and the `Retry-After` it asked for.
@@ -512,6 +564,36 @@ struct Service<'a> {
 
 /// The delay before the next attempt after `attempts` attempts: the type's backoff with full jitter, and never
 /// under a second (SQS delays in whole seconds; a job is not retried the instant it failed).
+/// A built-in task's checkpoints, saved in the record under the attempt's fence; the last one saved is kept.
+struct Saver<'a> {
+    jobs: &'a Jobs,
+    org: &'a str,
+    id: &'a str,
+    fence: u64,
+    last: std::sync::Mutex<Option<serde_json::Value>>,
+}
+
+impl Saver<'_> {
+    fn last(&self) -> Option<serde_json::Value> {
+        self.last.lock().ok().and_then(|last| last.clone())
+    }
+}
+
+#[async_trait]
+impl Checkpoints for Saver<'_> {
+    async fn save(&self, checkpoint: &serde_json::Value) -> Result<bool, keel::port::PortError> {
+        let held = match self.jobs.save_checkpoint(self.org, self.id, self.fence, checkpoint).await {
+            Ok(held) => held,
+            Err(JobsError::Backend(error)) => return Err(error),
+            Err(other) => return Err(keel::port::PortError::Unavailable(other.to_string())),
+        };
+        if held && let Ok(mut last) = self.last.lock() {
+            *last = Some(checkpoint.clone());
+        }
+        Ok(held)
+    }
+}
+
 fn jitter(job_type: &JobType, attempts: u32) -> Duration {
     let delay = backoff::full_jitter(job_type.retry_base, job_type.retry_max, attempts.max(1), &mut rand::rng());
     Duration::from_std(delay).unwrap_or(Duration::zero()).max(Duration::seconds(1))

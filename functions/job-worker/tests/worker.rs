@@ -82,6 +82,8 @@ struct World {
     queue: Arc<EmbeddedQueue>,
     dead_letters: Arc<EmbeddedQueue>,
     bus: Arc<EmbeddedBus>,
+    webhooks: Arc<dyn Table>,
+    webhook_queue: Arc<EmbeddedQueue>,
     resources: StaticResources,
     env: Env,
 }
@@ -103,7 +105,11 @@ async fn world() -> World {
     let dead_letters = Arc::new(db.queue(QueueSpec::new("JobDeadLetterQueue"), clock.clone()));
     let bus = Arc::new(db.bus("EventBus"));
     let dyn_bus: Arc<dyn EventBus> = bus.clone();
+    let webhooks: Arc<dyn Table> = Arc::new(db.table("WebhooksTable", clock.clone()));
+    let webhook_queue = Arc::new(db.queue(QueueSpec::new("WebhookQueue"), clock.clone()));
     let resources = StaticResources::new(clock)
+        .with_table("WEBHOOKS_TABLE", webhooks.clone())
+        .with_queue("WEBHOOK_QUEUE_URL", webhook_queue.clone())
         .with_table("JOBS_TABLE", table.clone())
         .with_table("FLAGS_TABLE", flags.clone())
         .with_queue("JOB_QUEUE_URL", queue.clone())
@@ -115,7 +121,7 @@ async fn world() -> World {
         ("JOB_HEARTBEAT_SECONDS", "0.1".to_string()),
         ("KEEL_STAGE", "dev".to_string()),
     ]);
-    World { _dir: dir, stub, table, flags, queue, dead_letters, bus, resources, env }
+    World { _dir: dir, stub, table, flags, queue, dead_letters, bus, webhooks, webhook_queue, resources, env }
 }
 
 impl World {
@@ -342,4 +348,139 @@ async fn an_operational_flag_pauses_a_type_for_one_organization_and_its_jobs_wai
     let waiting = w.read_of("o1", &held.id).await.job;
     assert_eq!((waiting.status, waiting.attempts.len()), (Status::Pending, 0));
     assert_eq!(w.calls().len(), 1, "only o2's job reached the service");
+}
+
+/// Deliveries of `provider`: `(event type, status)` each, received a millisecond apart from `from`.
+async fn seed_deliveries(
+    table: &dyn Table,
+    provider: &str,
+    kinds: &[(&str, keel_webhooks::Status)],
+    from: chrono::DateTime<Utc>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for (n, (event_type, status)) in kinds.iter().enumerate() {
+        let at = from + chrono::Duration::milliseconds(n as i64);
+        let id = ulid::Ulid::from_parts(at.timestamp_millis() as u64, n as u128).to_string();
+        let delivery = keel_webhooks::Delivery {
+            provider: provider.into(),
+            delivery_id: id.clone(),
+            event_id: format!("evt_{n}"),
+            event_type: event_type.to_string(),
+            status: *status,
+            attempts: 1,
+            last_error: None,
+            received_at: at,
+            updated_at: at,
+            started_at: None,
+            completed_at: None,
+            duration_ms: None,
+            lease_until: None,
+            replays: 0,
+            body_base64: keel_webhooks::encode_body(b"{}"),
+            content_type: Some("application/json".into()),
+            trace_header: None,
+        };
+        table.put(delivery.to_item(1), keel::table::Expect::Absent).await.unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+async fn replays(table: &dyn Table, provider: &str, ids: &[String]) -> Vec<u32> {
+    let mut counts = Vec::new();
+    for id in ids {
+        let item = table.get(&keel_webhooks::delivery_key(provider, id)).await.unwrap().unwrap();
+        counts.push(keel_webhooks::Delivery::from_item(&item).unwrap().replays);
+    }
+    counts
+}
+
+/// Saves in memory, and stops holding the job at the save numbered `lose_at` (from 1).
+struct Held {
+    saves: Mutex<Vec<Value>>,
+    lose_at: usize,
+}
+
+#[async_trait::async_trait]
+impl keel_jobs::builtin::Checkpoints for Held {
+    async fn save(&self, checkpoint: &Value) -> Result<bool, keel::port::PortError> {
+        let mut saves = self.saves.lock().unwrap();
+        if saves.len() + 1 == self.lose_at {
+            return Ok(false);
+        }
+        saves.push(checkpoint.clone());
+        Ok(true)
+    }
+}
+
+#[tokio::test]
+async fn a_bulk_replay_cut_short_resumes_from_its_last_checkpoint_and_replays_only_what_its_filter_selects() {
+    use keel_jobs::builtin::{Task, TaskFailure};
+    use keel_webhooks::Status as W;
+    let w = world().await;
+    let from = Utc::now() - chrono::Duration::hours(1);
+    let kinds: Vec<(&str, W)> = (0..250)
+        .map(|n| match n % 5 {
+            0 => ("charge.refunded", W::Failed),
+            1 => ("charge.succeeded", W::Completed),
+            _ => ("charge.succeeded", W::Failed),
+        })
+        .collect();
+    let ids = seed_deliveries(w.webhooks.as_ref(), "acme", &kinds, from).await;
+    let others = seed_deliveries(w.webhooks.as_ref(), "other", &[("charge.succeeded", W::Failed)], from).await;
+    let task =
+        job_worker::tasks::WebhookReplay::new(w.webhooks.clone(), w.webhook_queue.clone(), Arc::new(SystemClock));
+    let input =
+        json!({"provider": "acme", "since": from.to_rfc3339(), "status": "failed", "event_type": "charge.succeeded"});
+
+    // The first attempt loses the job at its second checkpoint (after two pages of 100).
+    let first = Held { saves: Mutex::new(Vec::new()), lose_at: 2 };
+    let cut = task.run(&input, None, &first).await;
+    assert!(matches!(cut, Err(TaskFailure::Retriable(_))), "{cut:?}");
+    let saved = first.saves.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(saved["scanned"], 100);
+    let second = Held { saves: Mutex::new(Vec::new()), lose_at: 0 };
+    let output = task.run(&input, Some(&saved), &second).await.unwrap();
+    let selected: Vec<usize> = (0..250).filter(|n| n % 5 >= 2).collect();
+    assert_eq!(output["scanned"], 250);
+    // The cut attempt's second page is looked at again; its deliveries are pending now, so the status filter
+    // leaves them: the count is the first page's and the third's.
+    let first_and_third = selected.iter().filter(|n| !(100..200).contains(*n)).count();
+    assert_eq!(output["replayed"].as_u64().unwrap() as usize, first_and_third);
+
+    let counts = replays(w.webhooks.as_ref(), "acme", &ids).await;
+    for (n, count) in counts.iter().enumerate() {
+        assert_eq!(*count, u32::from(n % 5 >= 2), "delivery {n}: once if selected, else never");
+    }
+    assert_eq!(replays(w.webhooks.as_ref(), "other", &others).await, [0], "another provider's");
+    assert_eq!(drain(w.webhook_queue.as_ref()).await.len(), counts.iter().map(|c| *c as usize).sum::<usize>());
+
+    let bad = task.run(&json!({"provider": "Not A Provider", "since": from.to_rfc3339()}), None, &second).await;
+    assert!(matches!(bad, Err(TaskFailure::Failed(_))), "{bad:?}");
+}
+
+#[tokio::test]
+async fn a_built_in_job_runs_in_the_worker_keeps_its_checkpoint_and_ends_with_the_tasks_output() {
+    use keel_webhooks::Status as W;
+    let w = world().await;
+    let from = Utc::now() - chrono::Duration::hours(1);
+    let kinds: Vec<(&str, W)> = (0..150).map(|_| ("charge.succeeded", W::DeadLetter)).collect();
+    let ids = seed_deliveries(w.webhooks.as_ref(), "acme", &kinds, from).await;
+    let registry = Registry::sample(&w.env).unwrap();
+    let input = json!({"provider": "acme", "since": from.to_rfc3339()});
+    let new = NewJob { input, ..NewJob::default() };
+    let Created::New(job) =
+        w.jobs().create("ops", "root", registry.get("webhooks.replay").unwrap(), new, None).await.unwrap()
+    else {
+        panic!("deduplicated")
+    };
+    assert_eq!(w.deliver().await, 0);
+    let done = w.read_of("ops", &job.id).await.job;
+    assert_eq!(done.status, Status::Completed, "{done:?}");
+    assert_eq!(done.checkpoint.as_ref().unwrap()["scanned"], 150, "the last checkpoint stays in the record");
+    let output = w.jobs().output("ops", &job.id).await.unwrap().unwrap();
+    assert_eq!((output["replayed"].as_u64(), output["skipped"].as_u64()), (Some(150), Some(0)));
+    assert!(replays(w.webhooks.as_ref(), "acme", &ids).await.iter().all(|count| *count == 1));
+    assert_eq!(drain(w.webhook_queue.as_ref()).await.len(), 150, "every delivery's pointer is queued again");
+    assert!(w.calls().is_empty(), "no downstream service was called");
 }

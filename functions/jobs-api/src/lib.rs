@@ -20,6 +20,7 @@ use keel_jobs::breaker::{Breaker, Breakers};
 use keel_jobs::events::{self, FeedEvent};
 use keel_jobs::gate::Gates;
 use keel_jobs::job::{MAX_PAYLOAD_BYTES, valid_org};
+use keel_jobs::registry::Creators;
 use keel_jobs::{AttemptEnd, Created, Filter, Job, Jobs, JobsError, NewJob, Outcome, Registry, Status, Versioned};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -353,10 +354,14 @@ fn time_param(request: &Request, name: &str) -> Result<Option<DateTime<Utc>>, Pr
 }
 
 impl JobsApi {
-    /// The registry's type `name`, if it can run here: 422 at `/type` (`unknown` says why when there is none).
-    fn runnable(&self, name: &str, unknown: &str) -> Result<&keel_jobs::JobType, Problem> {
+    /// The registry's type `name`, if it can run here: 422 at `/type` (`unknown` says why when there is none), 403
+    /// for a type only platform admins may create.
+    fn runnable(&self, caller: &Identity, name: &str, unknown: &str) -> Result<&keel_jobs::JobType, Problem> {
         let job_type =
             self.registry.get(name).ok_or_else(|| Problem::invalid("unknown_type", vec![field("/type", unknown)]))?;
+        if job_type.creators == Creators::PlatformAdmin && !caller.has_role(Role::PlatformAdmin) {
+            return Err(Problem::new(403, "forbidden", format!("only platform admins create jobs of type {name}")));
+        }
         match job_type.unavailable() {
             Some(missing) => Err(Problem::invalid(
                 "type_unavailable",
@@ -374,7 +379,7 @@ impl JobsApi {
             return Err(Problem::new(413, "input_too_large", format!("the input is over {MAX_PAYLOAD_BYTES} bytes"))
                 .at("/input"));
         }
-        let job_type = self.runnable(&body.job_type, &format!("no job type `{}`", body.job_type))?;
+        let job_type = self.runnable(caller, &body.job_type, &format!("no job type `{}`", body.job_type))?;
         let mut errors = job_type.violations(&body.input);
         let now = self.jobs.now();
         if body.run_at.is_some_and(|at| at > now + MAX_SCHEDULE_AHEAD) {
@@ -577,7 +582,7 @@ impl JobsApi {
         if let Some(by) = &old.retried_by {
             return Err(Problem::new(409, "already_retried", format!("the job was retried already, by job {by}")));
         }
-        let job_type = self.runnable(&old.job_type, "the job's type no longer exists")?;
+        let job_type = self.runnable(caller, &old.job_type, "the job's type no longer exists")?;
         let new = NewJob {
             job_type: old.job_type.clone(),
             input: old.input.clone(),

@@ -244,3 +244,20 @@ async fn listing_filters_by_status_and_type_and_pages_with_a_cursor() {
         assert_eq!(status, 422, "{bad}: {problem}");
     }
 }
+
+#[tokio::test]
+async fn a_type_for_platform_admins_is_refused_to_everyone_else() {
+    let a = api();
+    let body = json!({"type": "webhooks.replay", "input": {"provider": "stripe", "since": "2026-12-01T00:00:00Z"}});
+    for who in [&ADA, &ADMIN] {
+        let (status, problem) = a.create(who, body.clone()).await;
+        assert_eq!(status, 403, "{problem}");
+        assert!(problem["detail"].as_str().unwrap().contains("platform admins"), "{problem}");
+    }
+    let (status, job) = a.create(&OPERATOR, body).await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!((job["type"].as_str(), job["category"].as_str()), (Some("webhooks.replay"), Some("operations")));
+    let (status, problem) =
+        a.create(&OPERATOR, json!({"type": "webhooks.replay", "input": {"provider": "stripe"}})).await;
+    assert_eq!(status, 422, "the input schema holds for built-in types too: {problem}");
+}

@@ -14,7 +14,7 @@ use keel::queue::Queue;
 use keel::ratelimit::RateLimits;
 use keel::resources::Resources;
 use keel::route::{Access, Api, Route};
-use keel::table::{Expect, Query, Table};
+use keel::table::{Query, Table};
 use keel_webhooks::{self as webhooks, Delivery, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -384,23 +384,18 @@ impl Ops {
     }
 
     /// Puts the delivery back to `pending` and queues it again. Refuses one that a worker holds right now.
-    async fn replay(&self, mut delivery: Delivery, version: u64) -> Result<(), Problem> {
+    async fn replay(&self, delivery: Delivery, version: u64) -> Result<(), Problem> {
         let now = self.clock.now();
-        if delivery.status == Status::Processing && delivery.lease_until.is_some_and(|until| until > now) {
-            return Err(Problem::new(409, "delivery_in_progress", "a worker is processing this delivery; retry later"));
-        }
-        delivery.status = Status::Pending;
-        delivery.replays += 1;
-        delivery.lease_until = None;
-        delivery.updated_at = now;
-        match self.table.put(delivery.to_item(version + 1), Expect::Version(version)).await {
-            Ok(()) => {}
-            Err(PortError::ConditionFailed { .. }) => {
-                return Err(Problem::new(409, "delivery_changed", "the delivery changed while replaying; retry"));
+        match webhooks::replay(self.table.as_ref(), self.queue.as_ref(), now, delivery, version).await {
+            Ok(webhooks::Replay::Queued) => Ok(()),
+            Ok(webhooks::Replay::Busy) => {
+                Err(Problem::new(409, "delivery_in_progress", "a worker is processing this delivery; retry later"))
             }
-            Err(error) => return Err(unavailable(&error)),
+            Ok(webhooks::Replay::Changed) => {
+                Err(Problem::new(409, "delivery_changed", "the delivery changed while replaying; retry"))
+            }
+            Err(error) => Err(unavailable(&error)),
         }
-        webhooks::send_pointer(self.queue.as_ref(), &delivery).await.map_err(|e| unavailable(&e))
     }
 
     async fn replay_one(&self, request: &Request) -> Result<Response, Problem> {

@@ -130,6 +130,9 @@ pub struct Job {
     /// The job this one retries, and the job that retried this one.
     pub retry_of: Option<String>,
     pub retried_by: Option<String>,
+    /// A built-in task's progress, saved as it goes: the next attempt resumes from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Value>,
     pub trace_id: Option<String>,
     #[serde(skip)]
     pub trace_header: Option<String>,
@@ -318,6 +321,7 @@ mod tests {
             cancel_requested: None,
             retry_of: None,
             retried_by: None,
+            checkpoint: None,
             trace_id: None,
             trace_header: Some("Root=1-5759e988-bd862e3fe1be46a994272793".into()),
             callback: None,

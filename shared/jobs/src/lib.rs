@@ -16,6 +16,7 @@
 
 pub mod backoff;
 pub mod breaker;
+pub mod builtin;
 pub mod events;
 pub mod gate;
 pub mod job;

@@ -47,6 +47,19 @@ pub struct Executor {
     pub secret: Option<Secret>,
     /// Callback types only.
     pub report_within: Option<Duration>,
+    /// Built-in types only: the task the worker runs in process (`keel_jobs::builtin`); no URL, no secret.
+    pub task: Option<String>,
+}
+
+/// Who may create jobs of a type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Creators {
+    /// Any member of an organization, for the organization.
+    #[default]
+    Member,
+    /// Platform admins only (Keel's own operations, such as a bulk replay of webhook deliveries).
+    PlatformAdmin,
 }
 
 /// One job type.
@@ -66,6 +79,7 @@ pub struct JobType {
     /// Jobs of this type one organization may have queued or running at once; more wait their turn.
     pub concurrency: u32,
     pub delivery: Delivery,
+    pub creators: Creators,
     pub input_schema: Value,
     /// Compiled at the first validation: a worker never needs it, and compiling six schemas would add milliseconds
     /// to every function's cold start. The sample registry's schemas are checked by its tests.
@@ -98,8 +112,8 @@ impl JobType {
     /// Why the type cannot run here, if it cannot: the variable a deployment must set.
     pub fn unavailable(&self) -> Option<String> {
         match &self.executor.url {
-            None => Some(format!("set {} to the service's URL", self.executor.url_var)),
-            Some(_) => None,
+            None if self.executor.task.is_none() => Some(format!("set {} to the service's URL", self.executor.url_var)),
+            _ => None,
         }
     }
 }
@@ -129,6 +143,8 @@ struct TypeDecl {
     retry_max_seconds: u64,
     concurrency: u32,
     delivery: Delivery,
+    #[serde(default)]
+    creators: Creators,
     input_schema: Value,
 }
 
@@ -137,6 +153,7 @@ struct TypeDecl {
 enum ExecutorDecl {
     Http { url_var: String, secret_var: String },
     Callback { url_var: String, secret_var: String, report_within_seconds: u64 },
+    Builtin { task: String },
 }
 
 fn invalid(name: &str, reason: impl std::fmt::Display) -> ConfigError {
@@ -147,6 +164,33 @@ pub fn valid_type_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_TYPE_NAME
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A service's executor: its URL from `url_var` (none: the type is unavailable), its secret from `secret_var` when
+/// `signing` (a URL without its secret is an error: the calls could not be signed).
+fn remote(
+    url_var: String,
+    secret_var: String,
+    report_within: Option<Duration>,
+    env: &Env,
+    signing: bool,
+) -> Result<Executor, ConfigError> {
+    let url = env.get(&url_var).map(str::to_string).filter(|url| !url.is_empty());
+    if let Some(url) = &url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        return Err(ConfigError::Malformed { name: url_var, reason: "expected an http(s) URL".into() });
+    }
+    let secret = match (&url, env.get(&secret_var)) {
+        (None, _) => None,
+        (Some(_), _) if !signing => None,
+        (Some(_), None) => return Err(ConfigError::Missing(secret_var)),
+        (Some(_), Some(raw)) => Some(Secret::parse(raw).ok_or_else(|| ConfigError::Malformed {
+            name: secret_var.clone(),
+            reason: "expected a Standard Webhooks secret (whsec_ and base64)".into(),
+        })?),
+    };
+    Ok(Executor { url, url_var, secret, report_within, task: None })
 }
 
 impl Registry {
@@ -197,31 +241,22 @@ impl Registry {
                     .map_err(|error| invalid(&name, format!("a valid input schema ({error})")))?;
                 let _ = validator.set(Ok(validator_now));
             }
-            let (url_var, secret_var, report_within) = match decl.executor {
-                ExecutorDecl::Http { url_var, secret_var } => (url_var, secret_var, None),
+            let executor = match decl.executor {
+                ExecutorDecl::Http { url_var, secret_var } => remote(url_var, secret_var, None, env, signing)?,
                 ExecutorDecl::Callback { url_var, secret_var, report_within_seconds } => {
                     if !(1..=MAX_REPORT_WITHIN.as_secs()).contains(&report_within_seconds) {
                         return Err(invalid(&name, "a report_within_seconds of 1 to 86400"));
                     }
-                    (url_var, secret_var, Some(Duration::from_secs(report_within_seconds)))
+                    let report_within = Some(Duration::from_secs(report_within_seconds));
+                    remote(url_var, secret_var, report_within, env, signing)?
+                }
+                ExecutorDecl::Builtin { task } => {
+                    if !valid_type_name(&task) {
+                        return Err(invalid(&name, "a task name of 1 to 64 of [a-z0-9._-]"));
+                    }
+                    Executor { url: None, url_var: String::new(), secret: None, report_within: None, task: Some(task) }
                 }
             };
-            let url = env.get(&url_var).map(str::to_string).filter(|url| !url.is_empty());
-            if let Some(url) = &url
-                && !(url.starts_with("https://") || url.starts_with("http://"))
-            {
-                return Err(ConfigError::Malformed { name: url_var, reason: "expected an http(s) URL".into() });
-            }
-            let secret = match (&url, env.get(&secret_var)) {
-                (None, _) => None,
-                (Some(_), _) if !signing => None,
-                (Some(_), None) => return Err(ConfigError::Missing(secret_var)),
-                (Some(_), Some(raw)) => Some(Secret::parse(raw).ok_or_else(|| ConfigError::Malformed {
-                    name: secret_var.clone(),
-                    reason: "expected a Standard Webhooks secret (whsec_ and base64)".into(),
-                })?),
-            };
-            let executor = Executor { url, url_var, secret, report_within };
             let job_type = JobType {
                 name: name.clone(),
                 category: decl.category,
@@ -233,6 +268,7 @@ impl Registry {
                 retry_max: Duration::from_secs(decl.retry_max_seconds),
                 concurrency: decl.concurrency,
                 delivery: decl.delivery,
+                creators: decl.creators,
                 input_schema: decl.input_schema,
                 validator: std::sync::Arc::new(validator),
             };
@@ -275,6 +311,29 @@ mod tests {
         for kind in ["notify.email", "notify.sms", "analytics.aggregate", "cache.warm", "hold.expire"] {
             assert!(registry.get(kind).is_some(), "{kind}");
         }
+    }
+
+    #[test]
+    fn a_built_in_type_needs_no_service_and_names_a_task_the_worker_must_have() {
+        let registry = Registry::sample(&env(&[])).unwrap();
+        let replay = registry.get("webhooks.replay").unwrap();
+        assert_eq!(replay.unavailable(), None, "built in: nothing to configure");
+        assert_eq!(replay.executor.task.as_deref(), Some("webhooks.replay"));
+        assert_eq!(replay.creators, Creators::PlatformAdmin);
+        assert_eq!(registry.get("notify.email").unwrap().creators, Creators::Member, "the default");
+        let tasks = crate::builtin::Tasks::default();
+        let refused = tasks.check(&registry).unwrap_err();
+        assert!(refused.to_string().contains("webhooks.replay"), "{refused}");
+        let declare = |task: &str| {
+            json!({"types": [{"name": "t", "category": "c", "executor": {"kind": "builtin", "task": task},
+                "timeout_seconds": 5, "max_attempts": 1, "retry_base_seconds": 1, "retry_max_seconds": 1,
+                "concurrency": 1, "delivery": "at_least_once", "input_schema": {}}]})
+            .to_string()
+        };
+        assert!(Registry::from_json(&declare("Bad Name"), &env(&[])).is_err());
+        let extra = declare("t").replace(r#""task":"t""#, r#""task":"t","url_var":"U""#);
+        assert!(Registry::from_json(&extra, &env(&[])).is_err(), "a built-in executor has no URL");
+        assert!(Registry::from_json(&declare("t"), &env(&[])).is_ok());
     }
 
     #[test]

@@ -319,6 +319,7 @@ impl Jobs {
                 cancel_requested: None,
                 retry_of: retrying.as_ref().map(|old| old.job.id.clone()),
                 retried_by: None,
+                checkpoint: None,
                 trace_id: new.trace_id.clone(),
                 trace_header: new.trace_header.clone(),
                 callback: None,
@@ -750,6 +751,38 @@ impl Jobs {
             job.lease_until = Some(now + lease);
             match self.table.put(job.to_item(version + 1), Expect::Version(version)).await {
                 Ok(()) => return Ok(Beat::Continue { version: version + 1, lease_until: now + lease }),
+                Err(PortError::ConditionFailed { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(JobsError::Contended)
+    }
+
+    /// Saves a built-in task's checkpoint in the record while `fence` still holds the job; `false` once it does not.
+    pub async fn save_checkpoint(
+        &self,
+        org: &str,
+        id: &str,
+        fence: u64,
+        checkpoint: &Value,
+    ) -> Result<bool, JobsError> {
+        let size = serde_json::to_vec(checkpoint).map_or(usize::MAX, |bytes| bytes.len());
+        if size > crate::builtin::MAX_CHECKPOINT_BYTES {
+            let limit = crate::builtin::MAX_CHECKPOINT_BYTES;
+            return Err(PortError::Invalid(format!("a checkpoint of {size} bytes is over {limit}")).into());
+        }
+        for retry in 0..MAX_CONTENTION {
+            if retry > 0 {
+                pause(retry).await;
+            }
+            let Some(Versioned { mut job, version }) = self.get(org, id).await? else { return Ok(false) };
+            if job.fence != fence || job.status != Status::Processing {
+                return Ok(false);
+            }
+            job.checkpoint = Some(checkpoint.clone());
+            job.updated_at = self.clock.now();
+            match self.table.put(job.to_item(version + 1), Expect::Version(version)).await {
+                Ok(()) => return Ok(true),
                 Err(PortError::ConditionFailed { .. }) => continue,
                 Err(error) => return Err(error.into()),
             }

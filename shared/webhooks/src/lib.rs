@@ -136,6 +136,43 @@ pub async fn send_pointer(queue: &dyn Queue, delivery: &Delivery) -> Result<(), 
     queue.send(&body, &attributes).await.map(|_| ())
 }
 
+/// What replaying a delivery did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Back to pending, its pointer on the queue.
+    Queued,
+    /// A worker holds it now; nothing was changed.
+    Busy,
+    /// It changed since `version` was read; nothing was changed.
+    Changed,
+}
+
+/// Puts a delivery (read at `version`) back to pending and its pointer on the queue, unless a worker holds it or it
+/// changed meanwhile: a replay never overwrites what it did not read. The operator API and the bulk replay job both
+/// replay through this.
+pub async fn replay(
+    table: &dyn keel::table::Table,
+    queue: &dyn Queue,
+    now: DateTime<Utc>,
+    mut delivery: Delivery,
+    version: u64,
+) -> Result<Replay, PortError> {
+    if delivery.status == Status::Processing && delivery.lease_until.is_some_and(|until| until > now) {
+        return Ok(Replay::Busy);
+    }
+    delivery.status = Status::Pending;
+    delivery.replays += 1;
+    delivery.lease_until = None;
+    delivery.updated_at = now;
+    match table.put(delivery.to_item(version + 1), keel::table::Expect::Version(version)).await {
+        Ok(()) => {}
+        Err(PortError::ConditionFailed { .. }) => return Ok(Replay::Changed),
+        Err(error) => return Err(error),
+    }
+    send_pointer(queue, &delivery).await?;
+    Ok(Replay::Queued)
+}
+
 pub fn encode_body(body: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(body)
 }
