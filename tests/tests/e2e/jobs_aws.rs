@@ -44,7 +44,11 @@ async fn jobs_run_and_publish_their_events_on_dynamodb_sqs_and_eventbridge() {
     )
     .await
     .unwrap();
+    // The worker's built-in webhook replay needs a webhooks table and queue; this test runs no replay.
+    let (webhook_queue_url, _) = provision::ensure_queue(&sqs, &unique_name("webhook-queue"), 30, None).await.unwrap();
     let env = Env::from_pairs([
+        ("WEBHOOKS_TABLE", tables[2].clone()),
+        ("WEBHOOK_QUEUE_URL", webhook_queue_url),
         ("JOBS_TABLE", tables[0].clone()),
         ("FLAGS_TABLE", tables[1].clone()),
         ("IDEMPOTENCY_TABLE", tables[2].clone()),
