@@ -1,9 +1,19 @@
-//! Bench-only helpers shared by the `cold-start` harness and the `load` generator: latency summaries and Keel's
-//! webhook signing scheme (the sender's side). Nothing here is used by a deployed function.
+//! Bench-only helpers shared by the `cold-start` harness, the `load` generator and `worker-cpu`: latency summaries,
+//! a process's CPU time, and Keel's webhook signing scheme (the sender's side). Nothing here is used by a deployed
+//! function.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::time::Duration;
+
+/// A process's CPU time so far (utime + stime from /proc/<pid>/stat, in clock ticks of 1/100 s).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; fields after its closing parenthesis are space-separated.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
 
 /// min / median / p90 / p99 / max of a set of samples (nearest-rank percentiles).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -25,7 +25,7 @@
 //! ```
 
 use clap::{Parser, ValueEnum};
-use keel_bench::{Summary, json_body, keel_signature, ms};
+use keel_bench::{Summary, cpu_time, json_body, keel_signature, ms};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -120,15 +120,6 @@ struct Args {
     job_type: String,
     #[arg(long, default_value = r#"{"to":"bench@example.com","template":"noop"}"#)]
     job_input: String,
-}
-
-/// A process's CPU time so far (utime + stime from /proc/<pid>/stat, in clock ticks of 1/100 s).
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; fields after its closing parenthesis are space-separated.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
 }
 
 struct Plan {

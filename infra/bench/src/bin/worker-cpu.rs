@@ -1,0 +1,156 @@
+//! Worker CPU per job, the downstream call excluded. The job worker (`functions/job-worker`) runs in this process on
+//! the embedded backend, against a stub service in another process (`load --mode stub`, every POST answered
+//! `200 {}`), so the stub's CPU is not counted and everything the worker does is: the claim, the signed call's
+//! client side, the outcome, the events and their publishes, the store's writes. Jobs are created first (that CPU
+//! is reported apart: it is the API's), then handed to the worker ten at a time through the Lambda entry point,
+//! as SQS would hand them. CPU is this process's user + system time from `/proc/self/stat`.
+//!
+//! ```text
+//! target/release/load --url http://127.0.0.1:9911 --mode stub &
+//! target/release/worker-cpu --stub http://127.0.0.1:9911 --jobs 5000 --data-dir "$(mktemp -d -p /dev/shm)" > /dev/null
+//! ```
+//!
+//! The worker's metrics go to stdout (EMF, as on Lambda); the results go to stderr.
+
+use clap::Parser;
+use keel::bus::EventBus;
+use keel::clock::{Clock, SystemClock};
+use keel::config::Env;
+use keel::function::Invocation;
+use keel::queue::Queue;
+use keel::resources::StaticResources;
+use keel::table::Table;
+use keel_bench::cpu_time;
+use keel_embedded::{EmbeddedDb, QueueSpec};
+use keel_jobs::{Created, Jobs, NewJob, Registry, Status};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A Standard Webhooks secret made for the benchmark (the stub does not verify).
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+#[derive(Parser)]
+struct Args {
+    /// The stub service's base URL (`load --mode stub`).
+    #[arg(long)]
+    stub: String,
+    /// Jobs measured.
+    #[arg(long, default_value_t = 5000)]
+    jobs: usize,
+    /// Jobs run first and not measured.
+    #[arg(long, default_value_t = 200)]
+    warmup: usize,
+    /// Where the embedded store lives (a tmpfs directory keeps fsync out of the measurement's wall time).
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+struct Bench {
+    jobs: Jobs,
+    queue: Arc<dyn Queue>,
+    registry: Registry,
+    worker: job_worker::Worker,
+}
+
+struct Round {
+    create_cpu: Duration,
+    worker_cpu: Duration,
+    worker_wall: Duration,
+    completed: usize,
+}
+
+impl Bench {
+    async fn round(&self, name: &str, count: usize) -> Result<Round, String> {
+        let email = self.registry.get("notify.email").ok_or("the sample registry has no notify.email")?;
+        let pid = std::process::id();
+        let started = cpu_time(pid).ok_or("no CPU time")?;
+        let mut ids = Vec::with_capacity(count);
+        for n in 0..count {
+            // Ten jobs per organization: the type's concurrency, so every job is queued at once.
+            let org = format!("{name}-{}", n / 10);
+            let input = serde_json::json!({"to": "bench@example.com", "template": "noop"});
+            let new = NewJob { input, ..NewJob::default() };
+            match self.jobs.create(&org, "bench", email, new, None).await.map_err(|e| e.to_string())? {
+                Created::New(job) => ids.push((org, job.id)),
+                Created::Existing(_) => return Err("a job was deduplicated".into()),
+            }
+        }
+        let created = cpu_time(pid).ok_or("no CPU time")?;
+        let wall = Instant::now();
+        loop {
+            let batch = self.queue.receive(10, Duration::ZERO).await.map_err(|e| e.to_string())?;
+            if batch.is_empty() {
+                break;
+            }
+            let invocation = Invocation {
+                request_id: ulid::Ulid::new().to_string(),
+                deadline: chrono::Utc::now() + chrono::Duration::seconds(60),
+                trace_header: None,
+                stop: Default::default(),
+            };
+            let event = keel_tests::sqs_event(&batch);
+            let answer = keel::lambda::invoke_queue("job-worker", &self.worker, event, invocation).await;
+            for message in &batch {
+                if !answer.batch_item_failures.iter().any(|f| f.item_identifier == message.message_id) {
+                    self.queue.delete(&message.receipt).await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        let worker_wall = wall.elapsed();
+        let done = cpu_time(pid).ok_or("no CPU time")?;
+        let mut completed = 0;
+        for (org, id) in &ids {
+            let job = self.jobs.get(org, id).await.map_err(|e| e.to_string())?;
+            completed += usize::from(job.is_some_and(|found| found.job.status == Status::Completed));
+        }
+        Ok(Round { create_cpu: created - started, worker_cpu: done - created, worker_wall, completed })
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), String> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| e.to_string())?;
+    let db = EmbeddedDb::open(&args.data_dir).map_err(|e| e.to_string())?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let table: Arc<dyn Table> = Arc::new(db.table("JobsTable", clock.clone()));
+    let mut spec = QueueSpec::new("JobQueue");
+    spec.visibility_timeout = Duration::from_secs(360);
+    let queue: Arc<dyn Queue> = Arc::new(db.queue(spec, clock.clone()));
+    let bus: Arc<dyn EventBus> = Arc::new(db.bus("EventBus"));
+    let resources = StaticResources::new(clock.clone())
+        .with_table("JOBS_TABLE", table.clone())
+        .with_table("FLAGS_TABLE", Arc::new(db.table("FlagsTable", clock.clone())))
+        .with_table("WEBHOOKS_TABLE", Arc::new(db.table("WebhooksTable", clock.clone())))
+        .with_queue("JOB_QUEUE_URL", queue.clone())
+        .with_queue("JOB_DLQ_URL", Arc::new(db.queue(QueueSpec::new("JobDeadLetterQueue"), clock.clone())))
+        .with_queue("WEBHOOK_QUEUE_URL", Arc::new(db.queue(QueueSpec::new("WebhookQueue"), clock.clone())))
+        .with_bus("EVENT_BUS_NAME", bus.clone());
+    let env = Env::from_pairs([
+        ("JOB_URL_NOTIFY", format!("{}/notify", args.stub.trim_end_matches('/'))),
+        ("JOB_SECRET_NOTIFY", SECRET.to_string()),
+        ("KEEL_STAGE", "bench".to_string()),
+    ]);
+    let bench = Bench {
+        jobs: Jobs::new(table, queue.clone(), bus, clock),
+        queue,
+        registry: Registry::sample(&env).map_err(|e| e.to_string())?,
+        worker: job_worker::build(&env, &resources).map_err(|e| e.to_string())?,
+    };
+    bench.round("warmup", args.warmup).await?;
+    let round = bench.round("measured", args.jobs).await?;
+    let per_job = |total: Duration| total.as_secs_f64() * 1e6 / args.jobs as f64;
+    eprintln!(
+        "jobs {} completed {}; worker CPU {:.0} µs/job, worker wall {:.0} µs/job; creation CPU {:.0} µs/job",
+        args.jobs,
+        round.completed,
+        per_job(round.worker_cpu),
+        per_job(round.worker_wall),
+        per_job(round.create_cpu),
+    );
+    if round.completed != args.jobs {
+        return Err(format!("only {} of {} jobs completed", round.completed, args.jobs));
+    }
+    Ok(())
+}
