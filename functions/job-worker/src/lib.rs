@@ -521,12 +521,16 @@ impl Worker {
                 self.jobs.end_attempt(current, fence, end, job_type, self.clock.now()).await?;
                 return Ok(());
             }
-            let (org, id) = (current.job.org_id.clone(), current.job.id.clone());
+            let known = current.job.clone();
             match self.jobs.await_callback(current, fence, report_within).await {
                 Ok(_) | Err(JobsError::Conflict(_)) => return Ok(()),
                 Err(JobsError::Backend(error)) if error.is_condition_failed() => {
-                    match self.jobs.get(&org, &id).await? {
-                        Some(again) if again.job.fence == fence => current = again,
+                    match self.jobs.get(&known.org_id, &known.id).await? {
+                        // Events this process published since that record was written are not published again.
+                        Some(mut again) if again.job.fence == fence => {
+                            again.job.forget_published(&known);
+                            current = again;
+                        }
                         _ => return Ok(()),
                     }
                 }

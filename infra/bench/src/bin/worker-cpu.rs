@@ -5,6 +5,11 @@
 //! is reported apart: it is the API's), then handed to the worker ten at a time through the Lambda entry point,
 //! as SQS would hand them. CPU is this process's user + system time from `/proc/self/stat`.
 //!
+//! The embedded store costs far more CPU per write than a DynamoDB request does from a Lambda (a redb commit, and a
+//! hand-off to a blocking thread for every call), so the same run also measures the store's share alone: the same
+//! jobs' messages received and deleted, and their records read, claimed and ended through `keel_jobs::Jobs`, with no
+//! worker and no call. The worker's own CPU is the difference.
+//!
 //! ```text
 //! target/release/load --url http://127.0.0.1:9911 --mode stub &
 //! target/release/worker-cpu --stub http://127.0.0.1:9911 --jobs 5000 --data-dir "$(mktemp -d -p /dev/shm)" > /dev/null
@@ -54,6 +59,8 @@ struct Bench {
 }
 
 struct Round {
+    /// The store's share alone (the store-only round), else the worker's whole.
+    store_only: bool,
     create_cpu: Duration,
     worker_cpu: Duration,
     worker_wall: Duration,
@@ -61,7 +68,7 @@ struct Round {
 }
 
 impl Bench {
-    async fn round(&self, name: &str, count: usize) -> Result<Round, String> {
+    async fn round(&self, name: &str, count: usize, store_only: bool) -> Result<Round, String> {
         let email = self.registry.get("notify.email").ok_or("the sample registry has no notify.email")?;
         let pid = std::process::id();
         let started = cpu_time(pid).ok_or("no CPU time")?;
@@ -89,8 +96,12 @@ impl Bench {
                 trace_header: None,
                 stop: Default::default(),
             };
-            let event = keel_tests::sqs_event(&batch);
-            let answer = keel::lambda::invoke_queue("job-worker", &self.worker, event, invocation).await;
+            let answer = if store_only {
+                self.store_only(&batch, email).await?
+            } else {
+                let event = keel_tests::sqs_event(&batch);
+                keel::lambda::invoke_queue("job-worker", &self.worker, event, invocation).await
+            };
             for message in &batch {
                 if !answer.batch_item_failures.iter().any(|f| f.item_identifier == message.message_id) {
                     self.queue.delete(&message.receipt).await.map_err(|e| e.to_string())?;
@@ -104,7 +115,32 @@ impl Bench {
             let job = self.jobs.get(org, id).await.map_err(|e| e.to_string())?;
             completed += usize::from(job.is_some_and(|found| found.job.status == Status::Completed));
         }
-        Ok(Round { create_cpu: created - started, worker_cpu: done - created, worker_wall, completed })
+        Ok(Round { store_only, create_cpu: created - started, worker_cpu: done - created, worker_wall, completed })
+    }
+
+    /// What the store does for each job of a batch when a worker runs it, without the worker: read, claim, end.
+    async fn store_only(
+        &self,
+        batch: &[keel::queue::Received],
+        job_type: &keel_jobs::JobType,
+    ) -> Result<aws_lambda_events::sqs::SqsBatchResponse, String> {
+        for message in batch {
+            let message: keel_jobs::Message = serde_json::from_str(&message.body).map_err(|e| e.to_string())?;
+            let found = self.jobs.get(&message.org, &message.job).await.map_err(|e| e.to_string())?;
+            let found = found.ok_or("a job vanished")?;
+            let lease = chrono::Duration::seconds(30);
+            let claimed = self.jobs.claim(found, lease, message.published, None).await.map_err(|e| e.to_string())?;
+            let fence = claimed.job.fence;
+            let end = keel_jobs::AttemptEnd {
+                outcome: keel_jobs::Outcome::Succeeded,
+                downstream_status: Some(200),
+                error: None,
+                output: Some(serde_json::json!({})),
+            };
+            let now = chrono::Utc::now();
+            self.jobs.end_attempt(claimed, fence, end, job_type, now).await.map_err(|e| e.to_string())?;
+        }
+        Ok(Default::default())
     }
 }
 
@@ -138,19 +174,33 @@ async fn main() -> Result<(), String> {
         registry: Registry::sample(&env).map_err(|e| e.to_string())?,
         worker: job_worker::build(&env, &resources).map_err(|e| e.to_string())?,
     };
-    bench.round("warmup", args.warmup).await?;
-    let round = bench.round("measured", args.jobs).await?;
-    let per_job = |total: Duration| total.as_secs_f64() * 1e6 / args.jobs as f64;
-    eprintln!(
-        "jobs {} completed {}; worker CPU {:.0} µs/job, worker wall {:.0} µs/job; creation CPU {:.0} µs/job",
-        args.jobs,
-        round.completed,
-        per_job(round.worker_cpu),
-        per_job(round.worker_wall),
-        per_job(round.create_cpu),
-    );
-    if round.completed != args.jobs {
-        return Err(format!("only {} of {} jobs completed", round.completed, args.jobs));
+    bench.round("warmup", args.warmup, false).await?;
+    bench.round("warmup-store", args.warmup, true).await?;
+    // Alternated, so both see the store at the same sizes and the machine in the same state.
+    let mut rounds = Vec::new();
+    for n in 0..4 {
+        rounds.push(bench.round(&format!("worker-{n}"), args.jobs / 2, false).await?);
+        rounds.push(bench.round(&format!("store-{n}"), args.jobs / 2, true).await?);
+    }
+    let per_job = |total: Duration, jobs: usize| total.as_secs_f64() * 1e6 / jobs as f64;
+    let sum = |store_only: bool| {
+        let picked: Vec<&Round> = rounds.iter().filter(|r| r.store_only == store_only).collect();
+        let jobs = picked.len() * (args.jobs / 2);
+        let cpu = picked.iter().map(|r| r.worker_cpu).sum::<Duration>();
+        let wall = picked.iter().map(|r| r.worker_wall).sum::<Duration>();
+        let create = picked.iter().map(|r| r.create_cpu).sum::<Duration>();
+        let completed = picked.iter().map(|r| r.completed).sum::<usize>();
+        (per_job(cpu, jobs), per_job(wall, jobs), per_job(create, jobs), completed, jobs)
+    };
+    let (worker_cpu, worker_wall, create_cpu, worker_done, worker_jobs) = sum(false);
+    let (store_cpu, store_wall, _, store_done, store_jobs) = sum(true);
+    eprintln!("jobs per side {worker_jobs}, completed {worker_done} (worker) and {store_done} (store only)");
+    eprintln!("worker, whole:         CPU {worker_cpu:.0} µs/job, wall {worker_wall:.0} µs/job");
+    eprintln!("store alone, same ops: CPU {store_cpu:.0} µs/job, wall {store_wall:.0} µs/job");
+    eprintln!("worker without the store: CPU {:.0} µs/job", worker_cpu - store_cpu);
+    eprintln!("creation (the API's store work): CPU {create_cpu:.0} µs/job");
+    if worker_done != worker_jobs || store_done != store_jobs {
+        return Err("not every job completed".into());
     }
     Ok(())
 }
