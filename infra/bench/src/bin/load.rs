@@ -22,6 +22,7 @@
 //! target/release/load --url http://127.0.0.1:9911 --mode stub &
 //! JOB_URL_NOTIFY=http://127.0.0.1:9911/notify JOB_SECRET_NOTIFY=whsec_... target/release/keel-local serve ... &
 //! target/release/load --url http://127.0.0.1:8787 --mode jobs --token "$MEMBER" --requests 2000 --concurrency 16
+//! target/release/load --url http://127.0.0.1:8787 --mode jobs --token "$MEMBER" --requests 600 --rate 20  # paced
 //! ```
 
 use clap::{Parser, ValueEnum};
@@ -87,6 +88,10 @@ struct Args {
     /// Requests in flight at once (one connection each).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// Measured requests per second, all workers together (the measured ones are then sent on a schedule, not as
+    /// fast as the host answers): latency at a given load instead of a backlog's.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Stop sending after this many seconds, whatever the count.
     #[arg(long, default_value_t = 60)]
     max_seconds: u64,
@@ -269,7 +274,8 @@ async fn run(args: Args) -> Result<(), String> {
     one(&client, &plan, usize::MAX, &mut scratch, false).await;
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let next = Arc::new(AtomicUsize::new(0));
-    let spawn_workers = |total: usize, record: bool| {
+    // Paced: request `index` of the measured ones is due `(index - first) / rate` seconds after `first` is.
+    let spawn_workers = |total: usize, record: bool, pace: Option<(usize, tokio::time::Instant, f64)>| {
         (0..args.concurrency.max(1))
             .map(|_| {
                 let (client, plan, next) = (client.clone(), plan.clone(), next.clone());
@@ -280,6 +286,10 @@ async fn run(args: Args) -> Result<(), String> {
                         if index >= total || Instant::now() >= deadline {
                             break;
                         }
+                        if let Some((first, start, rate)) = pace {
+                            let due = Duration::from_secs_f64(index.saturating_sub(first) as f64 / rate);
+                            tokio::time::sleep_until(start + due).await;
+                        }
                         one(&client, &plan, index, &mut tally, record).await;
                     }
                     tally
@@ -287,7 +297,7 @@ async fn run(args: Args) -> Result<(), String> {
             })
             .collect::<Vec<_>>()
     };
-    for worker in spawn_workers(args.warmup, false) {
+    for worker in spawn_workers(args.warmup, false, None) {
         let _ = worker.await;
     }
 
@@ -295,7 +305,8 @@ async fn run(args: Args) -> Result<(), String> {
     let host_cpu_before = args.host_pid.and_then(cpu_time);
     let started = Instant::now();
     let mut total = Tally::default();
-    for worker in spawn_workers(args.warmup + args.requests, true) {
+    let pace = args.rate.filter(|rate| *rate > 0.0).map(|rate| (args.warmup, tokio::time::Instant::now(), rate));
+    for worker in spawn_workers(args.warmup + args.requests, true, pace) {
         let tally = worker.await.map_err(|e| format!("worker: {e}"))?;
         total.latencies.extend(tally.latencies);
         total.ids.extend(tally.ids);
