@@ -1,6 +1,7 @@
 //! The template's alarms and dashboard watch metrics the code really writes: every Keel metric name they name is
 //! recorded somewhere in the workspace's sources (`metrics::count` or `metrics::milliseconds`), so renaming a
-//! metric without its alarm fails here rather than silencing the alarm.
+//! metric without its alarm fails here rather than silencing the alarm. And every function has alarms on its errors
+//! and throttles, and every dead-letter queue one on its depth.
 
 use keel_tests::repo_root;
 use std::collections::BTreeSet;
@@ -48,4 +49,63 @@ fn every_keel_metric_the_template_watches_is_recorded_by_the_code() {
     assert!(watched.len() >= 10, "{watched:?}");
     let missing: Vec<&String> = watched.iter().filter(|name| !recorded.contains(*name)).collect();
     assert!(missing.is_empty(), "the template watches metrics no code records: {missing:?} (recorded: {recorded:?})");
+}
+
+/// The template's resources as `(logical id, its lines)`, read as text: `  Name:` at two spaces under `Resources:`.
+fn resources(template: &str) -> Vec<(String, String)> {
+    let mut found: Vec<(String, String)> = Vec::new();
+    let mut inside = false;
+    for line in template.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            inside = line.trim_end() == "Resources:";
+            continue;
+        }
+        if !inside {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        if indent == 2 && line.trim_end().ends_with(':') && !line.trim_start().starts_with('#') {
+            found.push((line.trim().trim_end_matches(':').to_string(), String::new()));
+        } else if let Some((_, block)) = found.last_mut() {
+            block.push_str(line.trim());
+            block.push('\n');
+        }
+    }
+    found
+}
+
+#[test]
+fn every_function_has_error_and_throttle_alarms_and_every_dead_letter_queue_a_depth_alarm() {
+    let template = std::fs::read_to_string(repo_root().join("template.yaml")).unwrap();
+    let resources = resources(&template);
+    let alarms: Vec<&String> = resources
+        .iter()
+        .filter(|(_, block)| block.contains("Type: AWS::CloudWatch::Alarm"))
+        .map(|(_, block)| block)
+        .collect();
+    let watched = |metric: &str, value: &str| {
+        alarms.iter().any(|alarm| alarm.contains(&format!("MetricName: {metric}\n")) && alarm.contains(value))
+    };
+    let functions: Vec<&String> = resources
+        .iter()
+        .filter(|(_, block)| block.contains("Type: AWS::Serverless::Function"))
+        .map(|(id, _)| id)
+        .collect();
+    assert!(functions.len() >= 10, "{functions:?}");
+    for function in &functions {
+        for metric in ["Errors", "Throttles"] {
+            let value = format!("Value: !Ref {function}\n");
+            assert!(watched(metric, &value), "{function} has no {metric} alarm");
+        }
+    }
+    let dead_letter_queues: BTreeSet<String> = template
+        .split("deadLetterTargetArn: !GetAtt ")
+        .skip(1)
+        .map(|rest| rest.split(".Arn").next().unwrap().to_string())
+        .collect();
+    assert!(dead_letter_queues.len() >= 2, "{dead_letter_queues:?}");
+    for queue in &dead_letter_queues {
+        let value = format!("Value: !GetAtt {queue}.QueueName\n");
+        assert!(watched("ApproximateNumberOfMessagesVisible", &value), "{queue} has no depth alarm");
+    }
 }
