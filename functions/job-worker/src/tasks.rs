@@ -55,10 +55,6 @@ struct Progress {
     skipped: u64,
 }
 
-fn bound(at: DateTime<Utc>, random: u128) -> String {
-    ulid::Ulid::from_parts(u64::try_from(at.timestamp_millis()).unwrap_or(0), random).to_string()
-}
-
 #[async_trait]
 impl Task for WebhookReplay {
     async fn run(
@@ -77,8 +73,8 @@ impl Task for WebhookReplay {
         loop {
             let mut query = Query::partition(webhooks::log_partition(&input.provider));
             query.limit = PAGE;
-            query.sk_from = Some(bound(input.since, 0));
-            query.sk_to = input.until.map(|until| bound(until, u128::MAX >> 48));
+            query.sk_from = Some(keel::clock::first_ulid_at(input.since).to_string());
+            query.sk_to = input.until.map(|until| keel::clock::last_ulid_at(until).to_string());
             query.after = progress.after.clone();
             let page = self.table.query(&query).await?;
             for item in &page.items {

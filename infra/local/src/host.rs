@@ -704,20 +704,26 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
 
     let claims = match &route.auth {
         Auth::None => None,
-        Auth::Jwt(_) => match keel::http::bearer(&parts.headers).map(|t| app.key.verify(t)) {
-            Some(Ok(claims)) => Some(keel::identity::flatten_claims(&claims)),
-            outcome => {
-                let (reason, challenge) = match outcome {
-                    None => ("no bearer token".to_string(), "Bearer"),
-                    Some(Err(e)) => (e.to_string(), "Bearer error=\"invalid_token\""),
-                    Some(Ok(_)) => (String::new(), "Bearer"),
-                };
-                tracing::info!(route = %route.route_key, request_id, reason, "unauthorized");
-                let mut response = message(StatusCode::UNAUTHORIZED, "Unauthorized");
-                response.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-                return respond(response);
+        Auth::Jwt(_) => {
+            // The same check the stream's function URL gets (`keel::lambda::open_stream`): one verifier.
+            let verified = match keel::http::bearer(&parts.headers) {
+                Some(token) => keel::function::TokenVerifier::verify(&app.key, token).await.map_err(|refused| {
+                    let (keel::function::TokenRefused::Invalid(reason)
+                    | keel::function::TokenRefused::Unavailable(reason)) = refused;
+                    (reason, "Bearer error=\"invalid_token\"")
+                }),
+                None => Err(("no bearer token".to_string(), "Bearer")),
+            };
+            match verified {
+                Ok(claims) => Some(claims),
+                Err((reason, challenge)) => {
+                    tracing::info!(route = %route.route_key, request_id, reason, "unauthorized");
+                    let mut response = message(StatusCode::UNAUTHORIZED, "Unauthorized");
+                    response.headers_mut().insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                    return respond(response);
+                }
             }
-        },
+        }
     };
 
     let too_large = parts

@@ -59,6 +59,16 @@ pub fn ulid_at(at: DateTime<Utc>) -> ulid::Ulid {
     id
 }
 
+/// The smallest ULID of `at`'s millisecond: a key range's lower bound (before 1970: of 1970's first).
+pub fn first_ulid_at(at: DateTime<Utc>) -> ulid::Ulid {
+    ulid::Ulid::from_parts(u64::try_from(at.timestamp_millis()).unwrap_or(0), 0)
+}
+
+/// The largest ULID of `at`'s millisecond: a key range's upper bound.
+pub fn last_ulid_at(at: DateTime<Utc>) -> ulid::Ulid {
+    ulid::Ulid::from_parts(u64::try_from(at.timestamp_millis()).unwrap_or(0), u128::MAX >> 48)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

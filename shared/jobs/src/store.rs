@@ -453,7 +453,7 @@ impl Jobs {
         let limit = limit.clamp(1, MAX_LIST_LIMIT);
         // Ids are ULIDs: a creation range is a key range.
         let bound = |at: DateTime<Utc>, fill: char| {
-            let prefix = Ulid::from_parts(u64::try_from(at.timestamp_millis()).unwrap_or(0), 0).to_string();
+            let prefix = keel::clock::first_ulid_at(at).to_string();
             format!("{}{}", &prefix[..10], fill.to_string().repeat(16))
         };
         let mut query = keel::table::Query::partition(job::job_partition(org));
@@ -1093,6 +1093,5 @@ pub async fn feed_page(
 
 /// The last position that has settled at `now`: every event written from now on takes a later one.
 pub fn settled_position(now: DateTime<Utc>) -> Ulid {
-    let settled = now - FEED_SETTLE;
-    Ulid::from_parts(u64::try_from(settled.timestamp_millis()).unwrap_or(0), u128::MAX >> 48)
+    keel::clock::last_ulid_at(now - FEED_SETTLE)
 }

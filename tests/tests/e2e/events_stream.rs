@@ -3,7 +3,7 @@
 //! `Last-Event-ID`, and what it saw is exactly the feed, with no gap and no duplicate. Another organization's client
 //! sees nothing, a bad token is refused, and shutting the host down ends open streams at once.
 
-use crate::jobs_local::{Service, start_with};
+use crate::jobs_local::{Client, Service, start_with};
 use keel_local::Host;
 use keel_tests::repo_root;
 use serde_json::{Value, json};
@@ -115,16 +115,7 @@ async fn an_eventsource_client_that_reconnects_every_two_seconds_sees_the_whole_
     let refused = SseClient::start(&host, "not-a-token", 1, 8);
     other.until(|line| line["open"] == 1, Duration::from_secs(20)).await;
 
-    let job: Value = reqwest::Client::new()
-        .post(format!("http://{}/v1/jobs", host.addr()))
-        .bearer_auth(&ada)
-        .json(&json!({"type": "notify.email", "input": {"to": "ada@example.com", "template": "ok"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = Client::new(&host, "org-a", "ada").create("ok").await;
     // Paced over about six seconds: three streams end (and reconnect) while events keep coming.
     for n in 0..DOMAIN {
         publish(&host, &ada, n).await;

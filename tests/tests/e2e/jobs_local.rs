@@ -74,14 +74,14 @@ pub(crate) async fn start_with(dir: &std::path::Path, service: &Service, extra: 
     .unwrap()
 }
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: String,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(host: &Host, org: &str, user: &str) -> Self {
+    pub(crate) fn new(host: &Host, org: &str, user: &str) -> Self {
         Self {
             base: format!("http://{}", host.addr()),
             token: host.token(org, user, &["member"]),
@@ -89,8 +89,13 @@ impl Client {
         }
     }
 
-    async fn create(&self, template: &str) -> Value {
-        let body = json!({"type": "notify.email", "input": {"to": "ada@example.com", "template": template}});
+    /// A `notify.email` job whose service acts on `template`.
+    pub(crate) async fn create(&self, template: &str) -> Value {
+        self.create_job(json!({"type": "notify.email", "input": {"to": "ada@example.com", "template": template}})).await
+    }
+
+    /// Any job: 202 with the job.
+    async fn create_job(&self, body: Value) -> Value {
         let response =
             self.http.post(format!("{}/v1/jobs", self.base)).bearer_auth(&self.token).json(&body).send().await.unwrap();
         assert_eq!(response.status(), 202);
@@ -373,17 +378,7 @@ async fn shutting_down_hands_back_a_job_that_runs_at_least_once_and_finishes_one
     assert_eq!(response.await.unwrap().status(), 202);
     ada.wait_for(&email, &["cancelled"], Duration::from_secs(20)).await;
 
-    let sms: Value = ada
-        .http
-        .post(format!("{}/v1/jobs", ada.base))
-        .bearer_auth(&ada.token)
-        .json(&json!({"type": "notify.sms", "input": {"to": "+15551234567", "text": "slow:2500"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sms = ada.create_job(json!({"type": "notify.sms", "input": {"to": "+15551234567", "text": "slow:2500"}})).await;
     let sms = sms["id"].as_str().unwrap().to_string();
     ada.wait_for(&sms, &["processing"], Duration::from_secs(20)).await;
     host.shutdown().await;
