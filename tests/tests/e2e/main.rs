@@ -12,6 +12,7 @@ mod flags_local;
 mod flags_store_aws;
 mod jobs_aws;
 mod jobs_local;
+mod jwks_interop;
 mod local_host;
 mod routes;
 mod schemathesis;
