@@ -1,17 +1,20 @@
 //! Adapters over the official AWS SDK: DynamoDB for the table port, SQS for the queue port, EventBridge for the
-//! event bus port, plus the [`AwsResources`] a Lambda resolves its backends with and the idempotent provisioning
-//! helpers the tests and the local host use against an emulator; and [`jwks::JwksVerifier`], the OIDC issuer's
-//! tokens checked where no API Gateway authorizer stands in front of a function.
+//! event bus port, S3 for the object store port, plus the [`AwsResources`] a Lambda resolves its backends with and
+//! the idempotent provisioning helpers the tests and the local host use against an emulator; and
+//! [`jwks::JwksVerifier`], the OIDC issuer's tokens checked where no API Gateway authorizer stands in front of a
+//! function.
 //!
 //! Every client is built from one [`aws_config::SdkConfig`] loaded by [`load_sdk_config`]. The SDK itself honours
-//! `AWS_ENDPOINT_URL` (and the per-service `AWS_ENDPOINT_URL_DYNAMODB`, `..._SQS`, `..._EVENTBRIDGE`), so the same
-//! code runs against AWS and against an emulator; nothing here reads or overrides the endpoint.
+//! `AWS_ENDPOINT_URL` (and the per-service `AWS_ENDPOINT_URL_DYNAMODB`, `..._SQS`, `..._EVENTBRIDGE`, `..._S3`), so
+//! the same code runs against AWS and against an emulator; nothing here reads or overrides the endpoint (S3 only
+//! switches to path-style addressing when one is set, see [`s3::s3_client`]).
 
 pub mod dynamodb;
 pub mod eventbridge;
 pub mod jwks;
 pub mod provision;
 pub mod resources;
+pub mod s3;
 pub mod sqs;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -19,6 +22,7 @@ pub mod testing;
 pub use dynamodb::DynamoTable;
 pub use eventbridge::EventBridgeBus;
 pub use resources::AwsResources;
+pub use s3::S3Objects;
 pub use sqs::SqsQueue;
 
 use aws_config::BehaviorVersion;

@@ -170,6 +170,22 @@ pub async fn ensure_bus(client: &aws_sdk_eventbridge::Client, name: &str) -> Res
     described.arn().map(str::to_string).ok_or_else(|| PortError::Unavailable(format!("event bus {name} has no ARN")))
 }
 
+/// Creates the bucket unless this account already has it (in `us-east-1`, or the client's region).
+pub async fn ensure_bucket(client: &aws_sdk_s3::Client, name: &str) -> Result<(), PortError> {
+    let mut request = client.create_bucket().bucket(name);
+    if let Some(region) = client.config().region().map(|r| r.as_ref().to_string()).filter(|r| r != "us-east-1") {
+        let location = aws_sdk_s3::types::BucketLocationConstraint::from(region.as_str());
+        request = request.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder().location_constraint(location).build(),
+        );
+    }
+    match request.send().await {
+        Ok(_) => Ok(()),
+        Err(SdkError::ServiceError(e)) if e.err().is_bucket_already_owned_by_you() => Ok(()),
+        Err(e) => Err(failed(format!("create bucket {name}"), e)),
+    }
+}
+
 /// EventBridge's JSON form of an [`EventPattern`]: exact sources, and detail-types exact or, when they end in `*`,
 /// by prefix. An empty pattern matches every event.
 pub fn event_pattern_json(pattern: &EventPattern) -> String {

@@ -1,5 +1,5 @@
 //! The port contracts, written once and run against both adapters: each case below is a generic async function
-//! over `Arc<dyn Table>` / `Arc<dyn Queue>` / `Arc<dyn EventBus>`, and `against_both!` runs it twice, against the
+//! over `Arc<dyn Table>` / `Arc<dyn Queue>` / `Arc<dyn EventBus>` / `Arc<dyn ObjectStore>`, and `against_both!` runs it twice, against the
 //! AWS adapter on the moto emulator (`table::aws::...`) and against the embedded adapter (`table::embedded::...`).
 //!
 //! Needs the emulator once: `bash infra/bootstrap.sh`. Then `cargo nextest run -p keel-aws --test contract`.
@@ -11,14 +11,17 @@
 use chrono::{DateTime, Duration as TimeDelta, Utc};
 use keel::bus::{BusEvent, EventBus, EventPattern};
 use keel::clock::{Clock, ManualClock, SystemClock};
+use keel::object::{MAX_LINK_VALIDITY, ObjectStore, check_key};
 use keel::port::PortError;
 use keel::queue::{MAX_MESSAGE_BYTES, MessageAttrs, Queue, Received};
 use keel::table::{
     Attrs, Expect, Item, Key, MAX_TRANSACTION_WRITES, Page, Query, Table, Write, check_attrs, check_transaction,
 };
-use keel_aws::provision::{ensure_bus, ensure_queue, ensure_rule_to_queue, ensure_table, event_pattern_json};
+use keel_aws::provision::{
+    ensure_bucket, ensure_bus, ensure_queue, ensure_rule_to_queue, ensure_table, event_pattern_json,
+};
 use keel_aws::testing::{Emulator, unique_name};
-use keel_aws::{DynamoTable, EventBridgeBus, SqsQueue};
+use keel_aws::{DynamoTable, EventBridgeBus, S3Objects, SqsQueue};
 use keel_embedded::{EmbeddedDb, QueueSpec};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashSet};
@@ -74,6 +77,15 @@ against_both!(bus, aws_bus, embedded_bus:
     matching_events_are_routed_and_others_not,
     large_batches_are_published_whole,
     invalid_events_publish_nothing,
+);
+
+against_both!(objects, aws_objects, embedded_objects:
+    objects_round_trip_and_replace,
+    absent_objects_read_as_none_and_delete_twice,
+    listings_follow_key_order_and_cursors,
+    links_serve_the_object,
+    large_files_stream_through,
+    invalid_keys_and_arguments_are_rejected_identically,
 );
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -202,6 +214,85 @@ async fn embedded_bus() -> BusFixture {
     let bus = db.bus("contract");
     bus.add_rule(pattern(), target.clone());
     BusFixture { bus: Arc::new(bus), target, _dir: Some(dir) }
+}
+
+/// An object store, and a scratch directory for the files the test uploads.
+struct ObjectsFixture {
+    store: Arc<dyn ObjectStore>,
+    scratch: TempDir,
+    /// The embedded store's link server, stopped when the fixture is dropped.
+    _server: Option<tokio::task::JoinHandle<()>>,
+    _dir: Option<TempDir>,
+}
+
+impl ObjectsFixture {
+    /// A file holding `bytes`, to upload.
+    fn file(&self, bytes: &[u8]) -> std::path::PathBuf {
+        let path = self.scratch.path().join(ulid::Ulid::new().to_string());
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+}
+
+impl Drop for ObjectsFixture {
+    fn drop(&mut self) {
+        if let Some(server) = &self._server {
+            server.abort();
+        }
+    }
+}
+
+async fn aws_objects() -> ObjectsFixture {
+    let client = keel_aws::s3::s3_client(&Emulator::shared().sdk_config());
+    let bucket = unique_name("contract");
+    ensure_bucket(&client, &bucket).await.unwrap();
+    ensure_bucket(&client, &bucket).await.unwrap();
+    let store = Arc::new(S3Objects::new(client, bucket));
+    ObjectsFixture { store, scratch: tempfile::tempdir().unwrap(), _server: None, _dir: None }
+}
+
+/// The embedded store with a server for its links, as the local host serves them: 404 for a missing object,
+/// 403 for any other refusal.
+async fn embedded_objects() -> ObjectsFixture {
+    use axum::extract::{Path as UrlPath, RawQuery, State};
+    use axum::http::{StatusCode, header};
+    use axum::response::{IntoResponse, Response};
+    use keel_embedded::{EmbeddedObjects, LinkRefused};
+    use std::collections::HashMap;
+
+    async fn serve(
+        State(store): State<EmbeddedObjects>,
+        UrlPath(key): UrlPath<String>,
+        RawQuery(query): RawQuery,
+    ) -> Response {
+        let query: HashMap<&str, &str> =
+            query.as_deref().unwrap_or("").split('&').filter_map(|pair| pair.split_once('=')).collect();
+        let param = |name: &str| query.get(name).copied().unwrap_or("");
+        match store.open_link(&key, param("expires"), param("signature")).await {
+            Ok(file) => {
+                let body = std::fs::read(&file.path).unwrap();
+                ([(header::CONTENT_TYPE, file.content_type)], body).into_response()
+            }
+            Err(LinkRefused::Missing) => StatusCode::NOT_FOUND.into_response(),
+            Err(_) => StatusCode::FORBIDDEN.into_response(),
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = EmbeddedDb::open(dir.path()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/objects", listener.local_addr().unwrap());
+    let store = db.objects("contract", &base, Arc::new(SystemClock)).unwrap();
+    let app = axum::Router::new().route("/objects/{*key}", axum::routing::get(serve)).with_state(store.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    ObjectsFixture {
+        store: Arc::new(store),
+        scratch: tempfile::tempdir().unwrap(),
+        _server: Some(server),
+        _dir: Some(dir),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -737,7 +828,181 @@ async fn invalid_events_publish_nothing(f: BusFixture) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Object store
+
+const ZIP: &str = "application/zip";
+
+async fn objects_round_trip_and_replace(f: ObjectsFixture) {
+    let store = &f.store;
+    let put = store.put_file("exports/u1/bundle.zip", &f.file(b"first"), ZIP).await.unwrap();
+    assert_eq!((put.key.as_str(), put.size), ("exports/u1/bundle.zip", 5));
+    let age = Utc::now() - put.modified;
+    assert!(age < TimeDelta::minutes(1) && age > TimeDelta::minutes(-1), "{put:?}");
+    assert_eq!(store.head("exports/u1/bundle.zip").await.unwrap(), Some(put.clone()));
+    assert_eq!(store.get("exports/u1/bundle.zip").await.unwrap().as_deref(), Some(&b"first"[..]));
+
+    // A put replaces; a key and a longer key under it are two objects.
+    store.put_file("exports/u1/bundle.zip", &f.file(b"second!"), ZIP).await.unwrap();
+    store.put_file("exports/u1/bundle.zip/x", &f.file(b"x"), ZIP).await.unwrap();
+    assert_eq!(store.get("exports/u1/bundle.zip").await.unwrap().as_deref(), Some(&b"second!"[..]));
+    assert_eq!(store.head("exports/u1/bundle.zip").await.unwrap().unwrap().size, 7);
+    assert_eq!(store.get("exports/u1/bundle.zip/x").await.unwrap().as_deref(), Some(&b"x"[..]));
+
+    // An empty file is an object too.
+    assert_eq!(store.put_file("empty", &f.file(b""), "text/plain").await.unwrap().size, 0);
+    assert_eq!(store.get("empty").await.unwrap(), Some(vec![]));
+    store.ping().await.unwrap();
+}
+
+async fn absent_objects_read_as_none_and_delete_twice(f: ObjectsFixture) {
+    let store = &f.store;
+    assert_eq!(store.get("nothing/here").await.unwrap(), None);
+    assert_eq!(store.head("nothing/here").await.unwrap(), None);
+    store.delete("nothing/here").await.unwrap();
+
+    store.put_file("a/b", &f.file(b"data"), ZIP).await.unwrap();
+    store.delete("a/b").await.unwrap();
+    store.delete("a/b").await.unwrap();
+    assert_eq!(store.get("a/b").await.unwrap(), None);
+    assert_eq!(store.head("a/b").await.unwrap(), None);
+    assert!(store.list("a/", None, 10).await.unwrap().objects.is_empty());
+}
+
+async fn listings_follow_key_order_and_cursors(f: ObjectsFixture) {
+    let store = &f.store;
+    let keys = ["p/c", "p/a", "p/b/1", "p/b", "p/B", "p/a0", "p/z", "q/a", "o"];
+    for key in keys {
+        store.put_file(key, &f.file(key.as_bytes()), ZIP).await.unwrap();
+    }
+    let mut expected: Vec<&str> = keys.iter().copied().filter(|k| k.starts_with("p/")).collect();
+    expected.sort_unstable();
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list("p/", after.as_deref(), 3).await.unwrap();
+        assert!(page.objects.len() <= 3);
+        for object in &page.objects {
+            assert_eq!(object.size, object.key.len() as u64);
+        }
+        seen.extend(page.objects.iter().map(|o| o.key.clone()));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+
+    // A cursor in the middle, one before the prefix, and the whole store.
+    let page = store.list("p/", Some("p/b"), 100).await.unwrap();
+    let rest: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(rest, ["p/b/1", "p/c", "p/z"]);
+    assert_eq!(page.next, None);
+    let page = store.list("p/", Some("a"), 100).await.unwrap();
+    assert_eq!(page.objects.len(), expected.len());
+    assert_eq!(store.list("", None, 100).await.unwrap().objects.len(), keys.len());
+    assert!(store.list("r/", None, 100).await.unwrap().objects.is_empty());
+}
+
+async fn links_serve_the_object(f: ObjectsFixture) {
+    let store = &f.store;
+    store.put_file("exports/u2/bundle.zip", &f.file(b"zip bytes"), ZIP).await.unwrap();
+    let http = reqwest::Client::new();
+
+    let link = store.link("exports/u2/bundle.zip", Duration::from_secs(900)).await.unwrap();
+    let response = http.get(&link).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{link}");
+    assert_eq!(response.headers()[reqwest::header::CONTENT_TYPE], ZIP);
+    assert_eq!(response.bytes().await.unwrap().as_ref(), b"zip bytes");
+
+    // A link to another key does not open this one, and a deleted object is gone from its link.
+    let other = store.link("exports/u2/other.zip", Duration::from_secs(900)).await.unwrap();
+    assert_eq!(http.get(&other).send().await.unwrap().status(), 404);
+    store.put_file("gone", &f.file(b"x"), ZIP).await.unwrap();
+    let gone = store.link("gone", Duration::from_secs(900)).await.unwrap();
+    store.delete("gone").await.unwrap();
+    assert_eq!(http.get(&gone).send().await.unwrap().status(), 404);
+
+    // Expiry: the emulator does not enforce a presigned URL's expiry (S3 does), so each adapter's extras below
+    // check it their own way.
+}
+
+async fn large_files_stream_through(f: ObjectsFixture) {
+    use sha2::{Digest, Sha256};
+    // 12 MiB: more than one buffer of every layer, less than a multipart threshold would matter.
+    let bytes: Vec<u8> = (0..12 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let info = f.store.put_file("big/one", &f.file(&bytes), "application/octet-stream").await.unwrap();
+    assert_eq!(info.size, bytes.len() as u64);
+    let back = f.store.get("big/one").await.unwrap().unwrap();
+    assert_eq!(Sha256::digest(&back), Sha256::digest(&bytes));
+}
+
+async fn invalid_keys_and_arguments_are_rejected_identically(f: ObjectsFixture) {
+    let store = &f.store;
+    let file = f.file(b"x");
+    for key in ["", "/a", "a/", "a//b", "../a", "a/./b", "a b", "a%20b", "caf\u{e9}"] {
+        let expected = check_key(key).unwrap_err();
+        assert_eq!(store.put_file(key, &file, ZIP).await.unwrap_err(), expected, "{key:?}");
+        assert_eq!(store.get(key).await.unwrap_err(), expected, "{key:?}");
+        assert_eq!(store.head(key).await.unwrap_err(), expected, "{key:?}");
+        assert_eq!(store.delete(key).await.unwrap_err(), expected, "{key:?}");
+        assert_eq!(store.link(key, Duration::from_secs(60)).await.unwrap_err(), expected, "{key:?}");
+    }
+    assert_invalid(store.list("/", None, 10).await);
+    assert_invalid(store.list("a//", None, 10).await);
+    assert_invalid(store.list("a/", None, 0).await);
+    assert_invalid(store.link("a", Duration::ZERO).await);
+    assert_invalid(store.link("a", MAX_LINK_VALIDITY + Duration::from_secs(1)).await);
+    let missing = f.scratch.path().join("missing");
+    let err = store.put_file("a", &missing, ZIP).await.unwrap_err();
+    assert!(matches!(err, PortError::Unavailable(_)), "{err:?}");
+    assert_eq!(store.head("a").await.unwrap(), None, "a failed put leaves nothing");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Adapter-specific extras
+
+/// An embedded link is refused once expired, or when its signature or expiry was altered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_links_expire_and_cannot_be_altered() {
+    let f = embedded_objects().await;
+    f.store.put_file("exports/u3/bundle.zip", &f.file(b"zip"), ZIP).await.unwrap();
+    let http = reqwest::Client::new();
+    let link = f.store.link("exports/u3/bundle.zip", Duration::from_secs(900)).await.unwrap();
+    let (base, query) = link.split_once('?').unwrap();
+    let expires = query.split('&').find_map(|p| p.strip_prefix("expires=")).unwrap();
+    let later = (expires.parse::<i64>().unwrap() + 3600).to_string();
+    let flipped = {
+        let signature = query.split('&').find_map(|p| p.strip_prefix("signature=")).unwrap();
+        let first = if signature.starts_with('0') { "1" } else { "0" };
+        format!("{first}{}", &signature[1..])
+    };
+    for altered in [
+        link.replace(&format!("expires={expires}"), &format!("expires={later}")),
+        link.replace(query.split('&').find(|p| p.starts_with("signature=")).unwrap(), &format!("signature={flipped}")),
+        format!("{base}?expires={expires}"),
+        base.to_string(),
+    ] {
+        assert_eq!(http.get(&altered).send().await.unwrap().status(), 403, "{altered}");
+    }
+    assert_eq!(http.get(&link).send().await.unwrap().status(), 200);
+
+    let short = f.store.link("exports/u3/bundle.zip", Duration::from_secs(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(http.get(&short).send().await.unwrap().status(), 403, "an expired link is refused");
+}
+
+/// An S3 link is a SigV4 presigned GET carrying its validity, which S3 enforces (the emulator does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_links_are_presigned_with_their_validity() {
+    let f = aws_objects().await;
+    let link = f.store.link("exports/u4/bundle.zip", Duration::from_secs(900)).await.unwrap();
+    let query = link.split_once('?').unwrap().1;
+    for expected in ["X-Amz-Algorithm=AWS4-HMAC-SHA256", "X-Amz-Expires=900", "X-Amz-SignedHeaders=host"] {
+        assert!(query.split('&').any(|p| p == expected), "{expected} in {link}");
+    }
+    assert!(query.split('&').any(|p| p.starts_with("X-Amz-Signature=")), "{link}");
+}
 
 /// The embedded bus also records every event, routed or not.
 #[tokio::test]

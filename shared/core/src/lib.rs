@@ -1,6 +1,7 @@
 //! Keel's core: configuration, errors (problem+json), request identity, telemetry, the function kinds and the
-//! ports (table, queue, event bus, clock) every adapter implements. The adapters (`keel-aws`, `keel-embedded`) and
-//! the domains (`keel-flags`, `keel-webhooks`) are crates of their own, so domain code builds without the AWS SDK.
+//! ports (table, queue, event bus, object store, clock) every adapter implements. The adapters (`keel-aws`,
+//! `keel-embedded`) and the domains (`keel-flags`, `keel-webhooks`, `keel-jobs`) are crates of their own, so domain
+//! code builds without the AWS SDK.
 
 pub mod bus;
 pub mod clock;
@@ -12,6 +13,7 @@ pub mod idempotency;
 pub mod identity;
 pub mod lambda;
 pub mod metrics;
+pub mod object;
 pub mod openapi;
 pub mod port;
 pub mod problem;

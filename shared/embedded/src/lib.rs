@@ -1,15 +1,17 @@
-//! Adapters over an embedded redb database: the default backend for local runs. No server; every acknowledged
-//! write is committed with redb's default durability (fsync before the call returns), so data survives a restart
-//! or a SIGKILL.
+//! Adapters over an embedded redb database (and, for objects, files beside it): the default backend for local
+//! runs. No server; every acknowledged write is committed with redb's default durability (fsync before the call
+//! returns), so data survives a restart or a SIGKILL.
 //!
 //! One file, `keel.redb`, holds every logical table, queue and bus, each in redb tables named after it. redb calls
 //! block, so every port call runs them on tokio's blocking pool.
 
 mod bus;
+mod objects;
 mod queue;
 mod table;
 
 pub use bus::{EmbeddedBus, RecordedEvent};
+pub use objects::{EmbeddedObjects, LinkRefused, LinkedFile};
 pub use queue::{EmbeddedQueue, QueueSpec};
 pub use table::EmbeddedTable;
 
@@ -103,6 +105,12 @@ impl EmbeddedDb {
 
     pub fn bus(&self, name: &str) -> EmbeddedBus {
         EmbeddedBus::new(self.clone(), name)
+    }
+
+    /// An object store whose files live in `objects/<name>/` beside the database file; the host serves its links
+    /// under `link_base`.
+    pub fn objects(&self, name: &str, link_base: &str, clock: Arc<dyn Clock>) -> Result<EmbeddedObjects, PortError> {
+        EmbeddedObjects::new(self.clone(), name, link_base, clock)
     }
 
     pub(crate) fn notify(&self, queue: &str) -> Arc<Notify> {
