@@ -1,14 +1,15 @@
-//! The template's tables, queues and buses, built once on the chosen backend and shared by every function that
-//! `!Ref`s them, each wrapped in the fault injection `KEEL_FAULTS` configures.
+//! The template's tables, queues, buses and buckets, built once on the chosen backend and shared by every function
+//! that `!Ref`s them, each (but the buckets) wrapped in the fault injection `KEEL_FAULTS` configures.
 
 use crate::template::{QueueDecl, Template};
 use keel::bus::EventBus;
 use keel::clock::Clock;
 use keel::faults::Faults;
+use keel::object::ObjectStore;
 use keel::port::PortError;
 use keel::queue::Queue;
 use keel::table::Table;
-use keel_embedded::{EmbeddedBus, EmbeddedDb, QueueSpec};
+use keel_embedded::{EmbeddedBus, EmbeddedDb, EmbeddedObjects, QueueSpec};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -39,7 +40,10 @@ pub(crate) struct Built {
     pub tables: BTreeMap<String, Resource<dyn Table>>,
     pub queues: BTreeMap<String, Resource<dyn Queue>>,
     pub buses: BTreeMap<String, Resource<dyn EventBus>>,
+    pub buckets: BTreeMap<String, Resource<dyn ObjectStore>>,
     pub embedded: Option<EmbeddedDb>,
+    /// The embedded buckets themselves, whose links the host serves.
+    pub embedded_objects: BTreeMap<String, EmbeddedObjects>,
     /// The embedded buses themselves, for `recorded()`.
     pub embedded_buses: BTreeMap<String, EmbeddedBus>,
 }
@@ -68,9 +72,11 @@ fn dead_letters_first(queues: &[QueueDecl]) -> Result<Vec<&QueueDecl>, String> {
     Ok(ordered)
 }
 
+/// `links` is the URL under which the host serves the buckets' links (`{links}/{bucket}/{key}`).
 pub(crate) async fn embedded(
     template: &Template,
     data_dir: &Path,
+    links: &str,
     faults: &Faults,
     clock: Arc<dyn Clock>,
 ) -> Result<Built, String> {
@@ -80,9 +86,18 @@ pub(crate) async fn embedded(
         tables: BTreeMap::new(),
         queues: BTreeMap::new(),
         buses: BTreeMap::new(),
+        buckets: BTreeMap::new(),
         embedded: Some(db.clone()),
+        embedded_objects: BTreeMap::new(),
         embedded_buses: BTreeMap::new(),
     };
+    for id in &template.buckets {
+        let objects = db
+            .objects(id, &format!("{links}/{id}"), clock.clone())
+            .map_err(|e| format!("bucket {id} could not be opened: {e}"))?;
+        built.embedded_objects.insert(id.clone(), objects.clone());
+        built.buckets.insert(id.clone(), Resource { adapter: Arc::new(objects), reference: id.clone() });
+    }
     for id in &template.tables {
         let table: Arc<dyn Table> = Arc::new(db.table(id, clock.clone()));
         built.tables.insert(id.clone(), Resource { adapter: faults.table(table), reference: id.clone() });
@@ -147,9 +162,19 @@ pub(crate) async fn aws(template: &Template, faults: &Faults, clock: Arc<dyn Clo
         tables: BTreeMap::new(),
         queues: BTreeMap::new(),
         buses: BTreeMap::new(),
+        buckets: BTreeMap::new(),
         embedded: None,
+        embedded_objects: BTreeMap::new(),
         embedded_buses: BTreeMap::new(),
     };
+    let s3 = keel_aws::s3::s3_client(&config);
+    for id in &template.buckets {
+        // Bucket names are lowercase.
+        let name = format!("{AWS_NAME_PREFIX}{id}").to_lowercase();
+        keel_aws::provision::ensure_bucket(&s3, &name).await.map_err(aws_failed(&format!("bucket {id}")))?;
+        let objects: Arc<dyn ObjectStore> = Arc::new(keel_aws::S3Objects::new(s3.clone(), &name));
+        built.buckets.insert(id.clone(), Resource { adapter: objects, reference: name });
+    }
     for id in &template.tables {
         let name = format!("{AWS_NAME_PREFIX}{id}");
         keel_aws::provision::ensure_table(&dynamodb, &name).await.map_err(aws_failed(&format!("table {id}")))?;

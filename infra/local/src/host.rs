@@ -19,10 +19,11 @@ use keel::config::{ConfigError, Env};
 use keel::faults::Faults;
 use keel::function::ScheduledFunction;
 use keel::function::{HttpFunction, Invocation, StreamFunction};
+use keel::object::ObjectStore;
 use keel::queue::Queue;
 use keel::resources::StaticResources;
 use keel::table::Table;
-use keel_embedded::{EmbeddedBus, EmbeddedDb, RecordedEvent};
+use keel_embedded::{EmbeddedBus, EmbeddedDb, EmbeddedObjects, LinkRefused, RecordedEvent};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,6 +38,9 @@ pub const LIVE_PATH: &str = "/health/live";
 pub const READY_PATH: &str = "/health/ready";
 /// Every function's metrics since the host started, in Prometheus text (the EMF Lambda writes, summed).
 pub const METRICS_PATH: &str = "/metrics";
+/// The links of the template's buckets: `{OBJECTS_PATH}/{bucket logical id}/{key}?expires=..&signature=..`, as
+/// the embedded object store signs them (S3's presigned URLs on AWS).
+pub const OBJECTS_PATH: &str = "/local/objects";
 
 /// The host's metrics sink: installed once per process, shared by every host in it.
 fn prometheus() -> Arc<keel::metrics::Prometheus> {
@@ -193,6 +197,7 @@ enum Probe {
     Table(String, Arc<dyn Table>),
     Queue(String, Arc<dyn Queue>),
     Bus(String, Arc<dyn EventBus>),
+    Bucket(String, Arc<dyn ObjectStore>),
 }
 
 struct App {
@@ -203,6 +208,8 @@ struct App {
     cancel: CancellationToken,
     key: DevKey,
     probes: Vec<Probe>,
+    /// The embedded buckets, whose links the host serves.
+    objects: BTreeMap<String, EmbeddedObjects>,
 }
 
 /// A running host. Dropping it stops it without waiting; [`Host::shutdown`] waits for in-flight work.
@@ -211,6 +218,8 @@ pub struct Host {
     key: DevKey,
     embedded: Option<EmbeddedDb>,
     embedded_buses: BTreeMap<String, EmbeddedBus>,
+    /// The template's buckets, by logical id.
+    buckets: BTreeMap<String, Arc<dyn ObjectStore>>,
     served: Declared,
     /// Each HTTP function as built, by binary name.
     http_functions: BTreeMap<String, Arc<dyn HttpFunction>>,
@@ -247,23 +256,25 @@ impl Host {
         let routes = route_table(&template)?;
         let key = DevKey::load_or_create(&options.data_dir)?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let built = match options.backend {
-            Backend::Embedded => backend::embedded(&template, &options.data_dir, &faults, clock.clone()).await,
-            Backend::Aws => backend::aws(&template, &faults, clock.clone()).await,
-        }
-        .map_err(|reason| HostError::Backend { backend: options.backend, reason })?;
-        let functions = build_functions(&template, &registry, &options.env, &built, clock)?;
-
+        // Listening first: the embedded buckets sign links with the host's address.
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, options.port))
             .await
             .map_err(|e| HostError::Listen { port: options.port, reason: e.to_string() })?;
         let addr =
             listener.local_addr().map_err(|e| HostError::Listen { port: options.port, reason: e.to_string() })?;
+        let links = format!("http://{addr}{OBJECTS_PATH}");
+        let built = match options.backend {
+            Backend::Embedded => backend::embedded(&template, &options.data_dir, &links, &faults, clock.clone()).await,
+            Backend::Aws => backend::aws(&template, &faults, clock.clone()).await,
+        }
+        .map_err(|reason| HostError::Backend { backend: options.backend, reason })?;
+        let functions = build_functions(&template, &registry, &options.env, &built, clock)?;
 
         let mut probes = Vec::new();
         probes.extend(built.tables.iter().map(|(id, r)| Probe::Table(id.clone(), r.adapter.clone())));
         probes.extend(built.queues.iter().map(|(id, r)| Probe::Queue(id.clone(), r.adapter.clone())));
         probes.extend(built.buses.iter().map(|(id, r)| Probe::Bus(id.clone(), r.adapter.clone())));
+        probes.extend(built.buckets.iter().map(|(id, r)| Probe::Bucket(id.clone(), r.adapter.clone())));
 
         let mut served = Declared {
             routes: routes
@@ -311,6 +322,7 @@ impl Host {
             cancel: cancel.clone(),
             key: key.clone(),
             probes,
+            objects: built.embedded_objects,
         });
         let router = axum::Router::new().fallback(handle).with_state(app);
         let shutdown = cancel.clone();
@@ -328,6 +340,7 @@ impl Host {
             key,
             embedded: built.embedded,
             embedded_buses: built.embedded_buses,
+            buckets: built.buckets.into_iter().map(|(id, r)| (id, r.adapter)).collect(),
             served: served.sort(),
             http_functions,
             cancel,
@@ -385,7 +398,11 @@ impl Host {
         bus.recorded().map_err(|e| HostError::Bus(e.to_string()))
     }
 
-    /// What this host serves.
+    /// The bucket with this logical id, as the functions that `!Ref` it get it.
+    pub fn bucket(&self, logical_id: &str) -> Option<Arc<dyn ObjectStore>> {
+        self.buckets.get(logical_id).cloned()
+    }
+
     /// The HTTP function built for `binary`, to call directly (tests of its route table).
     pub fn http_function(&self, binary: &str) -> Option<Arc<dyn HttpFunction>> {
         self.http_functions.get(binary).cloned()
@@ -466,7 +483,8 @@ fn route_table(template: &Template) -> Result<Routes, HostError> {
         for decl in &function.routes {
             let route = gateway::Route::new(decl, index)
                 .map_err(|reason| TemplateError::Invalid { at: format!("route {}", decl.route_key()), reason })?;
-            for reserved in [LIVE_PATH, READY_PATH, METRICS_PATH, crate::docs::DOCS_PATH] {
+            let objects = format!("{OBJECTS_PATH}/bucket/key");
+            for reserved in [LIVE_PATH, READY_PATH, METRICS_PATH, crate::docs::DOCS_PATH, objects.as_str()] {
                 if decl.path != "$default" && route.method.as_ref().is_none_or(|m| m == Method::GET) {
                     let probe = Routes::new(vec![route.clone()]);
                     if probe.find(&Method::GET, &gateway::path_segments(reserved)).is_some() {
@@ -539,6 +557,11 @@ fn build_functions(
                     let r = lookup(&built.buses, id, &function.logical_id)?;
                     env.set(var, &r.reference);
                     resources = resources.with_bus(var, r.adapter.clone());
+                }
+                VarValue::Bucket(id) => {
+                    let r = lookup(&built.buckets, id, &function.logical_id)?;
+                    env.set(var, &r.reference);
+                    resources = resources.with_objects(var, r.adapter.clone());
                 }
                 VarValue::NoValue => {}
             }
@@ -668,6 +691,13 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
         response
             .headers_mut()
             .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+        log_request(&parts.method, &path, "", "keel-local", response.status(), &request_id, started);
+        return response;
+    }
+    if let Some(rest) = path.strip_prefix(OBJECTS_PATH).and_then(|rest| rest.strip_prefix('/'))
+        && parts.method == Method::GET
+    {
+        let response = serve_object(&app, rest, parts.uri.query().unwrap_or_default()).await;
         log_request(&parts.method, &path, "", "keel-local", response.status(), &request_id, started);
         return response;
     }
@@ -872,6 +902,51 @@ fn app_port(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| "80".to_string())
 }
 
+/// A bucket's signed link: the object's bytes streamed from its file, 404 when it is gone, 403 for a link that
+/// expired or was altered (S3's answers). The query is only `expires` and `signature`, neither percent-encoded.
+async fn serve_object(app: &App, bucket_and_key: &str, query: &str) -> Response {
+    let Some((bucket, key)) = bucket_and_key.split_once('/') else {
+        return message(StatusCode::NOT_FOUND, "no such object");
+    };
+    let Some(objects) = app.objects.get(bucket) else { return message(StatusCode::NOT_FOUND, "no such bucket") };
+    let param = |name: &str| {
+        query.split('&').find_map(|pair| pair.strip_prefix(name).and_then(|v| v.strip_prefix('='))).unwrap_or("")
+    };
+    let file = match objects.open_link(key, param("expires"), param("signature")).await {
+        Ok(file) => file,
+        Err(LinkRefused::Missing) => return message(StatusCode::NOT_FOUND, "no such object"),
+        Err(LinkRefused::Unavailable(error)) => {
+            tracing::warn!(%error, bucket, "a link could not be checked");
+            return message(StatusCode::SERVICE_UNAVAILABLE, "the bucket is unavailable");
+        }
+        Err(refused) => return message(StatusCode::FORBIDDEN, &refused.to_string()),
+    };
+    let opened = match tokio::fs::File::open(&file.path).await {
+        Ok(opened) => opened,
+        // Deleted between the check and the open.
+        Err(_) => return message(StatusCode::NOT_FOUND, "no such object"),
+    };
+    let chunks = futures::stream::unfold(opened, |mut opened| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = vec![0u8; 64 * 1024];
+        match opened.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buffer)), opened))
+            }
+            Err(error) => Some((Err(error), opened)),
+        }
+    });
+    let mut response = Response::new(Body::from_stream(chunks));
+    let headers = response.headers_mut();
+    if let Ok(value) = http::HeaderValue::from_str(&file.content_type) {
+        headers.insert(http::header::CONTENT_TYPE, value);
+    }
+    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(file.size));
+    response
+}
+
 async fn ready(app: &App) -> Response {
     let mut checks = BTreeMap::new();
     let mut failed = BTreeMap::new();
@@ -880,6 +955,7 @@ async fn ready(app: &App) -> Response {
             Probe::Table(id, t) => (format!("table {id}"), tokio::time::timeout(PING_TIMEOUT, t.ping()).await),
             Probe::Queue(id, q) => (format!("queue {id}"), tokio::time::timeout(PING_TIMEOUT, q.ping()).await),
             Probe::Bus(id, b) => (format!("bus {id}"), tokio::time::timeout(PING_TIMEOUT, b.ping()).await),
+            Probe::Bucket(id, o) => (format!("bucket {id}"), tokio::time::timeout(PING_TIMEOUT, o.ping()).await),
         };
         match result {
             Ok(Ok(())) => {

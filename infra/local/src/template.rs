@@ -52,6 +52,8 @@ pub struct Template {
     pub queues: Vec<QueueDecl>,
     pub buses: Vec<String>,
     pub rules: Vec<RuleDecl>,
+    /// `AWS::S3::Bucket`s, by logical id: object stores beside the embedded database.
+    pub buckets: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,10 +93,11 @@ pub enum VarValue {
         name: String,
         default: Option<String>,
     },
-    /// `!Ref` of a table, queue or bus, by logical id.
+    /// `!Ref` of a table, queue, bus or bucket, by logical id.
     Table(String),
     Queue(String),
     Bus(String),
+    Bucket(String),
     /// `!Ref AWS::NoValue`: the variable is not set.
     NoValue,
 }
@@ -277,6 +280,7 @@ const TABLE: &str = "AWS::DynamoDB::Table";
 const QUEUE: &str = "AWS::SQS::Queue";
 const BUS: &str = "AWS::Events::EventBus";
 const RULE: &str = "AWS::Events::Rule";
+const BUCKET: &str = "AWS::S3::Bucket";
 const HTTP_API: &str = "AWS::Serverless::HttpApi";
 
 /// Resource types that would change how functions are wired but that the host does not emulate: declaring one
@@ -368,6 +372,7 @@ impl Template {
                 QUEUE => "queue",
                 BUS => "event bus",
                 RULE => "rule",
+                BUCKET => "bucket",
                 HTTP_API => {
                     let auth = get(resource, "Properties").and_then(|p| get(p, "Auth"));
                     let parsed = match auth {
@@ -396,6 +401,7 @@ impl Template {
             queues: Vec::new(),
             buses: Vec::new(),
             rules: Vec::new(),
+            buckets: Vec::new(),
         };
         for (id, resource) in resources {
             let id = id.as_str().unwrap_or_default().to_string();
@@ -422,6 +428,7 @@ impl Template {
                 }
                 Some("queue") => template.queues.push(queue(&id, props, &kinds)?),
                 Some("event bus") => template.buses.push(id),
+                Some("bucket") => template.buckets.push(id),
                 Some("rule") => {
                     if let Some(rule) = rule(&id, props, &kinds)? {
                         template.rules.push(rule);
@@ -540,9 +547,13 @@ impl Template {
                     Some("table") => Ok(VarValue::Table(target)),
                     Some("queue") => Ok(VarValue::Queue(target)),
                     Some("event bus") => Ok(VarValue::Bus(target)),
+                    Some("bucket") => Ok(VarValue::Bucket(target)),
                     Some(kind) => Err(invalid(
                         at,
-                        format!("`!Ref {target}` names a {kind}; keel-local wires only tables, queues and event buses"),
+                        format!(
+                            "`!Ref {target}` names a {kind}; keel-local wires only tables, queues, event buses and \
+                             buckets"
+                        ),
                     )),
                     None => Err(invalid(at, format!("`!Ref {target}` names nothing declared in the template"))),
                 }
@@ -929,6 +940,7 @@ Resources:
       EventPattern: {source: [keel.jobs], detail-type: [{prefix: job.}]}
       Targets: [{Id: w, Arn: !GetAtt Work.Arn}]
   Logs: {Type: AWS::Logs::LogGroup}
+  Files: {Type: AWS::S3::Bucket}
   Front:
     Type: AWS::Serverless::Function
     Metadata: {BuildProperties: {Binary: front}}
@@ -938,6 +950,7 @@ Resources:
           TABLE: !Ref Items
           QUEUE: {Ref: Work}
           BUS: !Ref Bus
+          FILES: !Ref Files
           SECRET: !Ref Secret
           UNSET: !Ref NoDefault
           REGION: !Ref AWS::Region
@@ -970,6 +983,7 @@ Resources:
         let t = Template::parse(SAMPLE).unwrap();
         assert_eq!(t.tables, vec!["Items"]);
         assert_eq!(t.buses, vec!["Bus"]);
+        assert_eq!(t.buckets, vec!["Files"]);
         let work = t.queues.iter().find(|q| q.logical_id == "Work").unwrap();
         assert_eq!(work.visibility_timeout, Duration::from_secs(60));
         assert_eq!(work.retention, DEFAULT_RETENTION);
@@ -987,6 +1001,7 @@ Resources:
         assert_eq!(v("TABLE"), VarValue::Table("Items".into()));
         assert_eq!(v("QUEUE"), VarValue::Queue("Work".into()));
         assert_eq!(v("BUS"), VarValue::Bus("Bus".into()));
+        assert_eq!(v("FILES"), VarValue::Bucket("Files".into()));
         assert_eq!(v("SECRET"), VarValue::Parameter { name: "Secret".into(), default: Some(String::new()) });
         assert_eq!(v("UNSET"), VarValue::Parameter { name: "NoDefault".into(), default: None });
         assert_eq!(v("STAGE"), VarValue::Parameter { name: "Stage".into(), default: Some("dev".into()) });

@@ -1,11 +1,12 @@
 //! How a Lambda resolves its backends: each environment variable `template.yaml` wires names a DynamoDB table, an
-//! SQS queue URL or an EventBridge bus name, and becomes the matching AWS adapter.
+//! SQS queue URL, an EventBridge bus name or an S3 bucket, and becomes the matching AWS adapter.
 
-use crate::{DynamoTable, EventBridgeBus, SqsQueue, load_sdk_config};
+use crate::{DynamoTable, EventBridgeBus, S3Objects, SqsQueue, load_sdk_config};
 use keel::bus::EventBus;
 use keel::clock::{Clock, SystemClock};
 use keel::config::{ConfigError, Env};
 use keel::faults::Faults;
+use keel::object::ObjectStore;
 use keel::queue::Queue;
 use keel::resources::Resources;
 use keel::table::Table;
@@ -19,6 +20,9 @@ pub struct AwsResources {
     dynamodb: aws_sdk_dynamodb::Client,
     sqs: aws_sdk_sqs::Client,
     eventbridge: aws_sdk_eventbridge::Client,
+    /// Made on first use: most functions never touch a bucket, and the cold start should not pay for it.
+    s3: Arc<std::sync::OnceLock<aws_sdk_s3::Client>>,
+    config: aws_config::SdkConfig,
     clock: Arc<dyn Clock>,
     faults: Faults,
 }
@@ -37,6 +41,8 @@ impl AwsResources {
             dynamodb: aws_sdk_dynamodb::Client::new(config),
             sqs: aws_sdk_sqs::Client::new(config),
             eventbridge: aws_sdk_eventbridge::Client::new(config),
+            config: config.clone(),
+            s3: Arc::new(std::sync::OnceLock::new()),
             clock: Arc::new(SystemClock),
             faults: Faults::from_env(env)?,
         })
@@ -87,6 +93,14 @@ impl Resources for AwsResources {
         Ok(self.deliver_bus(var, Arc::new(bus)))
     }
 
+    /// `var` holds an S3 bucket name. Object store calls are not fault-injected (`KEEL_FAULTS` names no object
+    /// operations yet).
+    fn objects(&self, var: &str) -> Result<Arc<dyn ObjectStore>, ConfigError> {
+        let bucket = self.env.required(var)?;
+        let client = self.s3.get_or_init(|| crate::s3::s3_client(&self.config));
+        Ok(Arc::new(S3Objects::new(client.clone(), bucket)))
+    }
+
     fn clock(&self) -> Arc<dyn Clock> {
         self.clock.clone()
     }
@@ -111,7 +125,10 @@ mod tests {
             ("JOBS_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/keel-jobs"),
             ("EVENT_BUS_NAME", "keel"),
             ("BAD_QUEUE_URL", "keel-jobs"),
+            ("EXPORTS_BUCKET", "keel-exports"),
         ]));
+        assert!(res.objects("EXPORTS_BUCKET").is_ok());
+        assert_eq!(res.objects("NOPE_BUCKET").err(), Some(ConfigError::Missing("NOPE_BUCKET".into())));
         assert!(res.table("JOBS_TABLE").is_ok());
         assert_eq!(res.queue("JOBS_QUEUE_URL").unwrap().name(), "keel-jobs");
         assert!(res.bus("EVENT_BUS_NAME").is_ok());

@@ -109,3 +109,34 @@ fn every_function_has_error_and_throttle_alarms_and_every_dead_letter_queue_a_de
         assert!(watched("ApproximateNumberOfMessagesVisible", &value), "{queue} has no depth alarm");
     }
 }
+
+/// Every bucket holds personal data (export bundles): KMS-encrypted, never public, owner-enforced, reachable only
+/// over TLS, and expiring on its own.
+#[test]
+fn every_bucket_is_encrypted_private_tls_only_and_expires_its_objects() {
+    let template = std::fs::read_to_string(repo_root().join("template.yaml")).unwrap();
+    let resources = resources(&template);
+    let buckets: Vec<&(String, String)> =
+        resources.iter().filter(|(_, block)| block.contains("Type: AWS::S3::Bucket\n")).collect();
+    assert!(!buckets.is_empty());
+    for (id, block) in buckets {
+        for needed in [
+            "SSEAlgorithm: aws:kms\n",
+            "BlockPublicAcls: true\n",
+            "BlockPublicPolicy: true\n",
+            "IgnorePublicAcls: true\n",
+            "RestrictPublicBuckets: true\n",
+            "ObjectOwnership: BucketOwnerEnforced\n",
+            "ExpirationInDays: ",
+        ] {
+            assert!(block.contains(needed), "{id} lacks {needed:?}");
+        }
+        let policy = resources
+            .iter()
+            .find(|(_, p)| p.contains("Type: AWS::S3::BucketPolicy\n") && p.contains(&format!("Bucket: !Ref {id}\n")))
+            .unwrap_or_else(|| panic!("{id} has no bucket policy"));
+        for needed in ["Effect: Deny\n", "aws:SecureTransport: \"false\"\n", &format!("${{{id}.Arn}}/*")] {
+            assert!(policy.1.contains(needed), "{id}'s policy lacks {needed:?}");
+        }
+    }
+}

@@ -158,3 +158,52 @@ async fn faults_in_queue_receives_and_deletes_lose_nothing() {
 async fn faults_in_bus_publishing_lose_nothing() {
     faults_lose_nothing_and_double_nothing("bus.put:0.3").await;
 }
+
+/// The template's bucket is an object store beside the embedded database: its links are served by the host
+/// (403 once altered, 404 once the object is gone), it counts in readiness, and links are signed with a key that
+/// survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_bucket_serves_signed_links_and_keeps_its_key_across_a_restart() {
+    let (host, dir) = start(&[]).await;
+    let client = reqwest::Client::new();
+    let bucket = host.bucket("ExportBucket").expect("the template's bucket");
+    let source = dir.path().join("source.zip");
+    std::fs::write(&source, b"PK bundle").unwrap();
+    bucket.put_file("exports/u1/e1.zip", &source, "application/zip").await.unwrap();
+
+    let link = bucket.link("exports/u1/e1.zip", Duration::from_secs(900)).await.unwrap();
+    assert!(
+        link.starts_with(&format!("http://{}/local/objects/ExportBucket/exports/u1/e1.zip?", host.addr())),
+        "{link}"
+    );
+    let response = client.get(&link).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/zip");
+    assert_eq!(response.bytes().await.unwrap().as_ref(), b"PK bundle");
+    let altered = link.replace("signature=", "signature=00");
+    assert_eq!(client.get(&altered).send().await.unwrap().status(), 403);
+    let elsewhere = link.replace("/ExportBucket/", "/OtherBucket/");
+    assert_eq!(client.get(&elsewhere).send().await.unwrap().status(), 404);
+
+    let ready: serde_json::Value =
+        client.get(format!("http://{}/health/ready", host.addr())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["checks"]["bucket ExportBucket"], "ok", "{ready}");
+
+    let old_addr = host.addr().to_string();
+    host.shutdown().await;
+    let host = Host::start(HostOptions {
+        port: 0,
+        data_dir: dir.path().to_path_buf(),
+        backend: Backend::Embedded,
+        template: repo_root().join("template.yaml"),
+        env: Env::from_pairs([("WEBHOOK_SECRET_ACME", SECRET)]),
+    })
+    .await
+    .unwrap();
+    let moved = link.replace(&old_addr, &host.addr().to_string());
+    let response = client.get(&moved).send().await.unwrap();
+    assert_eq!(response.status(), 200, "a link signed before the restart still opens");
+    host.bucket("ExportBucket").unwrap().delete("exports/u1/e1.zip").await.unwrap();
+    assert_eq!(client.get(&moved).send().await.unwrap().status(), 404);
+    host.shutdown().await;
+}
