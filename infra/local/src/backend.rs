@@ -1,5 +1,5 @@
 //! The template's tables, queues, buses and buckets, built once on the chosen backend and shared by every function
-//! that `!Ref`s them, each (but the buckets) wrapped in the fault injection `KEEL_FAULTS` configures.
+//! that `!Ref`s them, each wrapped in the fault injection `KEEL_FAULTS` configures.
 
 use crate::template::{QueueDecl, Template};
 use keel::bus::EventBus;
@@ -96,7 +96,9 @@ pub(crate) async fn embedded(
             .objects(id, &format!("{links}/{id}"), clock.clone())
             .map_err(|e| format!("bucket {id} could not be opened: {e}"))?;
         built.embedded_objects.insert(id.clone(), objects.clone());
-        built.buckets.insert(id.clone(), Resource { adapter: Arc::new(objects), reference: id.clone() });
+        built
+            .buckets
+            .insert(id.clone(), Resource { adapter: faults.objects(Arc::new(objects)), reference: id.clone() });
     }
     for id in &template.tables {
         let table: Arc<dyn Table> = Arc::new(db.table(id, clock.clone()));
@@ -173,7 +175,7 @@ pub(crate) async fn aws(template: &Template, faults: &Faults, clock: Arc<dyn Clo
         let name = format!("{AWS_NAME_PREFIX}{id}").to_lowercase();
         keel_aws::provision::ensure_bucket(&s3, &name).await.map_err(aws_failed(&format!("bucket {id}")))?;
         let objects: Arc<dyn ObjectStore> = Arc::new(keel_aws::S3Objects::new(s3.clone(), &name));
-        built.buckets.insert(id.clone(), Resource { adapter: objects, reference: name });
+        built.buckets.insert(id.clone(), Resource { adapter: faults.objects(objects), reference: name });
     }
     for id in &template.tables {
         let name = format!("{AWS_NAME_PREFIX}{id}");

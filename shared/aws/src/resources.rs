@@ -93,12 +93,11 @@ impl Resources for AwsResources {
         Ok(self.deliver_bus(var, Arc::new(bus)))
     }
 
-    /// `var` holds an S3 bucket name. Object store calls are not fault-injected (`KEEL_FAULTS` names no object
-    /// operations yet).
+    /// `var` holds an S3 bucket name.
     fn objects(&self, var: &str) -> Result<Arc<dyn ObjectStore>, ConfigError> {
         let bucket = self.env.required(var)?;
         let client = self.s3.get_or_init(|| crate::s3::s3_client(&self.config));
-        Ok(Arc::new(S3Objects::new(client.clone(), bucket)))
+        Ok(self.faults.objects(Arc::new(S3Objects::new(client.clone(), bucket))))
     }
 
     fn clock(&self) -> Arc<dyn Clock> {
@@ -141,6 +140,9 @@ mod tests {
         let res = resources(Env::from_pairs([("T", "keel-t"), ("KEEL_FAULTS", "table.get:1")]));
         let error = res.table("T").unwrap().get(&keel::table::Key::new("a", "b")).await.unwrap_err();
         assert_eq!(error, keel::port::PortError::Unavailable("injected fault: table.get".into()));
+        let res = resources(Env::from_pairs([("B", "keel-b"), ("KEEL_FAULTS", "objects.*:1")]));
+        let error = res.objects("B").unwrap().head("exports/k").await.unwrap_err();
+        assert_eq!(error, keel::port::PortError::Unavailable("injected fault: objects.head".into()));
         let config = aws_config::SdkConfig::builder().behavior_version(aws_config::BehaviorVersion::latest()).build();
         let malformed = AwsResources::new(&Env::from_pairs([("KEEL_FAULTS", "table.get")]), &config);
         assert!(matches!(malformed, Err(ConfigError::Malformed { name, .. }) if name == "KEEL_FAULTS"));

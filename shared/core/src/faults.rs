@@ -10,17 +10,19 @@
 
 use crate::bus::{BusEvent, EventBus};
 use crate::config::{ConfigError, Env};
+use crate::object::{ObjectInfo, ObjectPage, ObjectStore};
 use crate::port::PortError;
 use crate::queue::{MessageAttrs, Queue, Received, TRACE_HEADER_ATTRIBUTE};
 use crate::table::{Expect, Item, Key, Page, Query, Table, Write};
 use async_trait::async_trait;
 use rand::Rng;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub const VAR: &str = "KEEL_FAULTS";
 
-const OPERATIONS: [&str; 11] = [
+const OPERATIONS: [&str; 17] = [
     "table.get",
     "table.put",
     "table.delete",
@@ -31,6 +33,12 @@ const OPERATIONS: [&str; 11] = [
     "queue.delete",
     "queue.change_visibility",
     "bus.put",
+    "objects.put",
+    "objects.get",
+    "objects.head",
+    "objects.delete",
+    "objects.list",
+    "objects.link",
     "*.ping",
 ];
 
@@ -69,10 +77,12 @@ impl Faults {
             let mut parts = entry.split(':');
             let operation = parts.next().unwrap_or_default().to_string();
             let known = OPERATIONS.contains(&operation.as_str())
-                || operation.strip_suffix(".*").is_some_and(|port| ["table", "queue", "bus"].contains(&port));
+                || operation
+                    .strip_suffix(".*")
+                    .is_some_and(|port| ["table", "queue", "bus", "objects"].contains(&port));
             if !known {
                 return Err(format!(
-                    "unknown operation `{operation}`; expected one of {} or table.*, queue.*, bus.*",
+                    "unknown operation `{operation}`; expected one of {} or table.*, queue.*, bus.*, objects.*",
                     OPERATIONS.join(", ")
                 ));
             }
@@ -125,6 +135,10 @@ impl Faults {
 
     pub fn bus(&self, inner: Arc<dyn EventBus>) -> Arc<dyn EventBus> {
         Arc::new(FaultyBus { inner, faults: self.clone() })
+    }
+
+    pub fn objects(&self, inner: Arc<dyn ObjectStore>) -> Arc<dyn ObjectStore> {
+        Arc::new(FaultyObjects { inner, faults: self.clone() })
     }
 
     /// Runs `call` under the fault configured for `operation`, counting it and its failure.
@@ -252,6 +266,36 @@ impl EventBus for FaultyBus {
     }
 }
 
+struct FaultyObjects {
+    inner: Arc<dyn ObjectStore>,
+    faults: Faults,
+}
+
+#[async_trait]
+impl ObjectStore for FaultyObjects {
+    async fn put_file(&self, key: &str, source: &Path, content_type: &str) -> Result<ObjectInfo, PortError> {
+        self.faults.around("objects.put", self.inner.put_file(key, source, content_type)).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, PortError> {
+        self.faults.around("objects.get", self.inner.get(key)).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, PortError> {
+        self.faults.around("objects.head", self.inner.head(key)).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), PortError> {
+        self.faults.around("objects.delete", self.inner.delete(key)).await
+    }
+    async fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<ObjectPage, PortError> {
+        self.faults.around("objects.list", self.inner.list(prefix, after, limit)).await
+    }
+    async fn link(&self, key: &str, valid_for: Duration) -> Result<String, PortError> {
+        self.faults.around("objects.link", self.inner.link(key, valid_for)).await
+    }
+    async fn ping(&self) -> Result<(), PortError> {
+        self.faults.around("*.ping", self.inner.ping()).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +327,9 @@ mod tests {
         assert!((0..100).all(|_| never.outcome("table.put") == Outcome::Pass));
         let wildcard = Faults::parse("queue.*:1").unwrap();
         assert_eq!(wildcard.outcome("queue.delete"), Outcome::FailBefore);
+        let objects = Faults::parse("objects.*:1").unwrap();
+        assert_eq!(objects.outcome("objects.put"), Outcome::FailBefore);
+        assert_eq!(objects.outcome("table.put"), Outcome::Pass);
     }
 
     #[test]
