@@ -6,6 +6,7 @@
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod datamap;
 pub mod faults;
 pub mod function;
 pub mod http;

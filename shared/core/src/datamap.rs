@@ -1,0 +1,146 @@
+//! The data map's vocabulary: one [`Entry`] per kind of item Keel keeps, saying what personal data it holds, about
+//! whom, why, for whom, for how long, and what an export and an erasure do with it (GDPR Art. 30's record of
+//! processing, and the plan the GDPR tasks follow). Each domain declares the entries of the items it writes, next
+//! to the code that writes them; the key patterns let a test check that every item found in a table is declared.
+
+use crate::table::Key;
+use serde::Serialize;
+
+/// Whom an item's personal data is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Subject {
+    /// One user, named in the item.
+    User,
+    /// An organization (a customer), and through it the people acting for it.
+    Organization,
+    /// Nobody: configuration, counters, Keel's own bookkeeping.
+    Nobody,
+}
+
+/// How long an item is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Retention {
+    /// Expires this many seconds after it is written (the table's expiry, enforced on every read).
+    Expires { seconds: u64 },
+    /// Removed by a scheduled cleanup this many days after it is written or finished.
+    Cleanup { days: u32 },
+    /// Kept while what it describes exists.
+    WhileInUse,
+}
+
+/// What an export of a user's data does with an item about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Export {
+    Include,
+    /// Not part of the bundle, for the stated reason (it holds nothing about a person, or only another's data).
+    Exclude {
+        reason: &'static str,
+    },
+}
+
+/// What an erasure of a user does with an item about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Erasure {
+    Delete,
+    /// The user's id is replaced by a stable pseudonym; the item keeps its shape (an append-only trail).
+    Pseudonymize,
+    /// Kept under a stated exemption (GDPR Art. 17(3)), or because it holds nothing about a person.
+    Keep {
+        exemption: &'static str,
+    },
+}
+
+/// One kind of item in one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// Unique, `domain.kind`: the bundle's file name and the receipt's line.
+    pub name: &'static str,
+    /// The environment variable that names the table (`FLAGS_TABLE`), as the template wires it.
+    pub table: &'static str,
+    /// Key patterns: literal text and `{placeholders}`, each placeholder standing for one or more characters.
+    pub pk: &'static str,
+    pub sk: &'static str,
+    pub description: &'static str,
+    pub subject: Subject,
+    /// The attributes that are (or may be) personal data; empty when there are none.
+    pub personal_data: &'static [&'static str],
+    pub purpose: &'static str,
+    /// Who receives the data besides Keel's operators (Art. 15(1)(c)).
+    pub recipients: &'static [&'static str],
+    pub retention: Retention,
+    pub export: Export,
+    pub erasure: Erasure,
+}
+
+impl Entry {
+    /// Whether `key` is one of this entry's items.
+    pub fn matches(&self, key: &Key) -> bool {
+        pattern_matches(self.pk, &key.pk) && pattern_matches(self.sk, &key.sk)
+    }
+}
+
+/// Whether `text` fits `pattern`: literal pieces in order, each `{placeholder}` matching one or more characters.
+pub fn pattern_matches(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('{') {
+        None => pattern == text,
+        Some((literal, rest)) => {
+            let Some(after) = text.strip_prefix(literal) else { return false };
+            let rest = rest.split_once('}').map_or("", |(_, rest)| rest);
+            // The placeholder takes at least one character; try every length, shortest first.
+            (1..=after.len()).filter(|&i| after.is_char_boundary(i)).any(|i| pattern_matches(rest, &after[i..]))
+        }
+    }
+}
+
+/// The entries of `map` that `key` in `table` matches: exactly one for a well-declared item.
+pub fn classify<'a>(map: &'a [Entry], table: &str, key: &Key) -> Vec<&'a Entry> {
+    map.iter().filter(|entry| entry.table == table && entry.matches(key)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_literals_and_placeholders() {
+        assert!(pattern_matches("FLAG#{key}", "FLAG#checkout"));
+        assert!(pattern_matches("FLAG#{key}", "FLAG#a#b"));
+        assert!(!pattern_matches("FLAG#{key}", "FLAG#"));
+        assert!(!pattern_matches("FLAG#{key}", "SEGMENT#x"));
+        assert!(pattern_matches("OVERRIDE#{org}#{user}", "OVERRIDE#o1#u1"));
+        assert!(!pattern_matches("OVERRIDE#{org}#{user}", "OVERRIDE#o1"));
+        assert!(pattern_matches("STATE", "STATE"));
+        assert!(!pattern_matches("STATE", "STATE2"));
+        assert!(pattern_matches("{id}", "x"));
+        assert!(pattern_matches("ORG#{org}#JOB", "ORG#a#b#JOB"));
+        assert!(!pattern_matches("ORG#{org}#JOB", "ORG##JOB"));
+    }
+
+    #[test]
+    fn classify_picks_by_table_and_key() {
+        const A: Entry = Entry {
+            name: "a.one",
+            table: "A_TABLE",
+            pk: "ONE#{id}",
+            sk: "{sk}",
+            description: "",
+            subject: Subject::Nobody,
+            personal_data: &[],
+            purpose: "",
+            recipients: &[],
+            retention: Retention::WhileInUse,
+            export: Export::Exclude { reason: "" },
+            erasure: Erasure::Keep { exemption: "" },
+        };
+        const B: Entry = Entry { name: "b.one", table: "B_TABLE", ..A };
+        let map = [A, B];
+        let key = Key::new("ONE#1", "x");
+        assert_eq!(classify(&map, "A_TABLE", &key), vec![&A]);
+        assert_eq!(classify(&map, "B_TABLE", &key), vec![&B]);
+        assert!(classify(&map, "A_TABLE", &Key::new("TWO#1", "x")).is_empty());
+    }
+}
