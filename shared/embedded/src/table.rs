@@ -283,6 +283,39 @@ impl EmbeddedTable {
         &self.name
     }
 
+    /// The key of every live item, across partitions, in key order: for the data map's completeness checks and
+    /// for tools, not part of the port (DynamoDB's Scan is not something Keel's functions do).
+    pub async fn keys(&self) -> Result<Vec<Key>, PortError> {
+        let redb_name = self.redb_name.clone();
+        let now = self.clock.now();
+        self.db
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(|e| unavailable("read", e))?;
+                let table = match txn.open_table(Def::new(&redb_name)) {
+                    Ok(table) => table,
+                    Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(e) => return Err(unavailable("read", e)),
+                };
+                let mut keys = Vec::new();
+                for entry in table.iter().map_err(|e| unavailable("read", e))? {
+                    let (key, value) = entry.map_err(|e| unavailable("read", e))?;
+                    if !Stored::decode(value.value())?.is_live(now) {
+                        continue;
+                    }
+                    let bytes = key.value();
+                    let Some(&[high, low]) = bytes.get(..2) else { return Err(malformed("table key")) };
+                    let len = usize::from(u16::from_be_bytes([high, low]));
+                    let text = |range: &[u8]| std::str::from_utf8(range).map(str::to_string);
+                    match (bytes.get(2..2 + len).map(text), bytes.get(2 + len..).map(text)) {
+                        (Some(Ok(pk)), Some(Ok(sk))) => keys.push(Key { pk, sk }),
+                        _ => return Err(malformed("table key")),
+                    }
+                }
+                Ok(keys)
+            })
+            .await
+    }
+
     /// Runs the writes atomically: all conditions are checked against the state before any write, then all
     /// writes happen in the same redb transaction. `single` reports a failure without an index.
     async fn write(&self, writes: Vec<Prepared>, single: bool) -> Result<(), PortError> {

@@ -3,6 +3,7 @@
 //! flags to gate its own behaviour.
 
 mod compile;
+pub mod datamap;
 mod eval;
 pub mod hash;
 pub mod model;

@@ -312,3 +312,30 @@ async fn evaluations_per_flag_are_counted_in_memory_and_written_with_the_flush()
     assert!(text.contains("keel_flag_evaluations_total{function=\"flags-eval\",flag=\"a\"} 8\n"), "{text}");
     assert!(text.contains("keel_flag_evaluations_total{function=\"flags-eval\",flag=\"b\"} 7\n"), "{text}");
 }
+
+/// Every item the flag store writes (a flag, its audit entries, a segment, the revision, evaluation times) is
+/// declared exactly once in the flags table's entries of the data map.
+#[tokio::test]
+async fn every_item_the_store_writes_is_declared_once_in_the_data_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Utc.with_ymd_and_hms(2026, 11, 22, 9, 0, 0).unwrap()));
+    let db = EmbeddedDb::open(dir.path()).unwrap();
+    let table = db.table("flags", clock.clone());
+    let store = FlagStore::new(Arc::new(table.clone()), clock.clone());
+    let mut flag = on_flag("checkout");
+    flag.target_users = vec!["u-1".into()];
+    store.create(flag, "alice").await.unwrap();
+    let segment = keel_flags::model::Segment { name: "beta".into(), description: String::new(), constraints: vec![] };
+    store.put_segment(segment, None, "alice").await.unwrap();
+    store.record_usage(&[("checkout".to_string(), clock.now())].into_iter().collect()).await.unwrap();
+
+    let keys = table.keys().await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for key in &keys {
+        let entries = keel::datamap::classify(keel_flags::datamap::ENTRIES, "FLAGS_TABLE", key);
+        assert_eq!(entries.len(), 1, "{key:?} matches {:?}", entries.iter().map(|e| e.name).collect::<Vec<_>>());
+        seen.insert(entries[0].name);
+    }
+    let declared: std::collections::BTreeSet<&str> = keel_flags::datamap::ENTRIES.iter().map(|e| e.name).collect();
+    assert_eq!(seen, declared, "every declared kind is written by something ({keys:?})");
+}

@@ -1,0 +1,96 @@
+//! The flags table's entries of the data map. Flags are platform configuration, but a flag can name users
+//! (`target_users`, user-valued constraint lists, overrides) and records who changed it: those are personal data
+//! about the users named.
+
+use keel::datamap::{Entry, Erasure, Export, Retention, Subject};
+
+const TABLE: &str = "FLAGS_TABLE";
+const PURPOSE: &str = "Deciding which features an organization and its users see, and accounting for every change.";
+const RECIPIENTS: &[&str] = &["the flag evaluation API's callers (the customer's own services)"];
+
+pub const ENTRIES: &[Entry] = &[
+    Entry {
+        name: "flags.flag",
+        table: TABLE,
+        pk: "FLAG",
+        sk: "{key}",
+        description: "A feature flag: rules, target lists, overrides, who changed it last.",
+        subject: Subject::User,
+        personal_data: &["target_users", "rules[].constraints[].values (user ids)", "overrides", "updated_by"],
+        purpose: PURPOSE,
+        recipients: RECIPIENTS,
+        retention: Retention::WhileInUse,
+        export: Export::Include,
+        erasure: Erasure::Pseudonymize,
+    },
+    Entry {
+        name: "flags.segment",
+        table: TABLE,
+        pk: "SEGMENT",
+        sk: "{name}",
+        description: "A reusable set of constraints, which may list user ids.",
+        subject: Subject::User,
+        personal_data: &["constraints[].values (user ids)", "updated_by"],
+        purpose: PURPOSE,
+        recipients: RECIPIENTS,
+        retention: Retention::WhileInUse,
+        export: Export::Include,
+        erasure: Erasure::Pseudonymize,
+    },
+    Entry {
+        name: "flags.audit",
+        table: TABLE,
+        pk: "AUDIT",
+        sk: "{id}",
+        description: "The audit trail of flag and segment changes, overall: who, when, before and after.",
+        subject: Subject::User,
+        personal_data: &["actor", "before", "after"],
+        purpose: "Accountability for changes to what customers' users see (GDPR Art. 5(2)).",
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Include,
+        erasure: Erasure::Pseudonymize,
+    },
+    Entry {
+        name: "flags.audit_by_subject",
+        table: TABLE,
+        pk: "AUDIT#{subject}",
+        sk: "{id}",
+        description: "The same audit entries, by flag or segment.",
+        subject: Subject::User,
+        personal_data: &["actor", "before", "after"],
+        purpose: "Accountability for changes to what customers' users see (GDPR Art. 5(2)).",
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Exclude { reason: "a copy of flags.audit, which the bundle includes" },
+        erasure: Erasure::Pseudonymize,
+    },
+    Entry {
+        name: "flags.revision",
+        table: TABLE,
+        pk: "FLAGMETA",
+        sk: "revision",
+        description: "A fresh id on every change, which caches compare to decide whether to reload.",
+        subject: Subject::Nobody,
+        personal_data: &[],
+        purpose: "Keeping every evaluation's copy of the flags current.",
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Exclude { reason: "holds nothing about a person" },
+        erasure: Erasure::Keep { exemption: "holds nothing about a person" },
+    },
+    Entry {
+        name: "flags.last_seen",
+        table: TABLE,
+        pk: "FLAGSEEN",
+        sk: "{key}",
+        description: "When a flag was last evaluated, to find stale flags.",
+        subject: Subject::Nobody,
+        personal_data: &[],
+        purpose: "Finding flags nobody evaluates any more.",
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Exclude { reason: "holds nothing about a person" },
+        erasure: Erasure::Keep { exemption: "holds nothing about a person" },
+    },
+];
