@@ -47,6 +47,22 @@ pub const MAX_STORED_BODY: usize = 256 * 1024;
 /// The table records live in: `IDEMPOTENCY_TABLE` in the template.
 pub const TABLE_VAR: &str = "IDEMPOTENCY_TABLE";
 
+/// The idempotency table's entry of the data map.
+pub const DATA_MAP: &[crate::datamap::Entry] = &[crate::datamap::Entry {
+    name: "api.idempotency_record",
+    table: TABLE_VAR,
+    pk: "IDEM#{org}",
+    sk: "[\"{user}\",\"{route}\",\"{key}\"]",
+    description: "A request made with an Idempotency-Key and the answer it got, replayed to its repeats.",
+    subject: crate::datamap::Subject::User,
+    personal_data: &["the caller's user id (in the key)", "the stored answer's body"],
+    purpose: "Answering a retried request without doing its work twice.",
+    recipients: &[],
+    retention: crate::datamap::Retention::Expires { seconds: 24 * 3600 },
+    export: crate::datamap::Export::Include,
+    erasure: crate::datamap::Erasure::Delete,
+}];
+
 pub struct Idempotency {
     table: Arc<dyn Table>,
     clock: Arc<dyn Clock>,

@@ -33,6 +33,22 @@ use std::sync::{Arc, Mutex};
 pub const ORG_VAR: &str = "RATE_LIMIT_ORG";
 pub const IP_VAR: &str = "RATE_LIMIT_IP";
 pub const TABLE_VAR: &str = "RATE_LIMITS_TABLE";
+
+/// The rate limit table's entry of the data map.
+pub const DATA_MAP: &[crate::datamap::Entry] = &[crate::datamap::Entry {
+    name: "api.rate_limit_counter",
+    table: TABLE_VAR,
+    pk: "RL#{scope}",
+    sk: "{quota}@{window}",
+    description: "Requests counted per organization or client IP address in one window.",
+    subject: crate::datamap::Subject::Nobody,
+    personal_data: &["the client's IP address (in the key of an IP counter)"],
+    purpose: "Protecting the API from floods (legitimate interest, GDPR Art. 6(1)(f)).",
+    recipients: &[],
+    retention: crate::datamap::Retention::Expires { seconds: 3600 },
+    export: crate::datamap::Export::Exclude { reason: "an IP address with a count, linked to no user" },
+    erasure: crate::datamap::Erasure::Keep { exemption: "linked to no user, and gone an hour after its window ends" },
+}];
 /// The seed systems' defaults: 1,000 requests an hour per organization, 100 per 15 minutes per client IP.
 pub const ORG_DEFAULT: Quota = Quota { requests: 1000, window_seconds: 3600 };
 pub const IP_DEFAULT: Quota = Quota { requests: 100, window_seconds: 900 };

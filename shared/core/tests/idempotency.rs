@@ -286,3 +286,18 @@ async fn a_key_belongs_to_its_caller() {
     assert_eq!((status, body["run"].as_u64()), (201, Some(2)));
     assert!(!replayed(&response));
 }
+
+/// Every record the router writes is declared once in the data map, whatever the key and route hold.
+#[tokio::test]
+async fn every_record_is_declared_once_in_the_data_map() {
+    let world = world(false);
+    send(&world, request("POST", "/things", "{}", Some("k-1"), "u1")).await;
+    send(&world, request_in("org-2", "POST", "/things", "{}", Some("\"quoted key\""), "u2")).await;
+    let db = EmbeddedDb::open(world._dir.path()).unwrap();
+    let keys = db.table("IdempotencyTable", world.clock.clone()).keys().await.unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for key in &keys {
+        let entries = keel::datamap::classify(keel::idempotency::DATA_MAP, keel::idempotency::TABLE_VAR, key);
+        assert_eq!(entries.len(), 1, "{key:?}");
+    }
+}

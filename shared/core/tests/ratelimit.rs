@@ -185,3 +185,18 @@ async fn an_unreachable_counter_admits_and_configuration_is_checked() {
     let bad = Env::from_pairs([("RATE_LIMIT_ORG", "lots")]);
     assert!(RateLimits::from_env(&bad, (None, None), Counting::Local, world.clock.clone()).is_err());
 }
+
+/// Every counter the limits write is declared once in the data map.
+#[tokio::test]
+async fn every_counter_is_declared_once_in_the_data_map() {
+    let world = world();
+    let limits = limits(&world, quota(100, 60), quota(10, 60));
+    limits.check("org-1", Some("203.0.113.9")).await;
+    let db = EmbeddedDb::open(world._dir.path()).unwrap();
+    let keys = db.table("RateLimitsTable", world.clock.clone()).keys().await.unwrap();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    for key in &keys {
+        let entries = keel::datamap::classify(keel::ratelimit::DATA_MAP, keel::ratelimit::TABLE_VAR, key);
+        assert_eq!(entries.len(), 1, "{key:?}");
+    }
+}
