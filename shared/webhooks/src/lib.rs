@@ -55,6 +55,42 @@ pub fn provider_env_suffix(name: &str) -> String {
     name.to_ascii_uppercase().replace('-', "_")
 }
 
+/// The table the pipeline's records live in, as the template wires it.
+pub const TABLE_VAR: &str = "WEBHOOKS_TABLE";
+
+/// The webhooks table's entries of the data map. Payloads come from providers and may name the provider's own
+/// customers; nothing in them is linked to a Keel user, so exports leave them out and they go by their retention.
+pub const DATA_MAP: &[keel::datamap::Entry] = &[
+    keel::datamap::Entry {
+        name: "webhooks.event_id",
+        table: TABLE_VAR,
+        pk: "WHIDEM#{provider}#{event}",
+        sk: "#",
+        description: "A provider's event id, remembered to refuse its duplicates.",
+        subject: keel::datamap::Subject::Nobody,
+        personal_data: &[],
+        purpose: "Processing each provider event once.",
+        recipients: &[],
+        retention: keel::datamap::Retention::Expires { seconds: 7 * 24 * 3600 },
+        export: keel::datamap::Export::Exclude { reason: "holds nothing about a person" },
+        erasure: keel::datamap::Erasure::Keep { exemption: "holds nothing about a person" },
+    },
+    keel::datamap::Entry {
+        name: "webhooks.delivery",
+        table: TABLE_VAR,
+        pk: "WHLOG#{provider}",
+        sk: "{delivery}",
+        description: "A received webhook: its payload, states and attempts (the delivery log).",
+        subject: keel::datamap::Subject::Organization,
+        personal_data: &["body_base64 (the provider's payload)"],
+        purpose: "Processing provider events, and replaying them after a failure.",
+        recipients: &["the event bus's subscribers (the customer's own services)"],
+        retention: keel::datamap::Retention::Expires { seconds: 7 * 24 * 3600 },
+        export: keel::datamap::Export::Exclude { reason: "provider payloads are linked to no Keel user" },
+        erasure: keel::datamap::Erasure::Keep { exemption: "linked to no Keel user; gone after its 7-day retention" },
+    },
+];
+
 pub fn idempotency_key(provider: &str, event_id: &str) -> Key {
     Key::new(format!("WHIDEM#{provider}#{event_id}"), "#")
 }
@@ -219,5 +255,13 @@ mod tests {
         assert_eq!(provider_env_suffix("acme-pay"), "ACME_PAY");
         assert_eq!(Status::parse("dead_letter"), Some(Status::DeadLetter));
         assert_eq!(Status::parse("lost"), None);
+    }
+
+    #[test]
+    fn every_key_the_pipeline_builds_is_declared_once_in_the_data_map() {
+        let keys = [idempotency_key("stripe", "evt_1#x"), delivery_key("github", &ulid::Ulid::new().to_string())];
+        for key in &keys {
+            assert_eq!(keel::datamap::classify(DATA_MAP, TABLE_VAR, key).len(), 1, "{key:?}");
+        }
     }
 }
