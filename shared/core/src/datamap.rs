@@ -22,7 +22,8 @@ pub enum Subject {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Retention {
-    /// Expires this many seconds after it is written (the table's expiry, enforced on every read).
+    /// Expires this many seconds after it is written, or after it ends for a record that ends (a finished job):
+    /// the table's expiry, enforced on every read.
     Expires { seconds: u64 },
     /// Removed by a scheduled cleanup this many days after it is written or finished.
     Cleanup { days: u32 },

@@ -17,6 +17,7 @@
 pub mod backoff;
 pub mod breaker;
 pub mod builtin;
+pub mod datamap;
 pub mod events;
 pub mod gate;
 pub mod job;

@@ -433,3 +433,26 @@ async fn a_domain_event_whose_publish_failed_is_published_by_its_repeat() {
     jobs.domain_event("o1", Some("e1".into()), "order.placed", json!({})).await.unwrap();
     assert_eq!(f.bus.recorded().unwrap().len(), 1, "published by the first repeat, not again by the second");
 }
+
+/// Every item a job's creation writes (beyond its organization's concurrency, so one waits; with dedup keys; its
+/// events on the feed) is declared exactly once in the data map.
+#[tokio::test]
+async fn every_item_a_job_writes_is_declared_once_in_the_data_map() {
+    let f = fixture();
+    for n in 0..3 {
+        f.create_with("o1", "t.fast", NewJob { dedup_key: Some(format!("k{n}")), ..NewJob::default() }).await;
+    }
+    let received = f.queue.receive(10, std::time::Duration::ZERO).await.unwrap();
+    assert!(!received.is_empty());
+    let db = EmbeddedDb::open(f._dir.path()).unwrap();
+    let keys = db.table("jobs", f.clock.clone()).keys().await.unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for key in &keys {
+        let entries = keel::datamap::classify(keel_jobs::datamap::ENTRIES, keel_jobs::datamap::TABLE_VAR, key);
+        assert_eq!(entries.len(), 1, "{key:?} matches {:?}", entries.iter().map(|e| e.name).collect::<Vec<_>>());
+        seen.insert(entries[0].name);
+    }
+    for kind in ["jobs.job", "jobs.owner", "jobs.open", "jobs.slots", "jobs.wait", "jobs.dedup", "jobs.feed_event"] {
+        assert!(seen.contains(kind), "{kind} not written: {seen:?}");
+    }
+}

@@ -7,6 +7,7 @@
 
 mod aws_pipeline;
 mod dashboards;
+mod data_map;
 mod events_stream;
 mod flags_local;
 mod flags_store_aws;
