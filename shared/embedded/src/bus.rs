@@ -1,13 +1,13 @@
 //! The event bus port over redb: every event put is recorded durably (in order, with a ULID), then sent as an
 //! EventBridge envelope to the queue of every rule it matches. Rules are configuration, held in memory.
 
-use super::{EmbeddedDb, Rule, malformed, unavailable};
+use super::{EmbeddedDb, Rule, malformed, read_table, unavailable};
 use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, Utc};
 use keel::bus::{BusEvent, EventBus, EventPattern, check_event};
 use keel::port::PortError;
 use keel::queue::{MessageAttrs, Queue};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -97,12 +97,7 @@ impl EmbeddedBus {
 
     /// Every event ever put on this bus, oldest first. Blocks briefly on a read of the database.
     pub fn recorded(&self) -> Result<Vec<RecordedEvent>, PortError> {
-        let txn = self.db.inner.db.begin_read().map_err(|e| unavailable("read", e))?;
-        let log = match txn.open_table(Log::new(&self.redb_name)) {
-            Ok(table) => table,
-            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(unavailable("read", e)),
-        };
+        let Some(log) = read_table(&self.db.inner.db, Log::new(&self.redb_name))? else { return Ok(Vec::new()) };
         let mut events = Vec::new();
         for entry in log.iter().map_err(|e| unavailable("read", e))? {
             let (_, value) = entry.map_err(|e| unavailable("read", e))?;

@@ -170,6 +170,20 @@ pub(crate) fn unavailable(operation: &str, err: impl Into<redb::Error>) -> PortE
     PortError::Unavailable(format!("embedded db {operation} failed: {}", err.into()))
 }
 
+/// Opens a redb table for reading in a transaction of its own; `None` when nothing was ever written to it.
+pub(crate) fn read_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    db: &Database,
+    definition: redb::TableDefinition<'_, K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, PortError> {
+    use redb::ReadableDatabase;
+    let txn = db.begin_read().map_err(|e| unavailable("read", e))?;
+    match txn.open_table(definition) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(unavailable("read", e)),
+    }
+}
+
 /// A stored record that does not decode: the file was written by something else or is damaged.
 pub(crate) fn malformed(what: &str) -> PortError {
     PortError::Unavailable(format!("embedded db holds a malformed {what}"))

@@ -8,7 +8,7 @@
 //! Links are `{base}/{key}?expires=..&signature=..`, signed with HMAC-SHA256 under a key kept in the database (so
 //! links outlive a restart); the local host serves them through [`EmbeddedObjects::open_link`].
 
-use super::{EmbeddedDb, malformed, unavailable};
+use super::{EmbeddedDb, malformed, read_table, unavailable};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -17,7 +17,7 @@ use keel::object::{
     MAX_LIST_LIMIT, MAX_OBJECT_BYTES, ObjectInfo, ObjectPage, ObjectStore, check_key, check_link_validity, check_prefix,
 };
 use keel::port::PortError;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::io::Write as _;
@@ -119,12 +119,7 @@ impl EmbeddedObjects {
         let key = key.to_string();
         self.db
             .blocking(move |db| {
-                let txn = db.begin_read().map_err(|e| unavailable("read", e))?;
-                let table = match txn.open_table(Def::new(&redb_name)) {
-                    Ok(table) => table,
-                    Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-                    Err(e) => return Err(unavailable("read", e)),
-                };
+                let Some(table) = read_table(db, Def::new(&redb_name))? else { return Ok(None) };
                 let guard = table.get(key.as_str()).map_err(|e| unavailable("read", e))?;
                 guard.map(|g| Row::decode(g.value())).transpose()
             })
@@ -281,12 +276,7 @@ impl ObjectStore for EmbeddedObjects {
         let after = after.map(str::to_string);
         self.db
             .blocking(move |db| {
-                let txn = db.begin_read().map_err(|e| unavailable("read", e))?;
-                let table = match txn.open_table(Def::new(&redb_name)) {
-                    Ok(table) => table,
-                    Err(TableError::TableDoesNotExist(_)) => return Ok(ObjectPage::default()),
-                    Err(e) => return Err(unavailable("read", e)),
-                };
+                let Some(table) = read_table(db, Def::new(&redb_name))? else { return Ok(ObjectPage::default()) };
                 let lower = match after.as_deref() {
                     Some(after) if after >= prefix.as_str() => Bound::Excluded(after),
                     _ => Bound::Included(prefix.as_str()),

@@ -5,7 +5,7 @@
 //! Each queue is two redb tables: its messages by sequence number (send order), and an index of
 //! `(visible_at, sequence)` so a receive reads only the messages visible now, oldest first.
 
-use super::{EmbeddedDb, malformed, unavailable};
+use super::{EmbeddedDb, malformed, read_table, unavailable};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keel::clock::Clock;
@@ -435,12 +435,7 @@ impl Queue for EmbeddedQueue {
         let retention_ms = millis(self.spec.retention);
         self.db
             .blocking(move |db| {
-                let txn = db.begin_read().map_err(|e| unavailable("read", e))?;
-                let messages = match txn.open_table(Messages::new(&names.messages)) {
-                    Ok(table) => table,
-                    Err(TableError::TableDoesNotExist(_)) => return Ok(0),
-                    Err(e) => return Err(unavailable("read", e)),
-                };
+                let Some(messages) = read_table(db, Messages::new(&names.messages))? else { return Ok(0) };
                 let mut count = 0;
                 for entry in messages.iter().map_err(|e| unavailable("read", e))? {
                     let (_, value) = entry.map_err(|e| unavailable("read", e))?;

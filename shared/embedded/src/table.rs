@@ -2,7 +2,7 @@
 //! followed by the sort key's bytes: the keys of one partition are contiguous and ordered by sort key as byte
 //! strings, as in DynamoDB. The value is the item's JSON (attributes, version, expiry in epoch seconds).
 
-use super::{EmbeddedDb, malformed, unavailable};
+use super::{EmbeddedDb, malformed, read_table, unavailable};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use keel::clock::Clock;
@@ -10,7 +10,7 @@ use keel::port::PortError;
 use keel::table::{
     Attrs, Expect, Item, Key, MAX_QUERY_LIMIT, Page, Query, Table, Write, check_attrs, check_transaction,
 };
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
+use redb::{ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -290,12 +290,7 @@ impl EmbeddedTable {
         let now = self.clock.now();
         self.db
             .blocking(move |db| {
-                let txn = db.begin_read().map_err(|e| unavailable("read", e))?;
-                let table = match txn.open_table(Def::new(&redb_name)) {
-                    Ok(table) => table,
-                    Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                    Err(e) => return Err(unavailable("read", e)),
-                };
+                let Some(table) = read_table(db, Def::new(&redb_name))? else { return Ok(Vec::new()) };
                 let mut keys = Vec::new();
                 for entry in table.iter().map_err(|e| unavailable("read", e))? {
                     let (key, value) = entry.map_err(|e| unavailable("read", e))?;
@@ -379,12 +374,7 @@ impl Table for EmbeddedTable {
         let stored = self
             .db
             .blocking(move |db| {
-                let txn = db.begin_read().map_err(|e| unavailable("read", e))?;
-                let table = match txn.open_table(Def::new(&redb_name)) {
-                    Ok(table) => table,
-                    Err(TableError::TableDoesNotExist(_)) => return Ok(None),
-                    Err(e) => return Err(unavailable("read", e)),
-                };
+                let Some(table) = read_table(db, Def::new(&redb_name))? else { return Ok(None) };
                 let guard = table.get(encoded.as_slice()).map_err(|e| unavailable("read", e))?;
                 guard.map(|g| Stored::decode(g.value())).transpose()
             })
@@ -422,12 +412,7 @@ impl Table for EmbeddedTable {
         let now = self.clock.now();
         self.db
             .blocking(move |db| {
-                let txn = db.begin_read().map_err(|e| unavailable("read", e))?;
-                let table = match txn.open_table(Def::new(&redb_name)) {
-                    Ok(table) => table,
-                    Err(TableError::TableDoesNotExist(_)) => return Ok(Page::default()),
-                    Err(e) => return Err(unavailable("read", e)),
-                };
+                let Some(table) = read_table(db, Def::new(&redb_name))? else { return Ok(Page::default()) };
                 let bounds: (Bound<&[u8]>, Bound<&[u8]>) =
                     (lower.as_ref().map(Vec::as_slice), upper.as_ref().map(Vec::as_slice));
                 let range = table.range::<&[u8]>(bounds).map_err(|e| unavailable("read", e))?;
