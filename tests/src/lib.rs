@@ -90,6 +90,28 @@ pub fn api_request(method: Method, route_key: &str, path: &str) -> ApiGatewayV2h
     request
 }
 
+/// An event for the template route `route` (`/v1/orgs/{orgId}`) at `path` (`/v1/orgs/acme?limit=1`), with the
+/// path parameters read off `path` by position and the query string split, as API Gateway fills them.
+pub fn route_request(method: Method, route: &str, path: &str) -> ApiGatewayV2httpRequest {
+    let (bare, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut request = api_request(method.clone(), &format!("{method} {route}"), bare);
+    for (name, value) in route.split('/').zip(bare.split('/')) {
+        if let Some(name) = name.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+            request.path_parameters.insert(name.into(), value.into());
+        }
+    }
+    if !query.is_empty() {
+        request.raw_query_string = Some(query.to_string());
+        let mut pairs: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            pairs.entry(k.to_string()).or_default().push(v.to_string());
+        }
+        request.query_string_parameters = pairs.into();
+    }
+    request
+}
+
 /// Sets the body the way API Gateway does: text when UTF-8, base64 otherwise.
 pub fn set_body(request: &mut ApiGatewayV2httpRequest, body: &[u8]) {
     use base64::Engine;

@@ -67,20 +67,7 @@ impl Api {
         body: Option<Value>,
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
-        let mut request = api_request(method.clone(), &format!("{method} {route}"), path);
-        if let Some(id) = path.split('/').nth(3) {
-            request.path_parameters.insert("id".into(), id.into());
-        }
-        if let Some((_, query)) = path.split_once('?') {
-            request.raw_path = Some(path.split('?').next().unwrap().to_string());
-            request.raw_query_string = Some(query.to_string());
-            let pairs: std::collections::HashMap<String, Vec<String>> = query
-                .split('&')
-                .map(|pair| pair.split_once('=').unwrap())
-                .map(|(k, v)| (k.to_string(), vec![v.to_string()]))
-                .collect();
-            request.query_string_parameters = pairs.into();
-        }
+        let mut request = route_request(method, route, path);
         for (name, value) in headers {
             request
                 .headers

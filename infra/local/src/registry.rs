@@ -56,6 +56,7 @@ impl Registry {
             .http("flags-admin", flags_admin::build)
             .http("api-docs", api_docs::build)
             .http("jobs-api", jobs_api::build)
+            .http("gdpr-api", gdpr_api::build)
             .queue("job-worker", job_worker::build)
             .scheduled("job-sweeper", job_sweeper::build)
             .stream("events-stream", events_stream::build)

@@ -7,7 +7,7 @@ use crate::table::Key;
 use serde::Serialize;
 
 /// Whom an item's personal data is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Subject {
     /// One user, named in the item.
@@ -19,7 +19,7 @@ pub enum Subject {
 }
 
 /// How long an item is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Retention {
     /// Expires this many seconds after it is written, or after it ends for a record that ends (a finished job):
@@ -32,18 +32,19 @@ pub enum Retention {
 }
 
 /// What an export of a user's data does with an item about them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Export {
     Include,
     /// Not part of the bundle, for the stated reason (it holds nothing about a person, or only another's data).
     Exclude {
+        #[schema(value_type = String)]
         reason: &'static str,
     },
 }
 
 /// What an erasure of a user does with an item about them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Erasure {
     Delete,
@@ -51,26 +52,35 @@ pub enum Erasure {
     Pseudonymize,
     /// Kept under a stated exemption (GDPR Art. 17(3)), or because it holds nothing about a person.
     Keep {
+        #[schema(value_type = String)]
         exemption: &'static str,
     },
 }
 
 /// One kind of item in one table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Entry {
     /// Unique, `domain.kind`: the bundle's file name and the receipt's line.
+    #[schema(value_type = String)]
     pub name: &'static str,
     /// The environment variable that names the table (`FLAGS_TABLE`), as the template wires it.
+    #[schema(value_type = String)]
     pub table: &'static str,
     /// Key patterns: literal text and `{placeholders}`, each placeholder standing for one or more characters.
+    #[schema(value_type = String)]
     pub pk: &'static str,
+    #[schema(value_type = String)]
     pub sk: &'static str,
+    #[schema(value_type = String)]
     pub description: &'static str,
     pub subject: Subject,
     /// The attributes that are (or may be) personal data; empty when there are none.
+    #[schema(value_type = Vec<String>)]
     pub personal_data: &'static [&'static str],
+    #[schema(value_type = String)]
     pub purpose: &'static str,
     /// Who receives the data besides Keel's operators (Art. 15(1)(c)).
+    #[schema(value_type = Vec<String>)]
     pub recipients: &'static [&'static str],
     pub retention: Retention,
     pub export: Export,

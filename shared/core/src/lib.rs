@@ -3,6 +3,7 @@
 //! `keel-embedded`) and the domains (`keel-flags`, `keel-webhooks`, `keel-jobs`) are crates of their own, so domain
 //! code builds without the AWS SDK.
 
+pub mod audit;
 pub mod bus;
 pub mod clock;
 pub mod config;

@@ -1,21 +1,10 @@
 //! The data map covers the template: every table a function is wired to has entries, every entry names a table
 //! the template wires, and entry names are unique. (Each domain's own tests check that what it writes is declared.)
 
-use keel::datamap::Entry;
+use keel_gdpr::datamap::data_map;
 use keel_local::template::{Template, VarValue};
 use keel_tests::repo_root;
 use std::collections::{BTreeMap, BTreeSet};
-
-fn data_map() -> Vec<Entry> {
-    [
-        keel::idempotency::DATA_MAP,
-        keel::ratelimit::DATA_MAP,
-        keel_flags::datamap::ENTRIES,
-        keel_webhooks::DATA_MAP,
-        keel_jobs::datamap::ENTRIES,
-    ]
-    .concat()
-}
 
 #[test]
 fn every_table_the_template_wires_is_in_the_data_map_and_nothing_else_is() {

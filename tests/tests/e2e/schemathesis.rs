@@ -1,7 +1,7 @@
 //! Schemathesis against keel-local, from the document keel-local serves at `GET /openapi.json`: every route, with
 //! a valid token of the role it needs, fails on a server error, an answer whose body or content type the document
 //! does not describe, or a status code the document does not list. The store is seeded first (flags of each
-//! type, a segment, an import, webhook deliveries) and their keys are offered to Schemathesis as path values, so
+//! type, a segment, an import, webhook deliveries, an organization with members) and their keys are offered to Schemathesis as path values, so
 //! the answers checked include full flags and deliveries, not only 404s. Rate limits are off for the run (their
 //! 429s are documented, but a fuzzer would hit nothing else).
 
@@ -46,6 +46,7 @@ async fn every_route_answers_as_its_openapi_document_says() {
         "flags": ["plain", "colour", "limits", "checkout"],
         "segments": ["beta"],
         "organizations": ["org-a", "org-b"],
+        "users": ["alice", "bob"],
         "providers": ["acme"],
         "deliveries": deliveries,
         "jobs": jobs,
@@ -59,6 +60,7 @@ async fn every_route_answers_as_its_openapi_document_says() {
          \"path.key\" = { dictionary = \"flags\", probability = 0.7 }\n\
          \"path.name\" = { dictionary = \"segments\", probability = 0.7 }\n\
          \"path.orgId\" = { dictionary = \"organizations\", probability = 0.7 }\n\
+         \"path.userId\" = { dictionary = \"users\", probability = 0.7 }\n\
          \"path.provider\" = { dictionary = \"providers\", probability = 0.7 }\n\
          \"path.deliveryId\" = { dictionary = \"deliveries\", probability = 0.7 }\n\
          \"path.id\" = { dictionary = \"jobs\", probability = 0.7 }\n",
@@ -67,8 +69,8 @@ async fn every_route_answers_as_its_openapi_document_says() {
 
     // Operators' routes with an operator's token; members' and public routes with a member's.
     let runs = [
-        ("^/v1/admin|^/v1/webhooks/", &admin),
-        ("^/v1/flags|^/v1/jobs|^/v1/events|^/ofrep/|^/webhooks/|^/openapi", &member),
+        ("^/v1/admin|^/v1/webhooks/|^/v1/orgs", &admin),
+        ("^/v1/flags|^/v1/jobs|^/v1/events|^/v1/user/|^/ofrep/|^/webhooks/|^/openapi", &member),
     ];
     let mut tested = 0;
     for (paths, token) in runs {
@@ -127,6 +129,12 @@ async fn seed(base: &str, admin: &str) -> Vec<String> {
     let post = |path: &str, body: serde_json::Value| {
         client.post(format!("{base}{path}")).bearer_auth(admin).json(&body).send()
     };
+    let put =
+        |path: &str, body: serde_json::Value| client.put(format!("{base}{path}")).bearer_auth(admin).json(&body).send();
+    // The directory: org-a with alice (admin) and bob (member).
+    assert_eq!(put("/v1/orgs/org-a", json!({"name": "Org A"})).await.unwrap().status(), 201);
+    assert_eq!(put("/v1/orgs/org-a/members/alice", json!({"role": "admin"})).await.unwrap().status(), 201);
+    assert_eq!(put("/v1/orgs/org-a/members/bob", json!({"role": "member"})).await.unwrap().status(), 201);
     let segment = json!({"name": "beta", "constraints": [{"field": "plan", "operator": "IN", "values": ["pro"]}]});
     let put = client.put(format!("{base}/v1/admin/segments/beta")).bearer_auth(admin).json(&segment).send();
     assert_eq!(put.await.unwrap().status(), 201);

@@ -1,0 +1,80 @@
+//! The GDPR API: the data map (platform admins), and the directory of organizations and memberships that
+//! last-admin protection is decided on. Export, erasure and the audit-log reader are not built yet.
+//!
+//! Who may do what: platform admins create and rename organizations and manage any organization's members; an
+//! admin of an organization in the directory manages its members (from a token naming that organization: the
+//! directory, not the token's `admin` role, decides, so an admin who leaves or is demoted stops at once); every
+//! member reads their own organization (the one the token names) and its members, and may leave it. Another organization answers 404, never
+//! 403, so organization ids do not leak; a member of the organization asking for an admin's action gets 403. An
+//! organization that has members always keeps an admin: removing or demoting its last admin is 409 `last_admin`.
+
+mod datamap;
+mod orgs;
+
+use keel::config::{ConfigError, Env};
+use keel::idempotency::Idempotency;
+use keel::port::PortError;
+use keel::problem::Problem;
+use keel::ratelimit::RateLimits;
+use keel::resources::Resources;
+use keel::route::{Access, Api, Route};
+use keel_gdpr::directory::{Directory, DirectoryError, TABLE_VAR};
+
+pub struct GdprApi {
+    directory: Directory,
+    idempotency: Idempotency,
+    rate_limits: RateLimits,
+}
+
+pub fn build(env: &Env, resources: &dyn Resources) -> Result<GdprApi, ConfigError> {
+    Ok(GdprApi {
+        directory: Directory::new(resources.table(TABLE_VAR)?, resources.clock()),
+        idempotency: Idempotency::from_resources(resources)?,
+        rate_limits: RateLimits::shared(env, resources)?,
+    })
+}
+
+impl Api for GdprApi {
+    fn idempotency(&self) -> Option<&Idempotency> {
+        Some(&self.idempotency)
+    }
+
+    fn rate_limits(&self) -> Option<&RateLimits> {
+        Some(&self.rate_limits)
+    }
+
+    const ROUTES: &'static [Route<Self>] = &[
+        Route::get("/v1/admin/gdpr/data-map", Access::PlatformAdmin, datamap::SHOW, |_, _| Box::pin(datamap::show())),
+        Route::put("/v1/orgs/{orgId}", Access::PlatformAdmin, orgs::PUT, |api, call| Box::pin(api.put_org(call))),
+        Route::get("/v1/orgs/{orgId}", Access::Member, orgs::SHOW, |api, call| Box::pin(api.show_org(call))),
+        Route::get("/v1/orgs/{orgId}/members", Access::Member, orgs::MEMBERS, |api, call| Box::pin(api.members(call))),
+        Route::put("/v1/orgs/{orgId}/members/{userId}", Access::Member, orgs::SET_MEMBER, |api, call| {
+            Box::pin(api.set_member(call))
+        }),
+        Route::delete("/v1/orgs/{orgId}/members/{userId}", Access::Member, orgs::REMOVE_MEMBER, |api, call| {
+            Box::pin(api.remove_member(call))
+        }),
+        Route::get("/v1/user/orgs", Access::Member, orgs::MINE, |api, call| Box::pin(api.my_orgs(call))),
+    ];
+}
+
+fn directory_problem(error: DirectoryError) -> Problem {
+    match error {
+        DirectoryError::Invalid(errors) => Problem::invalid("invalid_field", errors),
+        DirectoryError::OrgNotFound => Problem::not_found("no such organization"),
+        DirectoryError::MemberNotFound => Problem::not_found("no such member"),
+        DirectoryError::LastAdmin => Problem::new(
+            409,
+            "last_admin",
+            "the organization's last admin cannot be removed or demoted while it has members: make another member \
+             admin first",
+        ),
+        DirectoryError::Contended => Problem::new(409, "contended", "too many concurrent changes; retry"),
+        DirectoryError::Port(error) => port_problem(error),
+    }
+}
+
+fn port_problem(error: PortError) -> Problem {
+    tracing::warn!(%error, "gdpr request failed on a backend");
+    Problem::unavailable()
+}

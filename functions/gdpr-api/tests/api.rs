@@ -1,0 +1,213 @@
+//! The GDPR API on the embedded backend: the data map for platform admins only, and the directory's routes: who may
+//! do what, another organization's answers (404), last-admin protection (409), bad input (422 with pointers, 413).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keel::clock::{Clock, ManualClock};
+use keel::config::Env;
+use keel::http::Method;
+use keel::resources::StaticResources;
+use keel_embedded::EmbeddedDb;
+use keel_tests::*;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+struct Api {
+    _dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    api: gdpr_api::GdprApi,
+}
+
+fn api() -> Api {
+    let dir = tempfile::tempdir().unwrap();
+    let db = EmbeddedDb::open(dir.path()).unwrap();
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let resources = StaticResources::new(dyn_clock.clone())
+        .with_table("DIRECTORY_TABLE", Arc::new(db.table("DirectoryTable", dyn_clock.clone())))
+        .with_table(keel::idempotency::TABLE_VAR, Arc::new(db.table("IdempotencyTable", dyn_clock.clone())))
+        .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock)));
+    let env = Env::from_pairs([("RATE_LIMIT_ORG", "off"), ("RATE_LIMIT_IP", "off"), ("KEEL_STAGE", "dev")]);
+    Api { _dir: dir, clock, api: gdpr_api::build(&env, &resources).unwrap() }
+}
+
+struct Caller<'a> {
+    user: &'a str,
+    org: &'a str,
+    roles: &'a [&'a str],
+}
+
+const ANN: Caller = Caller { user: "ann", org: "acme", roles: &["admin"] };
+const BOB: Caller = Caller { user: "bob", org: "acme", roles: &["member"] };
+const EVE: Caller = Caller { user: "eve", org: "globex", roles: &["admin"] };
+const OPERATOR: Caller = Caller { user: "op", org: "ops", roles: &["platform-admin"] };
+
+impl Api {
+    /// `route` is the template's path; the path parameters are read off `path` by position.
+    async fn send(
+        &self,
+        who: &Caller<'_>,
+        method: Method,
+        route: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = route_request(method, route, path);
+        if let Some(body) = body {
+            set_body(&mut request, body.as_bytes());
+        }
+        let request = with_claims(request, who.user, who.org, who.roles);
+        let response = self.api.call(request, invocation(self.clock.as_ref())).await;
+        let text = body_text(&response);
+        (response.status_code as u16, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn put_org(&self, who: &Caller<'_>, org: &str, body: &str) -> (u16, Value) {
+        self.send(who, Method::PUT, "/v1/orgs/{orgId}", &format!("/v1/orgs/{org}"), Some(body)).await
+    }
+
+    async fn set_member(&self, who: &Caller<'_>, org: &str, user: &str, role: &str) -> (u16, Value) {
+        let body = json!({ "role": role }).to_string();
+        let path = format!("/v1/orgs/{org}/members/{user}");
+        self.send(who, Method::PUT, "/v1/orgs/{orgId}/members/{userId}", &path, Some(&body)).await
+    }
+
+    async fn remove_member(&self, who: &Caller<'_>, org: &str, user: &str) -> (u16, Value) {
+        let path = format!("/v1/orgs/{org}/members/{user}");
+        self.send(who, Method::DELETE, "/v1/orgs/{orgId}/members/{userId}", &path, None).await
+    }
+
+    async fn get(&self, who: &Caller<'_>, route: &str, path: &str) -> (u16, Value) {
+        self.send(who, Method::GET, route, path, None).await
+    }
+
+    /// `acme` with ann (admin) and bob (member); `globex` with eve (admin).
+    async fn seed(&self) {
+        assert_eq!(self.put_org(&OPERATOR, "acme", r#"{"name": "Acme"}"#).await.0, 201);
+        assert_eq!(self.put_org(&OPERATOR, "globex", r#"{"name": "Globex"}"#).await.0, 201);
+        assert_eq!(self.set_member(&OPERATOR, "acme", "ann", "admin").await.0, 201);
+        assert_eq!(self.set_member(&ANN, "acme", "bob", "member").await.0, 201);
+        assert_eq!(self.set_member(&OPERATOR, "globex", "eve", "admin").await.0, 201);
+    }
+}
+
+#[tokio::test]
+async fn the_data_map_is_served_to_platform_admins_only() {
+    let a = api();
+    let (status, map) = a.get(&OPERATOR, "/v1/admin/gdpr/data-map", "/v1/admin/gdpr/data-map").await;
+    assert_eq!(status, 200);
+    let entries = map["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), keel_gdpr::datamap::data_map().len());
+    let membership = entries.iter().find(|e| e["name"] == "directory.membership").unwrap();
+    assert_eq!(membership["table"], "DIRECTORY_TABLE");
+    assert_eq!(membership["subject"], "user");
+    assert_eq!(membership["erasure"], json!({"kind": "delete"}));
+    assert!(entries.iter().any(|e| e["name"] == "jobs.job"), "every domain's entries");
+    for who in [&ANN, &BOB] {
+        assert_eq!(a.get(who, "/v1/admin/gdpr/data-map", "/v1/admin/gdpr/data-map").await.0, 403);
+    }
+}
+
+#[tokio::test]
+async fn platform_admins_create_and_rename_organizations_and_nobody_else_does() {
+    let a = api();
+    let (status, org) = a.put_org(&OPERATOR, "acme", r#"{"name": "Acme"}"#).await;
+    assert_eq!((status, org["name"].as_str(), org["members"].as_u64()), (201, Some("Acme"), Some(0)));
+    assert_eq!(a.put_org(&OPERATOR, "acme", r#"{"name": "Acme"}"#).await.0, 200);
+    let (status, org) = a.put_org(&OPERATOR, "acme", r#"{"name": "Acme Corp"}"#).await;
+    assert_eq!((status, org["name"].as_str()), (200, Some("Acme Corp")));
+    assert_eq!(a.put_org(&ANN, "acme", r#"{"name": "Mine"}"#).await.0, 403, "an org admin cannot rename");
+}
+
+#[tokio::test]
+async fn bad_organization_bodies_are_refused_with_pointers() {
+    let a = api();
+    for (body, status, pointer) in [
+        ("", 400, None),
+        ("{", 400, None),
+        (r#"{"name": ""}"#, 422, Some("/name")),
+        (r#"{"name": 7}"#, 422, Some("/name")),
+        (r#"{}"#, 422, Some("/name")),
+        (r#"{"name": "Acme", "extra": 1}"#, 422, Some("/extra")),
+    ] {
+        let (got, problem) = a.put_org(&OPERATOR, "acme", body).await;
+        assert_eq!(got, status, "{body}: {problem}");
+        if let Some(pointer) = pointer {
+            assert_eq!(problem["errors"][0]["pointer"], pointer, "{body}: {problem}");
+        }
+    }
+    let big = json!({ "name": "x".repeat(5000) }).to_string();
+    assert_eq!(a.put_org(&OPERATOR, "acme", &big).await.0, 413);
+    let (status, problem) = a.put_org(&OPERATOR, "a b", r#"{"name": "Acme"}"#).await;
+    assert_eq!((status, problem["errors"][0]["pointer"].as_str()), (422, Some("/id")));
+    let (status, problem) = a.set_member(&OPERATOR, "acme", "ann", "admin").await;
+    assert_eq!(status, 404, "no such organization yet: {problem}");
+    a.put_org(&OPERATOR, "acme", r#"{"name": "Acme"}"#).await;
+    let (status, problem) = a.set_member(&OPERATOR, "acme", "ann", "owner").await;
+    assert_eq!((status, problem["errors"][0]["pointer"].as_str()), (422, Some("/role")), "{problem}");
+}
+
+#[tokio::test]
+async fn members_read_their_organization_and_another_organization_answers_404() {
+    let a = api();
+    a.seed().await;
+    let (status, org) = a.get(&BOB, "/v1/orgs/{orgId}", "/v1/orgs/acme").await;
+    assert_eq!((status, org["members"].as_u64(), org["admins"].as_u64()), (200, Some(2), Some(1)));
+    let (status, page) = a.get(&BOB, "/v1/orgs/{orgId}/members", "/v1/orgs/acme/members?limit=1").await;
+    assert_eq!((status, page["members"][0]["user_id"].as_str()), (200, Some("ann")));
+    let cursor = page["next_cursor"].as_str().unwrap().to_string();
+    let path = format!("/v1/orgs/acme/members?cursor={cursor}");
+    let (_, rest) = a.get(&BOB, "/v1/orgs/{orgId}/members", &path).await;
+    assert_eq!(rest["members"][0]["user_id"], "bob");
+    assert!(rest.get("next_cursor").is_none());
+
+    for (route, path) in [("/v1/orgs/{orgId}", "/v1/orgs/acme"), ("/v1/orgs/{orgId}/members", "/v1/orgs/acme/members")]
+    {
+        let (status, problem) = a.get(&EVE, route, path).await;
+        assert_eq!(status, 404, "{path}: {problem}");
+        assert_eq!(
+            a.get(&EVE, route, &path.replace("acme", "nowhere")).await.0,
+            404,
+            "the same answer as a missing one"
+        );
+    }
+    assert_eq!(a.set_member(&EVE, "acme", "eve", "admin").await.0, 404, "no way in to another organization");
+    assert_eq!(a.remove_member(&EVE, "acme", "bob").await.0, 404);
+    assert_eq!(a.get(&OPERATOR, "/v1/orgs/{orgId}", "/v1/orgs/acme").await.0, 200, "platform admins see all");
+
+    let (_, mine) = a.get(&BOB, "/v1/user/orgs", "/v1/user/orgs").await;
+    assert_eq!(mine["memberships"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (mine["memberships"][0]["org_id"].as_str(), mine["memberships"][0]["role"].as_str()),
+        (Some("acme"), Some("member"))
+    );
+
+    let (status, _) = a.get(&BOB, "/v1/orgs/{orgId}/members", "/v1/orgs/acme/members?cursor=%%%").await;
+    assert_eq!(status, 422);
+    assert_eq!(a.get(&BOB, "/v1/orgs/{orgId}/members", "/v1/orgs/acme/members?limit=0").await.0, 422);
+}
+
+#[tokio::test]
+async fn org_admins_manage_members_members_may_only_leave_and_the_last_admin_stays() {
+    let a = api();
+    a.seed().await;
+    assert_eq!(a.set_member(&BOB, "acme", "cat", "member").await.0, 403, "a member cannot add");
+    assert_eq!(a.set_member(&BOB, "acme", "bob", "admin").await.0, 403, "nor promote themselves");
+    assert_eq!(a.remove_member(&BOB, "acme", "ann").await.0, 403, "nor remove others");
+
+    let (status, problem) = a.remove_member(&ANN, "acme", "ann").await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("last_admin")), "{problem}");
+    let (status, problem) = a.set_member(&ANN, "acme", "ann", "member").await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("last_admin")));
+
+    let (status, membership) = a.set_member(&ANN, "acme", "bob", "admin").await;
+    assert_eq!((status, membership["role"].as_str()), (200, Some("admin")));
+    assert_eq!(a.set_member(&ANN, "acme", "bob", "admin").await.0, 200, "unchanged");
+    assert_eq!(a.remove_member(&ANN, "acme", "ann").await.0, 204, "handed over, ann may leave");
+    assert_eq!(a.remove_member(&ANN, "acme", "ann").await.0, 404, "gone");
+    assert_eq!(a.remove_member(&BOB, "acme", "nobody").await.0, 404, "bob is an admin in the directory now");
+    assert_eq!(a.set_member(&ANN, "acme", "ann", "admin").await.0, 403, "ann's token still says admin; she left");
+    assert_eq!(a.set_member(&BOB, "acme", "cat", "member").await.0, 201);
+    let (_, org) = a.get(&OPERATOR, "/v1/orgs/{orgId}", "/v1/orgs/acme").await;
+    assert_eq!((org["members"].as_u64(), org["admins"].as_u64()), (Some(2), Some(1)));
+}

@@ -1,0 +1,95 @@
+//! The data map: every domain's entries, and the directory's own. The GDPR tasks walk it without knowing any
+//! domain's key formats; `GET /v1/admin/gdpr/data-map` serves it as the record of processing (GDPR Art. 30).
+
+use crate::directory::TABLE_VAR;
+use keel::datamap::{Entry, Erasure, Export, Retention, Subject};
+
+const PURPOSE: &str = "Knowing who belongs to and administers each customer organization (GDPR Art. 6(1)(b)).";
+const AUDIT_PURPOSE: &str = "Accountability for changes to who may act for an organization (GDPR Art. 5(2)).";
+
+/// The directory's items.
+pub const DIRECTORY: &[Entry] = &[
+    Entry {
+        name: "directory.organization",
+        table: TABLE_VAR,
+        pk: "ORG#{org}",
+        sk: "ORG",
+        description: "A customer organization: its name and how many members and admins it has.",
+        subject: Subject::Organization,
+        personal_data: &[],
+        purpose: PURPOSE,
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Exclude { reason: "about an organization, not a person; the memberships are included" },
+        erasure: Erasure::Keep { exemption: "holds nothing about a person; erased with the organization" },
+    },
+    Entry {
+        name: "directory.membership",
+        table: TABLE_VAR,
+        pk: "ORG#{org}",
+        sk: "MEMBER#{user}",
+        description: "A user's membership of an organization and their role in it.",
+        subject: Subject::User,
+        personal_data: &["user_id", "role", "since"],
+        purpose: PURPOSE,
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Include,
+        erasure: Erasure::Delete,
+    },
+    Entry {
+        name: "directory.membership_by_user",
+        table: TABLE_VAR,
+        pk: "USER#{user}",
+        sk: "ORG#{org}",
+        description: "The same membership, listed by user.",
+        subject: Subject::User,
+        personal_data: &["user_id", "role", "since"],
+        purpose: PURPOSE,
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Exclude { reason: "a copy of directory.membership, which the bundle includes" },
+        erasure: Erasure::Delete,
+    },
+    Entry {
+        name: "directory.audit",
+        table: TABLE_VAR,
+        pk: "AUDIT",
+        sk: "{id}",
+        description: "The audit trail of directory changes: who changed which organization or membership, when.",
+        subject: Subject::User,
+        personal_data: &["actor", "resource", "before", "after"],
+        purpose: AUDIT_PURPOSE,
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Include,
+        erasure: Erasure::Pseudonymize,
+    },
+    Entry {
+        name: "directory.audit_index",
+        table: TABLE_VAR,
+        pk: "AUDIT#{index}",
+        sk: "{id}",
+        description: "The same audit entries, by organization and by actor.",
+        subject: Subject::User,
+        personal_data: &["actor", "resource", "before", "after"],
+        purpose: AUDIT_PURPOSE,
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Exclude { reason: "copies of directory.audit, which the bundle includes" },
+        erasure: Erasure::Pseudonymize,
+    },
+];
+
+/// The whole map, every domain's entries in the order erasure walks them (dependents before what they name).
+pub fn data_map() -> Vec<Entry> {
+    [
+        keel_jobs::datamap::ENTRIES,
+        keel_webhooks::DATA_MAP,
+        keel_flags::datamap::ENTRIES,
+        keel::idempotency::DATA_MAP,
+        keel::ratelimit::DATA_MAP,
+        DIRECTORY,
+    ]
+    .concat()
+}

@@ -1,0 +1,358 @@
+//! The directory: organizations and their members with a role each, which is what last-admin protection and an
+//! erasure's blockers are decided on. Every change is audited in the same transaction (`keel::audit`).
+//!
+//! Guarantee: an organization that has members keeps at least one admin. The organization's item counts its
+//! members and admins and every membership change rewrites it under its version, so two admins removing each
+//! other at once cannot both succeed. Tokens still carry the roles requests are authorized with; the directory is
+//! the record of who administers what, kept beside them.
+//!
+//! Items (`DIRECTORY_TABLE`):
+//! - `ORG#{org}` / `ORG`: name, member and admin counts;
+//! - `ORG#{org}` / `MEMBER#{user}`: one membership;
+//! - `USER#{user}` / `ORG#{org}`: the same membership, by user (written in the same transaction);
+//! - the audit trail's partitions (`AUDIT`, `AUDIT#ORG#{org}`, `AUDIT#ACTOR#{user}`).
+
+use chrono::{DateTime, Utc};
+use keel::audit::AuditEntry;
+use keel::clock::Clock;
+use keel::port::PortError;
+use keel::problem::FieldError;
+use keel::table::{Expect, Item, Key, Query, Table, Write};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+
+pub const TABLE_VAR: &str = "DIRECTORY_TABLE";
+
+/// Longest organization or user id, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+pub const MAX_NAME_CHARS: usize = 200;
+
+/// Optimistic attempts at a membership change before it answers `Contended`.
+const ATTEMPTS: usize = 5;
+const ORG_SK: &str = "ORG";
+const MEMBER_PREFIX: &str = "MEMBER#";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrgRole {
+    Admin,
+    Member,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Organization {
+    pub id: String,
+    pub name: String,
+    pub members: u32,
+    pub admins: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Membership {
+    pub org_id: String,
+    pub user_id: String,
+    pub role: OrgRole,
+    pub since: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("invalid input")]
+    Invalid(Vec<FieldError>),
+    #[error("no such organization")]
+    OrgNotFound,
+    #[error("no such member")]
+    MemberNotFound,
+    /// The change would leave an organization with members but no admin.
+    #[error("the last admin of an organization with other members cannot be removed or demoted")]
+    LastAdmin,
+    /// Other changes to the organization kept winning; the caller may retry.
+    #[error("the organization is being changed concurrently")]
+    Contended,
+    #[error(transparent)]
+    Port(#[from] PortError),
+}
+
+/// Whether a change was made or found already in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+pub struct Directory {
+    table: Arc<dyn Table>,
+    clock: Arc<dyn Clock>,
+}
+
+pub fn org_partition(org: &str) -> String {
+    format!("ORG#{org}")
+}
+
+pub fn user_partition(user: &str) -> String {
+    format!("USER#{user}")
+}
+
+fn member_sk(user: &str) -> String {
+    format!("{MEMBER_PREFIX}{user}")
+}
+
+/// Checks an organization or user id (`pointer` names it in the error).
+pub fn check_id(pointer: &str, id: &str) -> Result<(), FieldError> {
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_ID_CHARS || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(FieldError {
+            pointer: pointer.to_string(),
+            message: format!("1 to {MAX_ID_CHARS} characters, without spaces or control characters"),
+        });
+    }
+    Ok(())
+}
+
+fn invalid(error: FieldError) -> DirectoryError {
+    DirectoryError::Invalid(vec![error])
+}
+
+impl Directory {
+    pub fn new(table: Arc<dyn Table>, clock: Arc<dyn Clock>) -> Self {
+        Self { table, clock }
+    }
+
+    pub async fn org(&self, id: &str) -> Result<Option<Organization>, DirectoryError> {
+        Ok(self.org_versioned(id).await?.map(|(org, _)| org))
+    }
+
+    async fn org_versioned(&self, id: &str) -> Result<Option<(Organization, u64)>, DirectoryError> {
+        let Some(item) = self.table.get(&Key::new(org_partition(id), ORG_SK)).await? else { return Ok(None) };
+        Ok(Some((decode(&item, "org")?, item.version)))
+    }
+
+    /// Creates the organization, or renames it.
+    pub async fn put_org(&self, actor: &str, id: &str, name: &str) -> Result<(Organization, Change), DirectoryError> {
+        check_id("/id", id).map_err(invalid)?;
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(invalid(FieldError {
+                pointer: "/name".into(),
+                message: format!("1 to {MAX_NAME_CHARS} characters, without control characters"),
+            }));
+        }
+        for _ in 0..ATTEMPTS {
+            let now = self.clock.now();
+            let current = self.org_versioned(id).await?;
+            let (org, expect, version, change, action) = match &current {
+                None => {
+                    let org = Organization {
+                        id: id.to_string(),
+                        name: name.to_string(),
+                        members: 0,
+                        admins: 0,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    (org, Expect::Absent, 1, Change::Created, "directory.org.create")
+                }
+                Some((org, _)) if org.name == name => return Ok((org.clone(), Change::Unchanged)),
+                Some((org, version)) => {
+                    let renamed = Organization { name: name.to_string(), updated_at: now, ..org.clone() };
+                    (renamed, Expect::Version(*version), version + 1, Change::Updated, "directory.org.rename")
+                }
+            };
+            let entry = AuditEntry::new(now, actor, Some(id), action, format!("org:{id}"))
+                .with_change(current.as_ref().map(|(org, _)| name_of(org)), Some(name_of(&org)));
+            let mut writes = vec![Write::Put { item: encode(org_key(id), "org", &org, version)?, expect }];
+            writes.extend(entry.writes()?);
+            match self.table.transact(writes).await {
+                Ok(()) => return Ok((org, change)),
+                Err(e) if e.is_condition_failed() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DirectoryError::Contended)
+    }
+
+    pub async fn membership(&self, org: &str, user: &str) -> Result<Option<Membership>, DirectoryError> {
+        Ok(self.membership_versioned(org, user).await?.map(|(m, _)| m))
+    }
+
+    async fn membership_versioned(&self, org: &str, user: &str) -> Result<Option<(Membership, u64)>, DirectoryError> {
+        let Some(item) = self.table.get(&Key::new(org_partition(org), member_sk(user))).await? else {
+            return Ok(None);
+        };
+        Ok(Some((decode(&item, "member")?, item.version)))
+    }
+
+    /// Adds `user` to `org` with `role`, or changes their role. Demoting the organization's last admin is refused.
+    pub async fn set_member(
+        &self,
+        actor: &str,
+        org: &str,
+        user: &str,
+        role: OrgRole,
+    ) -> Result<(Membership, Change), DirectoryError> {
+        check_id("/user_id", user).map_err(invalid)?;
+        for _ in 0..ATTEMPTS {
+            let now = self.clock.now();
+            let Some((mut organization, org_version)) = self.org_versioned(org).await? else {
+                return Err(DirectoryError::OrgNotFound);
+            };
+            let current = self.membership_versioned(org, user).await?;
+            let (membership, member_expect, member_version, change) = match &current {
+                Some((m, _)) if m.role == role => return Ok((m.clone(), Change::Unchanged)),
+                Some((m, version)) => {
+                    if m.role == OrgRole::Admin && organization.admins <= 1 {
+                        return Err(DirectoryError::LastAdmin);
+                    }
+                    let changed = Membership { role, updated_at: now, ..m.clone() };
+                    (changed, Expect::Version(*version), version + 1, Change::Updated)
+                }
+                None => {
+                    organization.members += 1;
+                    let added =
+                        Membership { org_id: org.into(), user_id: user.into(), role, since: now, updated_at: now };
+                    (added, Expect::Absent, 1, Change::Created)
+                }
+            };
+            match (current.as_ref().map(|(m, _)| m.role), role) {
+                (Some(OrgRole::Admin), OrgRole::Member) => organization.admins -= 1,
+                (Some(OrgRole::Member) | None, OrgRole::Admin) => organization.admins += 1,
+                _ => {}
+            }
+            organization.updated_at = now;
+            let entry = AuditEntry::new(now, actor, Some(org), "directory.member.set", member_resource(org, user))
+                .with_change(current.as_ref().map(|(m, _)| role_of(m)), Some(role_of(&membership)));
+            let mut writes = vec![
+                Write::Put {
+                    item: encode(org_key(org), "org", &organization, org_version + 1)?,
+                    expect: Expect::Version(org_version),
+                },
+                Write::Put {
+                    item: encode(Key::new(org_partition(org), member_sk(user)), "member", &membership, member_version)?,
+                    expect: member_expect,
+                },
+                Write::Put {
+                    item: encode(Key::new(user_partition(user), org_partition(org)), "member", &membership, 1)?,
+                    expect: Expect::Any,
+                },
+            ];
+            writes.extend(entry.writes()?);
+            match self.table.transact(writes).await {
+                Ok(()) => return Ok((membership, change)),
+                Err(e) if e.is_condition_failed() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DirectoryError::Contended)
+    }
+
+    /// Removes `user` from `org`. Removing the last admin while other members remain is refused.
+    pub async fn remove_member(&self, actor: &str, org: &str, user: &str) -> Result<Membership, DirectoryError> {
+        for _ in 0..ATTEMPTS {
+            let now = self.clock.now();
+            let Some((mut organization, org_version)) = self.org_versioned(org).await? else {
+                return Err(DirectoryError::OrgNotFound);
+            };
+            let Some((membership, member_version)) = self.membership_versioned(org, user).await? else {
+                return Err(DirectoryError::MemberNotFound);
+            };
+            if membership.role == OrgRole::Admin {
+                if organization.admins <= 1 && organization.members > 1 {
+                    return Err(DirectoryError::LastAdmin);
+                }
+                organization.admins -= 1;
+            }
+            organization.members -= 1;
+            organization.updated_at = now;
+            let entry = AuditEntry::new(now, actor, Some(org), "directory.member.remove", member_resource(org, user))
+                .with_change(Some(role_of(&membership)), None);
+            let mut writes = vec![
+                Write::Put {
+                    item: encode(org_key(org), "org", &organization, org_version + 1)?,
+                    expect: Expect::Version(org_version),
+                },
+                Write::Delete {
+                    key: Key::new(org_partition(org), member_sk(user)),
+                    expect: Expect::Version(member_version),
+                },
+                Write::Delete { key: Key::new(user_partition(user), org_partition(org)), expect: Expect::Any },
+            ];
+            writes.extend(entry.writes()?);
+            match self.table.transact(writes).await {
+                Ok(()) => return Ok(membership),
+                Err(e) if e.is_condition_failed() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(DirectoryError::Contended)
+    }
+
+    /// One page of an organization's members, by user id; the cursor is the last user id of the page.
+    pub async fn members(
+        &self,
+        org: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Membership>, Option<String>), DirectoryError> {
+        let mut query = Query::partition(org_partition(org));
+        query.sk_from = Some(MEMBER_PREFIX.to_string());
+        // '$' follows '#': the upper bound of every `MEMBER#...` sort key.
+        query.sk_to = Some("MEMBER$".to_string());
+        query.after = after.map(member_sk);
+        query.limit = limit;
+        let page = self.table.query(&query).await?;
+        let members = page.items.iter().map(|item| decode(item, "member")).collect::<Result<Vec<_>, _>>()?;
+        let next = page.next.and_then(|sk| sk.strip_prefix(MEMBER_PREFIX).map(str::to_string));
+        Ok((members, next))
+    }
+
+    /// Every organization `user` belongs to.
+    pub async fn memberships(&self, user: &str) -> Result<Vec<Membership>, DirectoryError> {
+        let mut query = Query::partition(user_partition(user));
+        query.limit = keel::table::MAX_QUERY_LIMIT;
+        let mut all = Vec::new();
+        loop {
+            let page = self.table.query(&query).await?;
+            for item in &page.items {
+                all.push(decode(item, "member")?);
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+}
+
+fn org_key(org: &str) -> Key {
+    Key::new(org_partition(org), ORG_SK)
+}
+
+fn member_resource(org: &str, user: &str) -> String {
+    format!("org:{org}/member:{user}")
+}
+
+fn name_of(org: &Organization) -> Value {
+    serde_json::json!({ "name": org.name })
+}
+
+fn role_of(membership: &Membership) -> Value {
+    serde_json::json!({ "role": membership.role })
+}
+
+fn encode<T: Serialize>(key: Key, attr: &str, value: &T, version: u64) -> Result<Item, PortError> {
+    let json = serde_json::to_value(value).map_err(|e| PortError::Invalid(format!("{attr}: {e}")))?;
+    let mut attrs = serde_json::Map::new();
+    attrs.insert(attr.to_string(), json);
+    Ok(Item { key, attrs, version, expires_at: None })
+}
+
+fn decode<T: serde::de::DeserializeOwned>(item: &Item, attr: &str) -> Result<T, PortError> {
+    let value = item.attrs.get(attr).cloned().unwrap_or(Value::Null);
+    serde_json::from_value(value)
+        .map_err(|e| PortError::Invalid(format!("stored {attr} `{}` does not decode: {e}", item.key.sk)))
+}
