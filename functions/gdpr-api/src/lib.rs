@@ -1,5 +1,6 @@
-//! The GDPR API: the data map (platform admins), and the directory of organizations and memberships that
-//! last-admin protection is decided on. Export, erasure and the audit-log reader are not built yet.
+//! The GDPR API: the data map (platform admins); the directory of organizations and memberships that last-admin
+//! protection is decided on; and a user's exports of their own data, run as `gdpr.export` jobs. Erasure,
+//! suppression, exports of another user by platform admins and the audit-log reader are not built yet.
 //!
 //! Who may do what: platform admins create and rename organizations and manage any organization's members; an
 //! admin of an organization in the directory manages its members (from a token naming that organization: the
@@ -9,19 +10,28 @@
 //! organization that has members always keeps an admin: removing or demoting its last admin is 409 `last_admin`.
 
 mod datamap;
+mod exports;
 mod orgs;
 
+use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
 use keel::idempotency::Idempotency;
+use keel::object::ObjectStore;
 use keel::port::PortError;
 use keel::problem::Problem;
 use keel::ratelimit::RateLimits;
 use keel::resources::Resources;
 use keel::route::{Access, Api, Route};
 use keel_gdpr::directory::{Directory, DirectoryError, TABLE_VAR};
+use keel_jobs::{Jobs, Registry};
+use std::sync::Arc;
 
 pub struct GdprApi {
     directory: Directory,
+    jobs: Jobs,
+    registry: Registry,
+    objects: Arc<dyn ObjectStore>,
+    clock: Arc<dyn Clock>,
     idempotency: Idempotency,
     rate_limits: RateLimits,
 }
@@ -29,6 +39,15 @@ pub struct GdprApi {
 pub fn build(env: &Env, resources: &dyn Resources) -> Result<GdprApi, ConfigError> {
     Ok(GdprApi {
         directory: Directory::new(resources.table(TABLE_VAR)?, resources.clock()),
+        jobs: Jobs::new(
+            resources.table(keel_jobs::datamap::TABLE_VAR)?,
+            resources.queue(keel_jobs::QUEUE_VAR)?,
+            resources.bus(keel_jobs::BUS_VAR)?,
+            resources.clock(),
+        ),
+        registry: Registry::sample_unsigned(env)?,
+        objects: resources.objects(keel_gdpr::export::BUCKET_VAR)?,
+        clock: resources.clock(),
         idempotency: Idempotency::from_resources(resources)?,
         rate_limits: RateLimits::shared(env, resources)?,
     })
@@ -55,6 +74,11 @@ impl Api for GdprApi {
             Box::pin(api.remove_member(call))
         }),
         Route::get("/v1/user/orgs", Access::Member, orgs::MINE, |api, call| Box::pin(api.my_orgs(call))),
+        Route::post("/v1/user/data-exports", Access::Member, exports::START, |api, call| Box::pin(api.start(call))),
+        Route::get("/v1/user/data-exports/{id}", Access::Member, exports::SHOW, |api, call| {
+            Box::pin(api.show_export(call))
+        }),
+        Route::get("/v1/user/data-export", Access::Member, exports::LATEST, |api, call| Box::pin(api.latest(call))),
     ];
 }
 

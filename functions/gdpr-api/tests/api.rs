@@ -26,7 +26,11 @@ fn api() -> Api {
     let resources = StaticResources::new(dyn_clock.clone())
         .with_table("DIRECTORY_TABLE", Arc::new(db.table("DirectoryTable", dyn_clock.clone())))
         .with_table(keel::idempotency::TABLE_VAR, Arc::new(db.table("IdempotencyTable", dyn_clock.clone())))
-        .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock)));
+        .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock.clone())))
+        .with_table("JOBS_TABLE", Arc::new(db.table("JobsTable", dyn_clock.clone())))
+        .with_queue("JOB_QUEUE_URL", Arc::new(db.queue(keel_embedded::QueueSpec::new("JobQueue"), dyn_clock.clone())))
+        .with_bus("EVENT_BUS_NAME", Arc::new(db.bus("EventBus")))
+        .with_objects("EXPORT_BUCKET", Arc::new(db.objects("ExportBucket", "http://127.0.0.1:9", dyn_clock).unwrap()));
     let env = Env::from_pairs([("RATE_LIMIT_ORG", "off"), ("RATE_LIMIT_IP", "off"), ("KEEL_STAGE", "dev")]);
     Api { _dir: dir, clock, api: gdpr_api::build(&env, &resources).unwrap() }
 }

@@ -13,8 +13,7 @@ use keel_jobs::gate::Gates;
 use keel_jobs::{Jobs, Registry};
 
 pub const TABLE_VAR: &str = "JOBS_TABLE";
-pub const QUEUE_VAR: &str = "JOB_QUEUE_URL";
-pub const BUS_VAR: &str = "EVENT_BUS_NAME";
+pub use keel_jobs::{BUS_VAR, QUEUE_VAR};
 
 pub struct Sweeper {
     jobs: Jobs,

@@ -37,9 +37,8 @@ pub const TABLE_VAR: &str = "JOBS_TABLE";
 /// The webhooks table and queue, for the built-in bulk replay.
 pub const WEBHOOKS_TABLE_VAR: &str = "WEBHOOKS_TABLE";
 pub const WEBHOOK_QUEUE_VAR: &str = "WEBHOOK_QUEUE_URL";
-pub const QUEUE_VAR: &str = "JOB_QUEUE_URL";
 pub const DLQ_VAR: &str = "JOB_DLQ_URL";
-pub const BUS_VAR: &str = "EVENT_BUS_NAME";
+pub use keel_jobs::{BUS_VAR, QUEUE_VAR};
 pub const LEASE_VAR: &str = "JOB_LEASE_SECONDS";
 pub const HEARTBEAT_VAR: &str = "JOB_HEARTBEAT_SECONDS";
 
@@ -85,7 +84,9 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Worker, ConfigError
         resources.queue(WEBHOOK_QUEUE_VAR)?,
         resources.clock(),
     );
-    let tasks = Tasks::default().with(tasks::WEBHOOK_REPLAY, replay);
+    let tasks = Tasks::default()
+        .with(tasks::WEBHOOK_REPLAY, replay)
+        .with(keel_gdpr::export::TASK, keel_gdpr::export::ExportTask::from_resources(resources)?);
     let registry = Registry::sample(env)?;
     tasks.check(&registry)?;
     Ok(Worker {

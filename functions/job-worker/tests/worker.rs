@@ -107,14 +107,17 @@ async fn world() -> World {
     let dyn_bus: Arc<dyn EventBus> = bus.clone();
     let webhooks: Arc<dyn Table> = Arc::new(db.table("WebhooksTable", clock.clone()));
     let webhook_queue = Arc::new(db.queue(QueueSpec::new("WebhookQueue"), clock.clone()));
-    let resources = StaticResources::new(clock)
+    let resources = StaticResources::new(clock.clone())
         .with_table("WEBHOOKS_TABLE", webhooks.clone())
         .with_queue("WEBHOOK_QUEUE_URL", webhook_queue.clone())
         .with_table("JOBS_TABLE", table.clone())
         .with_table("FLAGS_TABLE", flags.clone())
         .with_queue("JOB_QUEUE_URL", queue.clone())
         .with_queue("JOB_DLQ_URL", dead_letters.clone())
-        .with_bus("EVENT_BUS_NAME", dyn_bus);
+        .with_bus("EVENT_BUS_NAME", dyn_bus)
+        .with_table("DIRECTORY_TABLE", Arc::new(db.table("DirectoryTable", clock.clone())))
+        .with_table("IDEMPOTENCY_TABLE", Arc::new(db.table("IdempotencyTable", clock.clone())))
+        .with_objects("EXPORT_BUCKET", Arc::new(db.objects("ExportBucket", "http://127.0.0.1:9", clock).unwrap()));
     let env = Env::from_pairs([
         ("JOB_URL_NOTIFY", format!("http://{address}/notify")),
         ("JOB_SECRET_NOTIFY", SECRET.to_string()),

@@ -26,8 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub const TABLE_VAR: &str = "JOBS_TABLE";
-pub const QUEUE_VAR: &str = "JOB_QUEUE_URL";
-pub const BUS_VAR: &str = "EVENT_BUS_NAME";
+pub use keel_jobs::{BUS_VAR, QUEUE_VAR};
 
 /// The farthest ahead a job may be scheduled.
 pub const MAX_SCHEDULE_AHEAD: Duration = Duration::days(366);

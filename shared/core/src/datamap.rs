@@ -3,8 +3,10 @@
 //! processing, and the plan the GDPR tasks follow). Each domain declares the entries of the items it writes, next
 //! to the code that writes them; the key patterns let a test check that every item found in a table is declared.
 
+use crate::port::PortError;
 use crate::table::Key;
 use serde::Serialize;
+use std::collections::BTreeSet;
 
 /// Whom an item's personal data is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -112,6 +114,59 @@ pub fn classify<'a>(map: &'a [Entry], table: &str, key: &Key) -> Vec<&'a Entry> 
     map.iter().filter(|entry| entry.table == table && entry.matches(key)).collect()
 }
 
+/// Whom an export (or erasure) is about: a user, and the organizations their items may be filed under (the
+/// directory's memberships and the organization of the request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSubject {
+    pub user_id: String,
+    pub org_ids: BTreeSet<String>,
+}
+
+/// Where an export writes: one record at a time, under its entry's name, so a holder never gathers a user's items
+/// in memory.
+pub trait ExportSink: Send {
+    fn record(&mut self, entry: &'static str, record: serde_json::Value) -> Result<(), PortError>;
+}
+
+/// The JSON pointers of every string in `value` equal to `needle`: where an item names a user, so an export can
+/// say so without handing over the rest (which may name others).
+pub fn mentions(value: &serde_json::Value, needle: &str) -> Vec<String> {
+    fn walk(value: &serde_json::Value, needle: &str, at: &mut String, found: &mut Vec<String>) {
+        let len = at.len();
+        match value {
+            serde_json::Value::String(text) if text == needle => found.push(at.clone()),
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    at.push_str(&format!("/{i}"));
+                    walk(item, needle, at, found);
+                    at.truncate(len);
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (key, item) in map {
+                    at.push('/');
+                    at.push_str(&key.replace('~', "~0").replace('/', "~1"));
+                    walk(item, needle, at, found);
+                    at.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(value, needle, &mut String::new(), &mut found);
+    found
+}
+
+/// A domain's side of the GDPR tasks: it finds its own items about a subject, by its own key formats.
+#[async_trait::async_trait]
+pub trait Holder: Send + Sync {
+    /// The entries this holder keeps.
+    fn entries(&self) -> &'static [Entry];
+    /// Writes every item about `subject` of each of its entries whose export is [`Export::Include`].
+    async fn export(&self, subject: &DataSubject, sink: &mut dyn ExportSink) -> Result<(), PortError>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +184,19 @@ mod tests {
         assert!(pattern_matches("{id}", "x"));
         assert!(pattern_matches("ORG#{org}#JOB", "ORG#a#b#JOB"));
         assert!(!pattern_matches("ORG#{org}#JOB", "ORG##JOB"));
+    }
+
+    #[test]
+    fn mentions_are_the_pointers_of_equal_strings_only() {
+        let value = serde_json::json!({
+            "target_users": ["bob", "ann"],
+            "rules": [{"constraints": [{"values": ["x", "ann"]}]}],
+            "a/b": "ann",
+            "description": "ann's flag",
+            "n": 1
+        });
+        assert_eq!(mentions(&value, "ann"), ["/a~1b", "/rules/0/constraints/0/values/1", "/target_users/1"]);
+        assert!(mentions(&value, "nobody").is_empty());
     }
 
     #[test]

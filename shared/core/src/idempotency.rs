@@ -83,6 +83,50 @@ pub struct Claim {
     fingerprint: String,
 }
 
+#[async_trait::async_trait]
+impl crate::datamap::Holder for Idempotency {
+    fn entries(&self) -> &'static [crate::datamap::Entry] {
+        DATA_MAP
+    }
+
+    /// The user's records in each of their organizations: a sort-key range, since each record's key starts with
+    /// its user.
+    async fn export(
+        &self,
+        subject: &crate::datamap::DataSubject,
+        sink: &mut dyn crate::datamap::ExportSink,
+    ) -> Result<(), PortError> {
+        let user = serde_json::to_string(&[subject.user_id.as_str()]).unwrap_or_default();
+        let prefix = format!("{},", user.trim_end_matches(']'));
+        for org in &subject.org_ids {
+            let mut query = crate::table::Query::partition(format!("IDEM#{org}"));
+            query.sk_from = Some(prefix.clone());
+            query.sk_to = Some(format!("{prefix}{}", char::MAX));
+            query.limit = crate::table::MAX_QUERY_LIMIT;
+            loop {
+                let page = self.table.query(&query).await?;
+                for item in &page.items {
+                    let [_, route, key]: [String; 3] = serde_json::from_str(&item.key.sk)
+                        .map_err(|_| PortError::Invalid(format!("idempotency record `{}`", item.key.sk)))?;
+                    let record = json!({
+                        "org_id": org,
+                        "route": route,
+                        "idempotency_key": key,
+                        "response": item.attrs.get("response"),
+                        "expires_at": item.expires_at,
+                    });
+                    sink.record(DATA_MAP[0].name, record)?;
+                }
+                match page.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Idempotency {
     pub fn new(table: Arc<dyn Table>, clock: Arc<dyn Clock>) -> Self {
         Self { table, clock }

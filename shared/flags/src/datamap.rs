@@ -4,14 +4,15 @@
 
 use keel::datamap::{Entry, Erasure, Export, Retention, Subject};
 
-const TABLE: &str = "FLAGS_TABLE";
+/// The table flags live in, as the template wires it.
+pub const TABLE_VAR: &str = "FLAGS_TABLE";
 const PURPOSE: &str = "Deciding which features an organization and its users see, and accounting for every change.";
 const RECIPIENTS: &[&str] = &["the flag evaluation API's callers (the customer's own services)"];
 
 pub const ENTRIES: &[Entry] = &[
     Entry {
         name: "flags.flag",
-        table: TABLE,
+        table: TABLE_VAR,
         pk: "FLAG",
         sk: "{key}",
         description: "A feature flag: rules, target lists, overrides, who changed it last.",
@@ -25,7 +26,7 @@ pub const ENTRIES: &[Entry] = &[
     },
     Entry {
         name: "flags.segment",
-        table: TABLE,
+        table: TABLE_VAR,
         pk: "SEGMENT",
         sk: "{name}",
         description: "A reusable set of constraints, which may list user ids.",
@@ -39,7 +40,7 @@ pub const ENTRIES: &[Entry] = &[
     },
     Entry {
         name: "flags.audit",
-        table: TABLE,
+        table: TABLE_VAR,
         pk: "AUDIT",
         sk: "{id}",
         description: "The audit trail of flag and segment changes, overall: who, when, before and after.",
@@ -53,7 +54,7 @@ pub const ENTRIES: &[Entry] = &[
     },
     Entry {
         name: "flags.audit_by_subject",
-        table: TABLE,
+        table: TABLE_VAR,
         pk: "AUDIT#{subject}",
         sk: "{id}",
         description: "The same audit entries, by flag or segment.",
@@ -67,7 +68,7 @@ pub const ENTRIES: &[Entry] = &[
     },
     Entry {
         name: "flags.revision",
-        table: TABLE,
+        table: TABLE_VAR,
         pk: "FLAGMETA",
         sk: "revision",
         description: "A fresh id on every change, which caches compare to decide whether to reload.",
@@ -81,7 +82,7 @@ pub const ENTRIES: &[Entry] = &[
     },
     Entry {
         name: "flags.last_seen",
-        table: TABLE,
+        table: TABLE_VAR,
         pk: "FLAGSEEN",
         sk: "{key}",
         description: "When a flag was last evaluated, to find stale flags.",
@@ -94,3 +95,65 @@ pub const ENTRIES: &[Entry] = &[
         erasure: Erasure::Keep { exemption: "holds nothing about a person" },
     },
 ];
+
+/// Where each flag, segment and audit entry names the user: the key and the JSON pointers, not the rest of the
+/// item, which is configuration and may name other users.
+#[async_trait::async_trait]
+impl keel::datamap::Holder for crate::store::FlagStore {
+    fn entries(&self) -> &'static [Entry] {
+        ENTRIES
+    }
+
+    async fn export(
+        &self,
+        subject: &keel::datamap::DataSubject,
+        sink: &mut dyn keel::datamap::ExportSink,
+    ) -> Result<(), keel::port::PortError> {
+        use keel::datamap::mentions;
+        let user = subject.user_id.as_str();
+        for flag in self.flags().await.map_err(port_error)? {
+            let at = mentions(&to_value(&flag)?, user);
+            if !at.is_empty() {
+                sink.record("flags.flag", serde_json::json!({"key": flag.key, "names_the_user_at": at}))?;
+            }
+        }
+        for segment in self.segments().await.map_err(port_error)? {
+            let at = mentions(&to_value(&segment)?, user);
+            if !at.is_empty() {
+                sink.record("flags.segment", serde_json::json!({"name": segment.name, "names_the_user_at": at}))?;
+            }
+        }
+        let mut after = None;
+        loop {
+            let (entries, next) = self.audit(None, after, keel::table::MAX_QUERY_LIMIT).await.map_err(port_error)?;
+            for entry in entries {
+                let at = mentions(&to_value(&entry)?, user);
+                if !at.is_empty() {
+                    let record = serde_json::json!({
+                        "id": entry.id,
+                        "at": entry.at,
+                        "action": entry.action,
+                        "subject": entry.subject,
+                        "names_the_user_at": at,
+                    });
+                    sink.record("flags.audit", record)?;
+                }
+            }
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+fn port_error(error: crate::store::StoreError) -> keel::port::PortError {
+    match error {
+        crate::store::StoreError::Port(error) => error,
+        other => keel::port::PortError::Invalid(format!("the flag store: {other}")),
+    }
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, keel::port::PortError> {
+    serde_json::to_value(value).map_err(|e| keel::port::PortError::Invalid(format!("export record: {e}")))
+}

@@ -13,8 +13,9 @@
 //! - the audit trail's partitions (`AUDIT`, `AUDIT#ORG#{org}`, `AUDIT#ACTOR#{user}`).
 
 use chrono::{DateTime, Utc};
-use keel::audit::AuditEntry;
+use keel::audit::{self, AuditEntry};
 use keel::clock::Clock;
+use keel::datamap::{DataSubject, Entry, ExportSink, Holder};
 use keel::port::PortError;
 use keel::problem::FieldError;
 use keel::table::{Expect, Item, Key, Query, Table, Write};
@@ -31,6 +32,8 @@ pub const MAX_NAME_CHARS: usize = 200;
 /// Optimistic attempts at a membership change before it answers `Contended`.
 const ATTEMPTS: usize = 5;
 const ORG_SK: &str = "ORG";
+/// What an export writes in place of a user other than its subject.
+const ANOTHER_USER: &str = "(another user)";
 const MEMBER_PREFIX: &str = "MEMBER#";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -326,6 +329,65 @@ impl Directory {
             }
         }
     }
+}
+
+#[async_trait::async_trait]
+impl Holder for Directory {
+    fn entries(&self) -> &'static [Entry] {
+        crate::datamap::DIRECTORY
+    }
+
+    /// The user's memberships, and the audit entries they made or that are about their membership (in each of the
+    /// subject's organizations), with any other user they name replaced by `(another user)`.
+    async fn export(&self, subject: &DataSubject, sink: &mut dyn ExportSink) -> Result<(), PortError> {
+        let user = &subject.user_id;
+        for membership in self.memberships(user).await.map_err(port_error)? {
+            sink.record("directory.membership", to_value(&membership)?)?;
+        }
+        let about_user = format!("/member:{user}");
+        let mut partitions = vec![(audit::actor_partition(user), false)];
+        partitions.extend(subject.org_ids.iter().map(|org| (audit::org_partition(org), true)));
+        let mut seen = std::collections::BTreeSet::new();
+        for (partition, only_about_user) in partitions {
+            let mut query = Query::partition(partition);
+            query.limit = keel::table::MAX_QUERY_LIMIT;
+            loop {
+                let page = self.table.query(&query).await?;
+                for item in &page.items {
+                    let mut entry = AuditEntry::from_item(item)?;
+                    let relevant = !only_about_user || entry.resource.ends_with(&about_user) || entry.actor == *user;
+                    if relevant && seen.insert(entry.id.clone()) {
+                        // Whoever else the entry names (the actor, or the member acted on) is not the subject's.
+                        if entry.actor != *user {
+                            entry.actor = ANOTHER_USER.to_string();
+                        }
+                        if !entry.resource.ends_with(&about_user)
+                            && let Some((org, _)) = entry.resource.split_once("/member:")
+                        {
+                            entry.resource = format!("{org}/member:{ANOTHER_USER}");
+                        }
+                        sink.record("directory.audit", to_value(&entry)?)?;
+                    }
+                }
+                match page.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn port_error(error: DirectoryError) -> PortError {
+    match error {
+        DirectoryError::Port(error) => error,
+        other => PortError::Invalid(other.to_string()),
+    }
+}
+
+fn to_value<T: Serialize>(value: &T) -> Result<Value, PortError> {
+    serde_json::to_value(value).map_err(|e| PortError::Invalid(format!("export record: {e}")))
 }
 
 fn org_key(org: &str) -> Key {

@@ -4,3 +4,4 @@
 
 pub mod datamap;
 pub mod directory;
+pub mod export;

@@ -148,3 +148,56 @@ pub const ENTRIES: &[Entry] = &[
         erasure: Erasure::Keep { exemption: "holds nothing about a person" },
     },
 ];
+
+/// The user's jobs in each of their organizations, the outputs of those that completed, and the feed's events
+/// about them.
+#[async_trait::async_trait]
+impl keel::datamap::Holder for crate::Jobs {
+    fn entries(&self) -> &'static [Entry] {
+        ENTRIES
+    }
+
+    async fn export(
+        &self,
+        subject: &keel::datamap::DataSubject,
+        sink: &mut dyn keel::datamap::ExportSink,
+    ) -> Result<(), keel::port::PortError> {
+        let filter = crate::Filter { user_id: Some(subject.user_id.clone()), ..crate::Filter::default() };
+        for org in &subject.org_ids {
+            let mut after = None;
+            loop {
+                let page = self.list(org, &filter, after, crate::store::MAX_LIST_LIMIT).await?;
+                for job in &page.jobs {
+                    sink.record("jobs.job", to_value(job)?)?;
+                    if job.status == crate::Status::Completed
+                        && let Some(output) = self.output(org, &job.id).await?
+                    {
+                        sink.record("jobs.output", serde_json::json!({"job_id": job.id, "output": output}))?;
+                    }
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            let mut after = None;
+            loop {
+                let (events, next) = self.feed_held(org, after, keel::table::MAX_QUERY_LIMIT).await?;
+                for event in &events {
+                    if event.data["user_id"].as_str() == Some(subject.user_id.as_str()) {
+                        sink.record("jobs.feed_event", to_value(event)?)?;
+                    }
+                }
+                match next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, keel::port::PortError> {
+    serde_json::to_value(value).map_err(|e| keel::port::PortError::Invalid(format!("export record: {e}")))
+}

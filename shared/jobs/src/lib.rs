@@ -14,6 +14,10 @@
 //! outcome). Each transition's event is written with it, so none is lost; it is published after the commit, so a
 //! crash between the two publishes it again later under the same id, which consumers deduplicate on.
 
+/// The queue jobs travel on and the bus their events go to, as the template wires them.
+pub const QUEUE_VAR: &str = "JOB_QUEUE_URL";
+pub const BUS_VAR: &str = "EVENT_BUS_NAME";
+
 pub mod backoff;
 pub mod breaker;
 pub mod builtin;

@@ -1057,6 +1057,21 @@ impl Jobs {
     /// The feed after `position` (exclusive), oldest first, up to events a second old: a transition commits
     /// within that of taking its position, so a reader that has passed a position never finds an event before it
     /// appear later.
+    /// Every event the feed holds for `org`, oldest first, including those too recent for `feed` to serve yet:
+    /// what an export reads.
+    pub async fn feed_held(
+        &self,
+        org: &str,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(Vec<FeedEvent>, Option<String>), PortError> {
+        let mut query = Query::partition(events::feed_partition(org));
+        query.after = after;
+        query.limit = limit.clamp(1, keel::table::MAX_QUERY_LIMIT);
+        let page = self.table.query(&query).await?;
+        Ok((page.items.iter().filter_map(FeedEvent::from_item).collect(), page.next))
+    }
+
     pub async fn feed(
         &self,
         org: &str,

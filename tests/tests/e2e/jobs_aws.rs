@@ -44,7 +44,8 @@ async fn jobs_run_and_publish_their_events_on_dynamodb_sqs_and_eventbridge() {
     )
     .await
     .unwrap();
-    // The worker's built-in webhook replay needs a webhooks table and queue; this test runs no replay.
+    // The worker's built-in tasks need the webhooks table and queue (replay) and the directory, idempotency table
+    // and export bucket (export); this test runs neither.
     let (webhook_queue_url, _) = provision::ensure_queue(&sqs, &unique_name("webhook-queue"), 30, None).await.unwrap();
     let env = Env::from_pairs([
         ("WEBHOOKS_TABLE", tables[2].clone()),
@@ -52,6 +53,8 @@ async fn jobs_run_and_publish_their_events_on_dynamodb_sqs_and_eventbridge() {
         ("JOBS_TABLE", tables[0].clone()),
         ("FLAGS_TABLE", tables[1].clone()),
         ("IDEMPOTENCY_TABLE", tables[2].clone()),
+        ("DIRECTORY_TABLE", tables[2].clone()),
+        ("EXPORT_BUCKET", "keel-unused-export-bucket".into()),
         ("RATE_LIMITS_TABLE", tables[2].clone()),
         ("JOB_QUEUE_URL", queue_url.clone()),
         ("JOB_DLQ_URL", dlq_url),

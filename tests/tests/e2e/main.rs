@@ -11,6 +11,7 @@ mod data_map;
 mod events_stream;
 mod flags_local;
 mod flags_store_aws;
+mod gdpr_local;
 mod jobs_aws;
 mod jobs_local;
 mod jwks_interop;

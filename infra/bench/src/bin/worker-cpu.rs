@@ -162,7 +162,13 @@ async fn main() -> Result<(), String> {
         .with_queue("JOB_QUEUE_URL", queue.clone())
         .with_queue("JOB_DLQ_URL", Arc::new(db.queue(QueueSpec::new("JobDeadLetterQueue"), clock.clone())))
         .with_queue("WEBHOOK_QUEUE_URL", Arc::new(db.queue(QueueSpec::new("WebhookQueue"), clock.clone())))
-        .with_bus("EVENT_BUS_NAME", bus.clone());
+        .with_bus("EVENT_BUS_NAME", bus.clone())
+        .with_table("DIRECTORY_TABLE", Arc::new(db.table("DirectoryTable", clock.clone())))
+        .with_table("IDEMPOTENCY_TABLE", Arc::new(db.table("IdempotencyTable", clock.clone())))
+        .with_objects(
+            "EXPORT_BUCKET",
+            Arc::new(db.objects("ExportBucket", "http://127.0.0.1:9", clock.clone()).map_err(|e| e.to_string())?),
+        );
     let env = Env::from_pairs([
         ("JOB_URL_NOTIFY", format!("{}/notify", args.stub.trim_end_matches('/'))),
         ("JOB_SECRET_NOTIFY", SECRET.to_string()),

@@ -1,0 +1,171 @@
+//! A user's exports of their own data: each runs as a `gdpr.export` job (status, retries and events as any job);
+//! a finished one answers a download link valid 15 minutes, made fresh on every read.
+
+use crate::{GdprApi, port_problem};
+use chrono::{DateTime, Duration, Utc};
+use keel::http::{self, Response};
+use keel::identity::Identity;
+use keel::openapi::{Doc, Param, Reply, schema};
+use keel::problem::Problem;
+use keel::route::Call;
+use keel_gdpr::export::{LINK_VALIDITY, Output, TASK};
+use keel_jobs::{Created, Filter, Job, JobsError, NewJob, Status};
+use serde::Serialize;
+
+/// How far back `GET /v1/user/data-export` looks for an export before starting one.
+const RECENT: Duration = Duration::hours(24);
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DataExport {
+    /// The export's id (its job's).
+    pub id: String,
+    /// `pending` or `processing` while it runs; `completed` with a download; `failed` with the error.
+    pub status: Status,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download: Option<Download>,
+    /// What the bundle holds, once completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<Output>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Download {
+    /// A zip: `manifest.json` and one JSON Lines file per data-map entry.
+    pub url: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+const ID: Param = Param::path("id", "The export's id.");
+const NO_EXPORT: Reply = Reply::problem(404, "No export of the caller's has this id.");
+
+pub const START: Doc = Doc {
+    summary: "Export my data",
+    description: "Starts an export of everything Keel holds about the caller (GDPR Art. 15 and 20). An export of \
+        theirs still running is returned instead (200).",
+    replies: &[
+        Reply::json(202, "The export, started.", schema::<DataExport>),
+        Reply::json(200, "The caller's export that is still running.", schema::<DataExport>),
+    ],
+    ..Doc::NONE
+};
+pub const SHOW: Doc = Doc {
+    summary: "An export of my data",
+    description: "Its status and, once completed, a download link valid 15 minutes (a new one on every read).",
+    params: &[ID],
+    replies: &[Reply::json(200, "The export.", schema::<DataExport>), NO_EXPORT],
+    ..Doc::NONE
+};
+pub const LATEST: Doc = Doc {
+    summary: "My latest data export",
+    description: "The caller's latest export from the last 24 hours, or a new one started when there is none.",
+    replies: &[
+        Reply::json(200, "The latest export.", schema::<DataExport>),
+        Reply::json(202, "None in the last 24 hours: one has started.", schema::<DataExport>),
+    ],
+    ..Doc::NONE
+};
+
+fn jobs_problem(error: JobsError) -> Problem {
+    match error {
+        JobsError::NotFound => Problem::not_found("no such export"),
+        JobsError::Conflict(detail) => Problem::new(409, "conflict", detail),
+        JobsError::Contended => Problem::new(409, "contended", "too many concurrent changes; retry"),
+        JobsError::Backend(error) => port_problem(error),
+    }
+}
+
+impl GdprApi {
+    async fn start_export(&self, caller: &Identity, call: &Call) -> Result<(Job, bool), Problem> {
+        let job_type = self.registry.get(TASK).ok_or_else(|| {
+            tracing::error!("the registry has no {TASK} type");
+            Problem::unavailable()
+        })?;
+        let new = NewJob {
+            job_type: TASK.to_string(),
+            input: serde_json::json!({"user_id": caller.user_id, "org_ids": [caller.org_id]}),
+            // One running export per user: asking again while it runs returns it.
+            dedup_key: Some(format!("{TASK}:{}", caller.user_id)),
+            trace_header: call.invocation.trace_header.clone(),
+            trace_id: call.invocation.trace_id().map(str::to_string),
+            ..NewJob::default()
+        };
+        match self.jobs.create(&caller.org_id, &caller.user_id, job_type, new, None).await.map_err(jobs_problem)? {
+            Created::New(job) => Ok((job, true)),
+            Created::Existing(job) => Ok((job, false)),
+        }
+    }
+
+    async fn describe(&self, job: Job) -> Result<DataExport, Problem> {
+        let mut export = DataExport {
+            id: job.id.clone(),
+            status: job.status,
+            created_at: job.created_at,
+            finished_at: job.finished_at,
+            error: job.error.as_ref().map(|e| e.message.clone()),
+            download: None,
+            bundle: None,
+        };
+        if job.status == Status::Completed {
+            let output = self.jobs.output(&job.org_id, &job.id).await.map_err(port_problem)?;
+            let bundle: Option<Output> = output.and_then(|value| serde_json::from_value(value).ok());
+            if let Some(bundle) = bundle {
+                let url = self.objects.link(&bundle.bundle_key, LINK_VALIDITY).await.map_err(port_problem)?;
+                let expires_at = self.clock.now() + Duration::seconds(LINK_VALIDITY.as_secs() as i64);
+                export.download = Some(Download { url, expires_at });
+                export.bundle = Some(bundle);
+            }
+        }
+        Ok(export)
+    }
+
+    pub(crate) async fn start(&self, call: &Call) -> Result<Response, Problem> {
+        let caller = call.identity()?;
+        let (job, new) = self.start_export(caller, call).await?;
+        Ok(http::json(if new { 202 } else { 200 }, &self.describe(job).await?))
+    }
+
+    pub(crate) async fn show_export(&self, call: &Call) -> Result<Response, Problem> {
+        let caller = call.identity()?;
+        let id = http::path_param(&call.request, "id").filter(|id| ulid::Ulid::from_string(id).is_ok());
+        let Some(id) = id else { return Err(Problem::not_found("no such export")) };
+        let found = self.jobs.get(&caller.org_id, id).await.map_err(port_problem)?;
+        // Another user's export, or a job that is not an export, is as absent as one that never was.
+        let job = found
+            .map(|versioned| versioned.job)
+            .filter(|job| job.job_type == TASK && job.user_id == caller.user_id)
+            .ok_or_else(|| Problem::not_found("no such export"))?;
+        Ok(http::json(200, &self.describe(job).await?))
+    }
+
+    pub(crate) async fn latest(&self, call: &Call) -> Result<Response, Problem> {
+        let caller = call.identity()?;
+        let filter = Filter {
+            job_type: Some(TASK.to_string()),
+            user_id: Some(caller.user_id.clone()),
+            created_from: Some(self.clock.now() - RECENT),
+            ..Filter::default()
+        };
+        // A filtered page may come back empty with more to read: keep going until one matches or none is left.
+        let mut after = None;
+        let newest = loop {
+            let page = self.jobs.list(&caller.org_id, &filter, after, 1).await.map_err(port_problem)?;
+            match (page.jobs.into_iter().next(), page.next) {
+                (Some(job), _) => break Some(job),
+                (None, Some(next)) => after = Some(next),
+                (None, None) => break None,
+            }
+        };
+        match newest {
+            Some(job) => Ok(http::json(200, &self.describe(job).await?)),
+            None => {
+                let (job, _) = self.start_export(caller, call).await?;
+                Ok(http::json(202, &self.describe(job).await?))
+            }
+        }
+    }
+}

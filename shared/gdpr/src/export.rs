@@ -1,0 +1,280 @@
+//! An export of everything Keel holds about a user (GDPR Art. 15 and 20): every holder writes its records into a
+//! [`Bundle`], one JSON Lines file per data-map entry spooled to disk as they come, then zipped with a
+//! `manifest.json` (the subject, the time, and for each entry its items, the SHA-256 of its file, description,
+//! purpose, recipients and retention; the entries left out, with the reason). Memory stays bounded whatever the
+//! user's number of items: a record is on disk once written, and the zip streams from those files.
+
+use crate::directory::Directory;
+use chrono::{DateTime, Utc};
+use keel::config::ConfigError;
+use keel::datamap::{DataSubject, Entry, Export, ExportSink, Holder};
+use keel::object::ObjectStore;
+use keel::port::PortError;
+use keel::resources::Resources;
+use keel_jobs::builtin::{Checkpoints, Task, TaskFailure};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The bundle's format, named in its manifest.
+pub const FORMAT: &str = "keel.export.v1";
+
+struct Spool {
+    file: BufWriter<File>,
+    items: u64,
+    sha256: Sha256,
+}
+
+/// The files of one export, being written.
+pub struct Bundle {
+    dir: PathBuf,
+    spools: BTreeMap<&'static str, Spool>,
+    /// The entries an export includes: a record under another name is a holder's bug, refused.
+    included: Vec<Entry>,
+}
+
+/// A finished bundle: the zip on disk, and what its manifest says.
+pub struct Finished {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub sha256: String,
+    pub items: BTreeMap<String, u64>,
+}
+
+#[derive(Serialize)]
+struct ManifestEntry<'a> {
+    name: &'a str,
+    file: String,
+    items: u64,
+    sha256: String,
+    description: &'a str,
+    purpose: &'a str,
+    recipients: &'a [&'a str],
+    retention: keel::datamap::Retention,
+}
+
+fn io(what: &str, error: std::io::Error) -> PortError {
+    PortError::Unavailable(format!("{what}: {error}"))
+}
+
+impl Bundle {
+    /// A bundle spooled under `dir` (which must exist and be the bundle's own) for the entries of `map`.
+    pub fn new(dir: &Path, map: &[Entry]) -> Self {
+        let included = map.iter().filter(|e| e.export == Export::Include).copied().collect();
+        Self { dir: dir.to_path_buf(), spools: BTreeMap::new(), included }
+    }
+
+    /// Runs every holder's export into this bundle.
+    pub async fn fill(&mut self, holders: &[&dyn Holder], subject: &DataSubject) -> Result<(), PortError> {
+        for holder in holders {
+            holder.export(subject, self).await?;
+        }
+        Ok(())
+    }
+
+    /// Zips the spooled files and the manifest into `{dir}/export.zip`.
+    pub fn finish(mut self, subject: &DataSubject, map: &[Entry], at: DateTime<Utc>) -> Result<Finished, PortError> {
+        let mut entries = Vec::new();
+        let mut items = BTreeMap::new();
+        let mut digests = BTreeMap::new();
+        for entry in &self.included {
+            let (count, sha256) = match self.spools.remove(entry.name) {
+                Some(mut spool) => {
+                    spool.file.flush().map_err(|e| io("writing the bundle", e))?;
+                    (spool.items, hex::encode(spool.sha256.finalize()))
+                }
+                None => (0, hex::encode(Sha256::digest(b""))),
+            };
+            items.insert(entry.name.to_string(), count);
+            digests.insert(entry.name, sha256.clone());
+            entries.push(ManifestEntry {
+                name: entry.name,
+                file: file_name(entry.name),
+                items: count,
+                sha256,
+                description: entry.description,
+                purpose: entry.purpose,
+                recipients: entry.recipients,
+                retention: entry.retention,
+            });
+        }
+        let excluded: Vec<Value> = map
+            .iter()
+            .filter_map(|e| match e.export {
+                Export::Exclude { reason } => Some(json!({"name": e.name, "reason": reason})),
+                Export::Include => None,
+            })
+            .collect();
+        let manifest = json!({
+            "format": FORMAT,
+            "subject": {"user_id": subject.user_id, "org_ids": subject.org_ids},
+            "created_at": at,
+            "entries": entries,
+            "excluded": excluded,
+        });
+
+        let path = self.dir.join("export.zip");
+        let file = File::create(&path).map_err(|e| io("creating the bundle", e))?;
+        let mut zip = zip::ZipWriter::new(BufWriter::new(file));
+        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let zip_error = |e: zip::result::ZipError| PortError::Unavailable(format!("zipping the bundle: {e}"));
+        zip.start_file("manifest.json", options).map_err(zip_error)?;
+        let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| PortError::Invalid(e.to_string()))?;
+        zip.write_all(&manifest).map_err(|e| io("zipping the bundle", e))?;
+        for entry in &self.included {
+            zip.start_file(file_name(entry.name), options).map_err(zip_error)?;
+            let spooled = self.dir.join(file_name(entry.name));
+            if spooled.exists() {
+                let mut source = File::open(&spooled).map_err(|e| io("reading the bundle", e))?;
+                std::io::copy(&mut source, &mut zip).map_err(|e| io("zipping the bundle", e))?;
+            }
+        }
+        let mut writer = zip.finish().map_err(zip_error)?;
+        writer.flush().map_err(|e| io("writing the bundle", e))?;
+        drop(writer);
+        let mut sha256 = Sha256::new();
+        let mut reader = File::open(&path).map_err(|e| io("reading the bundle", e))?;
+        let bytes = std::io::copy(&mut reader, &mut sha256).map_err(|e| io("reading the bundle", e))?;
+        Ok(Finished { path, bytes, sha256: hex::encode(sha256.finalize()), items })
+    }
+}
+
+fn file_name(entry: &str) -> String {
+    format!("{entry}.jsonl")
+}
+
+impl ExportSink for Bundle {
+    fn record(&mut self, entry: &'static str, record: Value) -> Result<(), PortError> {
+        if !self.included.iter().any(|e| e.name == entry) {
+            return Err(PortError::Invalid(format!("`{entry}` is not an entry the export includes")));
+        }
+        let spool = match self.spools.entry(entry) {
+            std::collections::btree_map::Entry::Occupied(spool) => spool.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let file = File::create(self.dir.join(file_name(entry))).map_err(|e| io("spooling the bundle", e))?;
+                slot.insert(Spool { file: BufWriter::new(file), items: 0, sha256: Sha256::new() })
+            }
+        };
+        let mut line = serde_json::to_vec(&record).map_err(|e| PortError::Invalid(e.to_string()))?;
+        line.push(b'\n');
+        spool.file.write_all(&line).map_err(|e| io("spooling the bundle", e))?;
+        spool.sha256.update(&line);
+        spool.items += 1;
+        Ok(())
+    }
+}
+
+/// The built-in job type (and task) that exports a user.
+pub const TASK: &str = "gdpr.export";
+/// The object store bundles are written to, as the template wires it.
+pub const BUCKET_VAR: &str = "EXPORT_BUCKET";
+/// How long a download link is valid.
+pub const LINK_VALIDITY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Every domain's holder, from the resources the template wires (the webhooks table holds nothing an export
+/// includes, so it has none).
+pub fn holders(resources: &dyn Resources) -> Result<Vec<Arc<dyn Holder>>, ConfigError> {
+    let clock = resources.clock();
+    let jobs = keel_jobs::Jobs::new(
+        resources.table(keel_jobs::datamap::TABLE_VAR)?,
+        resources.queue(keel_jobs::QUEUE_VAR)?,
+        resources.bus(keel_jobs::BUS_VAR)?,
+        clock.clone(),
+    );
+    Ok(vec![
+        Arc::new(jobs),
+        Arc::new(keel_flags::store::FlagStore::new(resources.table(keel_flags::datamap::TABLE_VAR)?, clock.clone())),
+        Arc::new(keel::idempotency::Idempotency::from_resources(resources)?),
+        Arc::new(Directory::new(resources.table(crate::directory::TABLE_VAR)?, clock)),
+    ])
+}
+
+/// The task's input: whom to export, and the organizations their request came from.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub user_id: String,
+    #[serde(default)]
+    pub org_ids: Vec<String>,
+}
+
+/// The task's output, and its checkpoint once the bundle is stored (a retry then has nothing left to do).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Output {
+    pub bundle_key: String,
+    pub bytes: u64,
+    pub sha256: String,
+    /// Items per data-map entry.
+    pub items: BTreeMap<String, u64>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub struct ExportTask {
+    holders: Vec<Arc<dyn Holder>>,
+    directory: Directory,
+    objects: Arc<dyn ObjectStore>,
+    clock: Arc<dyn keel::clock::Clock>,
+}
+
+impl ExportTask {
+    pub fn from_resources(resources: &dyn Resources) -> Result<Self, ConfigError> {
+        Ok(Self {
+            holders: holders(resources)?,
+            directory: Directory::new(resources.table(crate::directory::TABLE_VAR)?, resources.clock()),
+            objects: resources.objects(BUCKET_VAR)?,
+            clock: resources.clock(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Task for ExportTask {
+    async fn run(
+        &self,
+        input: &Value,
+        checkpoint: Option<&Value>,
+        checkpoints: &dyn Checkpoints,
+    ) -> Result<Value, TaskFailure> {
+        if let Some(done) = checkpoint.and_then(|saved| serde_json::from_value::<Output>(saved.clone()).ok()) {
+            return Ok(json!(done));
+        }
+        let input: Input = serde_json::from_value(input.clone())
+            .map_err(|error| TaskFailure::Failed(format!("the input is not an export request: {error}")))?;
+        crate::directory::check_id("/user_id", &input.user_id)
+            .map_err(|error| TaskFailure::Failed(format!("user_id: {}", error.message)))?;
+        let mut org_ids: std::collections::BTreeSet<String> = input.org_ids.into_iter().collect();
+        let memberships = self.directory.memberships(&input.user_id).await.map_err(|e| match e {
+            crate::directory::DirectoryError::Port(error) => TaskFailure::from(error),
+            other => TaskFailure::Failed(other.to_string()),
+        })?;
+        org_ids.extend(memberships.into_iter().map(|m| m.org_id));
+        let subject = DataSubject { user_id: input.user_id, org_ids };
+
+        let dir = tempfile::tempdir().map_err(|e| TaskFailure::Retriable(format!("a bundle directory: {e}")))?;
+        let map = crate::datamap::data_map();
+        let mut bundle = Bundle::new(dir.path(), &map);
+        let holders: Vec<&dyn Holder> = self.holders.iter().map(|h| h.as_ref()).collect();
+        bundle.fill(&holders, &subject).await?;
+        let at = self.clock.now();
+        let finished = tokio::task::spawn_blocking(move || bundle.finish(&subject, &map, at))
+            .await
+            .map_err(|e| TaskFailure::Retriable(format!("zipping the bundle: {e}")))??;
+        let bundle_key = format!("exports/{}.zip", ulid::Ulid::from_datetime(at.into()));
+        self.objects.put_file(&bundle_key, &finished.path, "application/zip").await?;
+        let output = Output {
+            bundle_key,
+            bytes: finished.bytes,
+            sha256: finished.sha256,
+            items: finished.items,
+            created_at: at,
+        };
+        let output = json!(output);
+        checkpoints.save(&output).await?;
+        Ok(output)
+    }
+}
