@@ -215,3 +215,31 @@ async fn org_admins_manage_members_members_may_only_leave_and_the_last_admin_sta
     let (_, org) = a.get(&OPERATOR, "/v1/orgs/{orgId}", "/v1/orgs/acme").await;
     assert_eq!((org["members"].as_u64(), org["admins"].as_u64()), (Some(2), Some(1)));
 }
+
+#[tokio::test]
+async fn an_export_is_started_once_while_it_runs_and_is_nobody_elses_to_read() {
+    let a = api();
+    let (status, export) = a.send(&ANN, Method::POST, "/v1/user/data-exports", "/v1/user/data-exports", None).await;
+    assert_eq!((status, export["status"].as_str()), (202, Some("pending")), "{export}");
+    assert!(export.get("download").is_none());
+    let id = export["id"].as_str().unwrap().to_string();
+    let (status, again) = a.send(&ANN, Method::POST, "/v1/user/data-exports", "/v1/user/data-exports", None).await;
+    assert_eq!((status, again["id"].as_str()), (200, Some(id.as_str())), "the running export, not a second one");
+
+    let route = "/v1/user/data-exports/{id}";
+    let path = format!("/v1/user/data-exports/{id}");
+    assert_eq!(a.get(&ANN, route, &path).await.0, 200);
+    assert_eq!(a.get(&BOB, route, &path).await.0, 404, "another user of the same organization");
+    assert_eq!(a.get(&EVE, route, &path).await.0, 404, "another organization");
+    assert_eq!(a.get(&ANN, route, "/v1/user/data-exports/not-an-id").await.0, 404);
+    assert_eq!(a.get(&ANN, route, "/v1/user/data-exports/01KBJ0000000000000000000000").await.0, 404);
+
+    let (status, latest) = a.get(&ANN, "/v1/user/data-export", "/v1/user/data-export").await;
+    assert_eq!((status, latest["id"].as_str()), (200, Some(id.as_str())));
+    let (status, started) = a.get(&BOB, "/v1/user/data-export", "/v1/user/data-export").await;
+    assert_eq!(status, 202, "none from bob in 24 h: one starts");
+    assert_ne!(started["id"].as_str(), Some(id.as_str()));
+    a.clock.advance(chrono::Duration::hours(25));
+    let (_, later) = a.get(&BOB, "/v1/user/data-export", "/v1/user/data-export").await;
+    assert_eq!(later["id"], started["id"], "still running: the dedup key returns it");
+}

@@ -354,12 +354,22 @@ fn time_param(request: &Request, name: &str) -> Result<Option<DateTime<Utc>>, Pr
 
 impl JobsApi {
     /// The registry's type `name`, if it can run here: 422 at `/type` (`unknown` says why when there is none), 403
-    /// for a type only platform admins may create.
+    /// for a type only platform admins may create, or only Keel's own routes.
     fn runnable(&self, caller: &Identity, name: &str, unknown: &str) -> Result<&keel_jobs::JobType, Problem> {
         let job_type =
             self.registry.get(name).ok_or_else(|| Problem::invalid("unknown_type", vec![field("/type", unknown)]))?;
-        if job_type.creators == Creators::PlatformAdmin && !caller.has_role(Role::PlatformAdmin) {
-            return Err(Problem::new(403, "forbidden", format!("only platform admins create jobs of type {name}")));
+        match job_type.creators {
+            Creators::PlatformAdmin if !caller.has_role(Role::PlatformAdmin) => {
+                return Err(Problem::new(403, "forbidden", format!("only platform admins create jobs of type {name}")));
+            }
+            Creators::Keel => {
+                return Err(Problem::new(
+                    403,
+                    "forbidden",
+                    format!("jobs of type {name} are started by Keel's own routes"),
+                ));
+            }
+            _ => {}
         }
         match job_type.unavailable() {
             Some(missing) => Err(Problem::invalid(

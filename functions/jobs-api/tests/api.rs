@@ -248,3 +248,14 @@ async fn a_type_for_platform_admins_is_refused_to_everyone_else() {
         a.create(&OPERATOR, json!({"type": "webhooks.replay", "input": {"provider": "stripe"}})).await;
     assert_eq!(status, 422, "the input schema holds for built-in types too: {problem}");
 }
+
+#[tokio::test]
+async fn a_type_only_keel_starts_is_refused_to_everyone_even_platform_admins() {
+    let a = api();
+    let body = json!({"type": "gdpr.export", "input": {"user_id": "bob"}});
+    for who in [&ADA, &ADMIN, &OPERATOR] {
+        let (status, problem) = a.create(who, body.clone()).await;
+        assert_eq!(status, 403, "{problem}");
+        assert!(problem["detail"].as_str().unwrap().contains("Keel's own routes"), "{problem}");
+    }
+}

@@ -81,6 +81,23 @@ pub const DIRECTORY: &[Entry] = &[
     },
 ];
 
+/// What the GDPR tasks keep of their own: export bundles, in the export bucket (an object store's entry: `pk` is
+/// the object's key, `sk` empty).
+pub const GDPR: &[Entry] = &[Entry {
+    name: "gdpr.export_bundle",
+    table: crate::export::BUCKET_VAR,
+    pk: "exports/{id}.zip",
+    sk: "",
+    description: "A user's export bundle: a zip of everything the export found about them.",
+    subject: Subject::User,
+    personal_data: &["every record of the entries an export includes"],
+    purpose: "Giving users their data (GDPR Art. 15 and 20).",
+    recipients: &["the user, through a link valid 15 minutes"],
+    retention: Retention::Expires { seconds: 8 * 24 * 3600 },
+    export: Export::Exclude { reason: "copies of the other entries, which a new bundle includes afresh" },
+    erasure: Erasure::Delete,
+}];
+
 /// The whole map, every domain's entries in the order erasure walks them (dependents before what they name).
 pub fn data_map() -> Vec<Entry> {
     [
@@ -90,6 +107,7 @@ pub fn data_map() -> Vec<Entry> {
         keel::idempotency::DATA_MAP,
         keel::ratelimit::DATA_MAP,
         DIRECTORY,
+        GDPR,
     ]
     .concat()
 }

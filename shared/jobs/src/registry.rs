@@ -60,6 +60,9 @@ pub enum Creators {
     Member,
     /// Platform admins only (Keel's own operations, such as a bulk replay of webhook deliveries).
     PlatformAdmin,
+    /// Nobody through the jobs API: only Keel's own routes create them (a GDPR export, started through
+    /// `POST /v1/user/data-exports`, whose input names the user it exports).
+    Keel,
 }
 
 /// One job type.
@@ -320,6 +323,7 @@ mod tests {
         assert_eq!(replay.unavailable(), None, "built in: nothing to configure");
         assert_eq!(replay.executor.task.as_deref(), Some("webhooks.replay"));
         assert_eq!(replay.creators, Creators::PlatformAdmin);
+        assert_eq!(registry.get("gdpr.export").unwrap().creators, Creators::Keel);
         assert_eq!(registry.get("notify.email").unwrap().creators, Creators::Member, "the default");
         let tasks = crate::builtin::Tasks::default();
         let refused = tasks.check(&registry).unwrap_err();

@@ -1,5 +1,5 @@
-//! The data map covers the template: every table a function is wired to has entries, every entry names a table
-//! the template wires, and entry names are unique. (Each domain's own tests check that what it writes is declared.)
+//! The data map covers the template: every table and bucket a function is wired to has entries, every entry names
+//! a store the template wires, and entry names are unique. (Each domain's own tests check that what it writes is declared.)
 
 use keel_gdpr::datamap::data_map;
 use keel_local::template::{Template, VarValue};
@@ -7,23 +7,23 @@ use keel_tests::repo_root;
 use std::collections::{BTreeMap, BTreeSet};
 
 #[test]
-fn every_table_the_template_wires_is_in_the_data_map_and_nothing_else_is() {
+fn every_store_the_template_wires_is_in_the_data_map_and_nothing_else_is() {
     let template = Template::load(&repo_root().join("template.yaml")).unwrap();
-    // Variable name -> the tables (logical ids) it is wired to.
+    // Variable name -> the tables or buckets (logical ids) it is wired to.
     let mut wired: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for function in &template.functions {
         for (var, value) in &function.variables {
-            if let VarValue::Table(id) = value {
+            if let VarValue::Table(id) | VarValue::Bucket(id) = value {
                 wired.entry(var.clone()).or_default().insert(id.clone());
             }
         }
     }
-    for (var, tables) in &wired {
-        assert_eq!(tables.len(), 1, "{var} names one table everywhere: {tables:?}");
+    for (var, stores) in &wired {
+        assert_eq!(stores.len(), 1, "{var} names one store everywhere: {stores:?}");
     }
-    let wired_tables: BTreeSet<&String> = wired.values().flatten().collect();
-    let declared_tables: BTreeSet<&String> = template.tables.iter().collect();
-    assert_eq!(wired_tables, declared_tables, "every table of the template is wired to some function");
+    let wired_stores: BTreeSet<&String> = wired.values().flatten().collect();
+    let declared_stores: BTreeSet<&String> = template.tables.iter().chain(&template.buckets).collect();
+    assert_eq!(wired_stores, declared_stores, "every table and bucket of the template is wired to some function");
 
     let map = data_map();
     let mapped: BTreeSet<&str> = map.iter().map(|e| e.table).collect();
