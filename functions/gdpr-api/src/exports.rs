@@ -1,15 +1,19 @@
 //! A user's exports of their own data: each runs as a `gdpr.export` job (status, retries and events as any job);
 //! a finished one answers a download link valid 15 minutes, made fresh on every read.
 
-use crate::{GdprApi, port_problem};
+use crate::{GdprApi, directory_problem, port_problem};
 use chrono::{DateTime, Duration, Utc};
+use keel::audit::AuditEntry;
 use keel::http::{self, Response};
 use keel::identity::Identity;
+use keel::openapi::Content;
 use keel::openapi::{Doc, Param, Reply, schema};
+use keel::problem::FieldError;
 use keel::problem::Problem;
 use keel::route::Call;
 use keel_gdpr::export::{LINK_VALIDITY, Output, TASK};
 use keel_jobs::{Created, Filter, Job, JobsError, NewJob, Status};
+use serde::Deserialize;
 use serde::Serialize;
 
 /// How far back `GET /v1/user/data-export` looks for an export before starting one.
@@ -19,6 +23,8 @@ const RECENT: Duration = Duration::hours(24);
 pub struct DataExport {
     /// The export's id (its job's).
     pub id: String,
+    /// Whose data it is.
+    pub user_id: String,
     /// `pending` or `processing` while it runs; `completed` with a download; `failed` with the error.
     pub status: Status,
     pub created_at: DateTime<Utc>,
@@ -80,16 +86,24 @@ fn jobs_problem(error: JobsError) -> Problem {
 }
 
 impl GdprApi {
-    async fn start_export(&self, caller: &Identity, call: &Call) -> Result<(Job, bool), Problem> {
+    /// Starts an export of `subject` (in `org_ids` and the organizations the directory lists for them) as a job of
+    /// the caller's organization and the caller's, or returns the subject's export still running there.
+    async fn start_export(
+        &self,
+        caller: &Identity,
+        call: &Call,
+        subject: &str,
+        org_ids: &[String],
+    ) -> Result<(Job, bool), Problem> {
         let job_type = self.registry.get(TASK).ok_or_else(|| {
             tracing::error!("the registry has no {TASK} type");
             Problem::unavailable()
         })?;
         let new = NewJob {
             job_type: TASK.to_string(),
-            input: serde_json::json!({"user_id": caller.user_id, "org_ids": [caller.org_id]}),
+            input: serde_json::json!({"user_id": subject, "org_ids": org_ids}),
             // One running export per user: asking again while it runs returns it.
-            dedup_key: Some(format!("{TASK}:{}", caller.user_id)),
+            dedup_key: Some(format!("{TASK}:{subject}")),
             trace_header: call.invocation.trace_header.clone(),
             trace_id: call.invocation.trace_id().map(str::to_string),
             ..NewJob::default()
@@ -103,6 +117,7 @@ impl GdprApi {
     async fn describe(&self, job: Job) -> Result<DataExport, Problem> {
         let mut export = DataExport {
             id: job.id.clone(),
+            user_id: job.input["user_id"].as_str().unwrap_or_default().to_string(),
             status: job.status,
             created_at: job.created_at,
             finished_at: job.finished_at,
@@ -125,7 +140,7 @@ impl GdprApi {
 
     pub(crate) async fn start(&self, call: &Call) -> Result<Response, Problem> {
         let caller = call.identity()?;
-        let (job, new) = self.start_export(caller, call).await?;
+        let (job, new) = self.start_export(caller, call, &caller.user_id, std::slice::from_ref(&caller.org_id)).await?;
         Ok(http::json(if new { 202 } else { 200 }, &self.describe(job).await?))
     }
 
@@ -137,7 +152,9 @@ impl GdprApi {
         // Another user's export, or a job that is not an export, is as absent as one that never was.
         let job = found
             .map(|versioned| versioned.job)
-            .filter(|job| job.job_type == TASK && job.user_id == caller.user_id)
+            .filter(|job| {
+                job.job_type == TASK && job.user_id == caller.user_id && job.input["user_id"] == caller.user_id
+            })
             .ok_or_else(|| Problem::not_found("no such export"))?;
         Ok(http::json(200, &self.describe(job).await?))
     }
@@ -163,9 +180,104 @@ impl GdprApi {
         match newest {
             Some(job) => Ok(http::json(200, &self.describe(job).await?)),
             None => {
-                let (job, _) = self.start_export(caller, call).await?;
+                let (job, _) =
+                    self.start_export(caller, call, &caller.user_id, std::slice::from_ref(&caller.org_id)).await?;
                 Ok(http::json(202, &self.describe(job).await?))
             }
         }
+    }
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminExportBody {
+    /// The user whose data to export.
+    pub user_id: String,
+    /// Why: kept in the audit trail with the request.
+    pub reason: String,
+    /// Organizations to look in besides those the directory lists for the user (at most 100).
+    #[serde(default)]
+    pub org_ids: Vec<String>,
+}
+
+const MAX_REASON_CHARS: usize = 500;
+const MAX_BODY_BYTES: usize = 4 * 1024;
+
+pub const ADMIN_START: Doc = Doc {
+    summary: "Export a user's data",
+    description: "Platform admins: starts an export of any user, giving a reason. The request is audited \
+        (`gdpr.export.request`, with the reason) before the export starts. The export runs in the caller's \
+        organization and is read at `GET /v1/admin/gdpr/exports/{id}`.",
+    body: Some(Content::Json(schema::<AdminExportBody>)),
+    replies: &[
+        Reply::json(202, "The export, started.", schema::<DataExport>),
+        Reply::json(
+            200,
+            "An export of that user still running, started from the caller's organization.",
+            schema::<DataExport>,
+        ),
+        Reply::problem(400, "The body is missing or not JSON."),
+        Reply::problem(413, "The body is over 4 KB."),
+        Reply::problem(422, "A bad user id or reason (`pointer` names it)."),
+    ],
+    ..Doc::NONE
+};
+pub const ADMIN_SHOW: Doc = Doc {
+    summary: "An export of a user's data",
+    description: "Platform admins: an export started from the caller's organization, with its download link.",
+    params: &[ID],
+    replies: &[Reply::json(200, "The export.", schema::<DataExport>), NO_EXPORT],
+    ..Doc::NONE
+};
+
+impl GdprApi {
+    pub(crate) async fn admin_start(&self, call: &Call) -> Result<Response, Problem> {
+        let caller = call.identity()?;
+        let body: AdminExportBody = http::from_json(http::body_value(&call.request, MAX_BODY_BYTES)?, "invalid_body")?;
+        let mut errors = Vec::new();
+        if let Err(error) = keel_gdpr::directory::check_id("/user_id", &body.user_id) {
+            errors.push(error);
+        }
+        if body.org_ids.len() > 100 {
+            errors.push(FieldError { pointer: "/org_ids".into(), message: "at most 100 organizations".into() });
+        }
+        for (i, org) in body.org_ids.iter().enumerate() {
+            if let Err(error) = keel_gdpr::directory::check_id(&format!("/org_ids/{i}"), org) {
+                errors.push(error);
+            }
+        }
+        let reason = body.reason.trim();
+        if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
+            errors.push(FieldError {
+                pointer: "/reason".into(),
+                message: format!("1 to {MAX_REASON_CHARS} characters, without control characters"),
+            });
+        }
+        if !errors.is_empty() {
+            return Err(Problem::invalid("invalid_field", errors));
+        }
+        let mut entry = AuditEntry::new(
+            self.clock.now(),
+            &caller.user_id,
+            None,
+            "gdpr.export.request",
+            format!("user:{}", body.user_id),
+        );
+        entry.reason = Some(reason.to_string());
+        self.directory.record(&entry).await.map_err(directory_problem)?;
+        let (job, new) = self.start_export(caller, call, &body.user_id, &body.org_ids).await?;
+        Ok(http::json(if new { 202 } else { 200 }, &self.describe(job).await?))
+    }
+
+    pub(crate) async fn admin_show(&self, call: &Call) -> Result<Response, Problem> {
+        let caller = call.identity()?;
+        let id = http::path_param(&call.request, "id").filter(|id| ulid::Ulid::from_string(id).is_ok());
+        let Some(id) = id else { return Err(Problem::not_found("no such export")) };
+        let found = self.jobs.get(&caller.org_id, id).await.map_err(port_problem)?;
+        let job = found
+            .map(|versioned| versioned.job)
+            .filter(|job| job.job_type == TASK)
+            .ok_or_else(|| Problem::not_found("no such export"))?;
+        Ok(http::json(200, &self.describe(job).await?))
     }
 }

@@ -1,6 +1,7 @@
 //! The GDPR API: the data map (platform admins); the directory of organizations and memberships that last-admin
-//! protection is decided on; and a user's exports of their own data, run as `gdpr.export` jobs. Erasure,
-//! suppression, exports of another user by platform admins and the audit-log reader are not built yet.
+//! protection is decided on; and exports, run as `gdpr.export` jobs: a user's of their own data, and a platform
+//! admin's of any user's, with a reason that is audited before the export starts. Erasure, suppression and the
+//! audit-log reader are not built yet.
 //!
 //! Who may do what: platform admins create and rename organizations and manage any organization's members; an
 //! admin of an organization in the directory manages its members (from a token naming that organization: the
@@ -79,6 +80,12 @@ impl Api for GdprApi {
             Box::pin(api.show_export(call))
         }),
         Route::get("/v1/user/data-export", Access::Member, exports::LATEST, |api, call| Box::pin(api.latest(call))),
+        Route::post("/v1/admin/gdpr/exports", Access::PlatformAdmin, exports::ADMIN_START, |api, call| {
+            Box::pin(api.admin_start(call))
+        }),
+        Route::get("/v1/admin/gdpr/exports/{id}", Access::PlatformAdmin, exports::ADMIN_SHOW, |api, call| {
+            Box::pin(api.admin_show(call))
+        }),
     ];
 }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 struct Api {
     _dir: tempfile::TempDir,
+    db: EmbeddedDb,
     clock: Arc<ManualClock>,
     api: gdpr_api::GdprApi,
 }
@@ -32,7 +33,7 @@ fn api() -> Api {
         .with_bus("EVENT_BUS_NAME", Arc::new(db.bus("EventBus")))
         .with_objects("EXPORT_BUCKET", Arc::new(db.objects("ExportBucket", "http://127.0.0.1:9", dyn_clock).unwrap()));
     let env = Env::from_pairs([("RATE_LIMIT_ORG", "off"), ("RATE_LIMIT_IP", "off"), ("KEEL_STAGE", "dev")]);
-    Api { _dir: dir, clock, api: gdpr_api::build(&env, &resources).unwrap() }
+    Api { _dir: dir, db, clock, api: gdpr_api::build(&env, &resources).unwrap() }
 }
 
 struct Caller<'a> {
@@ -242,4 +243,43 @@ async fn an_export_is_started_once_while_it_runs_and_is_nobody_elses_to_read() {
     a.clock.advance(chrono::Duration::hours(25));
     let (_, later) = a.get(&BOB, "/v1/user/data-export", "/v1/user/data-export").await;
     assert_eq!(later["id"], started["id"], "still running: the dedup key returns it");
+}
+
+#[tokio::test]
+async fn a_platform_admin_exports_any_user_with_a_reason_that_is_audited_first() {
+    let a = api();
+    let route = "/v1/admin/gdpr/exports";
+    for (body, pointer) in [
+        (json!({"user_id": "bob"}), "/reason"),
+        (json!({"user_id": "bob", "reason": "  "}), "/reason"),
+        (json!({"user_id": "bob", "reason": "x".repeat(501)}), "/reason"),
+        (json!({"user_id": "", "reason": "ticket 7"}), "/user_id"),
+        (json!({"user_id": "bob", "reason": "ticket 7", "extra": 1}), "/extra"),
+        (json!({"user_id": "bob", "reason": "ticket 7", "org_ids": ["acme", "a b"]}), "/org_ids/1"),
+    ] {
+        let (status, problem) = a.send(&OPERATOR, Method::POST, route, route, Some(&body.to_string())).await;
+        assert_eq!((status, problem["errors"][0]["pointer"].as_str()), (422, Some(pointer)), "{body}: {problem}");
+    }
+    let body = json!({"user_id": "bob", "reason": "DSAR ticket 7"}).to_string();
+    assert_eq!(a.send(&ANN, Method::POST, route, route, Some(&body)).await.0, 403, "platform admins only");
+
+    let (status, export) = a.send(&OPERATOR, Method::POST, route, route, Some(&body)).await;
+    assert_eq!((status, export["user_id"].as_str()), (202, Some("bob")), "{export}");
+    let id = export["id"].as_str().unwrap();
+    let show = "/v1/admin/gdpr/exports/{id}";
+    let (status, shown) = a.get(&OPERATOR, show, &format!("/v1/admin/gdpr/exports/{id}")).await;
+    assert_eq!((status, shown["user_id"].as_str()), (200, Some("bob")));
+    assert_eq!(a.get(&BOB, "/v1/user/data-exports/{id}", &format!("/v1/user/data-exports/{id}")).await.0, 404);
+    assert_eq!(a.get(&OPERATOR, show, "/v1/admin/gdpr/exports/nope").await.0, 404);
+
+    let table = a.db.table("DirectoryTable", a.clock.clone());
+    let page = keel::table::Table::query(&table, &keel::table::Query::partition("AUDIT")).await.unwrap();
+    let entries: Vec<keel::audit::AuditEntry> =
+        page.items.iter().map(|item| keel::audit::AuditEntry::from_item(item).unwrap()).collect();
+    assert_eq!(entries.len(), 1, "refused requests leave no entry");
+    let entry = &entries[0];
+    assert_eq!(
+        (entry.actor.as_str(), entry.action.as_str(), entry.resource.as_str(), entry.reason.as_deref()),
+        ("op", "gdpr.export.request", "user:bob", Some("DSAR ticket 7"))
+    );
 }

@@ -5,7 +5,8 @@ use crate::directory::TABLE_VAR;
 use keel::datamap::{Entry, Erasure, Export, Retention, Subject};
 
 const PURPOSE: &str = "Knowing who belongs to and administers each customer organization (GDPR Art. 6(1)(b)).";
-const AUDIT_PURPOSE: &str = "Accountability for changes to who may act for an organization (GDPR Art. 5(2)).";
+const AUDIT_PURPOSE: &str =
+    "Accountability for changes to who may act for an organization and for access to personal data (GDPR Art. 5(2)).";
 
 /// The directory's items.
 pub const DIRECTORY: &[Entry] = &[
@@ -56,7 +57,8 @@ pub const DIRECTORY: &[Entry] = &[
         table: TABLE_VAR,
         pk: "AUDIT",
         sk: "{id}",
-        description: "The audit trail of directory changes: who changed which organization or membership, when.",
+        description: "The audit trail of directory changes and GDPR operations: who changed which organization or \
+            membership, who exported whose data and why, when.",
         subject: Subject::User,
         personal_data: &["actor", "resource", "before", "after"],
         purpose: AUDIT_PURPOSE,

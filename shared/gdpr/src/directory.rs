@@ -10,7 +10,8 @@
 //! - `ORG#{org}` / `ORG`: name, member and admin counts;
 //! - `ORG#{org}` / `MEMBER#{user}`: one membership;
 //! - `USER#{user}` / `ORG#{org}`: the same membership, by user (written in the same transaction);
-//! - the audit trail's partitions (`AUDIT`, `AUDIT#ORG#{org}`, `AUDIT#ACTOR#{user}`).
+//! - the audit trail's partitions (`AUDIT`, `AUDIT#ORG#{org}`, `AUDIT#ACTOR#{user}`), which also hold the GDPR
+//!   operations' entries (an export of another user by a platform admin, with its reason).
 
 use chrono::{DateTime, Utc};
 use keel::audit::{self, AuditEntry};
@@ -124,6 +125,12 @@ fn invalid(error: FieldError) -> DirectoryError {
 impl Directory {
     pub fn new(table: Arc<dyn Table>, clock: Arc<dyn Clock>) -> Self {
         Self { table, clock }
+    }
+
+    /// Writes an audit entry of its own (a GDPR operation, which changes nothing in this table), before the
+    /// operation it records starts: an operation may then fail after its entry, but never run without one.
+    pub async fn record(&self, entry: &AuditEntry) -> Result<(), DirectoryError> {
+        Ok(self.table.transact(entry.writes()?).await?)
     }
 
     pub async fn org(&self, id: &str) -> Result<Option<Organization>, DirectoryError> {
