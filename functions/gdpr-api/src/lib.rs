@@ -1,7 +1,7 @@
 //! The GDPR API: the data map (platform admins); the directory of organizations and memberships that last-admin
 //! protection is decided on; and exports, run as `gdpr.export` jobs: a user's of their own data, and a platform
-//! admin's of any user's, with a reason that is audited before the export starts. Erasure, suppression and the
-//! audit-log reader are not built yet.
+//! admin's of any user's, with a reason that is audited before the export starts; and the audit log, every
+//! capability's trail merged. Erasure and suppression are not built yet.
 //!
 //! Who may do what: platform admins create and rename organizations and manage any organization's members; an
 //! admin of an organization in the directory manages its members (from a token naming that organization: the
@@ -10,6 +10,7 @@
 //! 403, so organization ids do not leak; a member of the organization asking for an admin's action gets 403. An
 //! organization that has members always keeps an admin: removing or demoting its last admin is 409 `last_admin`.
 
+mod audit;
 mod datamap;
 mod exports;
 mod orgs;
@@ -29,6 +30,8 @@ use std::sync::Arc;
 
 pub struct GdprApi {
     directory: Directory,
+    directory_trail: keel::audit::TableTrail,
+    flags_trail: keel_flags::store::FlagStore,
     jobs: Jobs,
     registry: Registry,
     objects: Arc<dyn ObjectStore>,
@@ -40,6 +43,11 @@ pub struct GdprApi {
 pub fn build(env: &Env, resources: &dyn Resources) -> Result<GdprApi, ConfigError> {
     Ok(GdprApi {
         directory: Directory::new(resources.table(TABLE_VAR)?, resources.clock()),
+        directory_trail: keel::audit::TableTrail(resources.table(TABLE_VAR)?),
+        flags_trail: keel_flags::store::FlagStore::new(
+            resources.table(keel_flags::datamap::TABLE_VAR)?,
+            resources.clock(),
+        ),
         jobs: Jobs::new(
             resources.table(keel_jobs::datamap::TABLE_VAR)?,
             resources.queue(keel_jobs::QUEUE_VAR)?,
@@ -86,6 +94,7 @@ impl Api for GdprApi {
         Route::get("/v1/admin/gdpr/exports/{id}", Access::PlatformAdmin, exports::ADMIN_SHOW, |api, call| {
             Box::pin(api.admin_show(call))
         }),
+        Route::get("/v1/audit-logs", Access::Member, audit::LIST, |api, call| Box::pin(api.audit_logs(call))),
     ];
 }
 

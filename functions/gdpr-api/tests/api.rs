@@ -29,6 +29,7 @@ fn api() -> Api {
         .with_table(keel::idempotency::TABLE_VAR, Arc::new(db.table("IdempotencyTable", dyn_clock.clone())))
         .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock.clone())))
         .with_table("JOBS_TABLE", Arc::new(db.table("JobsTable", dyn_clock.clone())))
+        .with_table("FLAGS_TABLE", Arc::new(db.table("FlagsTable", dyn_clock.clone())))
         .with_queue("JOB_QUEUE_URL", Arc::new(db.queue(keel_embedded::QueueSpec::new("JobQueue"), dyn_clock.clone())))
         .with_bus("EVENT_BUS_NAME", Arc::new(db.bus("EventBus")))
         .with_objects("EXPORT_BUCKET", Arc::new(db.objects("ExportBucket", "http://127.0.0.1:9", dyn_clock).unwrap()));
@@ -80,6 +81,10 @@ impl Api {
     async fn remove_member(&self, who: &Caller<'_>, org: &str, user: &str) -> (u16, Value) {
         let path = format!("/v1/orgs/{org}/members/{user}");
         self.send(who, Method::DELETE, "/v1/orgs/{orgId}/members/{userId}", &path, None).await
+    }
+
+    async fn audit(&self, who: &Caller<'_>, query: &str) -> (u16, Value) {
+        self.get(who, "/v1/audit-logs", &format!("/v1/audit-logs{query}")).await
     }
 
     async fn get(&self, who: &Caller<'_>, route: &str, path: &str) -> (u16, Value) {
@@ -282,4 +287,71 @@ async fn a_platform_admin_exports_any_user_with_a_reason_that_is_audited_first()
         (entry.actor.as_str(), entry.action.as_str(), entry.resource.as_str(), entry.reason.as_deref()),
         ("op", "gdpr.export.request", "user:bob", Some("DSAR ticket 7"))
     );
+}
+
+#[tokio::test]
+async fn the_audit_log_merges_every_trail_and_shows_each_caller_what_their_role_allows() {
+    let a = api();
+    a.seed().await;
+    let clock: Arc<dyn Clock> = a.clock.clone();
+    let flags = keel_flags::store::FlagStore::new(Arc::new(a.db.table("FlagsTable", clock.clone())), clock);
+    let flag: keel_flags::Flag = serde_json::from_value(json!({"key": "beta"})).unwrap();
+    flags.create(flag, "op").await.unwrap();
+    assert_eq!(a.remove_member(&BOB, "acme", "bob").await.0, 204, "bob leaves: an action of his own");
+
+    let summary = |page: &Value| -> Vec<(String, String)> {
+        page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["action"].as_str().unwrap().to_string(), e["resource"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let (status, all) = a.audit(&OPERATOR, "").await;
+    assert_eq!(status, 200, "{all}");
+    let everything = summary(&all);
+    assert_eq!(everything.len(), 7, "{everything:?}");
+    assert_eq!(everything[0], ("directory.member.remove".into(), "org:acme/member:bob".into()), "newest first");
+    assert!(everything.contains(&("flags.create".into(), "flag:beta".into())), "the flags' trail is in it");
+    let ids: Vec<&str> = all["entries"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort_by(|x, y| y.cmp(x));
+    assert_eq!(ids, sorted);
+
+    // Pages of two read the same entries, each once.
+    let mut paged = Vec::new();
+    let mut query = "?limit=2".to_string();
+    loop {
+        let (_, page) = a.audit(&OPERATOR, &query).await;
+        paged.extend(summary(&page));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, everything);
+
+    let (_, acme) = a.audit(&ANN, "").await;
+    let acme = summary(&acme);
+    assert!(!acme.is_empty() && acme.iter().all(|(_, r)| r.starts_with("org:acme")), "ann: acme's only {acme:?}");
+    let (_, own) = a.audit(&BOB, "").await;
+    assert_eq!(summary(&own), [("directory.member.remove".to_string(), "org:acme/member:bob".to_string())]);
+    let (_, globex) = a.audit(&OPERATOR, "?org_id=globex").await;
+    assert!(summary(&globex).iter().all(|(_, r)| r.starts_with("org:globex")) && !summary(&globex).is_empty());
+
+    let (_, created) = a.audit(&OPERATOR, "?action=directory.org.create").await;
+    assert_eq!(summary(&created).len(), 2);
+    let (_, on_acme) = a.audit(&OPERATOR, "?resource=org:acme").await;
+    assert_eq!(summary(&on_acme).len(), 4, "org:acme and what it contains, not org:acmex");
+    let (_, by_ann) = a.audit(&OPERATOR, "?actor=ann").await;
+    assert_eq!(summary(&by_ann), [("directory.member.set".to_string(), "org:acme/member:bob".to_string())]);
+    let (_, future) = a.audit(&OPERATOR, "?from=2999-01-01T00:00:00Z").await;
+    assert!(summary(&future).is_empty());
+    let (_, past) = a.audit(&OPERATOR, "?to=2000-01-01T00:00:00Z").await;
+    assert!(summary(&past).is_empty());
+
+    for bad in ["?from=yesterday", "?to=1", "?limit=0", "?limit=101", "?cursor=nope"] {
+        let (status, problem) = a.audit(&OPERATOR, bad).await;
+        assert_eq!(status, 422, "{bad}: {problem}");
+    }
 }

@@ -7,11 +7,14 @@
 //! - `AUDIT#ORG#{org}` / `{id}`: one organization's (an entry about no organization has none), for its admins;
 //! - `AUDIT#ACTOR#{actor}` / `{id}`: one actor's own, which every member may read.
 //!
+//! Reading: each domain's table is a [`Trail`]; [`read`] merges them into one page, newest first. A domain whose
+//! entries predate this shape (the flags' trail) implements [`Trail`] over its own layout.
+//!
 //! The gap: the trail is append-only by convention (entries are only ever put with `Expect::Absent`), not by a
 //! hash chain an auditor could verify.
 
 use crate::port::PortError;
-use crate::table::{Expect, Item, Key, Write};
+use crate::table::{Expect, Item, Key, Query, Table, Write};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -23,6 +26,7 @@ pub const ALL: &str = "AUDIT";
 const ATTR: &str = "entry";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = AuditLogEntry)]
 pub struct AuditEntry {
     /// A ULID: unique, and ordered by time.
     pub id: String,
@@ -49,7 +53,7 @@ impl AuditEntry {
     /// An entry with a fresh id at `at`.
     pub fn new(at: DateTime<Utc>, actor: &str, org_id: Option<&str>, action: &str, resource: String) -> Self {
         Self {
-            id: next_id(at),
+            id: new_id(at),
             at,
             actor: actor.to_string(),
             org_id: org_id.map(str::to_string),
@@ -97,9 +101,9 @@ impl AuditEntry {
     }
 }
 
-/// A ULID for `at`, increasing within one millisecond in this process, so entries written in the same millisecond
-/// (a fixed test clock, a burst) still list in the order they were made.
-fn next_id(at: DateTime<Utc>) -> String {
+/// An audit entry's id: a ULID of `at`, increasing within one millisecond in this process, so entries written in
+/// the same millisecond (a fixed test clock, a burst) still list in the order they were made.
+pub fn new_id(at: DateTime<Utc>) -> String {
     static IDS: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
     let mut ids = IDS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     // Overflow takes 2^80 ids in one millisecond; a random one for that instant is the fallback.
@@ -112,6 +116,150 @@ pub fn org_partition(org: &str) -> String {
 
 pub fn actor_partition(actor: &str) -> String {
     format!("{ALL}#ACTOR#{actor}")
+}
+
+/// Whose entries a reader may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    /// Entries about one organization.
+    Org(String),
+    /// One actor's own entries.
+    Actor(String),
+}
+
+/// One page's worth of the trail: the scope, filters, and where the previous page ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub scope: Scope,
+    /// Entries strictly older than this id (the previous page's last).
+    pub before: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Exact action.
+    pub action: Option<String>,
+    /// Exact actor.
+    pub actor: Option<String>,
+    /// The resource or its prefix (`org:acme` matches `org:acme/member:u1`).
+    pub resource: Option<String>,
+    pub limit: usize,
+}
+
+impl AuditQuery {
+    pub fn new(scope: Scope, limit: usize) -> Self {
+        Self { scope, before: None, from: None, to: None, action: None, actor: None, resource: None, limit }
+    }
+
+    pub fn admits(&self, entry: &AuditEntry) -> bool {
+        self.action.as_ref().is_none_or(|a| *a == entry.action)
+            && self.actor.as_ref().is_none_or(|a| *a == entry.actor)
+            && self.resource.as_ref().is_none_or(|r| {
+                entry.resource == *r
+                    || entry.resource.strip_prefix(r.as_str()).is_some_and(|rest| rest.starts_with('/'))
+            })
+            && match &self.scope {
+                Scope::All => true,
+                Scope::Org(org) => entry.org_id.as_deref() == Some(org),
+                Scope::Actor(actor) => entry.actor == *actor,
+            }
+    }
+
+    /// The sort-key bounds of the date range, for a partition keyed by entry id.
+    pub fn bounds(&self) -> (Option<String>, Option<String>) {
+        (
+            self.from.map(|at| crate::clock::first_ulid_at(at).to_string()),
+            self.to.map(|at| crate::clock::last_ulid_at(at).to_string()),
+        )
+    }
+}
+
+/// Pages a reader scans in one partition for one answer before it stops and hands back a cursor.
+pub const MAX_SCAN_PAGES: usize = 10;
+
+/// What a trail found for a query: entries, newest first, and where it stopped reading (an entry id) when older
+/// ones may remain.
+pub type Found = (Vec<AuditEntry>, Option<String>);
+
+/// A domain's audit trail.
+#[async_trait::async_trait]
+pub trait Trail: Send + Sync {
+    /// Up to `query.limit` entries the query admits, newest first.
+    async fn entries(&self, query: &AuditQuery) -> Result<Found, PortError>;
+}
+
+/// A table that holds its entries in this module's layout.
+pub struct TableTrail(pub std::sync::Arc<dyn Table>);
+
+#[async_trait::async_trait]
+impl Trail for TableTrail {
+    async fn entries(&self, query: &AuditQuery) -> Result<Found, PortError> {
+        let partition = match &query.scope {
+            Scope::All => ALL.to_string(),
+            Scope::Org(org) => org_partition(org),
+            Scope::Actor(actor) => actor_partition(actor),
+        };
+        scan(self.0.as_ref(), &partition, query, AuditEntry::from_item).await
+    }
+}
+
+/// Reads `partition` (sort keys are entry ids) newest first, keeping what `query` admits, until `query.limit` are
+/// found, the partition ends, or [`MAX_SCAN_PAGES`] pages have been read.
+pub async fn scan(
+    table: &dyn Table,
+    partition: &str,
+    query: &AuditQuery,
+    decode: impl Fn(&Item) -> Result<AuditEntry, PortError> + Send + Sync,
+) -> Result<Found, PortError> {
+    let mut range = Query::partition(partition);
+    (range.sk_from, range.sk_to) = query.bounds();
+    range.descending = true;
+    range.after = query.before.clone();
+    range.limit = query.limit.clamp(1, crate::table::MAX_QUERY_LIMIT);
+    let mut found = Vec::new();
+    for _ in 0..MAX_SCAN_PAGES {
+        let page = table.query(&range).await?;
+        for item in &page.items {
+            let entry = decode(item)?;
+            if query.admits(&entry) {
+                found.push(entry);
+                if found.len() == query.limit {
+                    return Ok((found, Some(item.key.sk.clone())));
+                }
+            }
+        }
+        match page.next {
+            Some(next) => range.after = Some(next),
+            None => return Ok((found, None)),
+        }
+    }
+    Ok((found, range.after))
+}
+
+/// One page of the trails merged, newest first, and the cursor when more may remain. A trail that stopped early
+/// bounds the page: nothing older than where it stopped is answered yet (another trail's older entries come on a
+/// later page), so no entry is skipped between pages.
+pub async fn read(trails: &[&dyn Trail], query: &AuditQuery) -> Result<(Vec<AuditEntry>, Option<String>), PortError> {
+    let mut all = Vec::new();
+    let mut frontier: Option<String> = None;
+    for trail in trails {
+        let (entries, stopped) = trail.entries(query).await?;
+        if let Some(stopped) = stopped {
+            frontier = Some(frontier.map_or(stopped.clone(), |f| f.max(stopped)));
+        }
+        all.extend(entries);
+    }
+    if let Some(frontier) = &frontier {
+        all.retain(|entry| entry.id >= *frontier);
+    }
+    all.sort_by(|a, b| b.id.cmp(&a.id));
+    all.dedup_by(|a, b| a.id == b.id);
+    let next = if all.len() > query.limit {
+        all.truncate(query.limit);
+        all.last().map(|e| e.id.clone())
+    } else {
+        frontier
+    };
+    Ok((all, next))
 }
 
 #[cfg(test)]
@@ -151,6 +299,64 @@ mod tests {
     fn an_entry_about_no_organization_has_no_organization_partition() {
         let entry = AuditEntry::new(Utc::now(), "u1", None, "gdpr.export.start", "user:u1".into());
         assert_eq!(entry.partitions(), vec!["AUDIT".to_string(), "AUDIT#ACTOR#u1".to_string()]);
+    }
+
+    /// A trail over a list, newest first, that stops after `reads` entries read per call, as a scan cut short does.
+    struct Listed {
+        entries: Vec<AuditEntry>,
+        reads: usize,
+    }
+
+    #[async_trait::async_trait]
+    impl Trail for Listed {
+        async fn entries(&self, query: &AuditQuery) -> Result<Found, PortError> {
+            let older: Vec<&AuditEntry> =
+                self.entries.iter().filter(|e| query.before.as_ref().is_none_or(|b| e.id < *b)).collect();
+            let mut found = Vec::new();
+            for (read, entry) in older.iter().enumerate() {
+                if read == self.reads {
+                    return Ok((found, Some(older[read - 1].id.clone())));
+                }
+                if query.admits(entry) {
+                    found.push((*entry).clone());
+                    if found.len() == query.limit {
+                        return Ok((found, Some(entry.id.clone())));
+                    }
+                }
+            }
+            Ok((found, None))
+        }
+    }
+
+    #[tokio::test]
+    async fn merged_pages_skip_nothing_when_a_trail_stops_early() {
+        let at = Utc::now();
+        let made: Vec<AuditEntry> = (0..30)
+            .map(|n| AuditEntry::new(at, if n % 3 == 0 { "ann" } else { "bob" }, None, "a.b.c", format!("x:{n}")))
+            .collect();
+        let newest_first = |pick: &dyn Fn(usize) -> bool| {
+            let mut list: Vec<AuditEntry> =
+                made.iter().enumerate().filter(|(n, _)| pick(*n)).map(|(_, e)| e.clone()).collect();
+            list.reverse();
+            list
+        };
+        // One trail holds most entries, but ann's are rare in it and it gives up after 4 reads a call.
+        let sparse = Listed { entries: newest_first(&|n| n % 2 == 0), reads: 4 };
+        let dense = Listed { entries: newest_first(&|n| n % 2 == 1), reads: usize::MAX };
+        let trails: Vec<&dyn Trail> = vec![&sparse, &dense];
+        let mut query = AuditQuery::new(Scope::All, 3);
+        query.actor = Some("ann".into());
+        let mut seen = Vec::new();
+        for _ in 0..50 {
+            let (page, next) = read(&trails, &query).await.unwrap();
+            seen.extend(page.into_iter().map(|e| e.resource));
+            match next {
+                Some(next) => query.before = Some(next),
+                None => break,
+            }
+        }
+        let expected: Vec<String> = newest_first(&|n| n % 3 == 0).into_iter().map(|e| e.resource).collect();
+        assert_eq!(seen, expected);
     }
 
     #[test]

@@ -26,7 +26,6 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use ulid::Ulid;
 
 const FLAGS: &str = "FLAG";
 const SEGMENTS: &str = "SEGMENT";
@@ -541,9 +540,11 @@ impl FlagStore {
         before: Option<Value>,
         after: Option<Value>,
     ) -> AuditEntry {
+        let at = self.clock.now();
         AuditEntry {
-            id: Ulid::new().to_string(),
-            at: self.clock.now(),
+            // From the entry's own time, as every capability's trail, so the merged audit log orders them alike.
+            id: keel::audit::new_id(at),
+            at,
             actor: actor.to_string(),
             action: action.to_string(),
             subject,
@@ -797,4 +798,34 @@ impl FlagCache {
 /// A poisoned lock only means another request panicked mid-update of plain data; the data is still usable.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The flags' trail in the shape every capability's trail reads in: `flags.{action}` on `flag:{key}` or
+/// `segment:{name}`, about no organization (flags are the deployment's). Entries are kept in the flags' own layout
+/// (`AUDIT`), so a query for one organization finds none and one for an actor reads the whole trail.
+#[async_trait::async_trait]
+impl keel::audit::Trail for FlagStore {
+    async fn entries(&self, query: &keel::audit::AuditQuery) -> Result<keel::audit::Found, PortError> {
+        if matches!(query.scope, keel::audit::Scope::Org(_)) {
+            return Ok((Vec::new(), None));
+        }
+        keel::audit::scan(self.table.as_ref(), AUDIT, query, |item| {
+            let entry: AuditEntry = decode(item, "entry").map_err(|e| match e {
+                StoreError::Port(error) => error,
+                other => PortError::Invalid(other.to_string()),
+            })?;
+            Ok(keel::audit::AuditEntry {
+                id: entry.id,
+                at: entry.at,
+                actor: entry.actor,
+                org_id: None,
+                action: format!("flags.{}", entry.action),
+                resource: entry.subject,
+                reason: None,
+                before: entry.before,
+                after: entry.after,
+            })
+        })
+        .await
+    }
 }
