@@ -31,6 +31,7 @@ use std::sync::Arc;
 pub struct GdprApi {
     directory: Directory,
     directory_trail: keel::audit::TableTrail,
+    jobs_trail: keel::audit::TableTrail,
     flags_trail: keel_flags::store::FlagStore,
     jobs: Jobs,
     registry: Registry,
@@ -44,6 +45,7 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<GdprApi, ConfigErro
     Ok(GdprApi {
         directory: Directory::new(resources.table(TABLE_VAR)?, resources.clock()),
         directory_trail: keel::audit::TableTrail(resources.table(TABLE_VAR)?),
+        jobs_trail: keel::audit::TableTrail(resources.table(keel_jobs::datamap::TABLE_VAR)?),
         flags_trail: keel_flags::store::FlagStore::new(
             resources.table(keel_flags::datamap::TABLE_VAR)?,
             resources.clock(),

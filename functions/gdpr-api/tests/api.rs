@@ -297,6 +297,9 @@ async fn the_audit_log_merges_every_trail_and_shows_each_caller_what_their_role_
     let flags = keel_flags::store::FlagStore::new(Arc::new(a.db.table("FlagsTable", clock.clone())), clock);
     let flag: keel_flags::Flag = serde_json::from_value(json!({"key": "beta"})).unwrap();
     flags.create(flag, "op").await.unwrap();
+    let (status, export) = a.send(&ANN, Method::POST, "/v1/user/data-exports", "/v1/user/data-exports", None).await;
+    assert_eq!(status, 202);
+    let export_job = format!("job:{}", export["id"].as_str().unwrap());
     assert_eq!(a.remove_member(&BOB, "acme", "bob").await.0, 204, "bob leaves: an action of his own");
 
     let summary = |page: &Value| -> Vec<(String, String)> {
@@ -310,9 +313,10 @@ async fn the_audit_log_merges_every_trail_and_shows_each_caller_what_their_role_
     let (status, all) = a.audit(&OPERATOR, "").await;
     assert_eq!(status, 200, "{all}");
     let everything = summary(&all);
-    assert_eq!(everything.len(), 7, "{everything:?}");
+    assert_eq!(everything.len(), 8, "{everything:?}");
     assert_eq!(everything[0], ("directory.member.remove".into(), "org:acme/member:bob".into()), "newest first");
     assert!(everything.contains(&("flags.create".into(), "flag:beta".into())), "the flags' trail is in it");
+    assert!(everything.contains(&("jobs.job.create".into(), export_job.clone())), "and the jobs'");
     let ids: Vec<&str> = all["entries"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
     let mut sorted = ids.clone();
     sorted.sort_by(|x, y| y.cmp(x));
@@ -333,7 +337,10 @@ async fn the_audit_log_merges_every_trail_and_shows_each_caller_what_their_role_
 
     let (_, acme) = a.audit(&ANN, "").await;
     let acme = summary(&acme);
-    assert!(!acme.is_empty() && acme.iter().all(|(_, r)| r.starts_with("org:acme")), "ann: acme's only {acme:?}");
+    assert!(acme.contains(&("jobs.job.create".to_string(), export_job.clone())), "acme's job: {acme:?}");
+    let acme_directory: Vec<_> = acme.iter().filter(|(action, _)| action.starts_with("directory.")).collect();
+    assert!(acme_directory.iter().all(|(_, r)| r.starts_with("org:acme")), "ann: acme's only {acme:?}");
+    assert!(!acme.iter().any(|(action, _)| action.starts_with("flags.")), "flags are about no organization");
     let (_, own) = a.audit(&BOB, "").await;
     assert_eq!(summary(&own), [("directory.member.remove".to_string(), "org:acme/member:bob".to_string())]);
     let (_, globex) = a.audit(&OPERATOR, "?org_id=globex").await;
@@ -342,9 +349,17 @@ async fn the_audit_log_merges_every_trail_and_shows_each_caller_what_their_role_
     let (_, created) = a.audit(&OPERATOR, "?action=directory.org.create").await;
     assert_eq!(summary(&created).len(), 2);
     let (_, on_acme) = a.audit(&OPERATOR, "?resource=org:acme").await;
+    let (_, cancels) = a.audit(&OPERATOR, "?action=jobs.job.cancel").await;
+    assert!(summary(&cancels).is_empty());
     assert_eq!(summary(&on_acme).len(), 4, "org:acme and what it contains, not org:acmex");
     let (_, by_ann) = a.audit(&OPERATOR, "?actor=ann").await;
-    assert_eq!(summary(&by_ann), [("directory.member.set".to_string(), "org:acme/member:bob".to_string())]);
+    assert_eq!(
+        summary(&by_ann),
+        [
+            ("jobs.job.create".to_string(), export_job.clone()),
+            ("directory.member.set".into(), "org:acme/member:bob".into())
+        ]
+    );
     let (_, future) = a.audit(&OPERATOR, "?from=2999-01-01T00:00:00Z").await;
     assert!(summary(&future).is_empty());
     let (_, past) = a.audit(&OPERATOR, "?to=2000-01-01T00:00:00Z").await;

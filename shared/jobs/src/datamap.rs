@@ -6,7 +6,37 @@ use keel::datamap::{Entry, Erasure, Export, Retention, Subject};
 /// The table jobs live in, as the template wires it.
 pub const TABLE_VAR: &str = "JOBS_TABLE";
 
+const AUDIT_PURPOSE: &str = "Accountability for who created, retried and cancelled which job (GDPR Art. 5(2)).";
+
 pub const ENTRIES: &[Entry] = &[
+    Entry {
+        name: "jobs.audit",
+        table: TABLE_VAR,
+        pk: "AUDIT",
+        sk: "{id}",
+        description: "The audit trail of job creations, retries and cancellations: who, which job, when.",
+        subject: Subject::User,
+        personal_data: &["actor"],
+        purpose: AUDIT_PURPOSE,
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Include,
+        erasure: Erasure::Pseudonymize,
+    },
+    Entry {
+        name: "jobs.audit_index",
+        table: TABLE_VAR,
+        pk: "AUDIT#{index}",
+        sk: "{id}",
+        description: "The same audit entries, by organization and by actor.",
+        subject: Subject::User,
+        personal_data: &["actor"],
+        purpose: AUDIT_PURPOSE,
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Exclude { reason: "copies of jobs.audit, which the bundle includes" },
+        erasure: Erasure::Pseudonymize,
+    },
     Entry {
         name: "jobs.job",
         table: TABLE_VAR,
@@ -149,8 +179,8 @@ pub const ENTRIES: &[Entry] = &[
     },
 ];
 
-/// The user's jobs in each of their organizations, the outputs of those that completed, and the feed's events
-/// about them.
+/// The user's own audit entries (what they created, retried, cancelled), their jobs in each of their
+/// organizations, the outputs of those that completed, and the feed's events about them.
 #[async_trait::async_trait]
 impl keel::datamap::Holder for crate::Jobs {
     fn entries(&self) -> &'static [Entry] {
@@ -162,6 +192,18 @@ impl keel::datamap::Holder for crate::Jobs {
         subject: &keel::datamap::DataSubject,
         sink: &mut dyn keel::datamap::ExportSink,
     ) -> Result<(), keel::port::PortError> {
+        let mut query = keel::audit::AuditQuery::new(keel::audit::Scope::Actor(subject.user_id.clone()), 1000);
+        loop {
+            let trail = keel::audit::TableTrail(self.table().clone());
+            let (entries, next) = keel::audit::Trail::entries(&trail, &query).await?;
+            for entry in &entries {
+                sink.record("jobs.audit", to_value(entry)?)?;
+            }
+            match next {
+                Some(next) => query.before = Some(next),
+                None => break,
+            }
+        }
         let filter = crate::Filter { user_id: Some(subject.user_id.clone()), ..crate::Filter::default() };
         for org in &subject.org_ids {
             let mut after = None;

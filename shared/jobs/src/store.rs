@@ -160,6 +160,12 @@ pub struct Jobs {
     clock: Arc<dyn Clock>,
 }
 
+/// The audit entry of a user's action on `job` (`jobs.job.{create,retry,cancel}` on `job:{id}`), written in the
+/// action's transaction.
+fn audit_entry(at: DateTime<Utc>, actor: &str, job: &Job, action: &str) -> keel::audit::AuditEntry {
+    keel::audit::AuditEntry::new(at, actor, Some(&job.org_id), action, format!("job:{}", job.id))
+}
+
 fn put(item: Item, expect: Expect) -> Write {
     Write::Put { item, expect }
 }
@@ -178,6 +184,11 @@ fn truncated(text: &str) -> String {
 impl Jobs {
     pub fn new(table: Arc<dyn Table>, queue: Arc<dyn Queue>, bus: Arc<dyn EventBus>, clock: Arc<dyn Clock>) -> Self {
         Self { table, queue, bus, clock }
+    }
+
+    /// The table jobs live in (its audit trail is read through it).
+    pub fn table(&self) -> &Arc<dyn Table> {
+        &self.table
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -330,6 +341,9 @@ impl Jobs {
             };
             let mut writes: Vec<Write> = self.record_event(&mut job).into_iter().collect();
             writes.push(put(job.to_item(1), Expect::Absent));
+            let action = if retrying.is_some() { "jobs.job.retry" } else { "jobs.job.create" };
+            let created = json!({"type": job.job_type, "retry_of": job.retry_of});
+            writes.extend(audit_entry(now, user, &job, action).with_change(None, Some(created)).writes()?);
             writes.push(put(Item::new(owner_key(&id), attrs(json!({"org_id": org}))), Expect::Absent));
             writes.push(put(Item::new(open_key(&id), attrs(json!({"org_id": org}))), Expect::Absent));
             // A waiter rewrites the count unchanged, so a finisher that read it before cannot miss the waiter.
@@ -500,7 +514,9 @@ impl Jobs {
                 }
                 job.cancel_requested = Some(CancelRequest { at: now, by: by.to_string() });
                 job.updated_at = now;
-                match self.table.put(job.to_item(version + 1), Expect::Version(version)).await {
+                let mut writes = vec![put(job.to_item(version + 1), Expect::Version(version))];
+                writes.extend(audit_entry(now, by, &job, "jobs.job.cancel").writes()?);
+                match self.table.transact(writes).await {
                     Ok(()) => return Ok(job),
                     Err(PortError::ConditionFailed { .. }) => continue,
                     Err(error) => return Err(error.into()),
@@ -508,7 +524,8 @@ impl Jobs {
             }
             job.cancel_requested = Some(CancelRequest { at: now, by: by.to_string() });
             let error = JobError { code: "cancelled".into(), message: format!("cancelled by {by} before it started") };
-            match self.finish(Versioned { job, version }, Status::Cancelled, Some(error), None).await {
+            let audited = audit_entry(now, by, &job, "jobs.job.cancel").writes()?;
+            match self.finish_with(Versioned { job, version }, Status::Cancelled, Some(error), None, audited).await {
                 Ok(done) => return Ok(done.job),
                 Err(JobsError::Backend(PortError::ConditionFailed { .. })) => continue,
                 Err(error) => return Err(error),
@@ -527,6 +544,18 @@ impl Jobs {
         error: Option<JobError>,
         output: Option<Value>,
     ) -> Result<Versioned, JobsError> {
+        self.finish_with(current, status, error, output, Vec::new()).await
+    }
+
+    /// [`Jobs::finish`], with more writes in its transaction (the audit entry of a cancel).
+    async fn finish_with(
+        &self,
+        current: Versioned,
+        status: Status,
+        error: Option<JobError>,
+        output: Option<Value>,
+        also: Vec<Write>,
+    ) -> Result<Versioned, JobsError> {
         let Versioned { mut job, version } = current;
         let held_slot = job.is_admitted();
         let was_waiting = job.status == Status::Pending && !held_slot;
@@ -540,6 +569,7 @@ impl Jobs {
         job.duration_ms = job.started_at.map(|started| (now - started).num_milliseconds());
         let mut writes: Vec<Write> = self.record_event(&mut job).into_iter().collect();
         writes.push(put(job.to_item(version + 1), Expect::Version(version)));
+        writes.extend(also);
         if let Some(output) = output {
             let item = Item {
                 key: output_key(&job.org_id, &job.id),

@@ -281,6 +281,27 @@ async fn cancel_ends_a_pending_job_at_once_and_reaches_a_running_one_at_its_hear
         f.jobs.end_attempt(Versioned { job, version }, fence, end, &job_type, f.clock.now()).await.unwrap().unwrap();
     assert_eq!(done.job.status, Status::Cancelled);
     assert_eq!(done.job.error.unwrap().message, "cancelled by u9");
+
+    // Each creation and each cancel request is audited once, by its actor, in the organization's trail; the
+    // refused cancel and the worker's own ending of the running job are not.
+    let page =
+        keel::table::Table::query(f.table.as_ref(), &keel::table::Query::partition("AUDIT#ORG#o1")).await.unwrap();
+    let trail: Vec<(String, String, String)> = page
+        .items
+        .iter()
+        .map(|item| keel::audit::AuditEntry::from_item(item).unwrap())
+        .map(|e| (e.actor, e.action, e.resource))
+        .collect();
+    let job = |id: &str| format!("job:{id}");
+    assert_eq!(
+        trail,
+        [
+            ("u1".into(), "jobs.job.create".into(), job(&pending.id)),
+            ("u9".into(), "jobs.job.cancel".into(), job(&pending.id)),
+            ("u1".into(), "jobs.job.create".into(), job(&running.id)),
+            ("u9".into(), "jobs.job.cancel".into(), job(&running.id)),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -452,7 +473,8 @@ async fn every_item_a_job_writes_is_declared_once_in_the_data_map() {
         assert_eq!(entries.len(), 1, "{key:?} matches {:?}", entries.iter().map(|e| e.name).collect::<Vec<_>>());
         seen.insert(entries[0].name);
     }
-    for kind in ["jobs.job", "jobs.owner", "jobs.open", "jobs.slots", "jobs.wait", "jobs.dedup", "jobs.feed_event"] {
+    let kinds = ["jobs.job", "jobs.owner", "jobs.open", "jobs.slots", "jobs.wait", "jobs.dedup", "jobs.feed_event"];
+    for kind in kinds.into_iter().chain(["jobs.audit", "jobs.audit_index"]) {
         assert!(seen.contains(kind), "{kind} not written: {seen:?}");
     }
 }
