@@ -85,7 +85,8 @@ impl GdprApi {
         query.from = time_param(request, "from")?;
         query.to = time_param(request, "to")?;
         query.before = http::cursor_param(request, "cursor", |id| ulid::Ulid::from_string(id).is_ok())?;
-        let trails: Vec<&dyn Trail> = vec![&self.directory_trail, &self.jobs_trail, &self.flags_trail];
+        let trails: Vec<&dyn Trail> =
+            vec![&self.directory_trail, &self.jobs_trail, &self.webhooks_trail, &self.flags_trail];
         let (entries, next) = audit::read(&trails, &query).await.map_err(port_problem)?;
         Ok(http::json(200, &AuditLogPage { entries, next_cursor: next.as_deref().map(http::encode_cursor) }))
     }

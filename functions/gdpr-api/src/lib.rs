@@ -32,6 +32,7 @@ pub struct GdprApi {
     directory: Directory,
     directory_trail: keel::audit::TableTrail,
     jobs_trail: keel::audit::TableTrail,
+    webhooks_trail: keel::audit::TableTrail,
     flags_trail: keel_flags::store::FlagStore,
     jobs: Jobs,
     registry: Registry,
@@ -46,6 +47,7 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<GdprApi, ConfigErro
         directory: Directory::new(resources.table(TABLE_VAR)?, resources.clock()),
         directory_trail: keel::audit::TableTrail(resources.table(TABLE_VAR)?),
         jobs_trail: keel::audit::TableTrail(resources.table(keel_jobs::datamap::TABLE_VAR)?),
+        webhooks_trail: keel::audit::TableTrail(resources.table(keel_webhooks::TABLE_VAR)?),
         flags_trail: keel_flags::store::FlagStore::new(
             resources.table(keel_flags::datamap::TABLE_VAR)?,
             resources.clock(),

@@ -30,6 +30,7 @@ fn api() -> Api {
         .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock.clone())))
         .with_table("JOBS_TABLE", Arc::new(db.table("JobsTable", dyn_clock.clone())))
         .with_table("FLAGS_TABLE", Arc::new(db.table("FlagsTable", dyn_clock.clone())))
+        .with_table("WEBHOOKS_TABLE", Arc::new(db.table("WebhooksTable", dyn_clock.clone())))
         .with_queue("JOB_QUEUE_URL", Arc::new(db.queue(keel_embedded::QueueSpec::new("JobQueue"), dyn_clock.clone())))
         .with_bus("EVENT_BUS_NAME", Arc::new(db.bus("EventBus")))
         .with_objects("EXPORT_BUCKET", Arc::new(db.objects("ExportBucket", "http://127.0.0.1:9", dyn_clock).unwrap()));

@@ -1,10 +1,11 @@
 //! The operator API for the webhook pipeline (role `platform-admin`): the delivery log with filters and cursors,
-//! one delivery with its payload, replay of one or a filtered set, and redrive of the dead-letter queue.
+//! one delivery with its payload, replay of one or a filtered set, and redrive of the dead-letter queue. Each
+//! replay and redrive is audited (`keel::audit`, in the webhooks table) before it is carried out.
 
 use chrono::{DateTime, Duration, Utc};
+use keel::audit::AuditEntry;
 use keel::clock::Clock;
 use keel::config::{ConfigError, Env};
-use keel::function::Invocation;
 use keel::http::{self, Request, Response};
 use keel::idempotency::Idempotency;
 use keel::openapi::{Content, Doc, Param, Reply, inline, schema};
@@ -13,7 +14,7 @@ use keel::problem::Problem;
 use keel::queue::Queue;
 use keel::ratelimit::RateLimits;
 use keel::resources::Resources;
-use keel::route::{Access, Api, Route};
+use keel::route::{Access, Api, Call, Route};
 use keel::table::{Query, Table};
 use keel_webhooks::{self as webhooks, Delivery, Status};
 use serde::{Deserialize, Serialize};
@@ -73,13 +74,13 @@ impl Api for Ops {
             "/v1/webhooks/{provider}/deliveries/{deliveryId}/replay",
             Access::PlatformAdmin,
             REPLAY_ONE,
-            |ops, call| Box::pin(ops.replay_one(&call.request)),
+            |ops, call| Box::pin(ops.replay_one(call)),
         ),
         Route::post("/v1/webhooks/{provider}/replay", Access::PlatformAdmin, REPLAY_MANY, |ops, call| {
-            Box::pin(ops.replay_many(&call.request))
+            Box::pin(ops.replay_many(call))
         }),
         Route::post("/v1/webhooks/dead-letters/redrive", Access::PlatformAdmin, REDRIVE, |ops, call| {
-            Box::pin(ops.redrive(&call.request, &call.invocation))
+            Box::pin(ops.redrive(call))
         }),
     ];
 }
@@ -398,14 +399,27 @@ impl Ops {
         }
     }
 
-    async fn replay_one(&self, request: &Request) -> Result<Response, Problem> {
+    /// Records an operator's request in the audit trail before it is carried out, so none runs without its entry
+    /// (one that then fails leaves its entry: the trail records what was asked).
+    async fn audit(&self, call: &Call, action: &str, resource: String, asked: Value) -> Result<(), Problem> {
+        let actor = &call.identity()?.user_id;
+        let entry = AuditEntry::new(self.clock.now(), actor, None, action, resource).with_change(None, Some(asked));
+        let writes = entry.writes().map_err(|e| unavailable(&e))?;
+        self.table.transact(writes).await.map_err(|e| unavailable(&e))
+    }
+
+    async fn replay_one(&self, call: &Call) -> Result<Response, Problem> {
+        let request = &call.request;
         let (delivery, version) = self.load(request).await?;
         let id = delivery.delivery_id.clone();
+        let resource = format!("webhook:{}/delivery:{id}", delivery.provider);
+        self.audit(call, "webhooks.delivery.replay", resource, Value::Null).await?;
         self.replay(delivery, version).await?;
         Ok(http::json(202, &Replayed { replayed: vec![id], skipped: None, next_cursor: None }))
     }
 
-    async fn replay_many(&self, request: &Request) -> Result<Response, Problem> {
+    async fn replay_many(&self, call: &Call) -> Result<Response, Problem> {
+        let request = &call.request;
         let provider = provider_param(request)?;
         let filter: Filter = http::json_body(request)?;
         if filter.since.is_none() {
@@ -414,6 +428,8 @@ impl Ops {
             );
         }
         let parsed = filter.parse(provider, None)?;
+        let asked = serde_json::from_slice(http::raw_body(request)).unwrap_or(Value::Null);
+        self.audit(call, "webhooks.deliveries.replay", format!("webhook:{provider}"), asked).await?;
         let (deliveries, next) = self.scan(&parsed).await?;
         let mut replayed = Vec::new();
         let mut skipped = Vec::new();
@@ -431,7 +447,8 @@ impl Ops {
 
     /// Moves dead letters back to the webhook queue: send first, then delete, so a failure in between leaves a
     /// copy in each queue (the worker deduplicates) rather than none.
-    async fn redrive(&self, request: &Request, invocation: &Invocation) -> Result<Response, Problem> {
+    async fn redrive(&self, call: &Call) -> Result<Response, Problem> {
+        let (request, invocation) = (&call.request, &call.invocation);
         let body: RedriveBody =
             if http::raw_body(request).is_empty() { RedriveBody::default() } else { http::json_body(request)? };
         let limit = body.limit.unwrap_or(MAX_REDRIVE);
@@ -440,6 +457,8 @@ impl Ops {
                 Problem::unprocessable("invalid_body", format!("limit must be from 1 to {MAX_REDRIVE}")).at("/limit")
             );
         }
+        self.audit(call, "webhooks.dlq.redrive", "webhook:dead-letters".into(), serde_json::json!({"limit": limit}))
+            .await?;
         let stop_at = invocation.deadline - Duration::seconds(3);
         let mut moved = 0;
         while moved < limit && self.clock.now() < stop_at {

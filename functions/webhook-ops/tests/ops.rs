@@ -287,3 +287,44 @@ async fn the_sample_list_event_is_served() {
     assert_eq!(response.status_code, 200, "{}", body_text(&response));
     assert!(body_json(&response)["items"].as_array().unwrap().is_empty(), "the sample filters on status=failed");
 }
+
+#[tokio::test]
+async fn every_replay_and_redrive_is_audited_with_its_operator_and_a_refused_one_is_not() {
+    let world = World::new();
+    let id = ingest(&world, "evt_audit", "{}").await;
+    run_worker(&world).await;
+    let one = format!("/v1/webhooks/acme/deliveries/{id}/replay");
+    let (status, _) = Call::new(Method::POST, "POST /v1/webhooks/{provider}/deliveries/{deliveryId}/replay", &one)
+        .param("deliveryId", &id)
+        .send(&world)
+        .await;
+    assert_eq!(status, 202);
+    let many = || Call::new(Method::POST, "POST /v1/webhooks/{provider}/replay", "/v1/webhooks/acme/replay");
+    assert_eq!(many().body(serde_json::json!({"event_type": "x"})).send(&world).await.0, 422, "refused: no since");
+    let since = (world.clock.now() - chrono::Duration::hours(1)).to_rfc3339();
+    assert_eq!(many().body(serde_json::json!({"since": since})).send(&world).await.0, 202);
+    let redrive =
+        Call::new(Method::POST, "POST /v1/webhooks/dead-letters/redrive", "/v1/webhooks/dead-letters/redrive");
+    assert_eq!(redrive.send(&world).await.0, 200);
+
+    let page = world.table.query(&keel::table::Query::partition("AUDIT#ACTOR#operator-1")).await.unwrap();
+    let trail: Vec<(String, String)> = page
+        .items
+        .iter()
+        .map(|item| keel::audit::AuditEntry::from_item(item).unwrap())
+        .map(|e| (e.action, e.resource))
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            ("webhooks.delivery.replay".to_string(), format!("webhook:acme/delivery:{id}")),
+            ("webhooks.deliveries.replay".to_string(), "webhook:acme".to_string()),
+            ("webhooks.dlq.redrive".to_string(), "webhook:dead-letters".to_string()),
+        ]
+    );
+    for item in world.table.query(&keel::table::Query::partition("AUDIT")).await.unwrap().items {
+        let key = item.key;
+        let entries = keel::datamap::classify(keel_webhooks::DATA_MAP, keel_webhooks::TABLE_VAR, &key);
+        assert_eq!(entries.len(), 1, "{key:?}");
+    }
+}

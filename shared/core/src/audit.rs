@@ -235,6 +235,29 @@ pub async fn scan(
     Ok((found, range.after))
 }
 
+/// Writes every entry `actor` made in `table` (this module's layout) into `sink` under the data-map entry `name`:
+/// a domain's export of its audit trail.
+pub async fn export_actor(
+    table: &std::sync::Arc<dyn Table>,
+    name: &'static str,
+    actor: &str,
+    sink: &mut dyn crate::datamap::ExportSink,
+) -> Result<(), PortError> {
+    let trail = TableTrail(table.clone());
+    let mut query = AuditQuery::new(Scope::Actor(actor.to_string()), crate::table::MAX_QUERY_LIMIT);
+    loop {
+        let (entries, next) = trail.entries(&query).await?;
+        for entry in entries {
+            let record = serde_json::to_value(&entry).map_err(|e| PortError::Invalid(format!("audit entry: {e}")))?;
+            sink.record(name, record)?;
+        }
+        match next {
+            Some(next) => query.before = Some(next),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// One page of the trails merged, newest first, and the cursor when more may remain. A trail that stopped early
 /// bounds the page: nothing older than where it stopped is answered yet (another trail's older entries come on a
 /// later page), so no entry is skipped between pages.

@@ -176,8 +176,7 @@ pub const BUCKET_VAR: &str = "EXPORT_BUCKET";
 /// How long a download link is valid.
 pub const LINK_VALIDITY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
-/// Every domain's holder, from the resources the template wires (the webhooks table holds nothing an export
-/// includes, so it has none).
+/// Every domain's holder, from the resources the template wires.
 pub fn holders(resources: &dyn Resources) -> Result<Vec<Arc<dyn Holder>>, ConfigError> {
     let clock = resources.clock();
     let jobs = keel_jobs::Jobs::new(
@@ -190,6 +189,7 @@ pub fn holders(resources: &dyn Resources) -> Result<Vec<Arc<dyn Holder>>, Config
         Arc::new(jobs),
         Arc::new(keel_flags::store::FlagStore::new(resources.table(keel_flags::datamap::TABLE_VAR)?, clock.clone())),
         Arc::new(keel::idempotency::Idempotency::from_resources(resources)?),
+        Arc::new(keel_webhooks::WebhooksHolder(resources.table(keel_webhooks::TABLE_VAR)?)),
         Arc::new(Directory::new(resources.table(crate::directory::TABLE_VAR)?, clock)),
     ])
 }

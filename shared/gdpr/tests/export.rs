@@ -39,6 +39,7 @@ fn world() -> World {
         .with_table("DIRECTORY_TABLE", directory_table.clone())
         .with_table("JOBS_TABLE", Arc::new(db.table("JobsTable", clock.clone())))
         .with_table("FLAGS_TABLE", Arc::new(db.table("FlagsTable", clock.clone())))
+        .with_table("WEBHOOKS_TABLE", Arc::new(db.table("WebhooksTable", clock.clone())))
         .with_table("IDEMPOTENCY_TABLE", Arc::new(db.table("IdempotencyTable", clock.clone())))
         .with_queue("JOB_QUEUE_URL", Arc::new(db.queue(QueueSpec::new("JobQueue"), clock.clone())))
         .with_bus("EVENT_BUS_NAME", Arc::new(db.bus("EventBus")))

@@ -192,18 +192,7 @@ impl keel::datamap::Holder for crate::Jobs {
         subject: &keel::datamap::DataSubject,
         sink: &mut dyn keel::datamap::ExportSink,
     ) -> Result<(), keel::port::PortError> {
-        let mut query = keel::audit::AuditQuery::new(keel::audit::Scope::Actor(subject.user_id.clone()), 1000);
-        loop {
-            let trail = keel::audit::TableTrail(self.table().clone());
-            let (entries, next) = keel::audit::Trail::entries(&trail, &query).await?;
-            for entry in &entries {
-                sink.record("jobs.audit", to_value(entry)?)?;
-            }
-            match next {
-                Some(next) => query.before = Some(next),
-                None => break,
-            }
-        }
+        keel::audit::export_actor(self.table(), "jobs.audit", &subject.user_id, sink).await?;
         let filter = crate::Filter { user_id: Some(subject.user_id.clone()), ..crate::Filter::default() };
         for org in &subject.org_ids {
             let mut after = None;

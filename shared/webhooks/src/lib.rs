@@ -60,7 +60,36 @@ pub const TABLE_VAR: &str = "WEBHOOKS_TABLE";
 
 /// The webhooks table's entries of the data map. Payloads come from providers and may name the provider's own
 /// customers; nothing in them is linked to a Keel user, so exports leave them out and they go by their retention.
+/// The operators' audit entries are about the operators.
 pub const DATA_MAP: &[keel::datamap::Entry] = &[
+    keel::datamap::Entry {
+        name: "webhooks.audit",
+        table: TABLE_VAR,
+        pk: "AUDIT",
+        sk: "{id}",
+        description: "The audit trail of operators' replays and redrives: who asked for which, when.",
+        subject: keel::datamap::Subject::User,
+        personal_data: &["actor"],
+        purpose: "Accountability for operators' actions on the pipeline (GDPR Art. 5(2)).",
+        recipients: &[],
+        retention: keel::datamap::Retention::WhileInUse,
+        export: keel::datamap::Export::Include,
+        erasure: keel::datamap::Erasure::Pseudonymize,
+    },
+    keel::datamap::Entry {
+        name: "webhooks.audit_index",
+        table: TABLE_VAR,
+        pk: "AUDIT#{index}",
+        sk: "{id}",
+        description: "The same audit entries, by actor.",
+        subject: keel::datamap::Subject::User,
+        personal_data: &["actor"],
+        purpose: "Accountability for operators' actions on the pipeline (GDPR Art. 5(2)).",
+        recipients: &[],
+        retention: keel::datamap::Retention::WhileInUse,
+        export: keel::datamap::Export::Exclude { reason: "copies of webhooks.audit, which the bundle includes" },
+        erasure: keel::datamap::Erasure::Pseudonymize,
+    },
     keel::datamap::Entry {
         name: "webhooks.event_id",
         table: TABLE_VAR,
@@ -263,5 +292,24 @@ mod tests {
         for key in &keys {
             assert_eq!(keel::datamap::classify(DATA_MAP, TABLE_VAR, key).len(), 1, "{key:?}");
         }
+    }
+}
+
+/// The webhooks table's holder: what an export takes from it is the user's own audit entries (replays and
+/// redrives they asked for).
+pub struct WebhooksHolder(pub std::sync::Arc<dyn keel::table::Table>);
+
+#[async_trait::async_trait]
+impl keel::datamap::Holder for WebhooksHolder {
+    fn entries(&self) -> &'static [keel::datamap::Entry] {
+        DATA_MAP
+    }
+
+    async fn export(
+        &self,
+        subject: &keel::datamap::DataSubject,
+        sink: &mut dyn keel::datamap::ExportSink,
+    ) -> Result<(), PortError> {
+        keel::audit::export_actor(&self.0, "webhooks.audit", &subject.user_id, sink).await
     }
 }

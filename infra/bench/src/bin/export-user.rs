@@ -64,6 +64,7 @@ fn resources(db: &EmbeddedDb, clock: Arc<dyn Clock>) -> Result<StaticResources, 
     Ok(StaticResources::new(clock.clone())
         .with_table("JOBS_TABLE", Arc::new(db.table("JobsTable", clock.clone())))
         .with_table("FLAGS_TABLE", Arc::new(db.table("FlagsTable", clock.clone())))
+        .with_table("WEBHOOKS_TABLE", Arc::new(db.table("WebhooksTable", clock.clone())))
         .with_table("IDEMPOTENCY_TABLE", Arc::new(db.table("IdempotencyTable", clock.clone())))
         .with_table("DIRECTORY_TABLE", Arc::new(db.table("DirectoryTable", clock.clone())))
         .with_queue("JOB_QUEUE_URL", Arc::new(db.queue(QueueSpec::new("JobQueue"), clock.clone())))

@@ -71,6 +71,7 @@ async fn serves_exactly_what_the_template_declares() {
             .replace("{deliveryId}", "01HZZZZZZZZZZZZZZZZZZZZZZZ")
             .replace("{key}", "a-flag")
             .replace("{orgId}", "org-1")
+            .replace("{userId}", "a-user")
             .replace("{name}", "a-segment")
             .replace("{id}", "01HZZZZZZZZZZZZZZZZZZZZZZZ");
         assert!(!concrete.contains('{'), "a path parameter this test does not know: {path}");
