@@ -242,6 +242,25 @@ pub fn encode_body(body: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(body)
 }
 
+/// The webhooks table's holder: what an export takes from it is the user's own audit entries (replays and
+/// redrives they asked for).
+pub struct WebhooksHolder(pub std::sync::Arc<dyn keel::table::Table>);
+
+#[async_trait::async_trait]
+impl keel::datamap::Holder for WebhooksHolder {
+    fn entries(&self) -> &'static [keel::datamap::Entry] {
+        DATA_MAP
+    }
+
+    async fn export(
+        &self,
+        subject: &keel::datamap::DataSubject,
+        sink: &mut dyn keel::datamap::ExportSink,
+    ) -> Result<(), PortError> {
+        keel::audit::export_actor(&self.0, "webhooks.audit", &subject.user_id, sink).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,24 +311,5 @@ mod tests {
         for key in &keys {
             assert_eq!(keel::datamap::classify(DATA_MAP, TABLE_VAR, key).len(), 1, "{key:?}");
         }
-    }
-}
-
-/// The webhooks table's holder: what an export takes from it is the user's own audit entries (replays and
-/// redrives they asked for).
-pub struct WebhooksHolder(pub std::sync::Arc<dyn keel::table::Table>);
-
-#[async_trait::async_trait]
-impl keel::datamap::Holder for WebhooksHolder {
-    fn entries(&self) -> &'static [keel::datamap::Entry] {
-        DATA_MAP
-    }
-
-    async fn export(
-        &self,
-        subject: &keel::datamap::DataSubject,
-        sink: &mut dyn keel::datamap::ExportSink,
-    ) -> Result<(), PortError> {
-        keel::audit::export_actor(&self.0, "webhooks.audit", &subject.user_id, sink).await
     }
 }
