@@ -76,6 +76,14 @@ pub const LATEST: Doc = Doc {
     ..Doc::NONE
 };
 
+/// Where platform admins' exports of other users are filed: an organization of their own, so no customer
+/// organization's members see them in its jobs or feed. Reserved: a token naming it is not a customer's.
+pub const ADMIN_EXPORTS_ORG: &str = "keel:gdpr-exports";
+
+fn is_export_of(job: &Job, subject: &str) -> bool {
+    job.job_type == TASK && job.input["user_id"].as_str() == Some(subject)
+}
+
 fn jobs_problem(error: JobsError) -> Problem {
     match error {
         JobsError::NotFound => Problem::not_found("no such export"),
@@ -92,6 +100,7 @@ impl GdprApi {
         &self,
         caller: &Identity,
         call: &Call,
+        org: &str,
         subject: &str,
         org_ids: &[String],
     ) -> Result<(Job, bool), Problem> {
@@ -103,14 +112,19 @@ impl GdprApi {
             job_type: TASK.to_string(),
             input: serde_json::json!({"user_id": subject, "org_ids": org_ids}),
             // One running export per user: asking again while it runs returns it.
-            dedup_key: Some(format!("{TASK}:{subject}")),
+            dedup_key: Some(format!("{}{TASK}:{subject}", keel_jobs::RESERVED_DEDUP_PREFIX)),
             trace_header: call.invocation.trace_header.clone(),
             trace_id: call.invocation.trace_id().map(str::to_string),
             ..NewJob::default()
         };
-        match self.jobs.create(&caller.org_id, &caller.user_id, job_type, new, None).await.map_err(jobs_problem)? {
+        match self.jobs.create(org, &caller.user_id, job_type, new, None).await.map_err(jobs_problem)? {
             Created::New(job) => Ok((job, true)),
-            Created::Existing(job) => Ok((job, false)),
+            // The key is reserved to this route, so its holder is an export of the subject; checked all the same.
+            Created::Existing(job) if is_export_of(&job, subject) => Ok((job, false)),
+            Created::Existing(job) => {
+                tracing::error!(job_id = %job.id, "a reserved export key is held by another job");
+                Err(Problem::new(409, "conflict", "an export cannot start now; retry later"))
+            }
         }
     }
 
@@ -140,7 +154,9 @@ impl GdprApi {
 
     pub(crate) async fn start(&self, call: &Call) -> Result<Response, Problem> {
         let caller = call.identity()?;
-        let (job, new) = self.start_export(caller, call, &caller.user_id, std::slice::from_ref(&caller.org_id)).await?;
+        let (job, new) = self
+            .start_export(caller, call, &caller.org_id, &caller.user_id, std::slice::from_ref(&caller.org_id))
+            .await?;
         Ok(http::json(if new { 202 } else { 200 }, &self.describe(job).await?))
     }
 
@@ -170,8 +186,10 @@ impl GdprApi {
         // A filtered page may come back empty with more to read: keep going until one matches or none is left.
         let mut after = None;
         let newest = loop {
-            let page = self.jobs.list(&caller.org_id, &filter, after, 1).await.map_err(port_problem)?;
-            match (page.jobs.into_iter().next(), page.next) {
+            let page = self.jobs.list(&caller.org_id, &filter, after, keel_jobs::store::MAX_LIST_LIMIT);
+            let page = page.await.map_err(port_problem)?;
+            // The newest export the caller made of themselves (one a platform admin made of someone is not theirs).
+            match (page.jobs.into_iter().find(|job| is_export_of(job, &caller.user_id)), page.next) {
                 (Some(job), _) => break Some(job),
                 (None, Some(next)) => after = Some(next),
                 (None, None) => break None,
@@ -180,8 +198,9 @@ impl GdprApi {
         match newest {
             Some(job) => Ok(http::json(200, &self.describe(job).await?)),
             None => {
-                let (job, _) =
-                    self.start_export(caller, call, &caller.user_id, std::slice::from_ref(&caller.org_id)).await?;
+                let (job, _) = self
+                    .start_export(caller, call, &caller.org_id, &caller.user_id, std::slice::from_ref(&caller.org_id))
+                    .await?;
                 Ok(http::json(202, &self.describe(job).await?))
             }
         }
@@ -265,15 +284,15 @@ impl GdprApi {
         );
         entry.reason = Some(reason.to_string());
         self.directory.record(&entry).await.map_err(directory_problem)?;
-        let (job, new) = self.start_export(caller, call, &body.user_id, &body.org_ids).await?;
+        let (job, new) = self.start_export(caller, call, ADMIN_EXPORTS_ORG, &body.user_id, &body.org_ids).await?;
         Ok(http::json(if new { 202 } else { 200 }, &self.describe(job).await?))
     }
 
     pub(crate) async fn admin_show(&self, call: &Call) -> Result<Response, Problem> {
-        let caller = call.identity()?;
+        call.identity()?;
         let id = http::path_param(&call.request, "id").filter(|id| ulid::Ulid::from_string(id).is_ok());
         let Some(id) = id else { return Err(Problem::not_found("no such export")) };
-        let found = self.jobs.get(&caller.org_id, id).await.map_err(port_problem)?;
+        let found = self.jobs.get(ADMIN_EXPORTS_ORG, id).await.map_err(port_problem)?;
         let job = found
             .map(|versioned| versioned.job)
             .filter(|job| job.job_type == TASK)

@@ -110,8 +110,8 @@ fn directory_problem(error: DirectoryError) -> Problem {
         DirectoryError::LastAdmin => Problem::new(
             409,
             "last_admin",
-            "the organization's last admin cannot be removed or demoted while it has members: make another member \
-             admin first",
+            "an organization with members keeps an admin: its last admin cannot be removed or demoted while it has \
+             members (make another member admin first), and its first member is an admin",
         ),
         DirectoryError::Contended => Problem::new(409, "contended", "too many concurrent changes; retry"),
         DirectoryError::Port(error) => port_problem(error),

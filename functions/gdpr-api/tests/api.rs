@@ -17,6 +17,8 @@ struct Api {
     db: EmbeddedDb,
     clock: Arc<ManualClock>,
     api: gdpr_api::GdprApi,
+    /// The jobs API over the same tables, as a client of both would see them.
+    jobs: jobs_api::JobsApi,
 }
 
 fn api() -> Api {
@@ -35,7 +37,8 @@ fn api() -> Api {
         .with_bus("EVENT_BUS_NAME", Arc::new(db.bus("EventBus")))
         .with_objects("EXPORT_BUCKET", Arc::new(db.objects("ExportBucket", "http://127.0.0.1:9", dyn_clock).unwrap()));
     let env = Env::from_pairs([("RATE_LIMIT_ORG", "off"), ("RATE_LIMIT_IP", "off"), ("KEEL_STAGE", "dev")]);
-    Api { _dir: dir, db, clock, api: gdpr_api::build(&env, &resources).unwrap() }
+    let jobs = jobs_api::build(&env, &resources).unwrap();
+    Api { _dir: dir, db, clock, api: gdpr_api::build(&env, &resources).unwrap(), jobs }
 }
 
 struct Caller<'a> {
@@ -82,6 +85,23 @@ impl Api {
     async fn remove_member(&self, who: &Caller<'_>, org: &str, user: &str) -> (u16, Value) {
         let path = format!("/v1/orgs/{org}/members/{user}");
         self.send(who, Method::DELETE, "/v1/orgs/{orgId}/members/{userId}", &path, None).await
+    }
+
+    async fn jobs_call(
+        &self,
+        who: &Caller<'_>,
+        method: Method,
+        route: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = route_request(method, route, path);
+        if let Some(body) = body {
+            set_body(&mut request, body.to_string().as_bytes());
+        }
+        let request = with_claims(request, who.user, who.org, who.roles);
+        let response = self.jobs.call(request, invocation(self.clock.as_ref())).await;
+        (response.status_code as u16, serde_json::from_str(&body_text(&response)).unwrap_or(Value::Null))
     }
 
     async fn audit(&self, who: &Caller<'_>, query: &str) -> (u16, Value) {
@@ -370,4 +390,37 @@ async fn the_audit_log_merges_every_trail_and_shows_each_caller_what_their_role_
         let (status, problem) = a.audit(&OPERATOR, bad).await;
         assert_eq!(status, 422, "{bad}: {problem}");
     }
+}
+
+#[tokio::test]
+async fn exports_are_invisible_through_the_jobs_api_and_their_key_cannot_be_taken() {
+    let a = api();
+    // Nobody, operators included, can hold the key that would make ann's export return their job.
+    let input = json!({"provider": "acme", "since": "2026-12-01T00:00:00Z"});
+    let squat = json!({"type": "webhooks.replay", "input": input, "dedup_key": "keel:gdpr.export:ann"});
+    let (status, problem) = a.jobs_call(&OPERATOR, Method::POST, "/v1/jobs", "/v1/jobs", Some(squat)).await;
+    assert_eq!((status, problem["errors"][0]["pointer"].as_str()), (422, Some("/dedup_key")), "{problem}");
+
+    let (_, export) = a.send(&ANN, Method::POST, "/v1/user/data-exports", "/v1/user/data-exports", None).await;
+    let id = export["id"].as_str().unwrap();
+    let path = format!("/v1/jobs/{id}");
+    for who in [&ANN, &BOB] {
+        assert_eq!(a.jobs_call(who, Method::GET, "/v1/jobs/{id}", &path, None).await.0, 404);
+        let (_, listed) = a.jobs_call(who, Method::GET, "/v1/jobs", "/v1/jobs", None).await;
+        assert!(listed["items"].as_array().unwrap().is_empty(), "{listed}");
+    }
+    let cancel = format!("/v1/jobs/{id}/cancel");
+    assert_eq!(a.jobs_call(&BOB, Method::POST, "/v1/jobs/{id}/cancel", &cancel, None).await.0, 404);
+    assert_eq!(a.jobs_call(&OPERATOR, Method::GET, "/v1/jobs/{id}", &path, None).await.0, 200, "operators see it");
+
+    // An operator's export of ann is filed apart: nobody in acme sees it, and ann's own routes do not answer it.
+    let body = json!({"user_id": "ann", "reason": "ticket 9"}).to_string();
+    let route = "/v1/admin/gdpr/exports";
+    let (_, theirs) = a.send(&OPERATOR, Method::POST, route, route, Some(&body)).await;
+    let theirs = theirs["id"].as_str().unwrap();
+    assert_ne!(theirs, id);
+    let path = format!("/v1/user/data-exports/{theirs}");
+    assert_eq!(a.get(&ANN, "/v1/user/data-exports/{id}", &path).await.0, 404);
+    let (_, latest) = a.get(&ANN, "/v1/user/data-export", "/v1/user/data-export").await;
+    assert_eq!(latest["id"].as_str(), Some(id));
 }

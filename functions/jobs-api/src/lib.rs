@@ -395,6 +395,9 @@ impl JobsApi {
             errors.push(field("/run_at", "at most a year ahead"));
         }
         check_text(&mut errors, "/dedup_key", body.dedup_key.as_deref(), MAX_DEDUP_KEY);
+        if body.dedup_key.as_deref().is_some_and(|key| key.starts_with(keel_jobs::RESERVED_DEDUP_PREFIX)) {
+            errors.push(field("/dedup_key", "keys starting `keel:` are Keel's own"));
+        }
         check_text(&mut errors, "/session_id", body.session_id.as_deref(), MAX_SHORT_TEXT);
         if body.skills.len() > MAX_SKILLS {
             errors.push(field("/skills", format!("at most {MAX_SKILLS} skills")));
@@ -435,7 +438,15 @@ impl JobsApi {
         } else {
             caller.org_id.clone()
         };
-        self.jobs.get(&org, id).await.map_err(port)?.ok_or_else(|| Problem::not_found("no such job"))
+        let found = self.jobs.get(&org, id).await.map_err(port)?;
+        found.filter(|found| self.visible(caller, &found.job)).ok_or_else(|| Problem::not_found("no such job"))
+    }
+
+    /// Jobs of a type only Keel's own routes start (a GDPR export, whose input names the user it is about) are
+    /// platform admins' to see here; to everyone else they are as absent as a job that never was.
+    fn visible(&self, caller: &Identity, job: &Job) -> bool {
+        let keel_only = self.registry.get(&job.job_type).is_some_and(|t| t.creators == Creators::Keel);
+        !keel_only || caller.has_role(Role::PlatformAdmin)
     }
 
     async fn show(&self, call: &Call) -> Result<Response, Problem> {
@@ -476,7 +487,8 @@ impl JobsApi {
             created_from: time_param(request, "created_from")?,
             created_to: time_param(request, "created_to")?,
         };
-        let page = self.jobs.list(&org, &filter, after, limit).await.map_err(port)?;
+        let mut page = self.jobs.list(&org, &filter, after, limit).await.map_err(port)?;
+        page.jobs.retain(|job| self.visible(caller, job));
         let next_cursor = page.next.as_deref().map(http::encode_cursor);
         Ok(http::json(200, &JobPage { items: page.jobs, next_cursor }))
     }

@@ -104,10 +104,19 @@ impl AuditEntry {
 /// An audit entry's id: a ULID of `at`, increasing within one millisecond in this process, so entries written in
 /// the same millisecond (a fixed test clock, a burst) still list in the order they were made.
 pub fn new_id(at: DateTime<Utc>) -> String {
-    static IDS: std::sync::Mutex<ulid::Generator> = std::sync::Mutex::new(ulid::Generator::new());
-    let mut ids = IDS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    // Overflow takes 2^80 ids in one millisecond; a random one for that instant is the fallback.
-    ids.generate_from_datetime(at.into()).unwrap_or_else(|_| ulid::Ulid::from_datetime(at.into())).to_string()
+    // The last id made, to follow within its millisecond. An entry of an earlier or later millisecond takes a fresh
+    // id of its own time (a generator that always increments would stamp it with the later time of the last one).
+    static LAST: std::sync::Mutex<Option<ulid::Ulid>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    let id = match *last {
+        Some(previous) if previous.timestamp_ms() == millis => {
+            previous.increment().unwrap_or_else(|| ulid::Ulid::from_datetime(at.into()))
+        }
+        _ => ulid::Ulid::from_datetime(at.into()),
+    };
+    *last = Some(id);
+    id.to_string()
 }
 
 pub fn org_partition(org: &str) -> String {
@@ -380,6 +389,16 @@ mod tests {
         }
         let expected: Vec<String> = newest_first(&|n| n % 3 == 0).into_iter().map(|e| e.resource).collect();
         assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn an_entry_of_an_earlier_time_has_an_id_of_its_own_time() {
+        let now = Utc::now();
+        let later = AuditEntry::new(now, "u1", None, "a.b.c", "x:1".into());
+        let earlier = AuditEntry::new(now - chrono::Duration::hours(1), "u1", None, "a.b.c", "x:2".into());
+        let stamp = |e: &AuditEntry| ulid::Ulid::from_string(&e.id).unwrap().timestamp_ms();
+        assert_eq!(stamp(&earlier) as i64, (now - chrono::Duration::hours(1)).timestamp_millis());
+        assert!(earlier.id < later.id);
     }
 
     #[test]

@@ -108,11 +108,13 @@ impl crate::datamap::Holder for Idempotency {
                 for item in &page.items {
                     let [_, route, key]: [String; 3] = serde_json::from_str(&item.key.sk)
                         .map_err(|_| PortError::Invalid(format!("idempotency record `{}`", item.key.sk)))?;
+                    // The answer's status, not its body: an answer can name other users (a membership the
+                    // caller changed), and the items it describes are exported by their own domains.
                     let record = json!({
                         "org_id": org,
                         "route": route,
                         "idempotency_key": key,
-                        "response": item.attrs.get("response"),
+                        "response_status": item.attrs.get("response").and_then(|r| r.get("status")),
                         "expires_at": item.expires_at,
                     });
                     sink.record(DATA_MAP[0].name, record)?;

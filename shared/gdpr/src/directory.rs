@@ -71,8 +71,9 @@ pub enum DirectoryError {
     OrgNotFound,
     #[error("no such member")]
     MemberNotFound,
-    /// The change would leave an organization with members but no admin.
-    #[error("the last admin of an organization with other members cannot be removed or demoted")]
+    /// The change would leave an organization with members but no admin (its last admin removed or demoted, or
+    /// a first member who is not an admin).
+    #[error("an organization with members keeps an admin")]
     LastAdmin,
     /// Other changes to the organization kept winning; the caller may retry.
     #[error("the organization is being changed concurrently")]
@@ -197,7 +198,8 @@ impl Directory {
         Ok(Some((decode(&item, "member")?, item.version)))
     }
 
-    /// Adds `user` to `org` with `role`, or changes their role. Demoting the organization's last admin is refused.
+    /// Adds `user` to `org` with `role`, or changes their role. Demoting the organization's last admin, or adding a
+    /// member to an organization without an admin, is refused.
     pub async fn set_member(
         &self,
         actor: &str,
@@ -221,6 +223,8 @@ impl Directory {
                     let changed = Membership { role, updated_at: now, ..m.clone() };
                     (changed, Expect::Version(*version), version + 1, Change::Updated)
                 }
+                // An organization's members always include an admin, from its first member on.
+                None if organization.admins == 0 && role != OrgRole::Admin => return Err(DirectoryError::LastAdmin),
                 None => {
                     organization.members += 1;
                     let added =
@@ -368,10 +372,11 @@ impl Holder for Directory {
                         if entry.actor != *user {
                             entry.actor = ANOTHER_USER.to_string();
                         }
-                        if !entry.resource.ends_with(&about_user)
-                            && let Some((org, _)) = entry.resource.split_once("/member:")
-                        {
-                            entry.resource = format!("{org}/member:{ANOTHER_USER}");
+                        let redacted = redact_others(&entry.resource, user);
+                        if redacted != entry.resource {
+                            // The reason for acting on another user is about them too.
+                            entry.resource = redacted;
+                            entry.reason = None;
                         }
                         sink.record("directory.audit", to_value(&entry)?)?;
                     }
@@ -384,6 +389,18 @@ impl Holder for Directory {
         }
         Ok(())
     }
+}
+
+/// `resource` with every user it names other than `user` (`member:{id}`, `user:{id}`) written `(another user)`.
+fn redact_others(resource: &str, user: &str) -> String {
+    let pieces: Vec<String> = resource
+        .split('/')
+        .map(|piece| match piece.split_once(':') {
+            Some((kind @ ("member" | "user"), id)) if id != user => format!("{kind}:{ANOTHER_USER}"),
+            _ => piece.to_string(),
+        })
+        .collect();
+    pieces.join("/")
 }
 
 fn port_error(error: DirectoryError) -> PortError {

@@ -132,6 +132,13 @@ async fn the_last_admin_of_an_organization_with_members_can_be_neither_removed_n
     f.directory.remove_member("bob", "acme", "bob").await.unwrap();
     let org = f.directory.org("acme").await.unwrap().unwrap();
     assert_eq!((org.members, org.admins), (0, 0));
+    // An organization without an admin takes an admin first.
+    assert!(matches!(
+        f.directory.set_member("root", "acme", "cat", OrgRole::Member).await,
+        Err(DirectoryError::LastAdmin)
+    ));
+    f.directory.set_member("root", "acme", "cat", OrgRole::Admin).await.unwrap();
+    f.directory.set_member("root", "acme", "dan", OrgRole::Member).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,7 +128,7 @@ async fn the_task_stores_one_bundle_and_a_run_from_its_checkpoint_returns_it() {
     let w = world();
     w.directory.put_org("op", "acme", "Acme").await.unwrap();
     w.directory.put_org("op", "globex", "Globex").await.unwrap();
-    w.directory.set_member("op", "globex", "ann", OrgRole::Member).await.unwrap();
+    w.directory.set_member("op", "globex", "ann", OrgRole::Admin).await.unwrap();
     let task = ExportTask::from_resources(&w.resources).unwrap();
     let saved = Saved::default();
     let input = json!({"user_id": "ann", "org_ids": ["acme"]});

@@ -199,6 +199,17 @@ impl keel::datamap::Holder for crate::Jobs {
             loop {
                 let page = self.list(org, &filter, after, crate::store::MAX_LIST_LIMIT).await?;
                 for job in &page.jobs {
+                    // A job the user made about another user (an operator's export of someone) is theirs to know
+                    // of, but its input and output are about the other user.
+                    let about_another =
+                        job.input.get("user_id").and_then(|u| u.as_str()).is_some_and(|u| u != subject.user_id);
+                    if about_another {
+                        let mut job = job.clone();
+                        job.input = serde_json::json!({"user_id": "(another user)"});
+                        job.checkpoint = None;
+                        sink.record("jobs.job", to_value(&job)?)?;
+                        continue;
+                    }
                     sink.record("jobs.job", to_value(job)?)?;
                     if job.status == crate::Status::Completed
                         && let Some(output) = self.output(org, &job.id).await?
@@ -215,7 +226,10 @@ impl keel::datamap::Holder for crate::Jobs {
             loop {
                 let (events, next) = self.feed_held(org, after, keel::table::MAX_QUERY_LIMIT).await?;
                 for event in &events {
-                    if event.data["user_id"].as_str() == Some(subject.user_id.as_str()) {
+                    // Lifecycle events only: Keel sets their `user_id` (the job's creator); a domain event's data
+                    // is whatever its publisher sent.
+                    let lifecycle = event.event_type.starts_with("job.");
+                    if lifecycle && event.data["user_id"].as_str() == Some(subject.user_id.as_str()) {
                         sink.record("jobs.feed_event", to_value(event)?)?;
                     }
                 }

@@ -17,6 +17,9 @@
 /// The queue jobs travel on and the bus their events go to, as the template wires them.
 pub const QUEUE_VAR: &str = "JOB_QUEUE_URL";
 pub const BUS_VAR: &str = "EVENT_BUS_NAME";
+/// Deduplication keys Keel's own routes use (one running GDPR export per user); the jobs API refuses them to
+/// callers, so nobody can hold another's.
+pub const RESERVED_DEDUP_PREFIX: &str = "keel:";
 
 pub mod backoff;
 pub mod breaker;

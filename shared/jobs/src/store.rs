@@ -1084,9 +1084,6 @@ impl Jobs {
         Ok(())
     }
 
-    /// The feed after `position` (exclusive), oldest first, up to events a second old: a transition commits
-    /// within that of taking its position, so a reader that has passed a position never finds an event before it
-    /// appear later.
     /// Every event the feed holds for `org`, oldest first, including those too recent for `feed` to serve yet:
     /// what an export reads.
     pub async fn feed_held(
@@ -1102,6 +1099,9 @@ impl Jobs {
         Ok((page.items.iter().filter_map(FeedEvent::from_item).collect(), page.next))
     }
 
+    /// The feed after `position` (exclusive), oldest first, up to events a second old: a transition commits
+    /// within that of taking its position, so a reader that has passed a position never finds an event before it
+    /// appear later.
     pub async fn feed(
         &self,
         org: &str,

@@ -88,7 +88,17 @@ async fn an_export_holds_every_item_about_the_user_and_nothing_about_anyone_else
     assert_eq!(operator.send(Method::PUT, "/v1/orgs/acme", Some(json!({"name": "Acme"}))).await.0, 201);
     let role = |r: &str| Some(json!({ "role": r }));
     assert_eq!(operator.send(Method::PUT, "/v1/orgs/acme/members/user-ann", role("admin")).await.0, 201);
-    assert_eq!(ann.send(Method::PUT, "/v1/orgs/acme/members/user-bob", role("member")).await.0, 201);
+    // With an Idempotency-Key: the stored answer names bob, and ann's export must not hand it over.
+    let added = ann
+        .http
+        .put(format!("{}/v1/orgs/acme/members/user-bob", ann.base))
+        .bearer_auth(&ann.token)
+        .header("idempotency-key", "add-bob")
+        .json(&json!({"role": "member"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201);
     // Flags that name both users, and one that names neither.
     let flag = json!({"key": "beta", "target_users": ["user-bob", "user-ann"]});
     assert_eq!(operator.send(Method::POST, "/v1/admin/flags", Some(flag)).await.0, 201);
@@ -173,8 +183,9 @@ async fn an_export_holds_every_item_about_the_user_and_nothing_about_anyone_else
     let feed = ann.send(Method::GET, "/v1/events/feed", None).await.1;
     assert!(!records["jobs.feed_event"].is_empty(), "{feed}");
     let idempotency = &records["api.idempotency_record"];
-    assert_eq!(idempotency.len(), 1);
-    assert_eq!(idempotency[0]["idempotency_key"], "ann-job-1");
+    let keys: Vec<&str> = idempotency.iter().map(|r| r["idempotency_key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), 2, "{idempotency:?}");
+    assert!(keys.contains(&"ann-job-1") && keys.contains(&"add-bob"));
     assert_eq!(records["flags.flag"], vec![json!({"key": "beta", "names_the_user_at": ["/target_users/1"]})]);
     assert_eq!(
         records["flags.segment"],
