@@ -404,8 +404,7 @@ impl Ops {
     async fn audit(&self, call: &Call, action: &str, resource: String, asked: Value) -> Result<(), Problem> {
         let actor = &call.identity()?.user_id;
         let entry = AuditEntry::new(self.clock.now(), actor, None, action, resource).with_change(None, Some(asked));
-        let writes = entry.writes().map_err(|e| unavailable(&e))?;
-        self.table.transact(writes).await.map_err(|e| unavailable(&e))
+        entry.append(self.table.as_ref()).await.map_err(|e| unavailable(&e))
     }
 
     async fn replay_one(&self, call: &Call) -> Result<Response, Problem> {

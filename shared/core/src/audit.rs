@@ -14,7 +14,7 @@
 //! hash chain an auditor could verify.
 
 use crate::port::PortError;
-use crate::table::{Expect, Item, Key, Query, Table, Write};
+use crate::table::{Expect, Item, Key, Query, Table, Write, item_of, value_of};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -82,22 +82,20 @@ impl AuditEntry {
     /// The puts that record this entry, for the transaction of the change it records. Each expects its key
     /// absent: an entry is never overwritten.
     pub fn writes(&self) -> Result<Vec<Write>, PortError> {
-        let value = serde_json::to_value(self).map_err(|e| PortError::Invalid(format!("audit entry: {e}")))?;
-        Ok(self
-            .partitions()
+        self.partitions()
             .into_iter()
-            .map(|pk| {
-                let mut attrs = serde_json::Map::new();
-                attrs.insert(ATTR.to_string(), value.clone());
-                Write::Put { item: Item::new(Key::new(pk, &self.id), attrs), expect: Expect::Absent }
-            })
-            .collect())
+            .map(|pk| Ok(Write::Put { item: item_of(Key::new(pk, &self.id), ATTR, self, 1)?, expect: Expect::Absent }))
+            .collect()
+    }
+
+    /// Writes this entry on its own, for an operation that changes nothing in `table` (a request recorded before
+    /// it is carried out).
+    pub async fn append(&self, table: &dyn Table) -> Result<(), PortError> {
+        table.transact(self.writes()?).await
     }
 
     pub fn from_item(item: &Item) -> Result<Self, PortError> {
-        let value = item.attrs.get(ATTR).cloned().unwrap_or(Value::Null);
-        serde_json::from_value(value)
-            .map_err(|e| PortError::Invalid(format!("stored audit entry `{}` does not decode: {e}", item.key.sk)))
+        value_of(item, ATTR)
     }
 }
 
@@ -257,8 +255,7 @@ pub async fn export_actor(
     loop {
         let (entries, next) = trail.entries(&query).await?;
         for entry in entries {
-            let record = serde_json::to_value(&entry).map_err(|e| PortError::Invalid(format!("audit entry: {e}")))?;
-            sink.record(name, record)?;
+            sink.record(name, crate::datamap::to_record(&entry)?)?;
         }
         match next {
             Some(next) => query.before = Some(next),

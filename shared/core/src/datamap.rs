@@ -122,6 +122,11 @@ pub struct DataSubject {
     pub org_ids: BTreeSet<String>,
 }
 
+/// A record for an [`ExportSink`].
+pub fn to_record<T: Serialize>(value: &T) -> Result<serde_json::Value, PortError> {
+    serde_json::to_value(value).map_err(|e| PortError::Invalid(format!("export record: {e}")))
+}
+
 /// Where an export writes: one record at a time, under its entry's name, so a holder never gathers a user's items
 /// in memory.
 pub trait ExportSink: Send {

@@ -122,6 +122,21 @@ pub trait Table: Send + Sync {
     async fn ping(&self) -> Result<(), PortError>;
 }
 
+/// An item holding `value` as JSON under the one attribute `attr`: how domains store their records.
+pub fn item_of<T: serde::Serialize>(key: Key, attr: &str, value: &T, version: u64) -> Result<Item, PortError> {
+    let json = serde_json::to_value(value).map_err(|e| PortError::Invalid(format!("{attr}: {e}")))?;
+    let mut attrs = Attrs::new();
+    attrs.insert(attr.to_string(), json);
+    Ok(Item { key, attrs, version, expires_at: None })
+}
+
+/// The record [`item_of`] stored under `attr`.
+pub fn value_of<T: serde::de::DeserializeOwned>(item: &Item, attr: &str) -> Result<T, PortError> {
+    let value = item.attrs.get(attr).cloned().unwrap_or(serde_json::Value::Null);
+    serde_json::from_value(value)
+        .map_err(|e| PortError::Invalid(format!("stored {attr} `{}` does not decode: {e}", item.key.sk)))
+}
+
 /// Rejects attribute maps that use a name the adapters own. Both adapters call it so they fail alike.
 pub fn check_attrs(attrs: &Attrs) -> Result<(), PortError> {
     match RESERVED_ATTRS.iter().find(|name| attrs.contains_key(**name)) {

@@ -112,13 +112,13 @@ impl keel::datamap::Holder for crate::store::FlagStore {
         use keel::datamap::mentions;
         let user = subject.user_id.as_str();
         for flag in self.flags().await.map_err(port_error)? {
-            let at = mentions(&to_value(&flag)?, user);
+            let at = mentions(&keel::datamap::to_record(&flag)?, user);
             if !at.is_empty() {
                 sink.record("flags.flag", serde_json::json!({"key": flag.key, "names_the_user_at": at}))?;
             }
         }
         for segment in self.segments().await.map_err(port_error)? {
-            let at = mentions(&to_value(&segment)?, user);
+            let at = mentions(&keel::datamap::to_record(&segment)?, user);
             if !at.is_empty() {
                 sink.record("flags.segment", serde_json::json!({"name": segment.name, "names_the_user_at": at}))?;
             }
@@ -127,7 +127,7 @@ impl keel::datamap::Holder for crate::store::FlagStore {
         loop {
             let (entries, next) = self.audit(None, after, keel::table::MAX_QUERY_LIMIT).await.map_err(port_error)?;
             for entry in entries {
-                let at = mentions(&to_value(&entry)?, user);
+                let at = mentions(&keel::datamap::to_record(&entry)?, user);
                 if !at.is_empty() {
                     let record = serde_json::json!({
                         "id": entry.id,
@@ -152,8 +152,4 @@ fn port_error(error: crate::store::StoreError) -> keel::port::PortError {
         crate::store::StoreError::Port(error) => error,
         other => keel::port::PortError::Invalid(format!("the flag store: {other}")),
     }
-}
-
-fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, keel::port::PortError> {
-    serde_json::to_value(value).map_err(|e| keel::port::PortError::Invalid(format!("export record: {e}")))
 }

@@ -618,10 +618,7 @@ fn encode<T: Serialize>(key: Key, attr: &str, value: &T, version: u64) -> Result
 }
 
 fn decode<T: serde::de::DeserializeOwned>(item: &Item, attr: &str) -> Result<T, StoreError> {
-    let value = item.attrs.get(attr).cloned().unwrap_or(Value::Null);
-    serde_json::from_value(value).map_err(|e| {
-        StoreError::Port(PortError::Invalid(format!("stored {attr} `{}` does not decode: {e}", item.key.sk)))
-    })
+    Ok(keel::table::value_of(item, attr)?)
 }
 
 /// What a cache serves: the snapshot (none before the first successful load) and whether it may be out of date.
@@ -810,10 +807,7 @@ impl keel::audit::Trail for FlagStore {
             return Ok((Vec::new(), None));
         }
         keel::audit::scan(self.table.as_ref(), AUDIT, query, |item| {
-            let entry: AuditEntry = decode(item, "entry").map_err(|e| match e {
-                StoreError::Port(error) => error,
-                other => PortError::Invalid(other.to_string()),
-            })?;
+            let entry: AuditEntry = keel::table::value_of(item, "entry")?;
             Ok(keel::audit::AuditEntry {
                 id: entry.id,
                 at: entry.at,

@@ -16,10 +16,10 @@
 use chrono::{DateTime, Utc};
 use keel::audit::{self, AuditEntry};
 use keel::clock::Clock;
-use keel::datamap::{DataSubject, Entry, ExportSink, Holder};
+use keel::datamap::{DataSubject, Entry, ExportSink, Holder, to_record};
 use keel::port::PortError;
 use keel::problem::FieldError;
-use keel::table::{Expect, Item, Key, Query, Table, Write};
+use keel::table::{Expect, Key, Query, Table, Write, item_of, value_of};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -131,7 +131,7 @@ impl Directory {
     /// Writes an audit entry of its own (a GDPR operation, which changes nothing in this table), before the
     /// operation it records starts: an operation may then fail after its entry, but never run without one.
     pub async fn record(&self, entry: &AuditEntry) -> Result<(), DirectoryError> {
-        Ok(self.table.transact(entry.writes()?).await?)
+        Ok(entry.append(self.table.as_ref()).await?)
     }
 
     pub async fn org(&self, id: &str) -> Result<Option<Organization>, DirectoryError> {
@@ -140,7 +140,7 @@ impl Directory {
 
     async fn org_versioned(&self, id: &str) -> Result<Option<(Organization, u64)>, DirectoryError> {
         let Some(item) = self.table.get(&Key::new(org_partition(id), ORG_SK)).await? else { return Ok(None) };
-        Ok(Some((decode(&item, "org")?, item.version)))
+        Ok(Some((value_of(&item, "org")?, item.version)))
     }
 
     /// Creates the organization, or renames it.
@@ -176,7 +176,7 @@ impl Directory {
             };
             let entry = AuditEntry::new(now, actor, Some(id), action, format!("org:{id}"))
                 .with_change(current.as_ref().map(|(org, _)| name_of(org)), Some(name_of(&org)));
-            let mut writes = vec![Write::Put { item: encode(org_key(id), "org", &org, version)?, expect }];
+            let mut writes = vec![Write::Put { item: item_of(org_key(id), "org", &org, version)?, expect }];
             writes.extend(entry.writes()?);
             match self.table.transact(writes).await {
                 Ok(()) => return Ok((org, change)),
@@ -195,7 +195,7 @@ impl Directory {
         let Some(item) = self.table.get(&Key::new(org_partition(org), member_sk(user))).await? else {
             return Ok(None);
         };
-        Ok(Some((decode(&item, "member")?, item.version)))
+        Ok(Some((value_of(&item, "member")?, item.version)))
     }
 
     /// Adds `user` to `org` with `role`, or changes their role. Demoting the organization's last admin, or adding a
@@ -242,15 +242,20 @@ impl Directory {
                 .with_change(current.as_ref().map(|(m, _)| role_of(m)), Some(role_of(&membership)));
             let mut writes = vec![
                 Write::Put {
-                    item: encode(org_key(org), "org", &organization, org_version + 1)?,
+                    item: item_of(org_key(org), "org", &organization, org_version + 1)?,
                     expect: Expect::Version(org_version),
                 },
                 Write::Put {
-                    item: encode(Key::new(org_partition(org), member_sk(user)), "member", &membership, member_version)?,
+                    item: item_of(
+                        Key::new(org_partition(org), member_sk(user)),
+                        "member",
+                        &membership,
+                        member_version,
+                    )?,
                     expect: member_expect,
                 },
                 Write::Put {
-                    item: encode(Key::new(user_partition(user), org_partition(org)), "member", &membership, 1)?,
+                    item: item_of(Key::new(user_partition(user), org_partition(org)), "member", &membership, 1)?,
                     expect: Expect::Any,
                 },
             ];
@@ -286,7 +291,7 @@ impl Directory {
                 .with_change(Some(role_of(&membership)), None);
             let mut writes = vec![
                 Write::Put {
-                    item: encode(org_key(org), "org", &organization, org_version + 1)?,
+                    item: item_of(org_key(org), "org", &organization, org_version + 1)?,
                     expect: Expect::Version(org_version),
                 },
                 Write::Delete {
@@ -319,7 +324,7 @@ impl Directory {
         query.after = after.map(member_sk);
         query.limit = limit;
         let page = self.table.query(&query).await?;
-        let members = page.items.iter().map(|item| decode(item, "member")).collect::<Result<Vec<_>, _>>()?;
+        let members = page.items.iter().map(|item| value_of(item, "member")).collect::<Result<Vec<_>, _>>()?;
         let next = page.next.and_then(|sk| sk.strip_prefix(MEMBER_PREFIX).map(str::to_string));
         Ok((members, next))
     }
@@ -332,7 +337,7 @@ impl Directory {
         loop {
             let page = self.table.query(&query).await?;
             for item in &page.items {
-                all.push(decode(item, "member")?);
+                all.push(value_of(item, "member")?);
             }
             match page.next {
                 Some(next) => query.after = Some(next),
@@ -352,8 +357,8 @@ impl Holder for Directory {
     /// subject's organizations), with any other user they name replaced by `(another user)`.
     async fn export(&self, subject: &DataSubject, sink: &mut dyn ExportSink) -> Result<(), PortError> {
         let user = &subject.user_id;
-        for membership in self.memberships(user).await.map_err(port_error)? {
-            sink.record("directory.membership", to_value(&membership)?)?;
+        for membership in self.memberships(user).await.map_err(PortError::from)? {
+            sink.record("directory.membership", to_record(&membership)?)?;
         }
         let about_user = format!("/member:{user}");
         let mut partitions = vec![(audit::actor_partition(user), false)];
@@ -378,7 +383,7 @@ impl Holder for Directory {
                             entry.resource = redacted;
                             entry.reason = None;
                         }
-                        sink.record("directory.audit", to_value(&entry)?)?;
+                        sink.record("directory.audit", to_record(&entry)?)?;
                     }
                 }
                 match page.next {
@@ -403,15 +408,14 @@ fn redact_others(resource: &str, user: &str) -> String {
     pieces.join("/")
 }
 
-fn port_error(error: DirectoryError) -> PortError {
-    match error {
-        DirectoryError::Port(error) => error,
-        other => PortError::Invalid(other.to_string()),
+/// For callers that speak the port's errors (an export): a refusal is invalid input, a backend failure stays one.
+impl From<DirectoryError> for PortError {
+    fn from(error: DirectoryError) -> Self {
+        match error {
+            DirectoryError::Port(error) => error,
+            other => PortError::Invalid(other.to_string()),
+        }
     }
-}
-
-fn to_value<T: Serialize>(value: &T) -> Result<Value, PortError> {
-    serde_json::to_value(value).map_err(|e| PortError::Invalid(format!("export record: {e}")))
 }
 
 fn org_key(org: &str) -> Key {
@@ -428,17 +432,4 @@ fn name_of(org: &Organization) -> Value {
 
 fn role_of(membership: &Membership) -> Value {
     serde_json::json!({ "role": membership.role })
-}
-
-fn encode<T: Serialize>(key: Key, attr: &str, value: &T, version: u64) -> Result<Item, PortError> {
-    let json = serde_json::to_value(value).map_err(|e| PortError::Invalid(format!("{attr}: {e}")))?;
-    let mut attrs = serde_json::Map::new();
-    attrs.insert(attr.to_string(), json);
-    Ok(Item { key, attrs, version, expires_at: None })
-}
-
-fn decode<T: serde::de::DeserializeOwned>(item: &Item, attr: &str) -> Result<T, PortError> {
-    let value = item.attrs.get(attr).cloned().unwrap_or(Value::Null);
-    serde_json::from_value(value)
-        .map_err(|e| PortError::Invalid(format!("stored {attr} `{}` does not decode: {e}", item.key.sk)))
 }

@@ -248,10 +248,7 @@ impl Task for ExportTask {
         crate::directory::check_id("/user_id", &input.user_id)
             .map_err(|error| TaskFailure::Failed(format!("user_id: {}", error.message)))?;
         let mut org_ids: std::collections::BTreeSet<String> = input.org_ids.into_iter().collect();
-        let memberships = self.directory.memberships(&input.user_id).await.map_err(|e| match e {
-            crate::directory::DirectoryError::Port(error) => TaskFailure::from(error),
-            other => TaskFailure::Failed(other.to_string()),
-        })?;
+        let memberships = self.directory.memberships(&input.user_id).await.map_err(PortError::from)?;
         org_ids.extend(memberships.into_iter().map(|m| m.org_id));
         let subject = DataSubject { user_id: input.user_id, org_ids };
 

@@ -207,10 +207,10 @@ impl keel::datamap::Holder for crate::Jobs {
                         let mut job = job.clone();
                         job.input = serde_json::json!({"user_id": "(another user)"});
                         job.checkpoint = None;
-                        sink.record("jobs.job", to_value(&job)?)?;
+                        sink.record("jobs.job", keel::datamap::to_record(&job)?)?;
                         continue;
                     }
-                    sink.record("jobs.job", to_value(job)?)?;
+                    sink.record("jobs.job", keel::datamap::to_record(job)?)?;
                     if job.status == crate::Status::Completed
                         && let Some(output) = self.output(org, &job.id).await?
                     {
@@ -230,7 +230,7 @@ impl keel::datamap::Holder for crate::Jobs {
                     // is whatever its publisher sent.
                     let lifecycle = event.event_type.starts_with("job.");
                     if lifecycle && event.data["user_id"].as_str() == Some(subject.user_id.as_str()) {
-                        sink.record("jobs.feed_event", to_value(event)?)?;
+                        sink.record("jobs.feed_event", keel::datamap::to_record(event)?)?;
                     }
                 }
                 match next {
@@ -241,8 +241,4 @@ impl keel::datamap::Holder for crate::Jobs {
         }
         Ok(())
     }
-}
-
-fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, keel::port::PortError> {
-    serde_json::to_value(value).map_err(|e| keel::port::PortError::Invalid(format!("export record: {e}")))
 }
