@@ -67,6 +67,7 @@ pub const UNUSED_DAYS: i64 = 30;
 
 pub struct FlagsAdmin {
     store: FlagStore,
+    suppressions: keel::suppression::Suppressions,
     idempotency: Idempotency,
     rate_limits: RateLimits,
 }
@@ -74,6 +75,7 @@ pub struct FlagsAdmin {
 pub fn build(env: &Env, resources: &dyn Resources) -> Result<FlagsAdmin, ConfigError> {
     Ok(FlagsAdmin {
         store: FlagStore::new(resources.table(TABLE_VAR)?, resources.clock()),
+        suppressions: keel::suppression::Suppressions::from_env(env, resources)?,
         idempotency: Idempotency::from_resources(resources)?,
         rate_limits: RateLimits::shared(env, resources)?,
     })
@@ -151,6 +153,11 @@ const TOO_LARGE: Reply = Reply::problem(413, "The body is over 256 KiB.");
 const INVALID: Reply = Reply::problem(422, "The change is invalid: `errors` lists each problem with its pointer.");
 const STALE: Reply = Reply::problem(412, "`If-Match` names another version than the current one.");
 const CONFLICT: Reply = Reply::problem(409, "The flag kept changing while the change was applied; retry.");
+/// A write that names users: an erased one is refused.
+const CONFLICT_OR_ERASED: Reply = Reply::problem(
+    409,
+    "The flag kept changing while the change was applied (retry); or, `erased_user`, it names an erased user.",
+);
 const BAD_PARAM: Reply = Reply::problem(422, "A query parameter is invalid (`pointer` names it).");
 
 const LIST: Doc = Doc {
@@ -172,7 +179,10 @@ const CREATE: Doc = Doc {
     body: Some(Content::Json(schema::<Flag>)),
     replies: &[
         Reply::json(201, "The flag as stored (version 1), with `ETag` and `Location`.", schema::<Flag>),
-        Reply::problem(409, "A flag with this key exists (it may be archived)."),
+        Reply::problem(
+            409,
+            "A flag with this key exists (it may be archived), or (`erased_user`) it names an erased user.",
+        ),
         BAD_BODY,
         TOO_LARGE,
         INVALID,
@@ -218,6 +228,7 @@ const REPLACE: Doc = Doc {
         TOO_LARGE,
         INVALID,
         STALE,
+        Reply::problem(409, "`erased_user`: the flag names an erased user."),
     ],
     ..Doc::NONE
 };
@@ -229,7 +240,15 @@ const ADD_RULE: Doc = Doc {
         Param::query("position", "The 0-based index the rule takes (last when absent).", inline::<u32>),
     ],
     body: Some(Content::Json(schema::<Rule>)),
-    replies: &[Reply::json(201, FLAG_OUT, schema::<Flag>), NO_FLAG, BAD_BODY, TOO_LARGE, INVALID, STALE, CONFLICT],
+    replies: &[
+        Reply::json(201, FLAG_OUT, schema::<Flag>),
+        NO_FLAG,
+        BAD_BODY,
+        TOO_LARGE,
+        INVALID,
+        STALE,
+        CONFLICT_OR_ERASED,
+    ],
     ..Doc::NONE
 };
 const REORDER_RULES: Doc = Doc {
@@ -320,7 +339,10 @@ const PUT_SEGMENT: Doc = Doc {
         BAD_BODY,
         TOO_LARGE,
         INVALID,
-        Reply::problem(409, "The segment was created concurrently; retry."),
+        Reply::problem(
+            409,
+            "The segment was created concurrently (retry), or (`erased_user`) it names an erased user.",
+        ),
         STALE,
     ],
     ..Doc::NONE
@@ -342,15 +364,6 @@ fn path_param<'r>(request: &'r Request, name: &str, what: &str) -> Result<&'r st
     http::path_param(request, name)
         .filter(|v| !v.is_empty())
         .ok_or_else(|| Problem::not_found(format!("no such {what}")))
-}
-
-fn bool_param(request: &Request, name: &str) -> Result<Option<bool>, Problem> {
-    match http::query_param(request, name) {
-        None => Ok(None),
-        Some("true") => Ok(Some(true)),
-        Some("false") => Ok(Some(false)),
-        Some(_) => Err(Problem::invalid_param(name, format!("{name} is true or false"))),
-    }
 }
 
 /// `If-Match: "<version>"`: exactly one strong entity tag as `ETag` sends it.
@@ -604,7 +617,7 @@ struct ExplainBody {
 
 impl FlagsAdmin {
     async fn list(&self, request: &Request) -> Result<Response, Problem> {
-        let archived = bool_param(request, "archived")?.unwrap_or(false);
+        let archived = http::bool_param(request, "archived")?.unwrap_or(false);
         let kind = match http::query_param(request, "type") {
             None => None,
             Some(raw) => Some(serde_json::from_value::<FlagType>(Value::String(raw.to_string())).map_err(|_| {
@@ -614,7 +627,7 @@ impl FlagsAdmin {
                 )
             })?),
         };
-        let stale = bool_param(request, "stale")?;
+        let stale = http::bool_param(request, "stale")?;
         let prefix = http::query_param(request, "prefix");
         let limit = http::limit_param(request, DEFAULT_LIMIT, MAX_LIMIT)?;
         let after = http::cursor_param(request, "cursor", |_| true)?;
@@ -654,6 +667,7 @@ impl FlagsAdmin {
         let (request, actor) = (&call.request, call.identity()?.user_id.as_str());
         let mut flag: Flag = parse_body(request)?;
         fill_created_by(&mut flag.overrides, actor);
+        self.suppressions.refuse_any("the flag", flag.named_users()).await?;
         let flag = self.store.create(flag, actor).await.map_err(flag_not_found)?;
         let mut response = flag_response(201, &flag);
         set_header(&mut response, "location", &format!("/v1/admin/flags/{}", flag.key));
@@ -683,6 +697,7 @@ impl FlagsAdmin {
             return Err(Problem::invalid("invalid_body", vec![field_error("/key", "the key must be the path's key")]));
         }
         fill_created_by(&mut body.overrides, actor);
+        self.suppressions.refuse_any("the flag", body.named_users()).await?;
         let flag = self
             .store
             .update(key, Some(expected), actor, "update", |flag| {
@@ -705,6 +720,7 @@ impl FlagsAdmin {
         };
         let expected = if_match(request)?;
         let rule: Rule = parse_body(request)?;
+        self.suppressions.refuse_any("the rule", rule.named_users()).await?;
         let placed = AtomicUsize::new(0);
         let result = self
             .store
@@ -877,7 +893,7 @@ impl FlagsAdmin {
             Some("strict") => ImportMode::Strict,
             Some(_) => return Err(Problem::invalid_param("mode", "mode is lenient (the default) or strict")),
         };
-        let dry_run = bool_param(request, "dry_run")?.unwrap_or(false);
+        let dry_run = http::bool_param(request, "dry_run")?.unwrap_or(false);
         let import = unleash::convert(&features, self.store.clock().now());
         let report = self.store.import(import, actor, mode, dry_run).await.map_err(|e| match e {
             StoreError::Invalid(errors) => Problem::invalid("invalid_import", rebase(errors, None)),
@@ -954,6 +970,7 @@ impl FlagsAdmin {
                 vec![field_error("/name", "the name must be the path's name")],
             ));
         }
+        self.suppressions.refuse_any("the segment", segment.named_users()).await?;
         let (segment, version) = self.store.put_segment(segment, expected, actor).await.map_err(|e| match e {
             StoreError::NotFound => {
                 Problem::new(412, "version_mismatch", "If-Match names a version of a segment that does not exist")

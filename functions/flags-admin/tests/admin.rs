@@ -140,9 +140,10 @@ impl Admin {
         let resources = StaticResources::new(dyn_clock.clone())
             .with_table("FLAGS_TABLE", table.clone())
             .with_table(keel::idempotency::TABLE_VAR, Arc::new(db.table("IdempotencyTable", dyn_clock.clone())))
-            .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock.clone())));
-        let function =
-            Arc::new(flags_admin::build(&Env::from_pairs(Vec::<(String, String)>::new()), &resources).unwrap());
+            .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock.clone())))
+            .with_table(keel::suppression::TABLE_VAR, Arc::new(db.table("DirectoryTable", dyn_clock.clone())));
+        let env = Env::from_pairs([(keel::suppression::KEY_VAR, keel::testing::GDPR_HASH_KEY)]);
+        let function = Arc::new(flags_admin::build(&env, &resources).unwrap());
         Self { _dir: dir, clock, store: FlagStore::new(table, dyn_clock), function }
     }
 

@@ -11,7 +11,7 @@ use keel::openapi::{Doc, Param, Reply, schema};
 use keel::problem::FieldError;
 use keel::problem::Problem;
 use keel::route::Call;
-use keel_gdpr::export::{LINK_VALIDITY, Output, TASK};
+use keel_gdpr::export::{ADMIN_EXPORTS_ORG, LINK_VALIDITY, Output, TASK};
 use keel_jobs::{Created, Filter, Job, JobsError, NewJob, Status};
 use serde::Deserialize;
 use serde::Serialize;
@@ -75,10 +75,6 @@ pub const LATEST: Doc = Doc {
     ],
     ..Doc::NONE
 };
-
-/// Where platform admins' exports of other users are filed: an organization of their own, so no customer
-/// organization's members see them in its jobs or feed. Reserved: a token naming it is not a customer's.
-pub const ADMIN_EXPORTS_ORG: &str = "keel:gdpr-exports";
 
 fn is_export_of(job: &Job, subject: &str) -> bool {
     job.job_type == TASK && job.input["user_id"].as_str() == Some(subject)
@@ -281,7 +277,8 @@ impl GdprApi {
             None,
             "gdpr.export.request",
             format!("user:{}", body.user_id),
-        );
+        )
+        .about(&body.user_id);
         entry.reason = Some(reason.to_string());
         self.directory.record(&entry).await.map_err(directory_problem)?;
         let (job, new) = self.start_export(caller, call, ADMIN_EXPORTS_ORG, &body.user_id, &body.org_ids).await?;

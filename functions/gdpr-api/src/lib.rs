@@ -1,7 +1,8 @@
 //! The GDPR API: the data map (platform admins); the directory of organizations and memberships that last-admin
 //! protection is decided on; and exports, run as `gdpr.export` jobs: a user's of their own data, and a platform
 //! admin's of any user's, with a reason that is audited before the export starts; and the audit log, every
-//! capability's trail merged. Erasure and suppression are not built yet.
+//! capability's trail merged; and erasures, run as `gdpr.erase` jobs (`erasures` says who may erase whom), with
+//! the suppression that keeps an erased user out of new data.
 //!
 //! Who may do what: platform admins create and rename organizations and manage any organization's members; an
 //! admin of an organization in the directory manages its members (from a token naming that organization: the
@@ -12,6 +13,7 @@
 
 mod audit;
 mod datamap;
+mod erasures;
 mod exports;
 mod orgs;
 
@@ -30,6 +32,7 @@ use std::sync::Arc;
 
 pub struct GdprApi {
     directory: Directory,
+    erasures: keel_gdpr::erasure::Erasures,
     directory_trail: keel::audit::TableTrail,
     jobs_trail: keel::audit::TableTrail,
     webhooks_trail: keel::audit::TableTrail,
@@ -43,8 +46,10 @@ pub struct GdprApi {
 }
 
 pub fn build(env: &Env, resources: &dyn Resources) -> Result<GdprApi, ConfigError> {
+    let registry = Registry::sample_unsigned(env)?;
     Ok(GdprApi {
         directory: Directory::new(resources.table(TABLE_VAR)?, resources.clock()),
+        erasures: keel_gdpr::erasure::Erasures::from_resources(env, resources, registry.clone())?,
         directory_trail: keel::audit::TableTrail(resources.table(TABLE_VAR)?),
         jobs_trail: keel::audit::TableTrail(resources.table(keel_jobs::datamap::TABLE_VAR)?),
         webhooks_trail: keel::audit::TableTrail(resources.table(keel_webhooks::TABLE_VAR)?),
@@ -58,7 +63,7 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<GdprApi, ConfigErro
             resources.bus(keel_jobs::BUS_VAR)?,
             resources.clock(),
         ),
-        registry: Registry::sample_unsigned(env)?,
+        registry,
         objects: resources.objects(keel_gdpr::export::BUCKET_VAR)?,
         clock: resources.clock(),
         idempotency: Idempotency::from_resources(resources)?,
@@ -97,6 +102,19 @@ impl Api for GdprApi {
         }),
         Route::get("/v1/admin/gdpr/exports/{id}", Access::PlatformAdmin, exports::ADMIN_SHOW, |api, call| {
             Box::pin(api.admin_show(call))
+        }),
+        Route::delete("/v1/user/account", Access::Member, erasures::ERASE_ME, |api, call| Box::pin(api.erase_me(call))),
+        Route::get("/v1/user/erasures/{id}", Access::Member, erasures::SHOW_MINE, |api, call| {
+            Box::pin(api.show_mine(call))
+        }),
+        Route::post("/v1/admin/gdpr/erasures", Access::PlatformAdmin, erasures::ADMIN_START, |api, call| {
+            Box::pin(api.admin_erase(call))
+        }),
+        Route::get("/v1/admin/gdpr/erasures/{id}", Access::PlatformAdmin, erasures::ADMIN_SHOW, |api, call| {
+            Box::pin(api.admin_show_erasure(call))
+        }),
+        Route::post("/v1/admin/gdpr/suppressions/lift", Access::PlatformAdmin, erasures::LIFT, |api, call| {
+            Box::pin(api.lift(call))
         }),
         Route::get("/v1/audit-logs", Access::Member, audit::LIST, |api, call| Box::pin(api.audit_logs(call))),
     ];

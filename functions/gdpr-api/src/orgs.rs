@@ -93,7 +93,8 @@ pub const SET_MEMBER: Doc = Doc {
         NO_ORG,
         Reply::problem(
             409,
-            "`last_admin`: the user is the organization's last admin; make another member admin first.",
+            "`last_admin`: the user is the organization's last admin; make another member admin first. \
+             `erased_user`: the user was erased, and a platform admin has not lifted the suppression.",
         ),
         Reply::problem(413, "The body is over 4 KB."),
         Reply::problem(422, "A bad user id or role (`pointer` names it)."),
@@ -181,6 +182,7 @@ impl GdprApi {
         }
         let user = http::path_param(&call.request, "userId").unwrap_or_default();
         let body: MemberBody = http::from_json(http::body_value(&call.request, MAX_BODY_BYTES)?, "invalid_body")?;
+        self.erasures.suppressions().refuse_any("the path's userId", [user]).await?;
         let (membership, change) =
             self.directory.set_member(&caller.user_id, org, user, body.role).await.map_err(directory_problem)?;
         Ok(http::json(status_of(change), &membership))

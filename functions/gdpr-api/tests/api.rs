@@ -36,7 +36,12 @@ fn api() -> Api {
         .with_queue("JOB_QUEUE_URL", Arc::new(db.queue(keel_embedded::QueueSpec::new("JobQueue"), dyn_clock.clone())))
         .with_bus("EVENT_BUS_NAME", Arc::new(db.bus("EventBus")))
         .with_objects("EXPORT_BUCKET", Arc::new(db.objects("ExportBucket", "http://127.0.0.1:9", dyn_clock).unwrap()));
-    let env = Env::from_pairs([("RATE_LIMIT_ORG", "off"), ("RATE_LIMIT_IP", "off"), ("KEEL_STAGE", "dev")]);
+    let env = Env::from_pairs([
+        ("RATE_LIMIT_ORG", "off"),
+        ("RATE_LIMIT_IP", "off"),
+        ("KEEL_STAGE", "dev"),
+        (keel::suppression::KEY_VAR, keel::testing::GDPR_HASH_KEY),
+    ]);
     let jobs = jobs_api::build(&env, &resources).unwrap();
     Api { _dir: dir, db, clock, api: gdpr_api::build(&env, &resources).unwrap(), jobs }
 }

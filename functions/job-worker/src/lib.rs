@@ -84,10 +84,12 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Worker, ConfigError
         resources.queue(WEBHOOK_QUEUE_VAR)?,
         resources.clock(),
     );
+    let registry = Registry::sample(env)?;
+    let erasures = keel_gdpr::erasure::Erasures::from_resources(env, resources, registry.clone())?;
     let tasks = Tasks::default()
         .with(tasks::WEBHOOK_REPLAY, replay)
-        .with(keel_gdpr::export::TASK, keel_gdpr::export::ExportTask::from_resources(resources)?);
-    let registry = Registry::sample(env)?;
+        .with(keel_gdpr::export::TASK, keel_gdpr::export::ExportTask::from_resources(resources)?)
+        .with(keel_gdpr::erasure::TASK, keel_gdpr::erasure::EraseTask(erasures));
     tasks.check(&registry)?;
     Ok(Worker {
         jobs: Jobs::new(table.clone(), queue.clone(), resources.bus(BUS_VAR)?, resources.clock()),

@@ -123,6 +123,7 @@ async fn world() -> World {
         ("JOB_SECRET_NOTIFY", SECRET.to_string()),
         ("JOB_HEARTBEAT_SECONDS", "0.1".to_string()),
         ("KEEL_STAGE", "dev".to_string()),
+        (keel::suppression::KEY_VAR, keel::testing::GDPR_HASH_KEY.to_string()),
     ]);
     World { _dir: dir, stub, table, flags, queue, dead_letters, bus, webhooks, webhook_queue, resources, env }
 }

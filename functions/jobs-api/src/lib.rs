@@ -43,6 +43,7 @@ pub struct JobsApi {
     breakers: Breakers,
     gates: Gates,
     registry: Registry,
+    suppressions: keel::suppression::Suppressions,
     idempotency: Idempotency,
     rate_limits: RateLimits,
 }
@@ -54,6 +55,7 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<JobsApi, ConfigErro
         breakers: Breakers::new(table, resources.clock()),
         gates: Gates::from_resources(env, resources)?,
         registry: Registry::sample_unsigned(env)?,
+        suppressions: keel::suppression::Suppressions::from_env(env, resources)?,
         idempotency: Idempotency::from_resources(resources)?,
         rate_limits: RateLimits::shared(env, resources)?,
     })
@@ -95,6 +97,7 @@ const CREATE: Doc = Doc {
         Reply::json(202, "The job, created.", schema::<CreatedJob>),
         Reply::json(200, "The pending or running job that holds `dedup_key`.", schema::<CreatedJob>),
         Reply::problem(400, "The body is missing or not JSON."),
+        Reply::problem(409, "`erased_user`: the caller, or the user the input names, was erased."),
         Reply::problem(413, "The body, or the input, is over 256 KB."),
         Reply::problem(422, "Unknown or unavailable type, an input that breaks its schema, or a bad field (`errors`)."),
     ],
@@ -152,7 +155,11 @@ const RETRY: Doc = Doc {
         Reply::json(202, "The new job (its `retry_of` is this one).", schema::<Job>),
         NO_JOB,
         NOT_YOURS,
-        Reply::problem(409, "The job has not failed or been cancelled, or was retried already."),
+        Reply::problem(
+            409,
+            "The job has not failed or been cancelled, or was retried already; or (`erased_user`) it is about an \
+             erased user.",
+        ),
         Reply::problem(422, "The job's type no longer exists or is unavailable."),
     ],
     ..Doc::NONE
@@ -411,6 +418,7 @@ impl JobsApi {
         if !errors.is_empty() {
             return Err(Problem::invalid("invalid_job", errors));
         }
+        self.refuse_erased(caller, &body.input).await?;
         let new = NewJob {
             job_type: body.job_type.clone(),
             input: body.input,
@@ -427,6 +435,13 @@ impl JobsApi {
             Created::New(job) => Ok(http::json(202, &CreatedJob { job, paused })),
             Created::Existing(job) => Ok(http::json(200, &CreatedJob { job, paused })),
         }
+    }
+
+    /// A job is about its creator and whoever its input names as `user_id`: none of them may be an erased user.
+    async fn refuse_erased(&self, caller: &Identity, input: &serde_json::Value) -> Result<(), Problem> {
+        self.suppressions.refuse_any("the caller", [caller.user_id.as_str()]).await?;
+        let named = input.get("user_id").and_then(|u| u.as_str());
+        self.suppressions.refuse_any("/input/user_id", named).await
     }
 
     /// The job `id` as the caller may see it: their organization's, or any for a platform admin.
@@ -604,6 +619,7 @@ impl JobsApi {
             return Err(Problem::new(409, "already_retried", format!("the job was retried already, by job {by}")));
         }
         let job_type = self.runnable(caller, &old.job_type, "the job's type no longer exists")?;
+        self.refuse_erased(caller, &old.input).await?;
         let new = NewJob {
             job_type: old.job_type.clone(),
             input: old.input.clone(),

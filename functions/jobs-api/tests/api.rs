@@ -35,8 +35,10 @@ fn api() -> Api {
         .with_queue("JOB_QUEUE_URL", queue.clone())
         .with_bus("EVENT_BUS_NAME", bus)
         .with_table(keel::idempotency::TABLE_VAR, Arc::new(db.table("IdempotencyTable", dyn_clock.clone())))
-        .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock)));
+        .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock.clone())))
+        .with_table(keel::suppression::TABLE_VAR, Arc::new(db.table("DirectoryTable", dyn_clock)));
     let env = Env::from_pairs([
+        (keel::suppression::KEY_VAR, keel::testing::GDPR_HASH_KEY),
         ("JOB_URL_NOTIFY", "http://127.0.0.1:9/notify"),
         ("RATE_LIMIT_ORG", "off"),
         ("RATE_LIMIT_IP", "off"),

@@ -268,7 +268,13 @@ impl Host {
             Backend::Aws => backend::aws(&template, &faults, clock.clone()).await,
         }
         .map_err(|reason| HostError::Backend { backend: options.backend, reason })?;
-        let functions = build_functions(&template, &registry, &options.env, &built, clock)?;
+        // The deployment's GDPR key (a template parameter without a default), stood in for by one derived from
+        // the data directory's key: stable across restarts, so pseudonyms and suppressions keep their meaning.
+        let mut process = options.env.clone();
+        if process.get(keel::suppression::KEY_VAR).is_none() {
+            process.set(keel::suppression::KEY_VAR, key.derive(keel::suppression::KEY_VAR));
+        }
+        let functions = build_functions(&template, &registry, &process, &built, clock)?;
 
         let mut probes = Vec::new();
         probes.extend(built.tables.iter().map(|(id, r)| Probe::Table(id.clone(), r.adapter.clone())));

@@ -69,6 +69,18 @@ impl DevKey {
         Ok(Self { secret })
     }
 
+    /// Another secret for `purpose`, derived from this key (HMAC-SHA256, hex): keel-local's stand-in for a
+    /// deployment's secret parameter.
+    pub fn derive(&self, purpose: &str) -> String {
+        use hmac::Mac;
+        let mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.secret).map(|mut mac| {
+            mac.update(purpose.as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        });
+        // HMAC takes a key of any length.
+        mac.unwrap_or_default()
+    }
+
     /// A key from given bytes (tests: a key the host does not know).
     pub fn from_secret(secret: impl Into<Vec<u8>>) -> Self {
         Self { secret: secret.into() }

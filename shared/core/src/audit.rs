@@ -5,7 +5,12 @@
 //! sort-key range):
 //! - `AUDIT` / `{id}`: everything, which platform admins read;
 //! - `AUDIT#ORG#{org}` / `{id}`: one organization's (an entry about no organization has none), for its admins;
-//! - `AUDIT#ACTOR#{actor}` / `{id}`: one actor's own, which every member may read.
+//! - `AUDIT#ACTOR#{actor}` / `{id}`: one actor's own, which every member may read;
+//! - `AUDIT#SUBJECT#{user}` / `{id}`: entries about a user other than the actor (a membership an admin set), so an
+//!   erasure finds every entry that names the user.
+//!
+//! Erasure ([`pseudonymize`]) rewrites an entry in place with the user replaced by a pseudonym and moves its
+//! per-user copies to the pseudonym's partitions, in one transaction: the trail keeps every entry, id and order.
 //!
 //! Reading: each domain's table is a [`Trail`]; [`read`] merges them into one page, newest first. A domain whose
 //! entries predate this shape (the flags' trail) implements [`Trail`] over its own layout.
@@ -40,6 +45,9 @@ pub struct AuditEntry {
     pub action: String,
     /// What changed, as `kind:id` pieces joined by `/` (`org:acme/member:u1`).
     pub resource: String,
+    /// The user the change is about, when that is not the actor (a membership an admin set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     /// Why, when the actor had to say (a platform admin acting on another's data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -59,10 +67,17 @@ impl AuditEntry {
             org_id: org_id.map(str::to_string),
             action: action.to_string(),
             resource,
+            subject: None,
             reason: None,
             before: None,
             after: None,
         }
+    }
+
+    /// The user the change is about, when another acts.
+    pub fn about(mut self, user: &str) -> Self {
+        self.subject = (user != self.actor).then(|| user.to_string());
+        self
     }
 
     pub fn with_change(mut self, before: Option<Value>, after: Option<Value>) -> Self {
@@ -76,7 +91,34 @@ impl AuditEntry {
         let mut partitions = vec![ALL.to_string()];
         partitions.extend(self.org_id.as_deref().map(org_partition));
         partitions.push(actor_partition(&self.actor));
+        partitions.extend(self.subject.as_deref().filter(|s| *s != self.actor).map(subject_partition));
         partitions
+    }
+
+    /// This entry with `user` replaced by `pseudonym` wherever it names them: actor, subject, the `kind:id` pieces
+    /// of the resource, the reason's text, and the strings of the change.
+    pub fn pseudonymized(&self, user: &str, pseudonym: &str) -> Self {
+        let swap = |text: &str| if text == user { pseudonym.to_string() } else { text.to_string() };
+        let resource = self
+            .resource
+            .split('/')
+            .map(|piece| match piece.split_once(':') {
+                Some((kind, id)) if id == user => format!("{kind}:{pseudonym}"),
+                _ => swap(piece),
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let mut entry = Self {
+            actor: swap(&self.actor),
+            subject: self.subject.as_deref().map(swap),
+            resource,
+            reason: self.reason.as_ref().map(|r| r.replace(user, pseudonym)),
+            ..self.clone()
+        };
+        for change in [&mut entry.before, &mut entry.after].into_iter().flatten() {
+            crate::datamap::pseudonymize(change, user, pseudonym);
+        }
+        entry
     }
 
     /// The puts that record this entry, for the transaction of the change it records. Each expects its key
@@ -123,6 +165,59 @@ pub fn org_partition(org: &str) -> String {
 
 pub fn actor_partition(actor: &str) -> String {
     format!("{ALL}#ACTOR#{actor}")
+}
+
+pub fn subject_partition(user: &str) -> String {
+    format!("{ALL}#SUBJECT#{user}")
+}
+
+/// Pseudonymizes every entry in `table` (this module's layout) that `user` made or that is about them: each
+/// entry's copies rewritten, its copies under the user's partitions moved to the pseudonym's, one transaction per
+/// entry, so a crash leaves each entry either done or untouched and a second run finds nothing. Counts the entries
+/// under `names.0` and their other copies under `names.1`; `dry_run` only counts.
+pub async fn pseudonymize(
+    table: &dyn Table,
+    names: (&str, &str),
+    user: &str,
+    pseudonym: &str,
+    dry_run: bool,
+    tally: &mut crate::datamap::Tally,
+) -> Result<(), PortError> {
+    let mut done = std::collections::BTreeSet::new();
+    for partition in [actor_partition(user), subject_partition(user)] {
+        let mut query = Query::partition(&partition);
+        query.limit = crate::table::MAX_QUERY_LIMIT;
+        loop {
+            let page = table.query(&query).await?;
+            for item in &page.items {
+                let entry = AuditEntry::from_item(item)?;
+                // An entry the user both made and is about sits in both partitions: handled once.
+                if !done.insert(entry.id.clone()) {
+                    continue;
+                }
+                let next = entry.pseudonymized(user, pseudonym);
+                let (old, new) = (entry.partitions(), next.partitions());
+                if !dry_run {
+                    let mut writes = Vec::new();
+                    for pk in &new {
+                        let item = item_of(Key::new(pk, &next.id), ATTR, &next, 2)?;
+                        writes.push(Write::Put { item, expect: Expect::Any });
+                    }
+                    for pk in old.iter().filter(|pk| !new.contains(pk)) {
+                        writes.push(Write::Delete { key: Key::new(pk, &entry.id), expect: Expect::Any });
+                    }
+                    table.transact(writes).await?;
+                }
+                crate::datamap::count(tally, names.0, 1);
+                crate::datamap::count(tally, names.1, (old.len() - 1) as u64);
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whose entries a reader may see.

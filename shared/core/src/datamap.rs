@@ -163,6 +163,43 @@ pub fn mentions(value: &serde_json::Value, needle: &str) -> Vec<String> {
     found
 }
 
+/// Who audit entries name as carrying out an erasure's changes.
+pub const ERASER: &str = "keel:gdpr";
+
+/// Whom an erasure is about, and what stands for them afterwards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasureSubject {
+    pub subject: DataSubject,
+    /// What replaces the user's id in items that keep their shape (audit trails, flag rules): the same for every
+    /// item, so a trail still reads as one person's, and keyed, so it cannot be turned back into the id.
+    pub pseudonym: String,
+    /// The organizations erased with the user, who was their only member.
+    pub orgs_alone: BTreeSet<String>,
+}
+
+/// Per data-map entry, the items an erasure deleted or pseudonymized (or, in a dry run, would).
+pub type Tally = std::collections::BTreeMap<String, u64>;
+
+/// Adds `n` items of `entry` to `tally`, leaving entries with none out.
+pub fn count(tally: &mut Tally, entry: &str, n: u64) {
+    if n > 0 {
+        *tally.entry(entry.to_string()).or_default() += n;
+    }
+}
+
+/// Replaces every string in `value` equal to `user` with `pseudonym`, and answers how many it replaced.
+pub fn pseudonymize(value: &mut serde_json::Value, user: &str, pseudonym: &str) -> usize {
+    match value {
+        serde_json::Value::String(text) if text == user => {
+            *text = pseudonym.to_string();
+            1
+        }
+        serde_json::Value::Array(items) => items.iter_mut().map(|item| pseudonymize(item, user, pseudonym)).sum(),
+        serde_json::Value::Object(map) => map.values_mut().map(|item| pseudonymize(item, user, pseudonym)).sum(),
+        _ => 0,
+    }
+}
+
 /// A domain's side of the GDPR tasks: it finds its own items about a subject, by its own key formats.
 #[async_trait::async_trait]
 pub trait Holder: Send + Sync {
@@ -170,6 +207,11 @@ pub trait Holder: Send + Sync {
     fn entries(&self) -> &'static [Entry];
     /// Writes every item about `subject` of each of its entries whose export is [`Export::Include`].
     async fn export(&self, subject: &DataSubject, sink: &mut dyn ExportSink) -> Result<(), PortError>;
+    /// Deletes or pseudonymizes every item about the subject, as each entry's [`Erasure`] says, counting in
+    /// `tally` what it changed as it goes (so a run that fails midway still tells what it did); with `dry_run`,
+    /// changes nothing and counts what it would change. Safe to run again after a crash or to completion: a second
+    /// run finds nothing left to change.
+    async fn erase(&self, subject: &ErasureSubject, dry_run: bool, tally: &mut Tally) -> Result<(), PortError>;
 }
 
 #[cfg(test)]
@@ -202,6 +244,14 @@ mod tests {
         });
         assert_eq!(mentions(&value, "ann"), ["/a~1b", "/rules/0/constraints/0/values/1", "/target_users/1"]);
         assert!(mentions(&value, "nobody").is_empty());
+    }
+
+    #[test]
+    fn pseudonymize_replaces_equal_strings_only() {
+        let mut value = serde_json::json!({"users": ["ann", "bob"], "by": "ann", "note": "ann's", "ann": 1});
+        assert_eq!(pseudonymize(&mut value, "ann", "p1"), 2);
+        assert_eq!(value, serde_json::json!({"users": ["p1", "bob"], "by": "p1", "note": "ann's", "ann": 1}));
+        assert_eq!(pseudonymize(&mut value, "ann", "p1"), 0, "a second pass finds nothing");
     }
 
     #[test]

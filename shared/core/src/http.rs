@@ -54,6 +54,16 @@ pub fn path_param<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
     request.path_parameters_ref().and_then(|params| params.first(name))
 }
 
+/// A `true`/`false` query parameter; anything else is 422 naming it.
+pub fn bool_param(request: &Request, name: &str) -> Result<Option<bool>, Problem> {
+    match query_param(request, name) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(_) => Err(Problem::invalid_param(name, format!("{name} is true or false"))),
+    }
+}
+
 pub fn query_param<'a>(request: &'a Request, name: &str) -> Option<&'a str> {
     request.query_string_parameters_ref().and_then(|params| params.first(name)).filter(|v| !v.is_empty())
 }

@@ -24,7 +24,7 @@ use crate::identity::Identity;
 use crate::port::PortError;
 use crate::problem::Problem;
 use crate::resources::Resources;
-use crate::table::{Attrs, Expect, Item, Key, Table};
+use crate::table::{Attrs, Expect, Item, Key, Table, Write};
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
@@ -89,6 +89,35 @@ impl crate::datamap::Holder for Idempotency {
         DATA_MAP
     }
 
+    /// The user's records in each of their organizations (every record of an organization erased with them).
+    async fn erase(
+        &self,
+        subject: &crate::datamap::ErasureSubject,
+        dry_run: bool,
+        tally: &mut crate::datamap::Tally,
+    ) -> Result<(), PortError> {
+        for org in &subject.subject.org_ids {
+            let mut query = self.records_of(org, &subject.subject.user_id);
+            if subject.orgs_alone.contains(org) {
+                (query.sk_from, query.sk_to) = (None, None);
+            }
+            loop {
+                let page = self.table.query(&query).await?;
+                for item in &page.items {
+                    if !dry_run {
+                        self.table.transact(vec![Write::Delete { key: item.key.clone(), expect: Expect::Any }]).await?;
+                    }
+                    crate::datamap::count(tally, DATA_MAP[0].name, 1);
+                }
+                match page.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The user's records in each of their organizations: a sort-key range, since each record's key starts with
     /// its user.
     async fn export(
@@ -96,13 +125,8 @@ impl crate::datamap::Holder for Idempotency {
         subject: &crate::datamap::DataSubject,
         sink: &mut dyn crate::datamap::ExportSink,
     ) -> Result<(), PortError> {
-        let user = serde_json::to_string(&[subject.user_id.as_str()]).unwrap_or_default();
-        let prefix = format!("{},", user.trim_end_matches(']'));
         for org in &subject.org_ids {
-            let mut query = crate::table::Query::partition(format!("IDEM#{org}"));
-            query.sk_from = Some(prefix.clone());
-            query.sk_to = Some(format!("{prefix}{}", char::MAX));
-            query.limit = crate::table::MAX_QUERY_LIMIT;
+            let mut query = self.records_of(org, &subject.user_id);
             loop {
                 let page = self.table.query(&query).await?;
                 for item in &page.items {
@@ -130,6 +154,17 @@ impl crate::datamap::Holder for Idempotency {
 }
 
 impl Idempotency {
+    /// The query of `user`'s records in `org`: a sort-key range, since each record's key starts with its user.
+    fn records_of(&self, org: &str, user: &str) -> crate::table::Query {
+        let user = serde_json::to_string(&[user]).unwrap_or_default();
+        let prefix = format!("{},", user.trim_end_matches(']'));
+        let mut query = crate::table::Query::partition(format!("IDEM#{org}"));
+        query.sk_from = Some(prefix.clone());
+        query.sk_to = Some(format!("{prefix}{}", char::MAX));
+        query.limit = crate::table::MAX_QUERY_LIMIT;
+        query
+    }
+
     pub fn new(table: Arc<dyn Table>, clock: Arc<dyn Clock>) -> Self {
         Self { table, clock }
     }

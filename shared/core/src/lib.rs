@@ -23,6 +23,7 @@ pub mod queue;
 pub mod ratelimit;
 pub mod resources;
 pub mod route;
+pub mod suppression;
 pub mod table;
 pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]

@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// A `GDPR_HASH_KEY` for tests (`keel::suppression`).
+pub const GDPR_HASH_KEY: &str = "test-only-gdpr-hash-key-of-32-bytes-or-more";
+
 /// The repository root: the nearest ancestor of the crate under test that holds `.venv`, else the nearest one
 /// whose `Cargo.toml` declares the workspace.
 pub fn repo_root() -> PathBuf {

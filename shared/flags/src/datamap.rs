@@ -145,6 +145,15 @@ impl keel::datamap::Holder for crate::store::FlagStore {
             }
         }
     }
+
+    async fn erase(
+        &self,
+        subject: &keel::datamap::ErasureSubject,
+        dry_run: bool,
+        tally: &mut keel::datamap::Tally,
+    ) -> Result<(), keel::port::PortError> {
+        self.erase_user(&subject.subject.user_id, &subject.pseudonym, dry_run, tally).await.map_err(port_error)
+    }
 }
 
 fn port_error(error: crate::store::StoreError) -> keel::port::PortError {

@@ -94,7 +94,32 @@ fn epoch() -> DateTime<Utc> {
     DateTime::UNIX_EPOCH
 }
 
+/// The user ids `constraints` name: the values of their `userId` constraints.
+pub fn constrained_users(constraints: &[Constraint]) -> impl Iterator<Item = &str> {
+    constraints.iter().filter(|c| c.field == USER_ID).flat_map(|c| c.values.iter().map(String::as_str))
+}
+
+impl Rule {
+    /// The user ids the rule names.
+    pub fn named_users(&self) -> impl Iterator<Item = &str> {
+        constrained_users(&self.constraints)
+    }
+}
+
+impl Segment {
+    /// The user ids the segment names.
+    pub fn named_users(&self) -> impl Iterator<Item = &str> {
+        constrained_users(&self.constraints)
+    }
+}
+
 impl Flag {
+    /// The user ids the flag names: its target users and its rules' `userId` constraints (what an erased user must
+    /// not be put back into).
+    pub fn named_users(&self) -> impl Iterator<Item = &str> {
+        self.target_users.iter().map(String::as_str).chain(self.rules.iter().flat_map(Rule::named_users))
+    }
+
     /// A flag with nothing but a key: on, no targeting, default value `false`.
     pub fn new(key: impl Into<String>) -> Self {
         Self {

@@ -471,6 +471,78 @@ impl FlagStore {
         Ok((entries, next))
     }
 
+    /// An erasure's part in the flag store: every flag and segment that names `user` rewritten with `pseudonym`
+    /// in its place (a rule that matched them then matches nobody), each change audited without its before and
+    /// after, which would name them; then every audit entry that names them rewritten in place, both copies. The
+    /// trail keeps every entry and its order. `dry_run` only counts.
+    pub async fn erase_user(
+        &self,
+        user: &str,
+        pseudonym: &str,
+        dry_run: bool,
+        tally: &mut keel::datamap::Tally,
+    ) -> Result<(), StoreError> {
+        use keel::datamap::{ERASER, count, pseudonymize};
+        for flag in self.flags().await? {
+            let mut value = serde_json::to_value(&flag).map_err(invalid_json)?;
+            if pseudonymize(&mut value, user, pseudonym) == 0 {
+                continue;
+            }
+            if !dry_run {
+                let mut next: Flag = serde_json::from_value(value).map_err(invalid_json)?;
+                next.version = flag.version + 1;
+                next.updated_by = ERASER.to_string();
+                next.updated_at = self.clock.now();
+                let item = encode(Key::new(FLAGS, &next.key), "flag", &next, next.version)?;
+                let entry = self.entry(ERASER, "pseudonymize", flag_subject(&next.key), None, None);
+                self.commit(Write::Put { item, expect: Expect::Version(flag.version) }, entry).await?;
+            }
+            count(tally, "flags.flag", 1);
+        }
+        for segment in self.segments().await? {
+            let mut value = serde_json::to_value(&segment).map_err(invalid_json)?;
+            if pseudonymize(&mut value, user, pseudonym) == 0 {
+                continue;
+            }
+            if !dry_run {
+                let Some((_, version)) = self.segment(&segment.name).await? else { continue };
+                let next: Segment = serde_json::from_value(value).map_err(invalid_json)?;
+                let item = encode(Key::new(SEGMENTS, &next.name), "segment", &next, version + 1)?;
+                let entry = self.entry(ERASER, "pseudonymize", segment_subject(&next.name), None, None);
+                self.commit(Write::Put { item, expect: Expect::Version(version) }, entry).await?;
+            }
+            count(tally, "flags.segment", 1);
+        }
+        let mut query = Query::partition(AUDIT);
+        query.limit = keel::table::MAX_QUERY_LIMIT;
+        loop {
+            let Page { items, next } = self.table.query(&query).await?;
+            for item in &items {
+                let mut value = item.attrs.get("entry").cloned().unwrap_or_default();
+                if pseudonymize(&mut value, user, pseudonym) == 0 {
+                    continue;
+                }
+                if !dry_run {
+                    let entry: AuditEntry = serde_json::from_value(value).map_err(invalid_json)?;
+                    let writes = [AUDIT.to_string(), audit_partition(&entry.subject)]
+                        .into_iter()
+                        .map(|pk| {
+                            let item = encode(Key::new(pk, &entry.id), "entry", &entry, item.version + 1)?;
+                            Ok(Write::Put { item, expect: Expect::Any })
+                        })
+                        .collect::<Result<Vec<_>, StoreError>>()?;
+                    self.table.transact(writes).await?;
+                }
+                count(tally, "flags.audit", 1);
+                count(tally, "flags.audit_by_subject", 1);
+            }
+            match next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
     /// Records when flags were last evaluated (one write per flag).
     pub async fn record_usage(&self, seen: &BTreeMap<String, DateTime<Utc>>) -> Result<(), PortError> {
         for (key, at) in seen {
@@ -815,6 +887,7 @@ impl keel::audit::Trail for FlagStore {
                 org_id: None,
                 action: format!("flags.{}", entry.action),
                 resource: entry.subject,
+                subject: None,
                 reason: None,
                 before: entry.before,
                 after: entry.after,

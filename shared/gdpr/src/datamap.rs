@@ -22,7 +22,9 @@ pub const DIRECTORY: &[Entry] = &[
         recipients: &[],
         retention: Retention::WhileInUse,
         export: Export::Exclude { reason: "about an organization, not a person; the memberships are included" },
-        erasure: Erasure::Keep { exemption: "holds nothing about a person; erased with the organization" },
+        erasure: Erasure::Keep {
+            exemption: "holds nothing about a person; deleted with a user who is its only member",
+        },
     },
     Entry {
         name: "directory.membership",
@@ -84,32 +86,65 @@ pub const DIRECTORY: &[Entry] = &[
 ];
 
 /// What the GDPR tasks keep of their own: export bundles, in the export bucket (an object store's entry: `pk` is
-/// the object's key, `sk` empty).
-pub const GDPR: &[Entry] = &[Entry {
-    name: "gdpr.export_bundle",
-    table: crate::export::BUCKET_VAR,
-    pk: "exports/{id}.zip",
-    sk: "",
-    description: "A user's export bundle: a zip of everything the export found about them.",
-    subject: Subject::User,
-    personal_data: &["every record of the entries an export includes"],
-    purpose: "Giving users their data (GDPR Art. 15 and 20).",
-    recipients: &["the user, through a link valid 15 minutes"],
-    retention: Retention::Expires { seconds: 8 * 24 * 3600 },
-    export: Export::Exclude { reason: "copies of the other entries, which a new bundle includes afresh" },
-    erasure: Erasure::Delete,
-}];
+/// the object's key, `sk` empty); erasures' records and receipts, and suppressions.
+pub const GDPR: &[Entry] = &[
+    Entry {
+        name: "gdpr.export_bundle",
+        table: crate::export::BUCKET_VAR,
+        pk: "exports/{id}.zip",
+        sk: "",
+        description: "A user's export bundle: a zip of everything the export found about them.",
+        subject: Subject::User,
+        personal_data: &["every record of the entries an export includes"],
+        purpose: "Giving users their data (GDPR Art. 15 and 20).",
+        recipients: &["the user, through a link valid 15 minutes"],
+        retention: Retention::Expires { seconds: 8 * 24 * 3600 },
+        export: Export::Exclude { reason: "copies of the other entries, which a new bundle includes afresh" },
+        erasure: Erasure::Delete,
+    },
+    Entry {
+        name: "gdpr.erasure",
+        table: TABLE_VAR,
+        pk: "ERASURE#{id}",
+        sk: "ERASURE",
+        description: "An erasure: whom it erases while it runs, who asked and why; once done, its receipt, naming the \
+        user's pseudonym only.",
+        subject: Subject::User,
+        personal_data: &["user_id (until the erasure completes)", "requested_by", "reason"],
+        purpose: "Carrying out erasures and proving them afterwards (GDPR Art. 17 and 5(2)).",
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Exclude { reason: "names the user only while it erases them" },
+        erasure: Erasure::Keep {
+            exemption: "the proof of an erasure (Art. 5(2)); it names the pseudonym, not the user",
+        },
+    },
+    Entry {
+        name: "gdpr.suppression",
+        table: keel::suppression::TABLE_VAR,
+        pk: "SUPPRESSED#{hash}",
+        sk: "SUPPRESSED",
+        description: "A keyed hash of an erased user's id: Keel refuses new personal data about them until it is lifted.",
+        subject: Subject::User,
+        personal_data: &["hash (keyed; not the id)"],
+        purpose: "Keeping an erased user erased (GDPR Art. 17 and 21).",
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Exclude { reason: "a keyed hash, which only identifies the user with Keel's key" },
+        erasure: Erasure::Keep { exemption: "what keeps the erasure from being undone; a keyed hash, not the id" },
+    },
+];
 
-/// The whole map, every domain's entries in the order erasure walks them (dependents before what they name).
+/// The whole map, every domain's entries in the order an erasure walks their holders (`crate::holders`).
 pub fn data_map() -> Vec<Entry> {
     [
+        DIRECTORY,
+        GDPR,
         keel_jobs::datamap::ENTRIES,
         keel_webhooks::DATA_MAP,
         keel_flags::datamap::ENTRIES,
         keel::idempotency::DATA_MAP,
         keel::ratelimit::DATA_MAP,
-        DIRECTORY,
-        GDPR,
     ]
     .concat()
 }

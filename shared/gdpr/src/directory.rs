@@ -16,7 +16,7 @@
 use chrono::{DateTime, Utc};
 use keel::audit::{self, AuditEntry};
 use keel::clock::Clock;
-use keel::datamap::{DataSubject, Entry, ExportSink, Holder, to_record};
+use keel::datamap::{DataSubject, Entry, ErasureSubject, ExportSink, Holder, Tally, count, to_record};
 use keel::port::PortError;
 use keel::problem::FieldError;
 use keel::table::{Expect, Key, Query, Table, Write, item_of, value_of};
@@ -239,6 +239,7 @@ impl Directory {
             }
             organization.updated_at = now;
             let entry = AuditEntry::new(now, actor, Some(org), "directory.member.set", member_resource(org, user))
+                .about(user)
                 .with_change(current.as_ref().map(|(m, _)| role_of(m)), Some(role_of(&membership)));
             let mut writes = vec![
                 Write::Put {
@@ -288,6 +289,7 @@ impl Directory {
             organization.members -= 1;
             organization.updated_at = now;
             let entry = AuditEntry::new(now, actor, Some(org), "directory.member.remove", member_resource(org, user))
+                .about(user)
                 .with_change(Some(role_of(&membership)), None);
             let mut writes = vec![
                 Write::Put {
@@ -347,6 +349,58 @@ impl Directory {
     }
 }
 
+/// Where a user stands in each organization they belong to, for an erasure.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Standing {
+    /// Organizations the user is the last admin of while others are members: an erasure waits for a handover.
+    pub last_admin_of: Vec<String>,
+    /// Organizations the user is the only member of: erased with them.
+    pub alone_in: Vec<String>,
+    /// Every organization the user belongs to.
+    pub member_of: Vec<String>,
+}
+
+impl Directory {
+    pub async fn standing(&self, user: &str) -> Result<Standing, DirectoryError> {
+        let mut standing = Standing::default();
+        for membership in self.memberships(user).await? {
+            let org = membership.org_id;
+            let Some(organization) = self.org(&org).await? else { continue };
+            if organization.members <= 1 {
+                standing.alone_in.push(org.clone());
+            } else if membership.role == OrgRole::Admin && organization.admins <= 1 {
+                standing.last_admin_of.push(org.clone());
+            }
+            standing.member_of.push(org);
+        }
+        Ok(standing)
+    }
+
+    /// Deletes an organization whose only member is `user`, with that membership, in one audited transaction;
+    /// `false` when it has other members now (the caller then removes the membership alone).
+    async fn erase_org(&self, org: &str, user: &str) -> Result<bool, DirectoryError> {
+        let Some((organization, version)) = self.org_versioned(org).await? else { return Ok(true) };
+        if organization.members > 1 {
+            return Ok(false);
+        }
+        let entry = AuditEntry::new(self.clock.now(), keel::datamap::ERASER, Some(org), "directory.org.erase", {
+            format!("org:{org}")
+        })
+        .about(user);
+        let mut writes = vec![
+            Write::Delete { key: org_key(org), expect: Expect::Version(version) },
+            Write::Delete { key: Key::new(org_partition(org), member_sk(user)), expect: Expect::Any },
+            Write::Delete { key: Key::new(user_partition(user), org_partition(org)), expect: Expect::Any },
+        ];
+        writes.extend(entry.writes()?);
+        match self.table.transact(writes).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_condition_failed() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Holder for Directory {
     fn entries(&self) -> &'static [Entry] {
@@ -393,6 +447,37 @@ impl Holder for Directory {
             }
         }
         Ok(())
+    }
+
+    /// The user's memberships removed (an organization they are alone in deleted with them), then the
+    /// directory's audit trail pseudonymized. The last admin of an organization with other members is refused
+    /// (`Invalid`): the erasure checks for that before it starts, so this is a membership that changed since.
+    async fn erase(&self, erasure: &ErasureSubject, dry_run: bool, tally: &mut Tally) -> Result<(), PortError> {
+        let user = &erasure.subject.user_id;
+        for membership in self.memberships(user).await.map_err(PortError::from)? {
+            let org = &membership.org_id;
+            let alone = erasure.orgs_alone.contains(org);
+            if !dry_run {
+                let erased = alone && self.erase_org(org, user).await.map_err(PortError::from)?;
+                if !erased {
+                    match self.remove_member(keel::datamap::ERASER, org, user).await {
+                        Ok(_) | Err(DirectoryError::MemberNotFound) | Err(DirectoryError::OrgNotFound) => {}
+                        Err(DirectoryError::LastAdmin) => {
+                            return Err(PortError::Invalid(format!(
+                                "the user became the last admin of organization {org}, which has other members: \
+                                 hand it over, then erase again"
+                            )));
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+            }
+            count(tally, "directory.membership", 1);
+            count(tally, "directory.membership_by_user", 1);
+            count(tally, "directory.organization", u64::from(alone));
+        }
+        let names = ("directory.audit", "directory.audit_index");
+        audit::pseudonymize(self.table.as_ref(), names, user, &erasure.pseudonym, dry_run, tally).await
     }
 }
 

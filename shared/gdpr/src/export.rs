@@ -176,22 +176,62 @@ pub const BUCKET_VAR: &str = "EXPORT_BUCKET";
 /// How long a download link is valid.
 pub const LINK_VALIDITY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
-/// Every domain's holder, from the resources the template wires.
-pub fn holders(resources: &dyn Resources) -> Result<Vec<Arc<dyn Holder>>, ConfigError> {
-    let clock = resources.clock();
-    let jobs = keel_jobs::Jobs::new(
-        resources.table(keel_jobs::datamap::TABLE_VAR)?,
-        resources.queue(keel_jobs::QUEUE_VAR)?,
-        resources.bus(keel_jobs::BUS_VAR)?,
-        clock.clone(),
-    );
-    Ok(vec![
-        Arc::new(jobs),
-        Arc::new(keel_flags::store::FlagStore::new(resources.table(keel_flags::datamap::TABLE_VAR)?, clock.clone())),
-        Arc::new(keel::idempotency::Idempotency::from_resources(resources)?),
-        Arc::new(keel_webhooks::WebhooksHolder(resources.table(keel_webhooks::TABLE_VAR)?)),
-        Arc::new(Directory::new(resources.table(crate::directory::TABLE_VAR)?, clock)),
-    ])
+/// The organization platform admins' exports of a user are filed under: nobody's, so no member sees them.
+pub const ADMIN_EXPORTS_ORG: &str = "keel:gdpr-exports";
+
+/// The export bundles' holder: it exports nothing (a bundle is a copy of the other entries); an erasure deletes
+/// the bundles of every export of the user, found through those exports' jobs.
+pub struct BundlesHolder {
+    pub jobs: keel_jobs::Jobs,
+    pub objects: Arc<dyn ObjectStore>,
+}
+
+#[async_trait::async_trait]
+impl Holder for BundlesHolder {
+    fn entries(&self) -> &'static [Entry] {
+        crate::datamap::GDPR
+    }
+
+    async fn export(&self, _: &DataSubject, _: &mut dyn ExportSink) -> Result<(), PortError> {
+        Ok(())
+    }
+
+    async fn erase(
+        &self,
+        subject: &keel::datamap::ErasureSubject,
+        dry_run: bool,
+        tally: &mut keel::datamap::Tally,
+    ) -> Result<(), PortError> {
+        let filter = keel_jobs::Filter {
+            job_type: Some(TASK.to_string()),
+            status: Some(keel_jobs::Status::Completed),
+            ..keel_jobs::Filter::default()
+        };
+        for org in &subject.subject.org_ids {
+            let mut after = None;
+            loop {
+                let page = self.jobs.list(org, &filter, after, keel_jobs::store::MAX_LIST_LIMIT).await?;
+                for job in &page.jobs {
+                    if job.input["user_id"].as_str() != Some(subject.subject.user_id.as_str()) {
+                        continue;
+                    }
+                    let Some(output) = self.jobs.output(org, &job.id).await? else { continue };
+                    let Some(key) = output["bundle_key"].as_str() else { continue };
+                    if self.objects.head(key).await?.is_some() {
+                        if !dry_run {
+                            self.objects.delete(key).await?;
+                        }
+                        keel::datamap::count(tally, "gdpr.export_bundle", 1);
+                    }
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The task's input: whom to export, and the organizations their request came from.
@@ -224,7 +264,7 @@ pub struct ExportTask {
 impl ExportTask {
     pub fn from_resources(resources: &dyn Resources) -> Result<Self, ConfigError> {
         Ok(Self {
-            holders: holders(resources)?,
+            holders: crate::holders(resources)?,
             directory: Directory::new(resources.table(crate::directory::TABLE_VAR)?, resources.clock()),
             objects: resources.objects(BUCKET_VAR)?,
             clock: resources.clock(),

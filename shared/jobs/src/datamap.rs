@@ -179,6 +179,21 @@ pub const ENTRIES: &[Entry] = &[
     },
 ];
 
+/// Whether a feed event is about `user`: lifecycle events only, whose `user_id` Keel sets (the job's creator); a
+/// domain event's data is whatever its publisher sent.
+fn is_about(event: &crate::events::FeedEvent, user: &str) -> bool {
+    event.event_type.starts_with("job.") && event.data["user_id"].as_str() == Some(user)
+}
+
+/// Whether an erasure takes `job`: one the user created or that is about them (an operator's export of them), or
+/// any job of an organization erased with them.
+fn erasure_takes(job: &crate::Job, subject: &keel::datamap::ErasureSubject) -> bool {
+    let user = subject.subject.user_id.as_str();
+    job.user_id == user
+        || job.input.get("user_id").and_then(|u| u.as_str()) == Some(user)
+        || subject.orgs_alone.contains(&job.org_id)
+}
+
 /// The user's own audit entries (what they created, retried, cancelled), their jobs in each of their
 /// organizations, the outputs of those that completed, and the feed's events about them.
 #[async_trait::async_trait]
@@ -225,11 +240,8 @@ impl keel::datamap::Holder for crate::Jobs {
             let mut after = None;
             loop {
                 let (events, next) = self.feed_held(org, after, keel::table::MAX_QUERY_LIMIT).await?;
-                for event in &events {
-                    // Lifecycle events only: Keel sets their `user_id` (the job's creator); a domain event's data
-                    // is whatever its publisher sent.
-                    let lifecycle = event.event_type.starts_with("job.");
-                    if lifecycle && event.data["user_id"].as_str() == Some(subject.user_id.as_str()) {
+                for (_, event) in &events {
+                    if is_about(event, &subject.user_id) {
                         sink.record("jobs.feed_event", keel::datamap::to_record(event)?)?;
                     }
                 }
@@ -238,6 +250,77 @@ impl keel::datamap::Holder for crate::Jobs {
                     None => break,
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Deletes the jobs the erasure takes, with their outputs and feed events, and pseudonymizes the jobs' audit
+    /// trail. A job still pending is cancelled first; one still running is asked to stop, and the erasure answers
+    /// `Unavailable` until it has (its retry, from its checkpoint, then deletes it).
+    async fn erase(
+        &self,
+        subject: &keel::datamap::ErasureSubject,
+        dry_run: bool,
+        tally: &mut keel::datamap::Tally,
+    ) -> Result<(), keel::port::PortError> {
+        use keel::datamap::count;
+        let user = subject.subject.user_id.as_str();
+        let mut stopping = 0;
+        let mut orgs = subject.subject.org_ids.clone();
+        orgs.extend(subject.orgs_alone.iter().cloned());
+        for org in &orgs {
+            let mut after = None;
+            loop {
+                let page = self.list(org, &crate::Filter::default(), after, crate::store::MAX_LIST_LIMIT).await?;
+                for job in page.jobs.iter().filter(|job| erasure_takes(job, subject)) {
+                    let had_output = self.output(org, &job.id).await?.is_some();
+                    let finished = if dry_run || job.status.is_terminal() {
+                        true
+                    } else {
+                        match self.cancel(org, &job.id, keel::datamap::ERASER).await {
+                            Ok(job) => job.status.is_terminal(),
+                            Err(crate::JobsError::Conflict(_)) | Err(crate::JobsError::NotFound) => true,
+                            Err(error) => return Err(error.into()),
+                        }
+                    };
+                    if !finished {
+                        stopping += 1;
+                        continue;
+                    }
+                    if dry_run || self.delete_finished(org, &job.id).await? {
+                        count(tally, "jobs.job", 1);
+                        count(tally, "jobs.owner", 1);
+                        count(tally, "jobs.output", u64::from(had_output));
+                    }
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            let mut after = None;
+            loop {
+                let (events, next) = self.feed_held(org, after, keel::table::MAX_QUERY_LIMIT).await?;
+                for (position, event) in &events {
+                    if is_about(event, user) || subject.orgs_alone.contains(org) {
+                        count(tally, "jobs.feed_event", 1);
+                        if !dry_run {
+                            self.delete_feed_event(org, position).await?;
+                        }
+                    }
+                }
+                match next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        let names = ("jobs.audit", "jobs.audit_index");
+        keel::audit::pseudonymize(self.table().as_ref(), names, user, &subject.pseudonym, dry_run, tally).await?;
+        if stopping > 0 {
+            return Err(keel::port::PortError::Unavailable(format!(
+                "{stopping} of the user's jobs are still running after a cancel; the erasure goes on when they stop"
+            )));
         }
         Ok(())
     }

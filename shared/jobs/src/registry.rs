@@ -65,6 +65,15 @@ pub enum Creators {
     Keel,
 }
 
+/// What an erasure sends each processor type, signed as every call of the type is: erase what you hold about
+/// `user_id`, and answer (the job's output) with what you erased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureRequest {
+    pub erasure_id: String,
+    pub user_id: String,
+}
+
 /// One job type.
 #[derive(Debug, Clone)]
 pub struct JobType {
@@ -83,6 +92,9 @@ pub struct JobType {
     pub concurrency: u32,
     pub delivery: Delivery,
     pub creators: Creators,
+    /// A downstream processor of personal data (GDPR Art. 28): every erasure sends it a job whose input is
+    /// [`ErasureRequest`], and the job's output is the processor's confirmation, kept in the erasure's receipt.
+    pub processor: bool,
     pub input_schema: Value,
     /// Compiled at the first validation: a worker never needs it, and compiling six schemas would add milliseconds
     /// to every function's cold start. The sample registry's schemas are checked by its tests.
@@ -148,6 +160,8 @@ struct TypeDecl {
     delivery: Delivery,
     #[serde(default)]
     creators: Creators,
+    #[serde(default)]
+    processor: bool,
     input_schema: Value,
 }
 
@@ -238,6 +252,9 @@ impl Registry {
             if !(1..=MAX_CONCURRENCY).contains(&decl.concurrency) {
                 return Err(invalid(&name, "a concurrency of 1 to 1000"));
             }
+            if decl.processor && decl.creators != Creators::Keel {
+                return Err(invalid(&name, "\"creators\": \"keel\" for a processor (only erasures create its jobs)"));
+            }
             let validator = std::sync::OnceLock::new();
             if compiled {
                 let validator_now = compile(&decl.input_schema)
@@ -272,6 +289,7 @@ impl Registry {
                 concurrency: decl.concurrency,
                 delivery: decl.delivery,
                 creators: decl.creators,
+                processor: decl.processor,
                 input_schema: decl.input_schema,
                 validator: std::sync::Arc::new(validator),
             };
@@ -327,7 +345,8 @@ mod tests {
         assert_eq!(registry.get("notify.email").unwrap().creators, Creators::Member, "the default");
         let tasks = crate::builtin::Tasks::default();
         let refused = tasks.check(&registry).unwrap_err();
-        assert!(["gdpr.export", "webhooks.replay"].iter().any(|t| refused.to_string().contains(t)), "{refused}");
+        let builtin = ["gdpr.erase", "gdpr.export", "webhooks.replay"];
+        assert!(builtin.iter().any(|t| refused.to_string().contains(t)), "{refused}");
         let declare = |task: &str| {
             json!({"types": [{"name": "t", "category": "c", "executor": {"kind": "builtin", "task": task},
                 "timeout_seconds": 5, "max_attempts": 1, "retry_base_seconds": 1, "retry_max_seconds": 1,
@@ -338,6 +357,24 @@ mod tests {
         let extra = declare("t").replace(r#""task":"t""#, r#""task":"t","url_var":"U""#);
         assert!(Registry::from_json(&extra, &env(&[])).is_err(), "a built-in executor has no URL");
         assert!(Registry::from_json(&declare("t"), &env(&[])).is_ok());
+    }
+
+    #[test]
+    fn processors_are_marked_and_only_keel_creates_their_jobs() {
+        let registry = Registry::sample(&env(&[])).unwrap();
+        let processors: Vec<&str> = registry.types().filter(|t| t.processor).map(|t| t.name.as_str()).collect();
+        assert_eq!(processors, ["notify.erase_user"]);
+        assert!(!registry.get("notify.email").unwrap().processor, "the default");
+        let declare = |creators: &str| {
+            json!({"types": [{"name": "t", "category": "c", "executor": {"kind": "builtin", "task": "t"},
+                "timeout_seconds": 5, "max_attempts": 1, "retry_base_seconds": 1, "retry_max_seconds": 1,
+                "concurrency": 1, "delivery": "at_least_once", "input_schema": {}, "processor": true,
+                "creators": creators}]})
+            .to_string()
+        };
+        let refused = Registry::from_json(&declare("member"), &env(&[])).unwrap_err();
+        assert!(refused.to_string().contains("processor"), "{refused}");
+        assert!(Registry::from_json(&declare("keel"), &env(&[])).is_ok());
     }
 
     #[test]

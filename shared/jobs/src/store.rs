@@ -70,6 +70,17 @@ pub enum JobsError {
     Backend(#[from] PortError),
 }
 
+/// For callers that speak the port's errors (an erasure): contention is worth a retry, a refusal is not.
+impl From<JobsError> for PortError {
+    fn from(error: JobsError) -> Self {
+        match error {
+            JobsError::Backend(error) => error,
+            JobsError::Contended => PortError::Unavailable(JobsError::Contended.to_string()),
+            other => PortError::Invalid(other.to_string()),
+        }
+    }
+}
+
 /// What `POST /v1/jobs` asks for, validated by the caller against the type.
 #[derive(Debug, Clone, Default)]
 pub struct NewJob {
@@ -163,7 +174,7 @@ pub struct Jobs {
 /// The audit entry of a user's action on `job` (`jobs.job.{create,retry,cancel}` on `job:{id}`), written in the
 /// action's transaction.
 fn audit_entry(at: DateTime<Utc>, actor: &str, job: &Job, action: &str) -> keel::audit::AuditEntry {
-    keel::audit::AuditEntry::new(at, actor, Some(&job.org_id), action, format!("job:{}", job.id))
+    keel::audit::AuditEntry::new(at, actor, Some(&job.org_id), action, format!("job:{}", job.id)).about(&job.user_id)
 }
 
 fn put(item: Item, expect: Expect) -> Write {
@@ -493,6 +504,28 @@ impl Jobs {
             }
         }
         Ok(JobPage { next: query.after.clone(), jobs })
+    }
+
+    /// Deletes a finished job: its record, output and owner pointer, in one transaction (its open, wait and
+    /// deduplication entries left with its finish). `false` when there is no such job or it has not finished.
+    pub async fn delete_finished(&self, org: &str, id: &str) -> Result<bool, PortError> {
+        let Some(Versioned { job, version }) = self.get(org, id).await? else { return Ok(false) };
+        if !job.status.is_terminal() {
+            return Ok(false);
+        }
+        let writes = vec![
+            Write::Delete { key: job_key(org, id), expect: Expect::Version(version) },
+            Write::Delete { key: output_key(org, id), expect: Expect::Any },
+            Write::Delete { key: owner_key(id), expect: Expect::Any },
+        ];
+        self.table.transact(writes).await?;
+        Ok(true)
+    }
+
+    /// Deletes one event of `org`'s feed, by its position.
+    pub async fn delete_feed_event(&self, org: &str, position: &str) -> Result<(), PortError> {
+        let key = Key::new(events::feed_partition(org), position);
+        self.table.transact(vec![Write::Delete { key, expect: Expect::Any }]).await
     }
 
     /// Cancels a pending job at once; asks a running one's worker to stop (it sees it at its next heartbeat).
@@ -1084,19 +1117,21 @@ impl Jobs {
         Ok(())
     }
 
-    /// Every event the feed holds for `org`, oldest first, including those too recent for `feed` to serve yet:
-    /// what an export reads.
+    /// Every event the feed holds for `org` with its position, oldest first, including those too recent for `feed`
+    /// to serve yet: what an export or an erasure reads.
     pub async fn feed_held(
         &self,
         org: &str,
         after: Option<String>,
         limit: usize,
-    ) -> Result<(Vec<FeedEvent>, Option<String>), PortError> {
+    ) -> Result<(Vec<(String, FeedEvent)>, Option<String>), PortError> {
         let mut query = Query::partition(events::feed_partition(org));
         query.after = after;
         query.limit = limit.clamp(1, keel::table::MAX_QUERY_LIMIT);
         let page = self.table.query(&query).await?;
-        Ok((page.items.iter().filter_map(FeedEvent::from_item).collect(), page.next))
+        let events =
+            page.items.iter().filter_map(|item| FeedEvent::from_item(item).map(|e| (item.key.sk.clone(), e))).collect();
+        Ok((events, page.next))
     }
 
     /// The feed after `position` (exclusive), oldest first, up to events a second old: a transition commits

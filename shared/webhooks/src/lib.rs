@@ -259,6 +259,18 @@ impl keel::datamap::Holder for WebhooksHolder {
     ) -> Result<(), PortError> {
         keel::audit::export_actor(&self.0, "webhooks.audit", &subject.user_id, sink).await
     }
+
+    /// The trail of replays and redrives, pseudonymized; deliveries are linked to no Keel user.
+    async fn erase(
+        &self,
+        subject: &keel::datamap::ErasureSubject,
+        dry_run: bool,
+        tally: &mut keel::datamap::Tally,
+    ) -> Result<(), PortError> {
+        let names = ("webhooks.audit", "webhooks.audit_index");
+        keel::audit::pseudonymize(self.0.as_ref(), names, &subject.subject.user_id, &subject.pseudonym, dry_run, tally)
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -288,6 +288,8 @@ async fn the_admin_function_on_dynamodb() {
         ("FLAGS_TABLE", name.clone()),
         ("IDEMPOTENCY_TABLE", table_name().await),
         ("RATE_LIMITS_TABLE", table_name().await),
+        ("DIRECTORY_TABLE", table_name().await),
+        (keel::suppression::KEY_VAR, keel::testing::GDPR_HASH_KEY.to_string()),
     ]);
     let resources = AwsResources::new(&env, &Emulator::shared().sdk_config()).unwrap();
     let admin = flags_admin::build(&env, &resources).unwrap();

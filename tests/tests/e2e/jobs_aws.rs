@@ -64,6 +64,7 @@ async fn jobs_run_and_publish_their_events_on_dynamodb_sqs_and_eventbridge() {
         ("JOB_SECRET_NOTIFY", SECRET.into()),
         ("RATE_LIMIT_ORG", "off".into()),
         ("RATE_LIMIT_IP", "off".into()),
+        (keel::suppression::KEY_VAR, keel::testing::GDPR_HASH_KEY.into()),
     ]);
     let resources = AwsResources::new(&env, &config).unwrap();
     let api = jobs_api::build(&env, &resources).unwrap();

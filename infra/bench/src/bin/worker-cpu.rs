@@ -173,6 +173,8 @@ async fn main() -> Result<(), String> {
         ("JOB_URL_NOTIFY", format!("{}/notify", args.stub.trim_end_matches('/'))),
         ("JOB_SECRET_NOTIFY", SECRET.to_string()),
         ("KEEL_STAGE", "bench".to_string()),
+        // A bench-only key: the worker's erasure task needs one to start.
+        (keel::suppression::KEY_VAR, "bench-only-gdpr-hash-key-of-32-bytes-or-more".to_string()),
     ]);
     let bench = Bench {
         jobs: Jobs::new(table, queue.clone(), bus, clock),
