@@ -27,6 +27,7 @@ struct Admin {
     clock: Arc<ManualClock>,
     store: FlagStore,
     function: Arc<FlagsAdmin>,
+    suppressions: keel::suppression::Suppressions,
 }
 
 /// One answer: status, JSON body, ETag and the raw response headers.
@@ -137,14 +138,17 @@ impl Admin {
         let clock = Arc::new(ManualClock::new("2026-03-01T12:00:00Z".parse().unwrap()));
         let dyn_clock: Arc<dyn Clock> = clock.clone();
         let table: Arc<dyn Table> = Arc::new(db.table("FlagsTable", dyn_clock.clone()));
+        let directory: Arc<dyn Table> = Arc::new(db.table("DirectoryTable", dyn_clock.clone()));
         let resources = StaticResources::new(dyn_clock.clone())
             .with_table("FLAGS_TABLE", table.clone())
             .with_table(keel::idempotency::TABLE_VAR, Arc::new(db.table("IdempotencyTable", dyn_clock.clone())))
             .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock.clone())))
-            .with_table(keel::suppression::TABLE_VAR, Arc::new(db.table("DirectoryTable", dyn_clock.clone())));
+            .with_table(keel::suppression::TABLE_VAR, directory.clone());
         let env = Env::from_pairs([(keel::suppression::KEY_VAR, keel::testing::GDPR_HASH_KEY)]);
         let function = Arc::new(flags_admin::build(&env, &resources).unwrap());
-        Self { _dir: dir, clock, store: FlagStore::new(table, dyn_clock), function }
+        let suppressions =
+            keel::suppression::Suppressions::new(directory, keel::testing::GDPR_HASH_KEY.into()).unwrap();
+        Self { _dir: dir, clock, store: FlagStore::new(table, dyn_clock), function, suppressions }
     }
 
     async fn send(&self, r: Req) -> Answer {
@@ -1208,4 +1212,29 @@ async fn segments_are_created_replaced_and_listed() {
         {"id": "x", "segments": ["nope"]}]})))
         .await;
     assert_eq!((missing.status, missing.pointer()), (422, "/rules/0/segments/0"));
+}
+
+#[tokio::test]
+async fn an_erased_user_is_not_put_back_into_a_flag_a_rule_or_a_segment() {
+    let admin = Admin::new();
+    admin.create(json!({"key": "f", "target_users": ["ann"]})).await;
+    admin.suppressions.suppress("zed", "01ERASURE", admin.clock.now()).await.unwrap();
+    let before = admin.state().await;
+    let in_rule = json!({"id": "z", "constraints": [{"field": "userId", "operator": "IN", "values": ["zed"]}]});
+    let attempts = [
+        req(Method::POST, "/v1/admin/flags").json(json!({"key": "g", "target_users": ["ann", "zed"]})),
+        req(Method::POST, "/v1/admin/flags").json(json!({"key": "g", "rules": [in_rule.clone()]})),
+        req(Method::PUT, "/v1/admin/flags/f").if_match(1).json(json!({"key": "f", "target_users": ["zed"]})),
+        req(Method::POST, "/v1/admin/flags/f/rules").json(in_rule.clone()),
+        req(Method::PUT, "/v1/admin/segments/s").json(json!({"name": "s", "constraints": in_rule["constraints"]})),
+    ];
+    for attempt in attempts {
+        let answer = admin.send(attempt).await;
+        assert_eq!((answer.status, answer.body["code"].as_str()), (409, Some("erased_user")), "{}", answer.body);
+        assert!(!answer.body.to_string().contains("zed"));
+    }
+    assert_eq!(admin.state().await, before, "nothing written");
+    // A userId constraint on another user, or zed as some other attribute's value, is not about zed.
+    let other = json!({"id": "o", "constraints": [{"field": "plan", "operator": "IN", "values": ["zed"]}]});
+    assert_eq!(admin.send(req(Method::POST, "/v1/admin/flags/f/rules").json(other)).await.status, 201);
 }

@@ -1,5 +1,7 @@
 //! The GDPR API on the embedded backend: the data map for platform admins only, and the directory's routes: who may
-//! do what, another organization's answers (404), last-admin protection (409), bad input (422 with pointers, 413).
+//! do what, another organization's answers (404), last-admin protection (409), bad input (422 with pointers, 413);
+//! exports; erasures (confirmation, dry run, blockers, another user's erasure 404, the receipt), suppression and its
+//! lifting; the audit log.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -19,6 +21,8 @@ struct Api {
     api: gdpr_api::GdprApi,
     /// The jobs API over the same tables, as a client of both would see them.
     jobs: jobs_api::JobsApi,
+    /// The worker's side of an erasure, run by hand.
+    erase: keel_gdpr::erasure::EraseTask,
 }
 
 fn api() -> Api {
@@ -43,7 +47,11 @@ fn api() -> Api {
         (keel::suppression::KEY_VAR, keel::testing::GDPR_HASH_KEY),
     ]);
     let jobs = jobs_api::build(&env, &resources).unwrap();
-    Api { _dir: dir, db, clock, api: gdpr_api::build(&env, &resources).unwrap(), jobs }
+    let registry = keel_jobs::Registry::sample(&env).unwrap();
+    let erase = keel_gdpr::erasure::EraseTask(
+        keel_gdpr::erasure::Erasures::from_resources(&env, &resources, registry).unwrap(),
+    );
+    Api { _dir: dir, db, clock, api: gdpr_api::build(&env, &resources).unwrap(), jobs, erase }
 }
 
 struct Caller<'a> {
@@ -111,6 +119,24 @@ impl Api {
 
     async fn audit(&self, who: &Caller<'_>, query: &str) -> (u16, Value) {
         self.get(who, "/v1/audit-logs", &format!("/v1/audit-logs{query}")).await
+    }
+
+    /// Runs an erasure's task to its end, as the worker would.
+    async fn run_erasure(&self, id: &str) {
+        use keel_jobs::builtin::Task;
+        struct Discard;
+        #[async_trait::async_trait]
+        impl keel_jobs::builtin::Checkpoints for Discard {
+            async fn save(&self, _: &Value) -> Result<bool, keel::port::PortError> {
+                Ok(true)
+            }
+        }
+        self.erase.run(&json!({"erasure_id": id}), None, &Discard).await.unwrap();
+    }
+
+    async fn erase_me(&self, who: &Caller<'_>, query: &str, body: Option<&str>) -> (u16, Value) {
+        let path = format!("/v1/user/account{query}");
+        self.send(who, Method::DELETE, "/v1/user/account", &path, body).await
     }
 
     async fn get(&self, who: &Caller<'_>, route: &str, path: &str) -> (u16, Value) {
@@ -428,4 +454,132 @@ async fn exports_are_invisible_through_the_jobs_api_and_their_key_cannot_be_take
     assert_eq!(a.get(&ANN, "/v1/user/data-exports/{id}", &path).await.0, 404);
     let (_, latest) = a.get(&ANN, "/v1/user/data-export", "/v1/user/data-export").await;
     assert_eq!(latest["id"].as_str(), Some(id));
+}
+
+#[tokio::test]
+async fn erasing_my_account_takes_a_confirmation_answers_a_dry_run_and_refuses_the_last_admin() {
+    let a = api();
+    a.seed().await;
+    let confirm = |user: &str| json!({ "confirm": user }).to_string();
+    assert_eq!(a.erase_me(&BOB, "", None).await.0, 400, "no body");
+    let (status, problem) = a.erase_me(&BOB, "", Some(&confirm("ann"))).await;
+    assert_eq!((status, problem["pointer"].as_str()), (422, Some("/confirm")), "{problem}");
+    assert_eq!(a.erase_me(&BOB, "", Some(r#"{"confirm": "bob", "x": 1}"#)).await.0, 422);
+    assert_eq!(a.erase_me(&BOB, "?dry_run=maybe", None).await.0, 422);
+
+    let (status, plan) = a.erase_me(&BOB, "?dry_run=true", None).await;
+    assert_eq!(status, 200, "{plan}");
+    assert_eq!(plan["blockers"], json!([]));
+    let membership = plan["entries"].as_array().unwrap().iter().find(|e| e["name"] == "directory.membership");
+    assert_eq!(membership.unwrap()["items"], 1);
+    assert_eq!(membership.unwrap()["action"], json!({"kind": "delete"}));
+
+    // Ann is acme's last admin and bob is a member: she must hand over first.
+    let (_, plan) = a.erase_me(&ANN, "?dry_run=true", None).await;
+    assert_eq!(plan["blockers"], json!(["acme"]));
+    let (status, problem) = a.erase_me(&ANN, "", Some(&confirm("ann"))).await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("last_admin")), "{problem}");
+    assert_eq!(problem["organizations"], json!(["acme"]));
+
+    let (status, erasure) = a.erase_me(&BOB, "", Some(&confirm("bob"))).await;
+    assert_eq!(status, 202, "{erasure}");
+    let id = erasure["id"].as_str().unwrap().to_string();
+    let (status, again) = a.erase_me(&BOB, "", Some(&confirm("bob"))).await;
+    assert_eq!((status, again["id"].as_str()), (202, Some(id.as_str())), "the running one");
+    let mine = format!("/v1/user/erasures/{id}");
+    let route = "/v1/user/erasures/{id}";
+    assert_eq!(a.get(&BOB, route, &mine).await.0, 200);
+    for other in [&ANN, &EVE] {
+        assert_eq!(a.get(other, route, &mine).await.0, 404, "another user's erasure");
+    }
+    assert_eq!(a.get(&BOB, route, "/v1/user/erasures/nope").await.0, 404);
+    let admin_route = "/v1/admin/gdpr/erasures/{id}";
+    let theirs = format!("/v1/admin/gdpr/erasures/{id}");
+    assert_eq!(a.get(&ANN, admin_route, &theirs).await.0, 403);
+    let (_, seen) = a.get(&OPERATOR, admin_route, &theirs).await;
+    assert_eq!((seen["user_id"].as_str(), seen["requested_by"].as_str()), (Some("bob"), Some("bob")));
+
+    a.run_erasure(&id).await;
+    let (_, done) = a.get(&BOB, route, &mine).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    let pseudonym = done["receipt"]["subject"].as_str().unwrap().to_string();
+    assert!(pseudonym.starts_with("erased-"));
+    assert_eq!(done["receipt"]["items"]["directory.membership"], 1);
+    assert_eq!(done["receipt"]["processors"], json!([{"job_type": "notify.erase_user", "status": "not_configured"}]));
+    let (_, seen) = a.get(&OPERATOR, admin_route, &theirs).await;
+    assert_eq!((seen.get("user_id"), seen["requested_by"].as_str()), (None, Some(pseudonym.as_str())));
+    let (_, members) = a.get(&ANN, "/v1/orgs/{orgId}/members", "/v1/orgs/acme/members").await;
+    assert_eq!(members["members"].as_array().unwrap().len(), 1, "{members}");
+
+    // Bob is suppressed: no membership about him again; his request's audit entry names only his pseudonym.
+    let (status, problem) = a.set_member(&ANN, "acme", "bob", "member").await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("erased_user")), "{problem}");
+    assert!(!problem.to_string().contains("bob"));
+    let (_, trail) = a.audit(&OPERATOR, "?action=gdpr.erasure.request").await;
+    // Every request is recorded: ann's refused one, and bob's two (the second answered with the running erasure).
+    let entries: Vec<(&str, &str)> = trail["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["resource"].as_str().unwrap()))
+        .collect();
+    let bobs = format!("user:{pseudonym}");
+    assert_eq!(
+        entries,
+        [(pseudonym.as_str(), bobs.as_str()), (pseudonym.as_str(), bobs.as_str()), ("ann", "user:ann")]
+    );
+}
+
+#[tokio::test]
+async fn platform_admins_erase_any_user_with_a_reason_and_lift_the_suppression() {
+    let a = api();
+    a.seed().await;
+    let route = "/v1/admin/gdpr/erasures";
+    let send = |who: &'static Caller<'static>, query: &'static str, body: Value| {
+        let a = &a;
+        async move { a.send(who, Method::POST, route, &format!("{route}{query}"), Some(&body.to_string())).await }
+    };
+    let good = json!({"user_id": "eve", "reason": "ticket 12", "confirm": "eve"});
+    assert_eq!(send(&ANN, "", good.clone()).await.0, 403, "an org admin is not a platform admin");
+    for (body, pointer) in [
+        (json!({"user_id": "eve", "reason": " ", "confirm": "eve"}), "/reason"),
+        (json!({"user_id": "eve", "reason": "why", "confirm": "ann"}), "/confirm"),
+        (json!({"user_id": "eve", "reason": "why"}), "/confirm"),
+        (json!({"user_id": "", "reason": "why", "confirm": ""}), "/user_id"),
+        (json!({"user_id": "eve", "reason": "why", "confirm": "eve", "org_ids": ["a b"]}), "/org_ids/0"),
+    ] {
+        let (status, problem) = send(&OPERATOR, "", body.clone()).await;
+        assert_eq!(status, 422, "{body}");
+        assert!(problem["errors"].as_array().unwrap().iter().any(|e| e["pointer"] == pointer), "{body}: {problem}");
+    }
+    let (status, plan) = send(&OPERATOR, "?dry_run=true", json!({"user_id": "eve", "reason": "scoping"})).await;
+    assert_eq!((status, plan["orgs_erased"].clone()), (200, json!(["globex"])), "{plan}");
+
+    let (status, erasure) = send(&OPERATOR, "", good).await;
+    assert_eq!(status, 202, "{erasure}");
+    assert_eq!((erasure["user_id"].as_str(), erasure["reason"].as_str()), (Some("eve"), Some("ticket 12")));
+    assert_eq!(erasure["orgs_erased"], json!(["globex"]));
+    let id = erasure["id"].as_str().unwrap();
+    a.run_erasure(id).await;
+    let (_, done) = a.get(&OPERATOR, "/v1/admin/gdpr/erasures/{id}", &format!("{route}/{id}")).await;
+    assert_eq!(
+        (done["status"].as_str(), done["receipt"]["orgs_erased"].clone()),
+        (Some("completed"), json!(["globex"]))
+    );
+    assert_eq!(a.get(&OPERATOR, "/v1/orgs/{orgId}", "/v1/orgs/globex").await.0, 404, "erased with eve");
+    assert_eq!(a.set_member(&ANN, "acme", "eve", "member").await.0, 409);
+
+    let lift = "/v1/admin/gdpr/suppressions/lift";
+    let lift_body = |user: &str, reason: &str| json!({"user_id": user, "reason": reason}).to_string();
+    assert_eq!(a.send(&ANN, Method::POST, lift, lift, Some(&lift_body("eve", "back"))).await.0, 403);
+    assert_eq!(a.send(&OPERATOR, Method::POST, lift, lift, Some(&lift_body("eve", ""))).await.0, 422);
+    assert_eq!(a.send(&OPERATOR, Method::POST, lift, lift, Some(&lift_body("bob", "never erased"))).await.0, 404);
+    let (status, lifted) = a.send(&OPERATOR, Method::POST, lift, lift, Some(&lift_body("eve", "she came back"))).await;
+    assert_eq!((status, lifted["erasure_id"].as_str()), (200, Some(id)), "{lifted}");
+    assert_eq!(a.send(&OPERATOR, Method::POST, lift, lift, Some(&lift_body("eve", "again"))).await.0, 404);
+    assert_eq!(a.set_member(&ANN, "acme", "eve", "member").await.0, 201, "welcome back");
+    let (_, trail) = a.audit(&OPERATOR, "?action=gdpr.suppression.lift").await;
+    let entry = &trail["entries"][0];
+    assert_eq!(entry["resource"], json!(format!("suppression:{}", lifted["suppression"].as_str().unwrap())));
+    assert_eq!((entry["actor"].as_str(), entry["reason"].as_str()), (Some("op"), Some("she came back")));
 }

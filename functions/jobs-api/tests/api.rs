@@ -1,5 +1,6 @@
 //! The jobs API on the embedded backend: creation and its bad input (422 with pointers, 413), deduplication,
-//! Idempotency-Key, tenant isolation (404 for another organization's job), who may cancel and retry, listing.
+//! Idempotency-Key, tenant isolation (404 for another organization's job), who may cancel and retry, listing, and
+//! no job for an erased user.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -19,6 +20,7 @@ struct Api {
     clock: Arc<ManualClock>,
     queue: Arc<EmbeddedQueue>,
     api: jobs_api::JobsApi,
+    suppressions: keel::suppression::Suppressions,
 }
 
 fn api() -> Api {
@@ -29,6 +31,9 @@ fn api() -> Api {
     let table: Arc<dyn Table> = Arc::new(db.table("JobsTable", dyn_clock.clone()));
     let queue = Arc::new(db.queue(QueueSpec::new("JobQueue"), dyn_clock.clone()));
     let bus: Arc<dyn EventBus> = Arc::new(db.bus("EventBus"));
+    let directory: Arc<dyn Table> = Arc::new(db.table("DirectoryTable", dyn_clock.clone()));
+    let suppressions =
+        keel::suppression::Suppressions::new(directory.clone(), keel::testing::GDPR_HASH_KEY.into()).unwrap();
     let resources = StaticResources::new(dyn_clock.clone())
         .with_table("JOBS_TABLE", table)
         .with_table("FLAGS_TABLE", Arc::new(db.table("FlagsTable", dyn_clock.clone())))
@@ -36,7 +41,7 @@ fn api() -> Api {
         .with_bus("EVENT_BUS_NAME", bus)
         .with_table(keel::idempotency::TABLE_VAR, Arc::new(db.table("IdempotencyTable", dyn_clock.clone())))
         .with_table(keel::ratelimit::TABLE_VAR, Arc::new(db.table("RateLimitsTable", dyn_clock.clone())))
-        .with_table(keel::suppression::TABLE_VAR, Arc::new(db.table("DirectoryTable", dyn_clock)));
+        .with_table(keel::suppression::TABLE_VAR, directory.clone());
     let env = Env::from_pairs([
         (keel::suppression::KEY_VAR, keel::testing::GDPR_HASH_KEY),
         ("JOB_URL_NOTIFY", "http://127.0.0.1:9/notify"),
@@ -44,7 +49,7 @@ fn api() -> Api {
         ("RATE_LIMIT_IP", "off"),
         ("KEEL_STAGE", "dev"),
     ]);
-    Api { _dir: dir, clock, queue, api: jobs_api::build(&env, &resources).unwrap() }
+    Api { _dir: dir, clock, queue, api: jobs_api::build(&env, &resources).unwrap(), suppressions }
 }
 
 struct Caller<'a> {
@@ -260,4 +265,19 @@ async fn a_type_only_keel_starts_is_refused_to_everyone_even_platform_admins() {
         assert_eq!(status, 403, "{problem}");
         assert!(problem["detail"].as_str().unwrap().contains("Keel's own routes"), "{problem}");
     }
+}
+
+#[tokio::test]
+async fn an_erased_user_can_neither_create_nor_retry_a_job_and_others_are_unaffected() {
+    let a = api();
+    let (_, job) = a.create(&BOB, email("before")).await;
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(a.act(&BOB, id, "cancel").await.0, 202);
+    a.suppressions.suppress("bob", "01ERASURE", chrono::Utc::now()).await.unwrap();
+    let (status, problem) = a.create(&BOB, email("after")).await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("erased_user")), "{problem}");
+    assert!(!problem.to_string().contains("bob"), "the problem does not name the user");
+    let (status, problem) = a.act(&BOB, id, "retry").await;
+    assert_eq!((status, problem["code"].as_str()), (409, Some("erased_user")), "{problem}");
+    assert_eq!(a.create(&ADA, email("after")).await.0, 202);
 }
