@@ -337,8 +337,8 @@ pub async fn scan(
     Ok((found, range.after))
 }
 
-/// Writes every entry `actor` made in `table` (this module's layout) into `sink` under the data-map entry `name`:
-/// a domain's export of its audit trail.
+/// Writes every entry `actor` made in `table` (this module's layout) into `sink` under the data-map entry `name`,
+/// another user it is about written [`crate::datamap::ANOTHER_USER`]: a domain's export of its audit trail.
 pub async fn export_actor(
     table: &std::sync::Arc<dyn Table>,
     name: &'static str,
@@ -349,7 +349,11 @@ pub async fn export_actor(
     let mut query = AuditQuery::new(Scope::Actor(actor.to_string()), crate::table::MAX_QUERY_LIMIT);
     loop {
         let (entries, next) = trail.entries(&query).await?;
-        for entry in entries {
+        for mut entry in entries {
+            // The user the actor acted on is someone else: the export says so without naming them.
+            if entry.subject.as_deref().is_some_and(|subject| subject != actor) {
+                entry.subject = Some(crate::datamap::ANOTHER_USER.to_string());
+            }
             sink.record(name, crate::datamap::to_record(&entry)?)?;
         }
         match next {

@@ -163,6 +163,9 @@ pub fn mentions(value: &serde_json::Value, needle: &str) -> Vec<String> {
     found
 }
 
+/// What an export writes in place of a user other than its subject.
+pub const ANOTHER_USER: &str = "(another user)";
+
 /// Who audit entries name as carrying out an erasure's changes.
 pub const ERASER: &str = "keel:gdpr";
 

@@ -16,7 +16,7 @@
 use chrono::{DateTime, Utc};
 use keel::audit::{self, AuditEntry};
 use keel::clock::Clock;
-use keel::datamap::{DataSubject, Entry, ErasureSubject, ExportSink, Holder, Tally, count, to_record};
+use keel::datamap::{ANOTHER_USER, DataSubject, Entry, ErasureSubject, ExportSink, Holder, Tally, count, to_record};
 use keel::port::PortError;
 use keel::problem::FieldError;
 use keel::table::{Expect, Key, Query, Table, Write, item_of, value_of};
@@ -33,8 +33,6 @@ pub const MAX_NAME_CHARS: usize = 200;
 /// Optimistic attempts at a membership change before it answers `Contended`.
 const ATTEMPTS: usize = 5;
 const ORG_SK: &str = "ORG";
-/// What an export writes in place of a user other than its subject.
-const ANOTHER_USER: &str = "(another user)";
 const MEMBER_PREFIX: &str = "MEMBER#";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -430,6 +428,9 @@ impl Holder for Directory {
                         // Whoever else the entry names (the actor, or the member acted on) is not the subject's.
                         if entry.actor != *user {
                             entry.actor = ANOTHER_USER.to_string();
+                        }
+                        if entry.subject.as_ref().is_some_and(|subject| subject != user) {
+                            entry.subject = Some(ANOTHER_USER.to_string());
                         }
                         let redacted = redact_others(&entry.resource, user);
                         if redacted != entry.resource {
