@@ -1,11 +1,12 @@
-//! A GDPR export of one user with many items, on the embedded backend: the `gdpr.export` task as the job worker runs
-//! it, timed, with this process's peak resident memory (`VmHWM`). Seeding and exporting are separate runs, so the
-//! export's peak is its own:
+//! A GDPR export or erasure of one user with many items, on the embedded backend: the `gdpr.export` or `gdpr.erase`
+//! task as the job worker runs it, timed, with this process's peak resident memory (`VmHWM`). Seeding, exporting and
+//! erasing are separate runs, so each peak is its own:
 //!
 //! ```text
 //! dir=$(mktemp -d -p /dev/shm)
 //! target/release/export-user --data-dir "$dir" seed --jobs 5000 --others 1000
 //! target/release/export-user --data-dir "$dir" export
+//! target/release/export-user --data-dir "$dir" erase
 //! ```
 //!
 //! Each of the user's jobs is two exported items (the job and its `job.created` event); the other user's jobs share
@@ -47,6 +48,8 @@ enum Phase {
     },
     /// Exports the user once.
     Export,
+    /// Erases the user (no processor is configured, so none is waited for).
+    Erase,
 }
 
 struct Discard;
@@ -122,7 +125,7 @@ async fn main() -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             let seconds = started.elapsed().as_secs_f64();
-            let items: u64 = output["items"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+            let items = total(&output["items"]);
             println!(
                 "{}",
                 json!({
@@ -136,6 +139,39 @@ async fn main() -> Result<(), String> {
                 })
             );
         }
+        Phase::Erase => {
+            // A bench-only key: pseudonyms and suppression need one.
+            let env = Env::from_pairs([(keel::suppression::KEY_VAR, "bench-only-gdpr-hash-key-of-32-bytes-or-more")]);
+            let registry = Registry::sample_unsigned(&env).map_err(|e| e.to_string())?;
+            let erasures = keel_gdpr::erasure::Erasures::from_resources(&env, &resources, registry.clone())
+                .map_err(|e| e.to_string())?;
+            let before = peak_rss_mib();
+            let started = Instant::now();
+            let (record, _) =
+                erasures.start(USER, USER, None, &[ORG.to_string()], None).await.map_err(|e| e.to_string())?;
+            let task = keel_gdpr::erasure::EraseTask(erasures);
+            let receipt =
+                task.run(&json!({"erasure_id": record.id}), None, &Discard).await.map_err(|e| e.to_string())?;
+            let seconds = started.elapsed().as_secs_f64();
+            let items = total(&receipt["items"]);
+            println!(
+                "{}",
+                json!({
+                    "phase": "erase",
+                    "items": items,
+                    "jobs": receipt["items"]["jobs.job"],
+                    "seconds": seconds,
+                    "items_per_second": items as f64 / seconds,
+                    "peak_rss_mib_before": before,
+                    "peak_rss_mib": peak_rss_mib(),
+                })
+            );
+        }
     }
     Ok(())
+}
+
+/// The items of a per-entry count.
+fn total(items: &Value) -> u64 {
+    items.as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
 }
