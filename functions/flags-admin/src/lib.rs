@@ -663,11 +663,22 @@ impl FlagsAdmin {
         Ok(http::json(200, &FlagPage { items, next_cursor }))
     }
 
+    /// A write audited under `actor` that names `users`: neither may be an erased user.
+    async fn refuse_erased<'a>(
+        &self,
+        actor: &str,
+        what: &str,
+        users: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Problem> {
+        self.suppressions.refuse_any("the caller", [actor]).await?;
+        self.suppressions.refuse_any(what, users).await
+    }
+
     async fn create(&self, call: &Call) -> Result<Response, Problem> {
         let (request, actor) = (&call.request, call.identity()?.user_id.as_str());
         let mut flag: Flag = parse_body(request)?;
         fill_created_by(&mut flag.overrides, actor);
-        self.suppressions.refuse_any("the flag", flag.named_users()).await?;
+        self.refuse_erased(actor, "the flag", flag.named_users()).await?;
         let flag = self.store.create(flag, actor).await.map_err(flag_not_found)?;
         let mut response = flag_response(201, &flag);
         set_header(&mut response, "location", &format!("/v1/admin/flags/{}", flag.key));
@@ -697,7 +708,7 @@ impl FlagsAdmin {
             return Err(Problem::invalid("invalid_body", vec![field_error("/key", "the key must be the path's key")]));
         }
         fill_created_by(&mut body.overrides, actor);
-        self.suppressions.refuse_any("the flag", body.named_users()).await?;
+        self.refuse_erased(actor, "the flag", body.named_users()).await?;
         let flag = self
             .store
             .update(key, Some(expected), actor, "update", |flag| {
@@ -720,7 +731,7 @@ impl FlagsAdmin {
         };
         let expected = if_match(request)?;
         let rule: Rule = parse_body(request)?;
-        self.suppressions.refuse_any("the rule", rule.named_users()).await?;
+        self.refuse_erased(actor, "the rule", rule.named_users()).await?;
         let placed = AtomicUsize::new(0);
         let result = self
             .store
@@ -970,7 +981,7 @@ impl FlagsAdmin {
                 vec![field_error("/name", "the name must be the path's name")],
             ));
         }
-        self.suppressions.refuse_any("the segment", segment.named_users()).await?;
+        self.refuse_erased(actor, "the segment", segment.named_users()).await?;
         let (segment, version) = self.store.put_segment(segment, expected, actor).await.map_err(|e| match e {
             StoreError::NotFound => {
                 Problem::new(412, "version_mismatch", "If-Match names a version of a segment that does not exist")

@@ -290,7 +290,7 @@ impl GdprApi {
             errors.push(FieldError { pointer: "/org_ids".into(), message: "at most 100 organizations".into() });
         }
         for (i, org) in body.org_ids.iter().enumerate() {
-            if let Err(error) = keel_gdpr::directory::check_id(&format!("/org_ids/{i}"), org) {
+            if let Err(error) = keel_gdpr::directory::check_org_id(&format!("/org_ids/{i}"), org) {
                 errors.push(error);
             }
         }

@@ -182,7 +182,9 @@ impl GdprApi {
         }
         let user = http::path_param(&call.request, "userId").unwrap_or_default();
         let body: MemberBody = http::from_json(http::body_value(&call.request, MAX_BODY_BYTES)?, "invalid_body")?;
-        self.erasures.suppressions().refuse_any("the path's userId", [user]).await?;
+        let suppressions = self.erasures.suppressions();
+        suppressions.refuse_any("the caller", [caller.user_id.as_str()]).await?;
+        suppressions.refuse_any("the path's userId", [user]).await?;
         let (membership, change) =
             self.directory.set_member(&caller.user_id, org, user, body.role).await.map_err(directory_problem)?;
         Ok(http::json(status_of(change), &membership))

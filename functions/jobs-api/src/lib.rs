@@ -597,6 +597,8 @@ impl JobsApi {
         if !may_act_on(caller, &found.job) {
             return Err(Problem::forbidden("only the job's creator or an org admin may cancel it"));
         }
+        // A cancel is audited under its actor: not an erased one.
+        self.suppressions.refuse_any("the caller", [caller.user_id.as_str()]).await?;
         let job = self.jobs.cancel(&found.job.org_id, &found.job.id, &caller.user_id).await.map_err(backend)?;
         if job.awaiting_callback() {
             // No worker holds a callback job its service has accepted: a message brings one to tell the service.

@@ -112,7 +112,7 @@ impl AuditEntry {
             actor: swap(&self.actor),
             subject: self.subject.as_deref().map(swap),
             resource,
-            reason: self.reason.as_ref().map(|r| r.replace(user, pseudonym)),
+            reason: self.reason.as_ref().map(|r| crate::datamap::pseudonymize_text(r, user, pseudonym)),
             ..self.clone()
         };
         for change in [&mut entry.before, &mut entry.after].into_iter().flatten() {
@@ -173,18 +173,23 @@ pub fn subject_partition(user: &str) -> String {
 
 /// Pseudonymizes every entry in `table` (this module's layout) that `user` made or that is about them: each
 /// entry's copies rewritten, its copies under the user's partitions moved to the pseudonym's, one transaction per
-/// entry, so a crash leaves each entry either done or untouched and a second run finds nothing. Counts the entries
-/// under `names.0` and their other copies under `names.1`; `dry_run` only counts.
+/// entry, so a crash leaves each entry either done or untouched and a second run finds nothing. Entries are found
+/// under the user's actor and subject partitions, and in each of `also` (read whole: for entries that name the user
+/// without being filed under them, such as those written before the subject partition existed). Counts the
+/// entries under `names.0` and their other copies under `names.1`; `dry_run` only counts.
 pub async fn pseudonymize(
     table: &dyn Table,
     names: (&str, &str),
     user: &str,
     pseudonym: &str,
+    also: &[String],
     dry_run: bool,
     tally: &mut crate::datamap::Tally,
 ) -> Result<(), PortError> {
     let mut done = std::collections::BTreeSet::new();
-    for partition in [actor_partition(user), subject_partition(user)] {
+    let mut partitions = vec![actor_partition(user), subject_partition(user)];
+    partitions.extend(also.iter().cloned());
+    for partition in partitions {
         let mut query = Query::partition(&partition);
         query.limit = crate::table::MAX_QUERY_LIMIT;
         loop {
@@ -196,6 +201,9 @@ pub async fn pseudonymize(
                     continue;
                 }
                 let next = entry.pseudonymized(user, pseudonym);
+                if next == entry {
+                    continue;
+                }
                 let (old, new) = (entry.partitions(), next.partitions());
                 if !dry_run {
                     let mut writes = Vec::new();

@@ -176,7 +176,9 @@ pub struct ErasureSubject {
     /// What replaces the user's id in items that keep their shape (audit trails, flag rules): the same for every
     /// item, so a trail still reads as one person's, and keyed, so it cannot be turned back into the id.
     pub pseudonym: String,
-    /// The organizations erased with the user, who was their only member.
+    /// The organizations the user was the only member of when the erasure was asked for: the directory deletes
+    /// those that still are. Other domains erase only the user's own items in them (someone else's job in such an
+    /// organization stays: being alone in the directory is not being alone in the tenant).
     pub orgs_alone: BTreeSet<String>,
 }
 
@@ -200,6 +202,39 @@ pub fn pseudonymize(value: &mut serde_json::Value, user: &str, pseudonym: &str) 
         serde_json::Value::Array(items) => items.iter_mut().map(|item| pseudonymize(item, user, pseudonym)).sum(),
         serde_json::Value::Object(map) => map.values_mut().map(|item| pseudonymize(item, user, pseudonym)).sum(),
         _ => 0,
+    }
+}
+
+/// `text` with every occurrence of `user` that stands as a word of its own (not inside a longer id: the
+/// characters around it are not letters, digits, `-` or `_`) replaced by `pseudonym`: for free text (a reason, an
+/// error, a processor's answer) that may mention the user among other words.
+pub fn pseudonymize_text(text: &str, user: &str, pseudonym: &str) -> String {
+    if user.is_empty() {
+        return text.to_string();
+    }
+    let id_char = |c: char| c.is_alphanumeric() || c == '-' || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(user) {
+        let (before, after) = (&rest[..at], &rest[at + user.len()..]);
+        let alone = !before.chars().next_back().is_some_and(id_char) && !after.chars().next().is_some_and(id_char);
+        out.push_str(before);
+        out.push_str(if alone { pseudonym } else { user });
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// [`pseudonymize_text`] on every string in `value`.
+pub fn pseudonymize_strings(value: &mut serde_json::Value, user: &str, pseudonym: &str) {
+    match value {
+        serde_json::Value::String(text) => *text = pseudonymize_text(text, user, pseudonym),
+        serde_json::Value::Array(items) => {
+            items.iter_mut().for_each(|item| pseudonymize_strings(item, user, pseudonym))
+        }
+        serde_json::Value::Object(map) => map.values_mut().for_each(|item| pseudonymize_strings(item, user, pseudonym)),
+        _ => {}
     }
 }
 
@@ -255,6 +290,20 @@ mod tests {
         assert_eq!(pseudonymize(&mut value, "ann", "p1"), 2);
         assert_eq!(value, serde_json::json!({"users": ["p1", "bob"], "by": "p1", "note": "ann's", "ann": 1}));
         assert_eq!(pseudonymize(&mut value, "ann", "p1"), 0, "a second pass finds nothing");
+    }
+
+    #[test]
+    fn text_is_pseudonymized_where_the_id_stands_alone() {
+        assert_eq!(pseudonymize_text("ann asked; erase ann.", "ann", "p"), "p asked; erase p.");
+        assert_eq!(
+            pseudonymize_text("annabel and joann and ann-2 and ann_x", "ann", "p"),
+            "annabel and joann and ann-2 and ann_x"
+        );
+        assert_eq!(pseudonymize_text("user:ann/org:acme", "ann", "p"), "user:p/org:acme");
+        assert_eq!(pseudonymize_text("nothing", "", "p"), "nothing");
+        let mut value = serde_json::json!({"note": "erased ann's data", "n": ["ann", 1]});
+        pseudonymize_strings(&mut value, "ann", "p");
+        assert_eq!(value, serde_json::json!({"note": "erased p's data", "n": ["p", 1]}));
     }
 
     #[test]

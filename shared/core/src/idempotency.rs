@@ -89,7 +89,7 @@ impl crate::datamap::Holder for Idempotency {
         DATA_MAP
     }
 
-    /// The user's records in each of their organizations (every record of an organization erased with them).
+    /// The user's records in each of their organizations.
     async fn erase(
         &self,
         subject: &crate::datamap::ErasureSubject,
@@ -98,9 +98,6 @@ impl crate::datamap::Holder for Idempotency {
     ) -> Result<(), PortError> {
         for org in &subject.subject.org_ids {
             let mut query = self.records_of(org, &subject.subject.user_id);
-            if subject.orgs_alone.contains(org) {
-                (query.sk_from, query.sk_to) = (None, None);
-            }
             loop {
                 let page = self.table.query(&query).await?;
                 for item in &page.items {

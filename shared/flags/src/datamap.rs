@@ -96,6 +96,9 @@ pub const ENTRIES: &[Entry] = &[
     },
 ];
 
+/// Stands in for the user to find where an item names them: no id is this.
+const MARK: &str = "\u{0}the user\u{0}";
+
 /// Where each flag, segment and audit entry names the user: the key and the JSON pointers, not the rest of the
 /// item, which is configuration and may name other users.
 #[async_trait::async_trait]
@@ -109,17 +112,20 @@ impl keel::datamap::Holder for crate::store::FlagStore {
         subject: &keel::datamap::DataSubject,
         sink: &mut dyn keel::datamap::ExportSink,
     ) -> Result<(), keel::port::PortError> {
-        use keel::datamap::mentions;
+        use keel::datamap::{mentions, to_record};
         let user = subject.user_id.as_str();
+        // Where the flag names users (as an erasure would replace them), found by marking those places.
         for flag in self.flags().await.map_err(port_error)? {
-            let at = mentions(&keel::datamap::to_record(&flag)?, user);
-            if !at.is_empty() {
+            let mut marked = flag.clone();
+            if marked.pseudonymize_user(user, MARK) > 0 {
+                let at = mentions(&to_record(&marked)?, MARK);
                 sink.record("flags.flag", serde_json::json!({"key": flag.key, "names_the_user_at": at}))?;
             }
         }
         for segment in self.segments().await.map_err(port_error)? {
-            let at = mentions(&keel::datamap::to_record(&segment)?, user);
-            if !at.is_empty() {
+            let mut marked = segment.clone();
+            if marked.pseudonymize_user(user, MARK) > 0 {
+                let at = mentions(&to_record(&marked)?, MARK);
                 sink.record("flags.segment", serde_json::json!({"name": segment.name, "names_the_user_at": at}))?;
             }
         }
@@ -127,17 +133,15 @@ impl keel::datamap::Holder for crate::store::FlagStore {
         loop {
             let (entries, next) = self.audit(None, after, keel::table::MAX_QUERY_LIMIT).await.map_err(port_error)?;
             for entry in entries {
-                let at = mentions(&keel::datamap::to_record(&entry)?, user);
-                if !at.is_empty() {
-                    let record = serde_json::json!({
-                        "id": entry.id,
-                        "at": entry.at,
-                        "action": entry.action,
-                        "subject": entry.subject,
-                        "names_the_user_at": at,
-                    });
-                    sink.record("flags.audit", record)?;
-                }
+                let Some(marked) = crate::store::pseudonymized_entry(&entry, user, MARK) else { continue };
+                let record = serde_json::json!({
+                    "id": entry.id,
+                    "at": entry.at,
+                    "action": entry.action,
+                    "subject": entry.subject,
+                    "names_the_user_at": mentions(&to_record(&marked)?, MARK),
+                });
+                sink.record("flags.audit", record)?;
             }
             match next {
                 Some(next) => after = Some(next),
@@ -157,8 +161,13 @@ impl keel::datamap::Holder for crate::store::FlagStore {
 }
 
 fn port_error(error: crate::store::StoreError) -> keel::port::PortError {
+    use crate::store::StoreError;
     match error {
-        crate::store::StoreError::Port(error) => error,
+        StoreError::Port(error) => error,
+        // An admin's change landed in between: worth another try.
+        StoreError::VersionMismatch { .. } | StoreError::AlreadyExists => {
+            keel::port::PortError::Unavailable(format!("the flag store: {error}"))
+        }
         other => keel::port::PortError::Invalid(format!("the flag store: {other}")),
     }
 }

@@ -94,6 +94,25 @@ fn epoch() -> DateTime<Utc> {
     DateTime::UNIX_EPOCH
 }
 
+/// Replaces `user` in `text` when it is exactly them; 1 when it did.
+fn swap(text: &mut String, user: &str, pseudonym: &str) -> usize {
+    if text == user {
+        *text = pseudonym.to_string();
+        1
+    } else {
+        0
+    }
+}
+
+fn pseudonymize_constraints(constraints: &mut [Constraint], user: &str, pseudonym: &str) -> usize {
+    constraints
+        .iter_mut()
+        .filter(|c| c.field == USER_ID)
+        .flat_map(|c| c.values.iter_mut())
+        .map(|value| swap(value, user, pseudonym))
+        .sum()
+}
+
 /// The user ids `constraints` name: the values of their `userId` constraints.
 pub fn constrained_users(constraints: &[Constraint]) -> impl Iterator<Item = &str> {
     constraints.iter().filter(|c| c.field == USER_ID).flat_map(|c| c.values.iter().map(String::as_str))
@@ -111,6 +130,12 @@ impl Segment {
     pub fn named_users(&self) -> impl Iterator<Item = &str> {
         constrained_users(&self.constraints)
     }
+
+    /// Replaces `user` with `pseudonym` where the segment names users (its `userId` constraints); how many it
+    /// replaced.
+    pub fn pseudonymize_user(&mut self, user: &str, pseudonym: &str) -> usize {
+        pseudonymize_constraints(&mut self.constraints, user, pseudonym)
+    }
 }
 
 impl Flag {
@@ -118,6 +143,19 @@ impl Flag {
     /// not be put back into).
     pub fn named_users(&self) -> impl Iterator<Item = &str> {
         self.target_users.iter().map(String::as_str).chain(self.rules.iter().flat_map(Rule::named_users))
+    }
+
+    /// Replaces `user` with `pseudonym` where the flag names users (target users, `userId` constraints, who last
+    /// changed it, who set each override), and nowhere else: a variant, key or organization equal to the id is not
+    /// about the user. How many it replaced.
+    pub fn pseudonymize_user(&mut self, user: &str, pseudonym: &str) -> usize {
+        let mut replaced = swap(&mut self.updated_by, user, pseudonym);
+        replaced += self.target_users.iter_mut().map(|u| swap(u, user, pseudonym)).sum::<usize>();
+        replaced += self.overrides.iter_mut().map(|o| swap(&mut o.created_by, user, pseudonym)).sum::<usize>();
+        for rule in &mut self.rules {
+            replaced += pseudonymize_constraints(&mut rule.constraints, user, pseudonym);
+        }
+        replaced
     }
 
     /// A flag with nothing but a key: on, no targeting, default value `false`.

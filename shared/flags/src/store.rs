@@ -482,14 +482,13 @@ impl FlagStore {
         dry_run: bool,
         tally: &mut keel::datamap::Tally,
     ) -> Result<(), StoreError> {
-        use keel::datamap::{ERASER, count, pseudonymize};
+        use keel::datamap::{ERASER, count};
         for flag in self.flags().await? {
-            let mut value = serde_json::to_value(&flag).map_err(invalid_json)?;
-            if pseudonymize(&mut value, user, pseudonym) == 0 {
+            let mut next = flag.clone();
+            if next.pseudonymize_user(user, pseudonym) == 0 {
                 continue;
             }
             if !dry_run {
-                let mut next: Flag = serde_json::from_value(value).map_err(invalid_json)?;
                 next.version = flag.version + 1;
                 next.updated_by = ERASER.to_string();
                 next.updated_at = self.clock.now();
@@ -500,13 +499,12 @@ impl FlagStore {
             count(tally, "flags.flag", 1);
         }
         for segment in self.segments().await? {
-            let mut value = serde_json::to_value(&segment).map_err(invalid_json)?;
-            if pseudonymize(&mut value, user, pseudonym) == 0 {
+            let mut next = segment.clone();
+            if next.pseudonymize_user(user, pseudonym) == 0 {
                 continue;
             }
             if !dry_run {
                 let Some((_, version)) = self.segment(&segment.name).await? else { continue };
-                let next: Segment = serde_json::from_value(value).map_err(invalid_json)?;
                 let item = encode(Key::new(SEGMENTS, &next.name), "segment", &next, version + 1)?;
                 let entry = self.entry(ERASER, "pseudonymize", segment_subject(&next.name), None, None);
                 self.commit(Write::Put { item, expect: Expect::Version(version) }, entry).await?;
@@ -518,12 +516,9 @@ impl FlagStore {
         loop {
             let Page { items, next } = self.table.query(&query).await?;
             for item in &items {
-                let mut value = item.attrs.get("entry").cloned().unwrap_or_default();
-                if pseudonymize(&mut value, user, pseudonym) == 0 {
-                    continue;
-                }
+                let entry: AuditEntry = decode(item, "entry")?;
+                let Some(entry) = pseudonymized_entry(&entry, user, pseudonym) else { continue };
                 if !dry_run {
-                    let entry: AuditEntry = serde_json::from_value(value).map_err(invalid_json)?;
                     let writes = [AUDIT.to_string(), audit_partition(&entry.subject)]
                         .into_iter()
                         .map(|pk| {
@@ -660,6 +655,26 @@ impl FlagStore {
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// `entry` with `user` replaced where it names them (the actor; in the flag or segment before and after, where
+/// [`Flag::pseudonymize_user`] replaces), or `None` when it does not name them.
+pub(crate) fn pseudonymized_entry(entry: &AuditEntry, user: &str, pseudonym: &str) -> Option<AuditEntry> {
+    let mut next = entry.clone();
+    let mut replaced = usize::from(next.actor == user);
+    if replaced > 0 {
+        next.actor = pseudonym.to_string();
+    }
+    for change in [&mut next.before, &mut next.after].into_iter().flatten() {
+        if let Ok(mut flag) = serde_json::from_value::<Flag>(change.clone()) {
+            replaced += flag.pseudonymize_user(user, pseudonym);
+            *change = serde_json::to_value(flag).unwrap_or_else(|_| change.clone());
+        } else if let Ok(mut segment) = serde_json::from_value::<Segment>(change.clone()) {
+            replaced += segment.pseudonymize_user(user, pseudonym);
+            *change = serde_json::to_value(segment).unwrap_or_else(|_| change.clone());
+        }
+    }
+    (replaced > 0).then_some(next)
 }
 
 fn same_content(a: &Flag, b: &Flag) -> bool {

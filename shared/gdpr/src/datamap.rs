@@ -105,8 +105,8 @@ pub const GDPR: &[Entry] = &[
     Entry {
         name: "gdpr.erasure",
         table: TABLE_VAR,
-        pk: "ERASURE#{id}",
-        sk: "ERASURE",
+        pk: "ERASURE#{pseudonym}",
+        sk: "{id}",
         description: "An erasure: whom it erases while it runs, who asked and why; once done, its receipt, naming the \
         user's pseudonym only.",
         subject: Subject::User,
@@ -118,6 +118,20 @@ pub const GDPR: &[Entry] = &[
         erasure: Erasure::Keep {
             exemption: "the proof of an erasure (Art. 5(2)); it names the pseudonym, not the user",
         },
+    },
+    Entry {
+        name: "gdpr.erasure_id",
+        table: TABLE_VAR,
+        pk: "ERASUREID#{id}",
+        sk: "ERASURE",
+        description: "Which partition (pseudonym) an erasure's record is in, by the erasure's id.",
+        subject: Subject::Nobody,
+        personal_data: &[],
+        purpose: "Finding an erasure by its id.",
+        recipients: &[],
+        retention: Retention::WhileInUse,
+        export: Export::Exclude { reason: "holds a pseudonym only" },
+        erasure: Erasure::Keep { exemption: "holds a pseudonym only" },
     },
     Entry {
         name: "gdpr.suppression",

@@ -117,6 +117,16 @@ pub fn check_id(pointer: &str, id: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// Checks an organization id: an id, and not one of Keel's reserved organizations (`keel:`, where its own exports
+/// and erasures are filed).
+pub fn check_org_id(pointer: &str, id: &str) -> Result<(), FieldError> {
+    check_id(pointer, id)?;
+    if id.starts_with(keel_jobs::RESERVED_DEDUP_PREFIX) {
+        return Err(FieldError { pointer: pointer.to_string(), message: "ids starting `keel:` are Keel's own".into() });
+    }
+    Ok(())
+}
+
 fn invalid(error: FieldError) -> DirectoryError {
     DirectoryError::Invalid(vec![error])
 }
@@ -143,7 +153,7 @@ impl Directory {
 
     /// Creates the organization, or renames it.
     pub async fn put_org(&self, actor: &str, id: &str, name: &str) -> Result<(Organization, Change), DirectoryError> {
-        check_id("/id", id).map_err(invalid)?;
+        check_org_id("/id", id).map_err(invalid)?;
         let name = name.trim();
         if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
             return Err(invalid(FieldError {
@@ -450,16 +460,18 @@ impl Holder for Directory {
         Ok(())
     }
 
-    /// The user's memberships removed (an organization they are alone in deleted with them), then the
-    /// directory's audit trail pseudonymized. The last admin of an organization with other members is refused
-    /// (`Invalid`): the erasure checks for that before it starts, so this is a membership that changed since.
+    /// The user's memberships removed (an organization they are still its only member of deleted with them, if
+    /// the erasure found them alone in it), then every entry of the directory's audit trail that names them
+    /// pseudonymized (the whole trail is read: it is the directory's and the GDPR operations', and older entries name
+    /// users only in their resource). The last admin of an organization with other members is refused (`Invalid`):
+    /// the erasure checks for that before it starts, so this is a membership that changed since.
     async fn erase(&self, erasure: &ErasureSubject, dry_run: bool, tally: &mut Tally) -> Result<(), PortError> {
         let user = &erasure.subject.user_id;
         for membership in self.memberships(user).await.map_err(PortError::from)? {
             let org = &membership.org_id;
-            let alone = erasure.orgs_alone.contains(org);
+            let mut erased = erasure.orgs_alone.contains(org);
             if !dry_run {
-                let erased = alone && self.erase_org(org, user).await.map_err(PortError::from)?;
+                erased = erased && self.erase_org(org, user).await.map_err(PortError::from)?;
                 if !erased {
                     match self.remove_member(keel::datamap::ERASER, org, user).await {
                         Ok(_) | Err(DirectoryError::MemberNotFound) | Err(DirectoryError::OrgNotFound) => {}
@@ -475,10 +487,11 @@ impl Holder for Directory {
             }
             count(tally, "directory.membership", 1);
             count(tally, "directory.membership_by_user", 1);
-            count(tally, "directory.organization", u64::from(alone));
+            count(tally, "directory.organization", u64::from(erased));
         }
         let names = ("directory.audit", "directory.audit_index");
-        audit::pseudonymize(self.table.as_ref(), names, user, &erasure.pseudonym, dry_run, tally).await
+        let everything = [audit::ALL.to_string()];
+        audit::pseudonymize(self.table.as_ref(), names, user, &erasure.pseudonym, &everything, dry_run, tally).await
     }
 }
 
@@ -499,6 +512,8 @@ impl From<DirectoryError> for PortError {
     fn from(error: DirectoryError) -> Self {
         match error {
             DirectoryError::Port(error) => error,
+            // Others' changes kept winning: worth another try.
+            DirectoryError::Contended => PortError::Unavailable(DirectoryError::Contended.to_string()),
             other => PortError::Invalid(other.to_string()),
         }
     }

@@ -1,19 +1,23 @@
 //! Erasure of a user (GDPR Art. 17), run as the built-in job `gdpr.erase`.
 //!
-//! Guarantee: once an erasure has started, it completes: the user is suppressed first (no new personal data about
-//! them is accepted), then each domain's holder erases its items in the data map's order (the directory first, so
-//! a last-admin blocker refuses before anything is erased; export bundles before the jobs whose outputs name
-//! them), with a checkpoint after each holder. A retry, a crash or SIGKILL resumes at the holder it stopped in;
-//! holders are idempotent, so a second run changes nothing more. Every processor type is then sent a signed
-//! erasure request through the job system, and their answers go into the receipt: the counts per data-map entry,
-//! the confirmations, the suppression's hash and a SHA-256 digest of the rest. The record keeps the receipt and
-//! the user's pseudonym, never their id, once it completes.
+//! Guarantee: an erasure that has started goes on until it completes, through retries, crashes and SIGKILL: the
+//! user is suppressed first (no new personal data about them is accepted), then each domain's holder erases its
+//! items in the data map's order (the directory first, so a last-admin blocker refuses before anything is erased;
+//! export bundles before the jobs whose outputs name them), with a checkpoint after each holder, so an attempt
+//! resumes at the holder the last one stopped in; holders are idempotent, so a second run changes nothing more.
+//! Every processor type is then sent a signed erasure request through the job system, and their answers go into
+//! the receipt: the counts per data-map entry, the confirmations, the suppression's hash and a SHA-256 digest of
+//! the rest. Once it completes, no record of an erasure of the user names them (the pseudonym only).
 //!
-//! The gap: a holder killed midway counts, on its rerun, only what it still finds, so the receipt's count for that
-//! entry can be lower than what was erased (the items are gone either way; a holder that fails without being
-//! killed keeps its count, saved with the checkpoint).
+//! The gaps: an erasure whose job runs out of attempts (25, about two hours of retries: a backend down that long,
+//! a processor that never answers) or meets a refusal (the user became a last admin since the request) fails, the
+//! user suppressed and partly erased; asking again starts a new erasure that finishes the work. A holder killed
+//! midway counts, on its rerun, only what it still finds, so the receipt's count for that entry can be lower than
+//! what was erased (a holder that fails without being killed keeps its count, saved with the checkpoint).
 //!
-//! Items (`DIRECTORY_TABLE`): `ERASURE#{id}` / `ERASURE`, the request and, when done, its receipt.
+//! Items (`DIRECTORY_TABLE`): `ERASURE#{pseudonym}` / `{id}`, the request and, when done, its receipt (every
+//! erasure of one user in one partition, so the last one to complete scrubs the others); `ERASUREID#{id}` /
+//! `ERASURE`, which partition an erasure is in.
 
 use crate::directory::{Directory, Standing};
 use chrono::{DateTime, Utc};
@@ -22,7 +26,7 @@ use keel::datamap::{DataSubject, ERASER, Erasure, ErasureSubject, Holder, Tally}
 use keel::port::PortError;
 use keel::resources::Resources;
 use keel::suppression::Suppressions;
-use keel::table::{Expect, Key, Table, Write, item_of};
+use keel::table::{Expect, Item, Key, Table, Write, item_of};
 use keel_jobs::builtin::{Checkpoints, Task, TaskFailure};
 use keel_jobs::registry::ErasureRequest;
 use keel_jobs::{Created, Jobs, NewJob, Registry};
@@ -39,8 +43,12 @@ pub const TASK: &str = "gdpr.erase";
 pub const ERASURES_ORG: &str = "keel:gdpr-erasures";
 const RECORD_SK: &str = "ERASURE";
 
-fn record_key(id: &str) -> Key {
-    Key::new(format!("ERASURE#{id}"), RECORD_SK)
+fn record_partition(pseudonym: &str) -> String {
+    format!("ERASURE#{pseudonym}")
+}
+
+fn pointer_key(id: &str) -> Key {
+    Key::new(format!("ERASUREID#{id}"), RECORD_SK)
 }
 
 /// An erasure: the request while it runs, the receipt once it is done.
@@ -152,6 +160,11 @@ struct Progress {
     processors: BTreeMap<String, Option<String>>,
 }
 
+/// The erasure's job budget is spent or its input cannot be carried out: it fails (see the module's gaps).
+fn failed(reason: impl Into<String>) -> TaskFailure {
+    TaskFailure::Failed(reason.into())
+}
+
 /// Erasures: planning, starting, reading, and carrying them out.
 pub struct Erasures {
     holders: Vec<Arc<dyn Holder>>,
@@ -260,15 +273,29 @@ impl Erasures {
         };
         // The record first: a job never starts without one. A job id comes from the job; the record learns it
         // once the job exists (the task reads the record by the id in its input, so it does not need it).
-        self.put(&record, None).await?;
+        let pointer = Item::new(
+            pointer_key(&id),
+            json!({"pseudonym": record.pseudonym}).as_object().cloned().unwrap_or_default(),
+        );
+        self.table
+            .transact(vec![
+                Write::Put { item: self.record_item(&record, 1)?, expect: Expect::Absent },
+                Write::Put { item: pointer, expect: Expect::Absent },
+            ])
+            .await?;
         match self.jobs.create(ERASURES_ORG, ERASER, job_type, new, None).await.map_err(PortError::from)? {
             Created::New(job) => {
-                record.job_id = job.id;
-                self.put(&record, Some(1)).await?;
+                record.job_id = job.id.clone();
+                self.learn_job_id(&id, &job.id).await?;
                 Ok((record, true))
             }
             Created::Existing(job) => {
-                self.table.transact(vec![Write::Delete { key: record_key(&id), expect: Expect::Any }]).await?;
+                let key = Key::new(record_partition(&record.pseudonym), &id);
+                let deletes = vec![
+                    Write::Delete { key, expect: Expect::Any },
+                    Write::Delete { key: pointer_key(&id), expect: Expect::Any },
+                ];
+                self.table.transact(deletes).await?;
                 let running = job.input["erasure_id"].as_str().unwrap_or_default();
                 let existing = self
                     .get(running)
@@ -279,17 +306,71 @@ impl Erasures {
         }
     }
 
-    async fn put(&self, record: &ErasureRecord, version: Option<u64>) -> Result<(), PortError> {
-        let next = version.map_or(1, |v| v + 1);
-        let item = item_of(record_key(&record.id), "erasure", record, next)?;
-        let expect = version.map_or(Expect::Absent, Expect::Version);
-        self.table.transact(vec![Write::Put { item, expect }]).await
+    fn record_item(&self, record: &ErasureRecord, version: u64) -> Result<Item, PortError> {
+        item_of(Key::new(record_partition(&record.pseudonym), &record.id), "erasure", record, version)
+    }
+
+    /// Rewrites `record` over `version`.
+    async fn put(&self, record: &ErasureRecord, version: u64) -> Result<(), PortError> {
+        let item = self.record_item(record, version + 1)?;
+        self.table.transact(vec![Write::Put { item, expect: Expect::Version(version) }]).await
+    }
+
+    /// Writes the job's id into the record, which the task may be rewriting at the same time.
+    async fn learn_job_id(&self, id: &str, job_id: &str) -> Result<(), PortError> {
+        for _ in 0..10 {
+            let Some((mut record, version)) = self.get(id).await? else { return Ok(()) };
+            if !record.job_id.is_empty() {
+                return Ok(());
+            }
+            record.job_id = job_id.to_string();
+            match self.put(&record, version).await {
+                Err(error) if error.is_condition_failed() => continue,
+                other => return other,
+            }
+        }
+        Err(PortError::Unavailable("the erasure's record kept changing".into()))
     }
 
     /// The record and its version.
     pub async fn get(&self, id: &str) -> Result<Option<(ErasureRecord, u64)>, PortError> {
-        let Some(item) = self.table.get(&record_key(id)).await? else { return Ok(None) };
+        let Some(pointer) = self.table.get(&pointer_key(id)).await? else { return Ok(None) };
+        let Some(pseudonym) = pointer.attrs.get("pseudonym").and_then(Value::as_str) else { return Ok(None) };
+        let Some(item) = self.table.get(&Key::new(record_partition(pseudonym), id)).await? else { return Ok(None) };
         Ok(Some((keel::table::value_of(&item, "erasure")?, item.version)))
+    }
+
+    /// Every erasure of the user behind `pseudonym`, with its version.
+    async fn records_of(&self, pseudonym: &str) -> Result<Vec<(ErasureRecord, u64)>, PortError> {
+        let mut query = keel::table::Query::partition(record_partition(pseudonym));
+        query.limit = keel::table::MAX_QUERY_LIMIT;
+        let mut all = Vec::new();
+        loop {
+            let page = self.table.query(&query).await?;
+            for item in &page.items {
+                all.push((keel::table::value_of(item, "erasure")?, item.version));
+            }
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// The processors' request jobs of erasure `id`, found by their input (not only the checkpoint's, which a
+    /// crash between a request's creation and the checkpoint would miss).
+    async fn requests_of(&self, id: &str) -> Result<Vec<keel_jobs::Job>, PortError> {
+        let mut found = Vec::new();
+        let all = keel_jobs::Filter::default();
+        let mut after = None;
+        loop {
+            let page = self.jobs.list(ERASURES_ORG, &all, after, keel_jobs::store::MAX_LIST_LIMIT).await?;
+            found.extend(page.jobs.into_iter().filter(|job| job.job_type != TASK && job.input["erasure_id"] == id));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(found),
+            }
+        }
     }
 
     /// The erasure's job, for its status.
@@ -303,15 +384,18 @@ impl Erasures {
         checkpoint: Option<&Value>,
         checkpoints: &dyn Checkpoints,
     ) -> Result<Value, TaskFailure> {
-        let (mut record, version) =
-            self.get(id).await?.ok_or_else(|| TaskFailure::Failed(format!("no erasure {id}")))?;
+        let (mut record, version) = self.get(id).await?.ok_or_else(|| failed(format!("no erasure {id}")))?;
         if let Some(receipt) = &record.receipt {
-            self.forget_requests(receipt).await?;
+            self.forget_requests(id).await?;
             return Ok(json!(receipt));
         }
-        let user = record.user_id.clone().ok_or_else(|| TaskFailure::Failed("the erasure names no user".into()))?;
-        let mut progress: Progress =
-            checkpoint.and_then(|c| serde_json::from_value(c.clone()).ok()).unwrap_or_default();
+        let user = record.user_id.clone().ok_or_else(|| failed("the erasure names no user"))?;
+        let mut progress: Progress = match checkpoint {
+            None => Progress::default(),
+            // A checkpoint this code cannot read would restart the count from nothing: refuse instead.
+            Some(saved) => serde_json::from_value(saved.clone())
+                .map_err(|error| failed(format!("the erasure's checkpoint cannot be read: {error}")))?,
+        };
         let subject = ErasureSubject {
             subject: DataSubject { user_id: user.clone(), org_ids: record.org_ids.iter().cloned().collect() },
             pseudonym: record.pseudonym.clone(),
@@ -322,13 +406,15 @@ impl Erasures {
             // or erased yet, so refusing now leaves the user as they were.
             let standing = self.directory.standing(&user).await.map_err(PortError::from)?;
             if !standing.last_admin_of.is_empty() {
-                return Err(TaskFailure::Failed(format!(
+                return Err(failed(format!(
                     "the user is now the last admin of {}, which have other members: hand over, then erase again",
                     standing.last_admin_of.join(", ")
                 )));
             }
+            // Suppressed before anything is erased, and only then: a platform admin's lift during the erasure
+            // stands.
+            self.suppressions.suppress(&user, id, self.clock.now()).await?;
         }
-        let suppression = self.suppressions.suppress(&user, id, self.clock.now()).await?;
 
         let save = |progress: &Progress| {
             let progress = json!(progress);
@@ -349,13 +435,16 @@ impl Erasures {
             erased?;
         }
 
+        let requests = self.requests_of(id).await?;
         for processor in self.processors() {
             if progress.processors.contains_key(&processor.name) {
                 continue;
             }
-            let job_id = match processor.unavailable() {
-                Some(_) => None,
-                None => {
+            let job_id = match (requests.iter().find(|r| r.job_type == processor.name), processor.unavailable()) {
+                // A request made by an attempt that died before its checkpoint.
+                (Some(made), _) => Some(made.id.clone()),
+                (None, Some(_)) => None,
+                (None, None) => {
                     let request = ErasureRequest { erasure_id: id.to_string(), user_id: user.clone() };
                     let new = NewJob {
                         job_type: processor.name.clone(),
@@ -393,7 +482,7 @@ impl Erasures {
             };
             let mut answer = self.jobs.output(ERASURES_ORG, job_id).await?;
             if let Some(answer) = answer.as_mut() {
-                keel::datamap::pseudonymize(answer, &user, &record.pseudonym);
+                keel::datamap::pseudonymize_strings(answer, &user, &record.pseudonym);
             }
             let confirmed = job.status == keel_jobs::Status::Completed;
             confirmations.push(Confirmation {
@@ -402,42 +491,69 @@ impl Erasures {
                 job_id: Some(job.id.clone()),
                 at: job.finished_at,
                 answer,
-                error: job.error.as_ref().map(|e| e.message.replace(&user, &record.pseudonym)),
+                error: job
+                    .error
+                    .as_ref()
+                    .map(|e| keel::datamap::pseudonymize_text(&e.message, &user, &record.pseudonym)),
             });
         }
         if waiting > 0 {
             return Err(TaskFailure::Retriable(format!("waiting for {waiting} processors to confirm the erasure")));
         }
+        // Requests of the user written while the erasure ran (asking again answers this one, but records the
+        // request first): the directory's trail once more, which finds nothing else by now.
+        if let Some(directory) = self.holders.first() {
+            directory.erase(&subject, false, &mut progress.tally).await?;
+        }
 
+        // Those the user was still alone in when the directory's holder ran, which deleted them.
+        let mut orgs_erased = Vec::new();
+        for org in &record.orgs_alone {
+            if self.directory.org(org).await.map_err(PortError::from)?.is_none() {
+                orgs_erased.push(org.clone());
+            }
+        }
         let mut receipt = Receipt {
             erasure_id: id.to_string(),
             subject: record.pseudonym.clone(),
             requested_at: record.requested_at,
             completed_at: self.clock.now(),
             items: progress.tally.clone(),
-            orgs_erased: record.orgs_alone.clone(),
+            orgs_erased,
             processors: confirmations,
-            suppression: suppression.hash,
+            suppression: self.suppressions.hash(&user),
             digest: String::new(),
         };
         receipt.digest = digest(&receipt)?;
-        record.user_id = None;
-        if record.requested_by == user {
-            record.requested_by = record.pseudonym.clone();
-        }
         record.receipt = Some(receipt.clone());
-        self.put(&record, Some(version)).await?;
-        self.forget_requests(&receipt).await?;
+        self.put(&scrubbed(record, &user), version).await?;
+        // Earlier erasures of the user that failed keep their request: none names the user once this one is done.
+        for (other, version) in self.records_of(&receipt.subject).await? {
+            if other.user_id.is_some() && other.id != id {
+                self.put(&scrubbed(other, &user), version).await?;
+            }
+        }
+        self.forget_requests(id).await?;
         Ok(json!(receipt))
     }
 
     /// Deletes the processors' request jobs once their answers are in the receipt: their input names the user.
-    async fn forget_requests(&self, receipt: &Receipt) -> Result<(), PortError> {
-        for job_id in receipt.processors.iter().filter_map(|c| c.job_id.as_deref()) {
-            self.jobs.delete_finished(ERASURES_ORG, job_id).await?;
+    async fn forget_requests(&self, id: &str) -> Result<(), PortError> {
+        for request in self.requests_of(id).await? {
+            self.jobs.delete_finished(ERASURES_ORG, &request.id).await?;
         }
         Ok(())
     }
+}
+
+/// `record` naming the user no more: no id, and the pseudonym where the requester or the reason named them.
+fn scrubbed(mut record: ErasureRecord, user: &str) -> ErasureRecord {
+    record.user_id = None;
+    if record.requested_by == user {
+        record.requested_by = record.pseudonym.clone();
+    }
+    record.reason = record.reason.map(|reason| keel::datamap::pseudonymize_text(&reason, user, &record.pseudonym));
+    record
 }
 
 /// SHA-256 of the receipt without its digest, as JSON with keys sorted (serde_json's maps are sorted).

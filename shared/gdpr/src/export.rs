@@ -180,7 +180,8 @@ pub const LINK_VALIDITY: std::time::Duration = std::time::Duration::from_secs(15
 pub const ADMIN_EXPORTS_ORG: &str = "keel:gdpr-exports";
 
 /// The export bundles' holder: it exports nothing (a bundle is a copy of the other entries); an erasure deletes
-/// the bundles of every export of the user, found through those exports' jobs.
+/// the bundles of every export of the user, found through those exports' jobs. An export still running is
+/// cancelled and waited for (`Unavailable` until it ends), so a bundle it stores cannot escape.
 pub struct BundlesHolder {
     pub jobs: keel_jobs::Jobs,
     pub objects: Arc<dyn ObjectStore>,
@@ -202,17 +203,26 @@ impl Holder for BundlesHolder {
         dry_run: bool,
         tally: &mut keel::datamap::Tally,
     ) -> Result<(), PortError> {
-        let filter = keel_jobs::Filter {
-            job_type: Some(TASK.to_string()),
-            status: Some(keel_jobs::Status::Completed),
-            ..keel_jobs::Filter::default()
-        };
+        let filter = keel_jobs::Filter { job_type: Some(TASK.to_string()), ..keel_jobs::Filter::default() };
+        let mut running = 0;
         for org in &subject.subject.org_ids {
             let mut after = None;
             loop {
                 let page = self.jobs.list(org, &filter, after, keel_jobs::store::MAX_LIST_LIMIT).await?;
                 for job in &page.jobs {
                     if job.input["user_id"].as_str() != Some(subject.subject.user_id.as_str()) {
+                        continue;
+                    }
+                    if !job.status.is_terminal() {
+                        if !dry_run {
+                            match self.jobs.cancel(org, &job.id, keel::datamap::ERASER).await {
+                                Ok(job) if job.status.is_terminal() => continue,
+                                Ok(_) => {}
+                                Err(keel_jobs::JobsError::Conflict(_) | keel_jobs::JobsError::NotFound) => {}
+                                Err(error) => return Err(error.into()),
+                            }
+                        }
+                        running += 1;
                         continue;
                     }
                     let Some(output) = self.jobs.output(org, &job.id).await? else { continue };
@@ -229,6 +239,11 @@ impl Holder for BundlesHolder {
                     None => break,
                 }
             }
+        }
+        if running > 0 && !dry_run {
+            return Err(PortError::Unavailable(format!(
+                "{running} exports of the user are still running after a cancel; the erasure goes on when they stop"
+            )));
         }
         Ok(())
     }

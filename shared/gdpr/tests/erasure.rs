@@ -152,6 +152,14 @@ impl Checkpoints for Saved {
 /// pending), an operator's export of her with its bundle, flags and a segment naming her, Idempotency-Key
 /// records, and audit entries in every trail. Bob shares her organization and flags.
 async fn ann_and_bob(w: &World) {
+    // Entries of an hour earlier first: audit ids follow each other within the fixed clock's millisecond.
+    let at = Utc.with_ymd_and_hms(2026, 12, 3, 8, 0, 0).unwrap();
+    // An entry from before entries named their subject: ann only in its resource.
+    let older =
+        keel::audit::AuditEntry::new(at, "carl", Some("acme"), "directory.member.set", "org:acme/member:ann".into());
+    older.append(w.tables["DIRECTORY_TABLE"].as_ref()).await.unwrap();
+    let replay = keel::audit::AuditEntry::new(at, "ann", None, "webhooks.delivery.replay", "delivery:d1".into());
+    replay.append(w.tables["WEBHOOKS_TABLE"].as_ref()).await.unwrap();
     let d = &w.directory;
     d.put_org("op", "acme", "Acme").await.unwrap();
     d.put_org("op", "solo", "Ann's own").await.unwrap();
@@ -165,6 +173,8 @@ async fn ann_and_bob(w: &World) {
     w.job("acme", "ann", "notify.email", json!({"to": "ann@example.com", "template": "later"})).await;
     w.job("solo", "ann", "cache.warm", json!({"prefix": "ann/"})).await;
     w.job("acme", "bob", "notify.email", json!({"to": "bob@example.com", "template": "hi"})).await;
+    // Someone outside the directory with a token for ann's own organization: theirs is not ann's to erase.
+    w.job("solo", "zed", "cache.warm", json!({"prefix": "zed/"})).await;
     let export = w.job(ADMIN_EXPORTS_ORG, "op", "gdpr.export", json!({"user_id": "ann"})).await;
     let bundle = w.export("ann", &["acme"]).await;
     w.complete(ADMIN_EXPORTS_ORG, &export.id, json!(bundle)).await;
@@ -173,6 +183,8 @@ async fn ann_and_bob(w: &World) {
         serde_json::from_value::<keel_flags::model::Flag>(json!({
             "key": key,
             "target_users": users,
+            // An organization whose id is ann's is not about ann.
+            "allow_orgs": ["ann"],
             "rules": [{"id": "r1", "constraints": [{"field": "userId", "operator": "IN", "values": users}]}],
         }))
         .unwrap()
@@ -188,10 +200,6 @@ async fn ann_and_bob(w: &World) {
     w.idempotency_record("acme", "ann", "k1").await;
     w.idempotency_record("acme", "bob", "k1").await;
     w.idempotency_record("solo", "ann", "k2").await;
-
-    let at = Utc.with_ymd_and_hms(2026, 12, 3, 8, 0, 0).unwrap();
-    let replay = keel::audit::AuditEntry::new(at, "ann", None, "webhooks.delivery.replay", "delivery:d1".into());
-    replay.append(w.tables["WEBHOOKS_TABLE"].as_ref()).await.unwrap();
 }
 
 /// Runs the erasure's task until it completes, completing the processor's request when it waits for it.
@@ -272,13 +280,29 @@ async fn an_erased_user_leaves_nothing_behind_and_everyone_else_is_untouched() {
     for var in ["DIRECTORY_TABLE", "JOBS_TABLE", "FLAGS_TABLE", "WEBHOOKS_TABLE", "IDEMPOTENCY_TABLE"] {
         for partition in ["AUDIT", "AUDIT#ACTOR#ann", "AUDIT#SUBJECT#ann", "AUDIT#ORG#acme", "JOB#acme", "FLAG"] {
             for item in w.items(var, partition).await {
-                let text = serde_json::to_string(&item.attrs).unwrap();
+                // The organization named like ann, kept on purpose (see `ann_and_bob`).
+                let text = serde_json::to_string(&item.attrs).unwrap().replace(r#""allow_orgs":["ann"]"#, "");
                 assert!(!text.contains("\"ann\"") && !text.contains(":ann"), "{var} {partition}: {text}");
             }
         }
     }
     assert!(w.directory.org("solo").await.unwrap().is_none(), "the organization she was alone in is gone");
     assert!(w.items("IDEMPOTENCY_TABLE", "IDEM#solo").await.is_empty());
+    let left_in_solo: Vec<String> =
+        w.items("JOBS_TABLE", "JOB#solo").await.iter().map(|i| i.attrs["user_id"].to_string()).collect();
+    assert_eq!(left_in_solo, ["\"zed\""], "only ann's jobs there went");
+    // What the erasure keeps of its own is declared, and names the pseudonym only.
+    let map = keel_gdpr::datamap::data_map();
+    let own = [
+        Key::new(format!("ERASURE#{}", receipt.subject), &record.id),
+        Key::new(format!("ERASUREID#{}", record.id), "ERASURE"),
+        Key::new(format!("SUPPRESSED#{}", receipt.suppression), "SUPPRESSED"),
+    ];
+    for key in own {
+        let item = w.tables["DIRECTORY_TABLE"].get(&key).await.unwrap().unwrap_or_else(|| panic!("{key:?}"));
+        assert_eq!(keel::datamap::classify(&map, "DIRECTORY_TABLE", &key).len(), 1, "{key:?}");
+        assert!(!serde_json::to_string(&item.attrs).unwrap().contains("\"ann\""), "{key:?}");
+    }
 
     // Bob and acme are as they were (acme lost a member; bob's flags lost ann only).
     let bob_after = w.export("bob", &["acme"]).await;
@@ -289,6 +313,7 @@ async fn an_erased_user_leaves_nothing_behind_and_everyone_else_is_untouched() {
     assert_eq!((acme.members, acme.admins), (2, 1));
     let beta = w.flags.get("beta").await.unwrap().unwrap();
     assert_eq!(beta.target_users, [receipt.subject.clone(), "bob".into()]);
+    assert_eq!(beta.allow_orgs, ["ann"], "only where the flag names users");
 
     // The trail keeps every entry, in order, each the same but for ann's pseudonym.
     let trail_after = w.items("DIRECTORY_TABLE", "AUDIT").await;
@@ -320,7 +345,7 @@ async fn an_erasure_that_fails_midway_resumes_from_its_checkpoint_and_counts_onc
     let w = world();
     ann_and_bob(&w).await;
     let erasures = w.erasures();
-    let (record, _) = erasures.start("ann", "op", Some("ticket 7"), &["acme".into()], None).await.unwrap();
+    let (record, _) = erasures.start("ann", "op", Some("ticket 7: ann asked"), &["acme".into()], None).await.unwrap();
     let task = EraseTask(w.erasures());
     let saved = Saved::default();
     w.jobs_switch.set_down(true);
@@ -339,7 +364,8 @@ async fn an_erasure_that_fails_midway_resumes_from_its_checkpoint_and_counts_onc
     assert_eq!(receipt.items["directory.membership"], 2, "counted once, not again on the resumed run");
     assert_eq!(receipt.items["jobs.job"], 4);
     let (kept, _) = erasures.get(&record.id).await.unwrap().unwrap();
-    assert_eq!((kept.requested_by.as_str(), kept.reason.as_deref()), ("op", Some("ticket 7")));
+    let reason = format!("ticket 7: {} asked", receipt.subject);
+    assert_eq!((kept.requested_by.as_str(), kept.reason.as_deref()), ("op", Some(reason.as_str())));
     assert_eq!(w.export("ann", &["acme", "solo"]).await.items.values().sum::<u64>(), 0);
 }
 

@@ -185,13 +185,10 @@ fn is_about(event: &crate::events::FeedEvent, user: &str) -> bool {
     event.event_type.starts_with("job.") && event.data["user_id"].as_str() == Some(user)
 }
 
-/// Whether an erasure takes `job`: one the user created or that is about them (an operator's export of them), or
-/// any job of an organization erased with them.
-fn erasure_takes(job: &crate::Job, subject: &keel::datamap::ErasureSubject) -> bool {
-    let user = subject.subject.user_id.as_str();
-    job.user_id == user
-        || job.input.get("user_id").and_then(|u| u.as_str()) == Some(user)
-        || subject.orgs_alone.contains(&job.org_id)
+/// Whether an erasure takes `job`: one the user created or that is about them (an operator's export of them). Other
+/// users' jobs stay, in an organization erased with the user too: the directory's "alone" is not the tenant's.
+fn erasure_takes(job: &crate::Job, user: &str) -> bool {
+    job.user_id == user || job.input.get("user_id").and_then(|u| u.as_str()) == Some(user)
 }
 
 /// The user's own audit entries (what they created, retried, cancelled), their jobs in each of their
@@ -266,13 +263,11 @@ impl keel::datamap::Holder for crate::Jobs {
         use keel::datamap::count;
         let user = subject.subject.user_id.as_str();
         let mut stopping = 0;
-        let mut orgs = subject.subject.org_ids.clone();
-        orgs.extend(subject.orgs_alone.iter().cloned());
-        for org in &orgs {
+        for org in &subject.subject.org_ids {
             let mut after = None;
             loop {
                 let page = self.list(org, &crate::Filter::default(), after, crate::store::MAX_LIST_LIMIT).await?;
-                for job in page.jobs.iter().filter(|job| erasure_takes(job, subject)) {
+                for job in page.jobs.iter().filter(|job| erasure_takes(job, user)) {
                     let had_output = self.output(org, &job.id).await?.is_some();
                     let finished = if dry_run || job.status.is_terminal() {
                         true
@@ -302,7 +297,7 @@ impl keel::datamap::Holder for crate::Jobs {
             loop {
                 let (events, next) = self.feed_held(org, after, keel::table::MAX_QUERY_LIMIT).await?;
                 for (position, event) in &events {
-                    if is_about(event, user) || subject.orgs_alone.contains(org) {
+                    if is_about(event, user) {
                         count(tally, "jobs.feed_event", 1);
                         if !dry_run {
                             self.delete_feed_event(org, position).await?;
@@ -316,7 +311,7 @@ impl keel::datamap::Holder for crate::Jobs {
             }
         }
         let names = ("jobs.audit", "jobs.audit_index");
-        keel::audit::pseudonymize(self.table().as_ref(), names, user, &subject.pseudonym, dry_run, tally).await?;
+        keel::audit::pseudonymize(self.table().as_ref(), names, user, &subject.pseudonym, &[], dry_run, tally).await?;
         if stopping > 0 {
             return Err(keel::port::PortError::Unavailable(format!(
                 "{stopping} of the user's jobs are still running after a cancel; the erasure goes on when they stop"

@@ -268,8 +268,16 @@ impl keel::datamap::Holder for WebhooksHolder {
         tally: &mut keel::datamap::Tally,
     ) -> Result<(), PortError> {
         let names = ("webhooks.audit", "webhooks.audit_index");
-        keel::audit::pseudonymize(self.0.as_ref(), names, &subject.subject.user_id, &subject.pseudonym, dry_run, tally)
-            .await
+        keel::audit::pseudonymize(
+            self.0.as_ref(),
+            names,
+            &subject.subject.user_id,
+            &subject.pseudonym,
+            &[],
+            dry_run,
+            tally,
+        )
+        .await
     }
 }
 
