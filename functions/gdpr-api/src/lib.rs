@@ -12,6 +12,7 @@
 //! organization that has members always keeps an admin: removing or demoting its last admin is 409 `last_admin`.
 
 mod audit;
+mod cleanups;
 mod datamap;
 mod erasures;
 mod exports;
@@ -32,6 +33,7 @@ use std::sync::Arc;
 
 pub struct GdprApi {
     directory: Directory,
+    runs: keel::cleanup::Runs,
     erasures: keel_gdpr::erasure::Erasures,
     directory_trail: keel::audit::TableTrail,
     jobs_trail: keel::audit::TableTrail,
@@ -49,6 +51,7 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<GdprApi, ConfigErro
     let registry = Registry::sample_unsigned(env)?;
     Ok(GdprApi {
         directory: Directory::new(resources.table(TABLE_VAR)?, resources.clock()),
+        runs: keel::cleanup::Runs(resources.table(keel::cleanup::TABLE_VAR)?),
         erasures: keel_gdpr::erasure::Erasures::from_resources(env, resources, registry.clone())?,
         directory_trail: keel::audit::TableTrail(resources.table(TABLE_VAR)?),
         jobs_trail: keel::audit::TableTrail(resources.table(keel_jobs::datamap::TABLE_VAR)?),
@@ -116,6 +119,7 @@ impl Api for GdprApi {
         Route::post("/v1/admin/gdpr/suppressions/lift", Access::PlatformAdmin, erasures::LIFT, |api, call| {
             Box::pin(api.lift(call))
         }),
+        Route::get("/v1/admin/cleanups", Access::PlatformAdmin, cleanups::LIST, |api, _| Box::pin(api.cleanups())),
         Route::get("/v1/audit-logs", Access::Member, audit::LIST, |api, call| Box::pin(api.audit_logs(call))),
     ];
 }

@@ -24,6 +24,17 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a development JWT the host accepts on routes behind the JWT authorizer.
     Token(TokenArgs),
+    /// Fire one schedule of a running host now, by its event's name in the template (`WebhookDeliveries`).
+    RunSchedule(RunScheduleArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunScheduleArgs {
+    /// The schedule's event name, as the template declares it under its function's `Events`.
+    pub name: String,
+    /// The running host's port on 127.0.0.1.
+    #[arg(long, default_value_t = 3000)]
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -64,8 +75,35 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => token(&args),
+        Some(Command::RunSchedule(args)) => run_schedule(&args),
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
+    }
+}
+
+/// Asks the host on `args.port` to fire the schedule, and prints its answer; fails when the invocation did.
+fn run_schedule(args: &RunScheduleArgs) -> ExitCode {
+    let url = format!("http://127.0.0.1:{}{}/{}", args.port, crate::host::SCHEDULES_PATH, args.name);
+    let answer = tokio::runtime::Builder::new_current_thread().enable_all().build().map(|runtime| {
+        runtime.block_on(async {
+            let response = reqwest::Client::new().post(&url).send().await?;
+            let status = response.status();
+            Ok::<_, reqwest::Error>((status, response.text().await?))
+        })
+    });
+    match answer {
+        Ok(Ok((status, body))) => {
+            println!("{body}");
+            if status.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Ok(Err(error)) => {
+            eprintln!("keel-local run-schedule: no host answered at {url}: {error}");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("keel-local run-schedule: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

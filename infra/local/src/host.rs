@@ -41,6 +41,9 @@ pub const METRICS_PATH: &str = "/metrics";
 /// The links of the template's buckets: `{OBJECTS_PATH}/{bucket logical id}/{key}?expires=..&signature=..`, as
 /// the embedded object store signs them (S3's presigned URLs on AWS).
 pub const OBJECTS_PATH: &str = "/local/objects";
+/// `POST {SCHEDULES_PATH}/{event}` fires the schedule of that event name (`WebhookDeliveries`) now, and answers how
+/// the invocation ended: what `keel-local run-schedule NAME` calls.
+pub const SCHEDULES_PATH: &str = "/local/schedules";
 
 /// The host's metrics sink: installed once per process, shared by every host in it.
 fn prometheus() -> Arc<keel::metrics::Prometheus> {
@@ -210,7 +213,12 @@ struct App {
     probes: Vec<Probe>,
     /// The embedded buckets, whose links the host serves.
     objects: BTreeMap<String, EmbeddedObjects>,
+    /// The schedules, to fire one on request.
+    schedules: Vec<Scheduled>,
 }
+
+/// A schedule: its function, handler, declaration and timeout.
+type Scheduled = (String, Arc<dyn ScheduledFunction>, ScheduleDecl, Duration);
 
 /// A running host. Dropping it stops it without waiting; [`Host::shutdown`] waits for in-flight work.
 pub struct Host {
@@ -300,6 +308,7 @@ impl Host {
             });
             tasks.push(tokio::spawn(poller.inner.run(cancel.clone())));
         }
+        let schedules = functions.schedules.clone();
         for (function, handler, decl, timeout) in functions.schedules {
             served.schedules.push(ScheduleMapping {
                 function: function.clone(),
@@ -329,6 +338,7 @@ impl Host {
             key: key.clone(),
             probes,
             objects: built.embedded_objects,
+            schedules,
         });
         let router = axum::Router::new().fallback(handle).with_state(app);
         let shutdown = cancel.clone();
@@ -519,7 +529,7 @@ struct Functions {
     http: Vec<HttpTarget>,
     streams: Vec<StreamTarget>,
     pollers: Vec<PollerSpec>,
-    schedules: Vec<(String, Arc<dyn ScheduledFunction>, ScheduleDecl, Duration)>,
+    schedules: Vec<Scheduled>,
 }
 
 /// The environment and resources of each function, then the function itself; checks that each is of the shape
@@ -704,6 +714,13 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
         && parts.method == Method::GET
     {
         let response = serve_object(&app, rest, parts.uri.query().unwrap_or_default()).await;
+        log_request(&parts.method, &path, "", "keel-local", response.status(), &request_id, started);
+        return response;
+    }
+    if let Some(event) = path.strip_prefix(SCHEDULES_PATH).and_then(|rest| rest.strip_prefix('/'))
+        && parts.method == Method::POST
+    {
+        let response = fire_now(&app, event).await;
         log_request(&parts.method, &path, "", "keel-local", response.status(), &request_id, started);
         return response;
     }
@@ -1034,12 +1051,19 @@ async fn run_schedule(
         if let (Schedule::Rate(period), Some(at)) = (&decl.schedule, next_rate.as_mut()) {
             *at += *period;
         }
-        fire(&function, &handler, &decl, timeout).await;
+        // The outcome is logged by `fire`.
+        let _ = fire(&function, &handler, &decl, timeout).await;
     }
     tracing::info!(function, event = %decl.event, "schedule stopped");
 }
 
-async fn fire(function: &str, handler: &Arc<dyn ScheduledFunction>, decl: &ScheduleDecl, timeout: Duration) {
+/// Invokes a scheduled function as its schedule would, and logs how it ended.
+async fn fire(
+    function: &str,
+    handler: &Arc<dyn ScheduledFunction>,
+    decl: &ScheduleDecl,
+    timeout: Duration,
+) -> Result<(), String> {
     let now = Utc::now();
     let request_id = ulid::Ulid::new().to_string();
     let payload = decl.input.clone().unwrap_or_else(|| scheduled_event(function, &decl.event, now));
@@ -1061,12 +1085,35 @@ async fn fire(function: &str, handler: &Arc<dyn ScheduledFunction>, decl: &Sched
         }
     };
     let duration_ms = started.elapsed().as_millis() as u64;
-    match outcome {
+    match &outcome {
         Ok(()) => tracing::info!(function, event = %decl.event, request_id, duration_ms, "scheduled invocation"),
         Err(error) => {
             tracing::error!(function, event = %decl.event, request_id, duration_ms, error, "scheduled invocation failed")
         }
     }
+    outcome
+}
+
+/// `POST {SCHEDULES_PATH}/{event}`: fires that schedule now.
+async fn fire_now(app: &App, event: &str) -> Response {
+    let Some((function, handler, decl, timeout)) = app.schedules.iter().find(|(_, _, decl, _)| decl.event == event)
+    else {
+        let known: Vec<&str> = app.schedules.iter().map(|(_, _, decl, _)| decl.event.as_str()).collect();
+        let mut response = message(StatusCode::NOT_FOUND, "no such schedule");
+        *response.body_mut() = Body::from(json!({"message": "no such schedule", "schedules": known}).to_string());
+        return response;
+    };
+    let outcome = fire(function, handler, decl, *timeout).await;
+    let (status, body) = match outcome {
+        Ok(()) => (StatusCode::OK, json!({"schedule": event, "function": function, "ok": true})),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"schedule": event, "function": function, "ok": false, "error": error}),
+        ),
+    };
+    let mut response = message(status, "schedule");
+    *response.body_mut() = Body::from(body.to_string());
+    response
 }
 
 #[cfg(test)]

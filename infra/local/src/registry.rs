@@ -59,6 +59,7 @@ impl Registry {
             .http("gdpr-api", gdpr_api::build)
             .queue("job-worker", job_worker::build)
             .scheduled("job-sweeper", job_sweeper::build)
+            .scheduled("maintenance", maintenance::build)
             .stream("events-stream", events_stream::build)
     }
 

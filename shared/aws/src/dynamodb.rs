@@ -412,9 +412,8 @@ impl Table for DynamoTable {
         let now = self.clock.now();
         let mut items = Vec::with_capacity(output.items.as_ref().map_or(0, Vec::len));
         for map in output.items.unwrap_or_default() {
-            if let Some(item) = self.decode_live(map, now)? {
-                items.push(item);
-            }
+            let item = if query.expired { Some(self.decode(map)?) } else { self.decode_live(map, now)? };
+            items.extend(item);
         }
         let next = match output.last_evaluated_key {
             Some(mut last) => Some(take_string(&mut last, SK).ok_or_else(|| self.no_item_error(SK))?),
@@ -477,6 +476,7 @@ mod tests {
             after: after.map(Into::into),
             limit: 10,
             descending,
+            expired: false,
         }
     }
 

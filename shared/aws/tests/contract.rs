@@ -610,6 +610,11 @@ async fn expired_items_are_invisible_and_absent(f: TableFixture) {
     assert_eq!(t.get(&expiring.key).await.unwrap(), None);
     assert_eq!(sks(&t.query(&Query::partition("E")).await.unwrap()), ["setting"]);
     assert_eq!(sks(&t.query(&range("E", Some("s"), Some("t"), true)).await.unwrap()), ["setting"]);
+    // A cleanup's query sees it still, with its expiry, and removes it.
+    let cleanup = Query { expired: true, ..Query::partition("E") };
+    let page = t.query(&cleanup).await.unwrap();
+    assert_eq!(sks(&page), ["session", "setting"]);
+    assert_eq!(page.items[0].expires_at, expiring.expires_at);
     // A version expectation needs a live item.
     assert_eq!(condition_failed(t.put(expiring.clone(), Expect::Version(1)).await), None);
     assert_eq!(condition_failed(t.delete(&expiring.key, Expect::Version(1)).await), None);
@@ -624,6 +629,13 @@ async fn expired_items_are_invisible_and_absent(f: TableFixture) {
     let replacement = item("E", "session", 1, json!({"who": "second"}));
     t.put(replacement.clone(), Expect::Absent).await.unwrap();
     assert_eq!(t.get(&replacement.key).await.unwrap(), Some(replacement));
+    // An expired item a cleanup deletes is gone from its queries too.
+    let mut old = item("E", "stale", 1, json!({}));
+    old.expires_at = Some(clock.now() - TimeDelta::seconds(1));
+    t.put(old.clone(), Expect::Any).await.unwrap();
+    assert!(sks(&t.query(&cleanup).await.unwrap()).contains(&"stale"));
+    t.transact(vec![Write::Delete { key: old.key.clone(), expect: Expect::Any }]).await.unwrap();
+    assert!(!sks(&t.query(&cleanup).await.unwrap()).contains(&"stale"));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod bus;
+pub mod cleanup;
 pub mod clock;
 pub mod config;
 pub mod datamap;

@@ -92,17 +92,19 @@ pub struct Query {
     /// At most this many items (capped at `MAX_QUERY_LIMIT`).
     pub limit: usize,
     pub descending: bool,
+    /// Items past their expiry too (every other read hides them): what a cleanup reads to remove them.
+    pub expired: bool,
 }
 
 impl Query {
     pub fn partition(pk: impl Into<String>) -> Self {
-        Self { pk: pk.into(), sk_from: None, sk_to: None, after: None, limit: 100, descending: false }
+        Self { pk: pk.into(), sk_from: None, sk_to: None, after: None, limit: 100, descending: false, expired: false }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Page {
-    /// Live items in sort-key order (reversed when descending). May hold fewer than `limit` items even when more
+    /// Live items (and expired ones, when the query asks) in sort-key order (reversed when descending). May hold fewer than `limit` items even when more
     /// exist: keep going while `next` is set.
     pub items: Vec<Item>,
     /// The sort key to pass as `after` for the next page; `None` when the range is exhausted.

@@ -406,7 +406,7 @@ impl Table for EmbeddedTable {
             return Ok(Page::default());
         };
         let redb_name = self.redb_name.clone();
-        let descending = query.descending;
+        let (descending, expired) = (query.descending, query.expired);
         let pk = query.pk.clone();
         let prefix_len = prefix(&pk).len();
         let now = self.clock.now();
@@ -422,7 +422,7 @@ impl Table for EmbeddedTable {
                 for entry in entries.by_ref() {
                     let (key, value) = entry.map_err(|e| unavailable("read", e))?;
                     let stored = Stored::decode(value.value())?;
-                    if !stored.is_live(now) {
+                    if !expired && !stored.is_live(now) {
                         continue;
                     }
                     let sk = key
@@ -776,7 +776,7 @@ mod tests {
                 if descending {
                     expected.reverse();
                 }
-                let mut query = Query { pk: "p".into(), sk_from: from.clone(), sk_to: to.clone(), after: None, limit, descending };
+                let mut query = Query { pk: "p".into(), sk_from: from.clone(), sk_to: to.clone(), after: None, limit, descending, expired: false };
                 let mut seen = Vec::new();
                 for _ in 0..=keys.len() + 1 {
                     let page = table.query(&query).await.unwrap();

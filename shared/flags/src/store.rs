@@ -911,3 +911,59 @@ impl keel::audit::Trail for FlagStore {
         .await
     }
 }
+
+/// Removes overrides past their `expires_at` from every flag, each flag's change through the store (one audited
+/// `expire_overrides` by `keel:cleanup`, a new revision), flags in key order so a run cut short resumes after the
+/// last flag it finished.
+pub struct OverridesCleanup(pub FlagStore);
+
+/// Who the audit trail names for a cleanup's changes.
+pub const CLEANER: &str = "keel:cleanup";
+
+#[async_trait::async_trait]
+impl keel::cleanup::Cleanup for OverridesCleanup {
+    fn name(&self) -> &'static str {
+        "flags.overrides"
+    }
+
+    async fn run(
+        &self,
+        now: DateTime<Utc>,
+        cursor: Option<String>,
+        stop: &(dyn Fn() -> bool + Send + Sync),
+        removed: &mut u64,
+    ) -> Result<Option<String>, PortError> {
+        let expired = |o: &super::model::Override| o.expires_at.is_some_and(|end| end <= now);
+        let port = |error: StoreError| match error {
+            StoreError::Port(error) => error,
+            other => PortError::Unavailable(format!("the flag store: {other}")),
+        };
+        let mut flags = self.0.flags().await.map_err(port)?;
+        flags.sort_by(|a, b| a.key.cmp(&b.key));
+        for flag in flags.iter().filter(|f| cursor.as_ref().is_none_or(|c| f.key > *c)) {
+            if stop() {
+                return Ok(Some(cursor_before(&flags, &flag.key)));
+            }
+            let gone = flag.overrides.iter().filter(|o| expired(o)).count() as u64;
+            if gone == 0 {
+                continue;
+            }
+            let change = |f: &mut Flag| {
+                f.overrides.retain(|o| !expired(o));
+                Ok(())
+            };
+            match self.0.update(&flag.key, None, CLEANER, "expire_overrides", change).await {
+                Ok(_) => *removed += gone,
+                // Archived or deleted since it was read: nothing to do.
+                Err(StoreError::NotFound) => {}
+                Err(error) => return Err(port(error)),
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The key a cut-short run resumes after: the one before `key` (or the start).
+fn cursor_before(flags: &[Flag], key: &str) -> String {
+    flags.iter().map(|f| f.key.as_str()).take_while(|k| *k < key).last().unwrap_or_default().to_string()
+}

@@ -159,6 +159,7 @@ pub fn data_map() -> Vec<Entry> {
         keel_flags::datamap::ENTRIES,
         keel::idempotency::DATA_MAP,
         keel::ratelimit::DATA_MAP,
+        keel::cleanup::DATA_MAP,
     ]
     .concat()
 }

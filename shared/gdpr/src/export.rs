@@ -176,6 +176,9 @@ pub const BUCKET_VAR: &str = "EXPORT_BUCKET";
 /// How long a download link is valid.
 pub const LINK_VALIDITY: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
+/// Where bundles are stored in the bucket: `exports/{ulid}.zip`.
+pub const BUNDLE_PREFIX: &str = "exports/";
+
 /// The organization platform admins' exports of a user are filed under: nobody's, so no member sees them.
 pub const ADMIN_EXPORTS_ORG: &str = "keel:gdpr-exports";
 
@@ -316,7 +319,7 @@ impl Task for ExportTask {
         let finished = tokio::task::spawn_blocking(move || bundle.finish(&subject, &map, at))
             .await
             .map_err(|e| TaskFailure::Retriable(format!("zipping the bundle: {e}")))??;
-        let bundle_key = format!("exports/{}.zip", ulid::Ulid::from_datetime(at.into()));
+        let bundle_key = format!("{BUNDLE_PREFIX}{}.zip", ulid::Ulid::from_datetime(at.into()));
         self.objects.put_file(&bundle_key, &finished.path, "application/zip").await?;
         let output = Output {
             bundle_key,
@@ -328,5 +331,52 @@ impl Task for ExportTask {
         let output = json!(output);
         checkpoints.save(&output).await?;
         Ok(output)
+    }
+}
+
+/// How long a bundle is kept: its link lasts 15 minutes, and a new export makes a new one.
+pub const BUNDLE_RETENTION: chrono::Duration = chrono::Duration::days(7);
+
+/// Deletes bundles older than [`BUNDLE_RETENTION`]. Their keys are ULIDs of their time, so the bucket lists them
+/// oldest first and the first one young enough ends the run.
+pub struct BundlesCleanup(pub Arc<dyn ObjectStore>);
+
+#[async_trait::async_trait]
+impl keel::cleanup::Cleanup for BundlesCleanup {
+    fn name(&self) -> &'static str {
+        "gdpr.export_bundles"
+    }
+
+    async fn run(
+        &self,
+        now: DateTime<Utc>,
+        cursor: Option<String>,
+        stop: &(dyn Fn() -> bool + Send + Sync),
+        removed: &mut u64,
+    ) -> Result<Option<String>, PortError> {
+        let cutoff = keel::clock::first_ulid_at(now - BUNDLE_RETENTION).to_string();
+        let mut after = cursor.filter(|c| !c.is_empty());
+        loop {
+            if stop() {
+                return Ok(Some(after.unwrap_or_default()));
+            }
+            let page = self.0.list(BUNDLE_PREFIX, after.as_deref(), keel::table::MAX_QUERY_LIMIT).await?;
+            for object in &page.objects {
+                let id = object.key.strip_prefix(BUNDLE_PREFIX).and_then(|k| k.strip_suffix(".zip"));
+                match id {
+                    Some(id) if id < cutoff.as_str() => {
+                        self.0.delete(&object.key).await?;
+                        *removed += 1;
+                    }
+                    // Young enough, so is every later one. (A key not of this shape is not a bundle: left.)
+                    Some(_) => return Ok(None),
+                    None => {}
+                }
+                after = Some(object.key.clone());
+            }
+            if page.next.is_none() {
+                return Ok(None);
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Keel's GDPR domain: the directory of organizations and memberships (who administers what, which last-admin
 //! protection is decided on), the data map that assembles every domain's declaration of what it keeps, the export
 //! of a user's data (the bundle and the `gdpr.export` task), and their erasure (the `gdpr.erase` task, its
-//! receipt, and the suppression that keeps them erased). The scheduled cleanups are not built yet.
+//! receipt, and the suppression that keeps them erased); the export bundles' cleanup.
 
 pub mod datamap;
 pub mod directory;
@@ -12,6 +12,9 @@ use keel::config::ConfigError;
 use keel::datamap::Holder;
 use keel::resources::Resources;
 use std::sync::Arc;
+
+/// The scheduled cleanups' names, as their schedules' inputs give them (the maintenance function has one of each).
+pub const CLEANUPS: &[&str] = &["webhooks.deliveries", "flags.overrides", "gdpr.export_bundles"];
 
 /// The jobs store, from the resources the template wires.
 pub fn jobs(resources: &dyn Resources) -> Result<keel_jobs::Jobs, ConfigError> {

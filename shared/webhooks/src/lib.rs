@@ -281,6 +281,89 @@ impl keel::datamap::Holder for WebhooksHolder {
     }
 }
 
+/// Deletes delivery records past [`DELIVERY_RETENTION`] with their idempotency records (written with them, kept
+/// as long: a provider's retry a week later is a new delivery), provider by provider, oldest first (delivery ids
+/// are ULIDs of their arrival). The cursor is `{provider}/{delivery id}`.
+pub struct DeliveriesCleanup {
+    pub table: std::sync::Arc<dyn keel::table::Table>,
+    /// The providers to clean, as `WEBHOOK_PROVIDERS` names them.
+    pub providers: Vec<String>,
+}
+
+/// The providers whose delivery logs the maintenance function cleans (comma-separated names).
+pub const PROVIDERS_VAR: &str = "WEBHOOK_PROVIDERS";
+
+impl DeliveriesCleanup {
+    pub fn from_env(
+        env: &keel::config::Env,
+        table: std::sync::Arc<dyn keel::table::Table>,
+    ) -> Result<Self, keel::config::ConfigError> {
+        let mut providers = Vec::new();
+        for name in env.get(PROVIDERS_VAR).unwrap_or_default().split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !valid_provider(name) {
+                return Err(keel::config::ConfigError::Malformed {
+                    name: PROVIDERS_VAR.into(),
+                    reason: format!("`{name}` is not a provider name ([a-z0-9_-], at most 64)"),
+                });
+            }
+            providers.push(name.to_string());
+        }
+        providers.sort();
+        Ok(Self { table, providers })
+    }
+}
+
+#[async_trait::async_trait]
+impl keel::cleanup::Cleanup for DeliveriesCleanup {
+    fn name(&self) -> &'static str {
+        "webhooks.deliveries"
+    }
+
+    async fn run(
+        &self,
+        now: DateTime<Utc>,
+        cursor: Option<String>,
+        stop: &(dyn Fn() -> bool + Send + Sync),
+        removed: &mut u64,
+    ) -> Result<Option<String>, PortError> {
+        use keel::table::{Expect, Query, Write};
+        let (from_provider, after) = match cursor.as_deref().and_then(|c| c.split_once('/')) {
+            Some((provider, after)) => (provider.to_string(), Some(after.to_string()).filter(|a| !a.is_empty())),
+            None => (String::new(), None),
+        };
+        let last = keel::clock::last_ulid_at(now - DELIVERY_RETENTION).to_string();
+        for provider in self.providers.iter().filter(|p| **p >= from_provider) {
+            let mut query = Query::partition(log_partition(provider));
+            query.sk_to = Some(last.clone());
+            query.after = if *provider == from_provider { after.clone() } else { None };
+            query.limit = keel::table::MAX_QUERY_LIMIT;
+            // Past their retention, they are expired: only a cleanup's query sees them.
+            query.expired = true;
+            loop {
+                let page = self.table.query(&query).await?;
+                for item in &page.items {
+                    // Checked before each delivery: each is a transaction of its own.
+                    if stop() {
+                        return Ok(Some(format!("{provider}/{}", query.after.clone().unwrap_or_default())));
+                    }
+                    let mut writes = vec![Write::Delete { key: item.key.clone(), expect: Expect::Any }];
+                    if let Some(delivery) = Delivery::from_item(item) {
+                        let key = idempotency_key(provider, &delivery.event_id);
+                        writes.push(Write::Delete { key, expect: Expect::Any });
+                    }
+                    self.table.transact(writes).await?;
+                    *removed += 1;
+                    query.after = Some(item.key.sk.clone());
+                }
+                if page.next.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! The `keel-local` binary: `token` prints a token the data directory's key verifies; `serve` listens, answers
-//! readiness, and stops cleanly on SIGTERM.
+//! readiness, and stops cleanly on SIGTERM; `run-schedule` fires a schedule of the running host now.
 
 use keel_local::DevKey;
 use std::io::{BufRead, BufReader};
@@ -94,6 +94,32 @@ async fn serve_listens_on_localhost_is_ready_and_stops_on_sigterm() {
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
     let ready = reqwest::get(format!("http://{addr}/health/ready")).await.unwrap();
     assert_eq!(ready.status(), 200);
+
+    // A schedule fired now, by its event's name: the cleanup runs and its run is listed.
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let run = |name: &str| Command::new(BIN).args(["run-schedule", name, "--port", &port]).output().unwrap();
+    let fired = run("FlagOverrides");
+    let answer = String::from_utf8_lossy(&fired.stdout).to_string();
+    assert!(fired.status.success(), "{answer} {}", String::from_utf8_lossy(&fired.stderr));
+    assert!(answer.contains(r#""ok":true"#) && answer.contains("maintenance"), "{answer}");
+    let unknown = run("NoSuchSchedule");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stdout).contains("WebhookDeliveries"), "lists the schedules there are");
+    let token = DevKey::load_or_create(&dir.path().join("data"))
+        .unwrap()
+        .issue("ops", "op", &["platform-admin"], chrono::Duration::minutes(5))
+        .unwrap();
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{addr}/v1/admin/cleanups"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let overrides = listed["cleanups"].as_array().unwrap().iter().find(|c| c["name"] == "flags.overrides").unwrap();
+    assert_eq!(overrides["runs"][0]["complete"], true, "{listed}");
 
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());

@@ -1,0 +1,264 @@
+//! The scheduled cleanups on the embedded backend: each removes exactly what has expired (and what it goes with),
+//! a second run finds nothing, a run cut short resumes where it stopped without removing anything twice, a failing
+//! backend is recorded and the next run finishes, and a schedule naming no cleanup fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use chrono::{DateTime, Duration, Utc};
+use keel::cleanup::{Cleanup, Runs};
+use keel::clock::{Clock, ManualClock};
+use keel::config::Env;
+use keel::object::ObjectStore;
+use keel::resources::StaticResources;
+use keel::table::{Expect, Item, Query, Table, Write};
+use keel::testing::SwitchableTable;
+use keel_embedded::EmbeddedDb;
+use keel_webhooks::{Delivery, Status};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct World {
+    _dir: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    webhooks: Arc<SwitchableTable>,
+    directory: Arc<dyn Table>,
+    flags: keel_flags::store::FlagStore,
+    objects: Arc<dyn ObjectStore>,
+    maintenance: maintenance::Maintenance,
+    env: Env,
+    resources: StaticResources,
+}
+
+fn now() -> DateTime<Utc> {
+    "2026-12-03T12:00:00Z".parse().unwrap()
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let db = EmbeddedDb::open(dir.path()).unwrap();
+    let clock = Arc::new(ManualClock::new(now()));
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    let webhooks = Arc::new(SwitchableTable::new(Arc::new(db.table("WebhooksTable", dyn_clock.clone()))));
+    let directory: Arc<dyn Table> = Arc::new(db.table("DirectoryTable", dyn_clock.clone()));
+    let flags_table: Arc<dyn Table> = Arc::new(db.table("FlagsTable", dyn_clock.clone()));
+    let objects: Arc<dyn ObjectStore> =
+        Arc::new(db.objects("ExportBucket", "http://127.0.0.1:9", dyn_clock.clone()).unwrap());
+    let resources = StaticResources::new(dyn_clock.clone())
+        .with_table("WEBHOOKS_TABLE", webhooks.clone())
+        .with_table("DIRECTORY_TABLE", directory.clone())
+        .with_table("FLAGS_TABLE", flags_table.clone())
+        .with_objects("EXPORT_BUCKET", objects.clone());
+    let env = Env::from_pairs([("WEBHOOK_PROVIDERS", "acme, beta")]);
+    let maintenance = maintenance::build(&env, &resources).unwrap();
+    World {
+        _dir: dir,
+        flags: keel_flags::store::FlagStore::new(flags_table, dyn_clock),
+        clock,
+        webhooks,
+        directory,
+        objects,
+        maintenance,
+        env,
+        resources,
+    }
+}
+
+impl World {
+    /// A delivery received at `at`, with its idempotency record, as ingest writes them.
+    async fn delivery(&self, provider: &str, at: DateTime<Utc>, n: usize) -> Delivery {
+        let delivery = Delivery {
+            provider: provider.into(),
+            delivery_id: keel::clock::ulid_at(at).to_string(),
+            event_id: format!("evt_{n}"),
+            event_type: "invoice.paid".into(),
+            status: Status::Completed,
+            attempts: 1,
+            last_error: None,
+            received_at: at,
+            updated_at: at,
+            started_at: None,
+            completed_at: None,
+            duration_ms: None,
+            lease_until: None,
+            replays: 0,
+            body_base64: keel_webhooks::encode_body(b"{}"),
+            content_type: None,
+            trace_header: None,
+        };
+        let mut idempotency =
+            Item::new(keel_webhooks::idempotency_key(provider, &delivery.event_id), Default::default());
+        idempotency.expires_at = Some(at + keel_webhooks::IDEMPOTENCY_WINDOW);
+        let writes = vec![
+            Write::Put { item: delivery.to_item(1), expect: Expect::Absent },
+            Write::Put { item: idempotency, expect: Expect::Absent },
+        ];
+        self.webhooks.transact(writes).await.unwrap();
+        delivery
+    }
+
+    /// Every delivery record of `provider`, expired ones included.
+    async fn log(&self, provider: &str) -> Vec<String> {
+        let mut query =
+            Query { expired: true, limit: 1000, ..Query::partition(keel_webhooks::log_partition(provider)) };
+        let mut all = Vec::new();
+        loop {
+            let page = self.webhooks.query(&query).await.unwrap();
+            all.extend(page.items.into_iter().map(|i| i.key.sk));
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => return all,
+            }
+        }
+    }
+
+    async fn idempotency_left(&self, provider: &str, event: &str) -> bool {
+        let key = keel_webhooks::idempotency_key(provider, event);
+        let query = Query { expired: true, ..Query::partition(key.pk) };
+        !self.webhooks.query(&query).await.unwrap().items.is_empty()
+    }
+
+    async fn run(&self, cleanup: &str) -> keel::cleanup::CleanupRun {
+        self.maintenance.run(&json!({ "cleanup": cleanup }), now() + Duration::minutes(5)).await.unwrap()
+    }
+
+    async fn bundle(&self, at: DateTime<Utc>) -> String {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), b"zip").unwrap();
+        let key = format!("exports/{}.zip", keel::clock::ulid_at(at));
+        self.objects.put_file(&key, file.path(), "application/zip").await.unwrap();
+        key
+    }
+}
+
+#[tokio::test]
+async fn each_cleanup_removes_exactly_what_has_expired_and_a_second_run_finds_nothing() {
+    let w = world();
+    let (old, fresh) = (now() - Duration::days(8), now() - Duration::days(6));
+    for n in 0..150 {
+        w.delivery("acme", old + Duration::seconds(n), n as usize).await;
+    }
+    let kept = w.delivery("acme", fresh, 1000).await;
+    w.delivery("beta", old, 2000).await;
+    let unlisted = w.delivery("gamma", old, 3000).await;
+
+    let run = w.run("webhooks.deliveries").await;
+    assert_eq!((run.removed, run.complete, run.error.as_deref()), (151, true, None));
+    assert_eq!(w.log("acme").await, [kept.delivery_id]);
+    assert!(w.log("beta").await.is_empty());
+    assert!(!w.idempotency_left("acme", "evt_3").await, "gone with its delivery");
+    assert!(w.idempotency_left("acme", "evt_1000").await, "the fresh one's stays");
+    assert_eq!(w.log("gamma").await, [unlisted.delivery_id], "a provider not listed is not cleaned");
+    assert_eq!(w.run("webhooks.deliveries").await.removed, 0, "idempotent");
+
+    // Overrides past their end go, through the flag store and its audit trail.
+    let flag = serde_json::from_value(json!({"key": "f", "overrides": [
+        {"org_id": "o1", "action": {"type": "forced_on"}, "reason": "trial", "expires_at": now() - Duration::hours(1)},
+        {"org_id": "o2", "action": {"type": "forced_off"}, "reason": "incident", "expires_at": now() + Duration::days(1)},
+        {"org_id": "o3", "action": {"type": "forced_on"}, "reason": "forever"},
+    ]}))
+    .unwrap();
+    w.flags.create(flag, "admin").await.unwrap();
+    w.flags.create(serde_json::from_value(json!({"key": "g"})).unwrap(), "admin").await.unwrap();
+    let run = w.run("flags.overrides").await;
+    assert_eq!((run.removed, run.complete), (1, true));
+    let left: Vec<String> = w.flags.get("f").await.unwrap().unwrap().overrides.into_iter().map(|o| o.org_id).collect();
+    assert_eq!(left, ["o2", "o3"]);
+    let (trail, _) = w.flags.audit(Some("flag:f"), None, 10).await.unwrap();
+    assert_eq!((trail[0].actor.as_str(), trail[0].action.as_str()), (keel_flags::store::CLEANER, "expire_overrides"));
+    assert_eq!(w.flags.get("g").await.unwrap().unwrap().version, 1, "a flag without expired overrides is untouched");
+    assert_eq!(w.run("flags.overrides").await.removed, 0);
+
+    // Bundles older than seven days go; a younger one and anything else in the bucket stay.
+    let gone = w.bundle(now() - Duration::days(7) - Duration::minutes(1)).await;
+    let young = w.bundle(now() - Duration::days(6)).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    w.objects.put_file("other/thing.txt", file.path(), "text/plain").await.unwrap();
+    let run = w.run("gdpr.export_bundles").await;
+    assert_eq!((run.removed, run.complete), (1, true));
+    assert!(w.objects.head(&gone).await.unwrap().is_none());
+    assert!(w.objects.head(&young).await.unwrap().is_some());
+    assert!(w.objects.head("other/thing.txt").await.unwrap().is_some());
+    assert_eq!(w.run("gdpr.export_bundles").await.removed, 0);
+
+    // Every run is recorded, newest first, under one data-map entry with the cursor.
+    let runs = Runs(w.directory.clone());
+    let recorded = runs.latest("webhooks.deliveries", 10).await.unwrap();
+    assert_eq!(recorded.iter().map(|r| r.removed).collect::<Vec<_>>(), [0, 151]);
+    let map = keel_gdpr::datamap::data_map();
+    for sk in [recorded[0].id.as_str(), "CURSOR"] {
+        let key = keel::table::Key::new("CLEANUP#webhooks.deliveries", sk);
+        assert!(w.directory.get(&key).await.unwrap().is_some(), "{key:?}");
+        assert_eq!(keel::datamap::classify(&map, keel::cleanup::TABLE_VAR, &key).len(), 1, "{key:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_run_cut_short_resumes_where_it_stopped_and_removes_nothing_twice() {
+    let w = world();
+    let old = now() - Duration::days(8);
+    for n in 0..250 {
+        w.delivery(if n % 5 == 0 { "beta" } else { "acme" }, old + Duration::seconds(n), n as usize).await;
+    }
+    let cleanups = maintenance::cleanups(&w.env, &w.resources).unwrap();
+    let deliveries: &dyn Cleanup = cleanups.iter().find(|c| c.name() == "webhooks.deliveries").unwrap().as_ref();
+    let runs = Runs(w.directory.clone());
+    // Asked to stop at the 101st check (one a delivery): 100 done.
+    let checks = AtomicUsize::new(0);
+    let stop = || checks.fetch_add(1, Ordering::SeqCst) >= 100;
+    let first = runs.run(deliveries, now(), &stop, w.clock.as_ref()).await.unwrap();
+    assert_eq!((first.removed, first.complete), (100, false));
+    assert!(runs.cursor("webhooks.deliveries").await.unwrap().unwrap().starts_with("acme/"));
+    let rest = runs.run(deliveries, now(), &|| false, w.clock.as_ref()).await.unwrap();
+    assert_eq!((rest.removed, rest.complete), (150, true), "the other 100 of acme and beta's 50, once each");
+    assert!(w.log("acme").await.is_empty() && w.log("beta").await.is_empty());
+    assert_eq!(runs.cursor("webhooks.deliveries").await.unwrap(), None);
+
+    // The deadline does the same through the function: with no time left, it stops before the first page.
+    w.delivery("acme", old, 9999).await;
+    let run = w.maintenance.run(&json!({"cleanup": "webhooks.deliveries"}), now()).await.unwrap();
+    assert_eq!((run.removed, run.complete), (0, false));
+    assert_eq!(w.run("webhooks.deliveries").await.removed, 1);
+}
+
+#[tokio::test]
+async fn a_failing_backend_is_recorded_and_the_next_run_finishes() {
+    use keel::function::ScheduledFunction;
+    let w = world();
+    for n in 0..3 {
+        w.delivery("acme", now() - Duration::days(9), n).await;
+    }
+    w.webhooks.set_down(true);
+    let event = json!({"cleanup": "webhooks.deliveries"});
+    let invocation = keel::function::Invocation {
+        request_id: "r1".into(),
+        deadline: now() + Duration::minutes(5),
+        trace_header: None,
+        stop: Default::default(),
+    };
+    let failed = w.maintenance.call(event.clone(), invocation.clone()).await.unwrap_err();
+    assert!(failed.contains("webhooks.deliveries"), "{failed}");
+    let runs = Runs(w.directory.clone());
+    let recorded = &runs.latest("webhooks.deliveries", 1).await.unwrap()[0];
+    assert!(!recorded.complete && recorded.error.is_some(), "{recorded:?}");
+    w.webhooks.set_down(false);
+    w.maintenance.call(event, invocation).await.unwrap();
+    assert!(w.log("acme").await.is_empty());
+    assert_eq!(runs.latest("webhooks.deliveries", 1).await.unwrap()[0].removed, 3);
+}
+
+#[tokio::test]
+async fn a_schedule_must_name_a_cleanup_and_every_cleanup_is_listed() {
+    let w = world();
+    for input in [json!({}), json!({"cleanup": 3}), json!("webhooks.deliveries")] {
+        assert!(matches!(w.maintenance.run(&input, now()).await, Err(maintenance::MaintenanceError::NoCleanup(_))));
+    }
+    assert!(matches!(
+        w.maintenance.run(&json!({"cleanup": "nope"}), now()).await,
+        Err(maintenance::MaintenanceError::Unknown(_))
+    ));
+    let names: Vec<&str> = maintenance::cleanups(&w.env, &w.resources).unwrap().iter().map(|c| c.name()).collect();
+    assert_eq!(names, keel_gdpr::CLEANUPS, "what GET /v1/admin/cleanups lists");
+    let bad = Env::from_pairs([("WEBHOOK_PROVIDERS", "Acme!")]);
+    assert!(maintenance::build(&bad, &w.resources).is_err());
+}
