@@ -89,7 +89,9 @@ impl Task for WebhookReplay {
                 let now = self.clock.now();
                 match webhooks::replay(self.table.as_ref(), self.queue.as_ref(), now, delivery, item.version).await? {
                     webhooks::Replay::Queued => progress.replayed += 1,
-                    webhooks::Replay::Busy | webhooks::Replay::Changed => progress.skipped += 1,
+                    webhooks::Replay::Busy | webhooks::Replay::Changed | webhooks::Replay::PayloadRemoved => {
+                        progress.skipped += 1
+                    }
                 }
             }
             let saved = serde_json::to_value(&progress).unwrap_or_default();

@@ -383,6 +383,7 @@ async fn seed_deliveries(
             body_base64: keel_webhooks::encode_body(b"{}"),
             content_type: Some("application/json".into()),
             trace_header: None,
+            payload_removed_at: None,
         };
         table.put(delivery.to_item(1), keel::table::Expect::Absent).await.unwrap();
         ids.push(id);

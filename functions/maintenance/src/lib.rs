@@ -38,8 +38,10 @@ pub enum MaintenanceError {
 /// Every cleanup, by name.
 pub fn cleanups(env: &Env, resources: &dyn Resources) -> Result<Vec<Box<dyn Cleanup>>, ConfigError> {
     let flags = keel_flags::store::FlagStore::new(resources.table(keel_flags::datamap::TABLE_VAR)?, resources.clock());
+    let deliveries = || keel_webhooks::DeliveriesCleanup::from_env(env, resources.table(keel_webhooks::TABLE_VAR)?);
     Ok(vec![
-        Box::new(keel_webhooks::DeliveriesCleanup::from_env(env, resources.table(keel_webhooks::TABLE_VAR)?)?),
+        Box::new(keel_webhooks::PayloadsCleanup(deliveries()?)),
+        Box::new(deliveries()?),
         Box::new(keel_flags::store::OverridesCleanup(flags)),
         Box::new(keel_gdpr::export::BundlesCleanup(resources.objects(keel_gdpr::export::BUCKET_VAR)?)),
     ])

@@ -85,6 +85,7 @@ impl World {
             body_base64: keel_webhooks::encode_body(b"{}"),
             content_type: None,
             trace_header: None,
+            payload_removed_at: None,
         };
         let mut idempotency =
             Item::new(keel_webhooks::idempotency_key(provider, &delivery.event_id), Default::default());
@@ -261,4 +262,90 @@ async fn a_schedule_must_name_a_cleanup_and_every_cleanup_is_listed() {
     assert_eq!(names, keel_gdpr::CLEANUPS, "what GET /v1/admin/cleanups lists");
     let bad = Env::from_pairs([("WEBHOOK_PROVIDERS", "Acme!")]);
     assert!(maintenance::build(&bad, &w.resources).is_err());
+}
+
+#[tokio::test]
+async fn payloads_go_after_a_day_and_the_records_stay_until_their_week_is_over() {
+    let w = world();
+    let day_old = w.delivery("acme", now() - Duration::hours(25), 1).await;
+    let busy_at = now() - Duration::hours(26);
+    let mut busy = w.delivery("beta", busy_at, 2).await;
+    let fresh = w.delivery("acme", now() - Duration::hours(23), 3).await;
+    // A worker holds beta's delivery right now: its pass stops there, for the next run.
+    busy.status = Status::Processing;
+    busy.lease_until = Some(now() + Duration::minutes(1));
+    w.webhooks.put(busy.to_item(2), Expect::Version(1)).await.unwrap();
+
+    let run = w.run("webhooks.payloads").await;
+    assert_eq!((run.removed, run.complete), (1, false), "{run:?}");
+    let read = |d: &Delivery| {
+        let key = d.key();
+        let table = w.webhooks.clone();
+        async move { Delivery::from_item(&table.get(&key).await.unwrap().unwrap()).unwrap() }
+    };
+    let stripped = read(&day_old).await;
+    assert_eq!((stripped.body_base64.as_str(), stripped.payload_removed_at), ("", Some(now())));
+    assert_eq!(stripped.status, day_old.status, "the record stays as it was");
+    assert!(!read(&fresh).await.body_base64.is_empty(), "under a day old");
+    assert!(!read(&busy).await.body_base64.is_empty(), "held by a worker");
+
+    // The worker let go: the next run takes it, and reads nothing before its watermarks again.
+    busy.status = Status::Failed;
+    busy.lease_until = None;
+    w.webhooks.put(busy.to_item(3), Expect::Version(2)).await.unwrap();
+    let run = w.run("webhooks.payloads").await;
+    assert_eq!((run.removed, run.complete), (1, true));
+    assert!(read(&busy).await.payload_removed_at.is_some());
+    let cursor = Runs(w.directory.clone()).cursor("webhooks.payloads").await.unwrap().unwrap();
+    let marks: serde_json::Value = serde_json::from_str(&cursor).unwrap();
+    assert_eq!(
+        (marks["acme"].as_str(), marks["beta"].as_str()),
+        (Some(day_old.delivery_id.as_str()), Some(busy.delivery_id.as_str()))
+    );
+    assert_eq!(w.run("webhooks.payloads").await.removed, 0);
+    // A day later the fresh one's goes too; its week later, the records.
+    w.clock.advance(Duration::days(1));
+    let later = now() + Duration::days(1);
+    assert_eq!(
+        w.maintenance
+            .run(&json!({"cleanup": "webhooks.payloads"}), later + Duration::minutes(5))
+            .await
+            .unwrap()
+            .removed,
+        1
+    );
+    let replay = keel_webhooks::replay(w.webhooks.as_ref(), &NoQueue, later, read(&fresh).await, 2).await.unwrap();
+    assert_eq!(replay, keel_webhooks::Replay::PayloadRemoved, "nothing to replay");
+}
+
+/// A queue that must not be used.
+struct NoQueue;
+
+#[async_trait::async_trait]
+impl keel::queue::Queue for NoQueue {
+    fn name(&self) -> &str {
+        "none"
+    }
+    async fn send(&self, _: &str, _: &keel::queue::MessageAttrs) -> Result<String, keel::port::PortError> {
+        panic!("nothing is sent")
+    }
+    async fn receive(
+        &self,
+        _: usize,
+        _: std::time::Duration,
+    ) -> Result<Vec<keel::queue::Received>, keel::port::PortError> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _: &str) -> Result<(), keel::port::PortError> {
+        Ok(())
+    }
+    async fn change_visibility(&self, _: &str, _: std::time::Duration) -> Result<(), keel::port::PortError> {
+        Ok(())
+    }
+    async fn depth(&self) -> Result<u64, keel::port::PortError> {
+        Ok(0)
+    }
+    async fn ping(&self) -> Result<(), keel::port::PortError> {
+        Ok(())
+    }
 }

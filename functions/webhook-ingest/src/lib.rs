@@ -198,6 +198,7 @@ impl Ingest {
             body_base64: webhooks::encode_body(body),
             content_type: http::header(request, "content-type").map(|s| s.chars().take(256).collect()),
             trace_header: invocation.trace_header.clone(),
+            payload_removed_at: None,
         };
         self.accept(delivery, now).await
     }

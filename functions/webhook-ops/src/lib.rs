@@ -90,7 +90,11 @@ const DELIVERY: Param = Param::path("deliveryId", "The delivery's id (a ULID).")
 const NO_PROVIDER: Reply = Reply::problem(404, "The provider name is not a valid one.");
 const NO_DELIVERY: Reply = Reply::problem(404, "No delivery of this provider has this id.");
 const BAD_FILTER: Reply = Reply::problem(422, "A filter or the cursor is invalid (`pointer` names it).");
-const BUSY: Reply = Reply::problem(409, "A worker is processing the delivery, or it changed meanwhile; retry later.");
+const BUSY: Reply = Reply::problem(
+    409,
+    "A worker is processing the delivery, or it changed meanwhile (retry later); or, `payload_removed`, its payload \
+     was removed after 24 hours.",
+);
 
 const LIST: Doc = Doc {
     summary: "List deliveries",
@@ -169,6 +173,9 @@ struct DeliverySummary<'d> {
     content_type: Option<&'d str>,
     trace_header: Option<&'d str>,
     body_size: usize,
+    /// When the payload was removed, 24 hours after it arrived (the record stays 7 days).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_removed_at: Option<DateTime<Utc>>,
 }
 
 impl<'d> DeliverySummary<'d> {
@@ -191,6 +198,7 @@ impl<'d> DeliverySummary<'d> {
             content_type: delivery.content_type.as_deref(),
             trace_header: delivery.trace_header.as_deref(),
             body_size: delivery.body().len(),
+            payload_removed_at: delivery.payload_removed_at,
         }
     }
 }
@@ -395,6 +403,11 @@ impl Ops {
             Ok(webhooks::Replay::Changed) => {
                 Err(Problem::new(409, "delivery_changed", "the delivery changed while replaying; retry"))
             }
+            Ok(webhooks::Replay::PayloadRemoved) => Err(Problem::new(
+                409,
+                "payload_removed",
+                "the delivery's payload was removed after its 24-hour retention; there is nothing to replay",
+            )),
             Err(error) => Err(unavailable(&error)),
         }
     }

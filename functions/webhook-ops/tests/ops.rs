@@ -208,6 +208,39 @@ async fn replaying_a_completed_delivery_forwards_it_again() {
 }
 
 #[tokio::test]
+async fn a_delivery_whose_payload_was_removed_cannot_be_replayed() {
+    let world = World::new();
+    let id = ingest(&world, "evt_old", "{}").await;
+    run_worker(&world).await;
+    let key = keel_webhooks::delivery_key("acme", &id);
+    let item = world.table.get(&key).await.unwrap().unwrap();
+    let mut stripped = keel_webhooks::Delivery::from_item(&item).unwrap();
+    stripped.body_base64 = String::new();
+    stripped.payload_removed_at = Some(world.clock.now());
+    world.table.put(stripped.to_item(item.version + 1), keel::table::Expect::Version(item.version)).await.unwrap();
+    let (status, body) = Call::new(
+        Method::POST,
+        "POST /v1/webhooks/{provider}/deliveries/{deliveryId}/replay",
+        &format!("/v1/webhooks/acme/deliveries/{id}/replay"),
+    )
+    .param("deliveryId", &id)
+    .send(&world)
+    .await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("payload_removed")), "{body}");
+    let (status, shown) = Call::new(
+        Method::GET,
+        "GET /v1/webhooks/{provider}/deliveries/{deliveryId}",
+        &format!("/v1/webhooks/acme/deliveries/{id}"),
+    )
+    .param("deliveryId", &id)
+    .send(&world)
+    .await;
+    assert_eq!(status, 200);
+    assert!(shown["payload_removed_at"].is_string(), "{shown}");
+    assert_eq!(world.bus.recorded().unwrap().len(), 1, "not forwarded again");
+}
+
+#[tokio::test]
 async fn a_replay_repeated_under_its_idempotency_key_forwards_once() {
     let world = World::new();
     let id = ingest(&world, "evt_once", "{}").await;

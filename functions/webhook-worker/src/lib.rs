@@ -130,6 +130,10 @@ impl Worker {
             return self.dead_letter_poison(body, "delivery record unreadable").await;
         };
         let now = self.clock.now();
+        if delivery.payload_removed_at.is_some() && delivery.status != Status::Completed {
+            // Past its payload's retention there is nothing to forward (a redrive of an old dead letter).
+            return self.gone(delivery, item.version, now).await;
+        }
         match delivery.status {
             Status::Completed => return Ok(()),
             Status::Processing if delivery.lease_until.is_some_and(|until| until > now) => {
@@ -221,6 +225,22 @@ impl Worker {
             delivery.completed_at = Some(now);
         }
         self.table.put(delivery.to_item(claimed + 1), Expect::Version(claimed)).await
+    }
+
+    /// Records a delivery whose payload was removed as dead-lettered for good, and acknowledges its message.
+    async fn gone(&self, mut delivery: Delivery, version: u64, now: DateTime<Utc>) -> Result<(), Retry> {
+        if delivery.status != Status::DeadLetter {
+            delivery.status = Status::DeadLetter;
+            delivery.last_error = Some("its payload was removed after the 24-hour retention: not forwarded".into());
+            delivery.updated_at = now;
+            match self.table.put(delivery.to_item(version + 1), Expect::Version(version)).await {
+                Ok(()) => {}
+                Err(PortError::ConditionFailed { .. }) => return Err(Retry::Leased(None)),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        tracing::warn!(delivery_id = %delivery.delivery_id, "a delivery past its payload's retention was not forwarded");
+        Ok(())
     }
 
     /// A message that can never succeed goes straight to the dead-letter queue instead of burning retries.

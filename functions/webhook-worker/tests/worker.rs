@@ -228,3 +228,25 @@ async fn forwards_and_failures_are_counted_per_provider_with_the_age_at_forwardi
         assert!(text.lines().any(|l| l == line), "missing `{line}` in:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn a_delivery_whose_payload_was_removed_is_not_forwarded_and_is_dead_lettered_for_good() {
+    let world = World::new();
+    let id = ingest_one(&world, "evt_gone", br#"{"a":1}"#).await;
+    let messages = drain(world.queue.as_ref()).await;
+    // Its payload removed by the cleanup while it waited (a redrive of a day-old dead letter).
+    let key = webhooks::delivery_key("acme", &id);
+    let item = world.table.get(&key).await.unwrap().unwrap();
+    let mut stripped = Delivery::from_item(&item).unwrap();
+    stripped.body_base64 = String::new();
+    stripped.payload_removed_at = Some(world.clock.now());
+    world.table.put(stripped.to_item(item.version + 1), keel::table::Expect::Version(item.version)).await.unwrap();
+
+    let response = worker(&world).call(sqs_event(&messages), invocation(world.clock.as_ref())).await;
+    assert!(response.batch_item_failures.is_empty(), "acknowledged: retrying cannot bring it back");
+    assert!(world.bus.recorded().unwrap().is_empty(), "nothing forwarded");
+    let recorded = delivery(&world, &id).await;
+    assert_eq!(recorded.status, Status::DeadLetter);
+    assert!(recorded.last_error.unwrap().contains("payload was removed"));
+    assert_eq!(recorded.attempts, 0, "no attempt was made");
+}

@@ -636,6 +636,27 @@ async fn expired_items_are_invisible_and_absent(f: TableFixture) {
     assert!(sks(&t.query(&cleanup).await.unwrap()).contains(&"stale"));
     t.transact(vec![Write::Delete { key: old.key.clone(), expect: Expect::Any }]).await.unwrap();
     assert!(!sks(&t.query(&cleanup).await.unwrap()).contains(&"stale"));
+    // Page by page, expired items only: each page but the last has a cursor.
+    for i in 0..5 {
+        let mut gone = item("X", &format!("old#{i}"), 1, json!({}));
+        gone.expires_at = Some(clock.now() - TimeDelta::seconds(1));
+        t.put(gone, Expect::Any).await.unwrap();
+    }
+    let mut pages = 0;
+    let mut query = Query { expired: true, limit: 2, ..Query::partition("X") };
+    let mut seen = Vec::new();
+    loop {
+        let page = t.query(&query).await.unwrap();
+        pages += 1;
+        seen.extend(sks(&page).into_iter().map(str::to_string));
+        match page.next {
+            Some(next) => query.after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["old#0", "old#1", "old#2", "old#3", "old#4"]);
+    assert!(pages >= 3, "{pages} pages");
+    assert!(t.query(&Query::partition("X")).await.unwrap().items.is_empty(), "none live");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -36,22 +36,43 @@ pub const DATA_MAP: &[crate::datamap::Entry] = &[crate::datamap::Entry {
 pub const RUN_RETENTION: Duration = Duration::days(30);
 const CURSOR_SK: &str = "CURSOR";
 
+/// Where a pass of a cleanup got to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Where the next run starts (`None`: from the beginning).
+    pub cursor: Option<String>,
+    /// Whether nothing that had expired is left; a cleanup may still keep a cursor (a watermark below which all
+    /// is done).
+    pub complete: bool,
+}
+
+impl Swept {
+    /// Nothing left, and the next run starts from the beginning.
+    pub fn done() -> Self {
+        Self { cursor: None, complete: true }
+    }
+
+    /// Stopped early (asked to, or by a busy item): the next run resumes at `cursor`.
+    pub fn stopped(cursor: String) -> Self {
+        Self { cursor: Some(cursor), complete: false }
+    }
+}
+
 /// One kind of cleanup.
 #[async_trait::async_trait]
 pub trait Cleanup: Send + Sync {
     /// The schedule's name for it (`webhooks.deliveries`), unique.
     fn name(&self) -> &'static str;
-    /// Removes what has expired at `now`, from `cursor` (where the last run stopped, if it stopped early), until
-    /// nothing is left or `stop()` answers true (checked between pages or items): the cursor to resume from, `None`
-    /// when nothing that has expired is left. `removed` counts what this pass removed even when it fails midway, so
-    /// a failed run still reports it.
+    /// Removes what has expired at `now`, from `cursor` (where the last run left off), until nothing is left or
+    /// `stop()` answers true (checked between items). `removed` counts what this pass removed even when it fails
+    /// midway, so a failed run still reports it.
     async fn run(
         &self,
         now: DateTime<Utc>,
         cursor: Option<String>,
         stop: &(dyn Fn() -> bool + Send + Sync),
         removed: &mut u64,
-    ) -> Result<Option<String>, PortError>;
+    ) -> Result<Swept, PortError>;
 }
 
 /// A cleanup's run, as recorded.
@@ -118,7 +139,7 @@ impl Runs {
         let outcome = cleanup.run(now, cursor.clone(), stop, &mut removed).await;
         let finished_at = clock.now();
         let (complete, error, next) = match &outcome {
-            Ok(next) => (next.is_none(), None, next.clone()),
+            Ok(swept) => (swept.complete, None, swept.cursor.clone()),
             // The next run starts where this one did: a cleanup is idempotent, so what it removed stays removed.
             Err(error) => (false, Some(error.to_string()), cursor),
         };

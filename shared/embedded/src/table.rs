@@ -436,11 +436,11 @@ impl Table for EmbeddedTable {
                         break;
                     }
                 }
-                // A cursor only when a live item remains, so the last page is never an empty one.
+                // A cursor only when an item the query would answer remains, so the last page is never an empty one.
                 if page.items.len() == limit {
                     for entry in entries {
                         let (_, value) = entry.map_err(|e| unavailable("read", e))?;
-                        if Stored::decode(value.value())?.is_live(now) {
+                        if expired || Stored::decode(value.value())?.is_live(now) {
                             page.next = page.items.last().map(|item| item.key.sk.clone());
                             break;
                         }

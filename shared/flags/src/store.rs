@@ -932,7 +932,7 @@ impl keel::cleanup::Cleanup for OverridesCleanup {
         cursor: Option<String>,
         stop: &(dyn Fn() -> bool + Send + Sync),
         removed: &mut u64,
-    ) -> Result<Option<String>, PortError> {
+    ) -> Result<keel::cleanup::Swept, PortError> {
         let expired = |o: &super::model::Override| o.expires_at.is_some_and(|end| end <= now);
         let port = |error: StoreError| match error {
             StoreError::Port(error) => error,
@@ -942,7 +942,7 @@ impl keel::cleanup::Cleanup for OverridesCleanup {
         flags.sort_by(|a, b| a.key.cmp(&b.key));
         for flag in flags.iter().filter(|f| cursor.as_ref().is_none_or(|c| f.key > *c)) {
             if stop() {
-                return Ok(Some(cursor_before(&flags, &flag.key)));
+                return Ok(keel::cleanup::Swept::stopped(cursor_before(&flags, &flag.key)));
             }
             let gone = flag.overrides.iter().filter(|o| expired(o)).count() as u64;
             if gone == 0 {
@@ -959,7 +959,7 @@ impl keel::cleanup::Cleanup for OverridesCleanup {
                 Err(error) => return Err(port(error)),
             }
         }
-        Ok(None)
+        Ok(keel::cleanup::Swept::done())
     }
 }
 

@@ -353,12 +353,13 @@ impl keel::cleanup::Cleanup for BundlesCleanup {
         cursor: Option<String>,
         stop: &(dyn Fn() -> bool + Send + Sync),
         removed: &mut u64,
-    ) -> Result<Option<String>, PortError> {
+    ) -> Result<keel::cleanup::Swept, PortError> {
+        use keel::cleanup::Swept;
         let cutoff = keel::clock::first_ulid_at(now - BUNDLE_RETENTION).to_string();
         let mut after = cursor.filter(|c| !c.is_empty());
         loop {
             if stop() {
-                return Ok(Some(after.unwrap_or_default()));
+                return Ok(Swept::stopped(after.unwrap_or_default()));
             }
             let page = self.0.list(BUNDLE_PREFIX, after.as_deref(), keel::table::MAX_QUERY_LIMIT).await?;
             for object in &page.objects {
@@ -369,13 +370,13 @@ impl keel::cleanup::Cleanup for BundlesCleanup {
                         *removed += 1;
                     }
                     // Young enough, so is every later one. (A key not of this shape is not a bundle: left.)
-                    Some(_) => return Ok(None),
+                    Some(_) => return Ok(Swept::done()),
                     None => {}
                 }
                 after = Some(object.key.clone());
             }
             if page.next.is_none() {
-                return Ok(None);
+                return Ok(Swept::done());
             }
         }
     }

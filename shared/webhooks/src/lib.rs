@@ -164,7 +164,13 @@ pub struct Delivery {
     pub body_base64: String,
     pub content_type: Option<String>,
     pub trace_header: Option<String>,
+    /// When the payload was removed, past [`PAYLOAD_RETENTION`] (the body is then empty; the record stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_removed_at: Option<DateTime<Utc>>,
 }
+
+/// How long a delivery keeps its payload; the record itself is kept [`DELIVERY_RETENTION`].
+pub const PAYLOAD_RETENTION: Duration = Duration::hours(24);
 
 impl Delivery {
     pub fn body(&self) -> Vec<u8> {
@@ -206,6 +212,8 @@ pub async fn send_pointer(queue: &dyn Queue, delivery: &Delivery) -> Result<(), 
 pub enum Replay {
     /// Back to pending, its pointer on the queue.
     Queued,
+    /// Its payload was removed after [`PAYLOAD_RETENTION`]: there is nothing to replay.
+    PayloadRemoved,
     /// A worker holds it now; nothing was changed.
     Busy,
     /// It changed since `version` was read; nothing was changed.
@@ -222,6 +230,9 @@ pub async fn replay(
     mut delivery: Delivery,
     version: u64,
 ) -> Result<Replay, PortError> {
+    if delivery.payload_removed_at.is_some() {
+        return Ok(Replay::PayloadRemoved);
+    }
     if delivery.status == Status::Processing && delivery.lease_until.is_some_and(|until| until > now) {
         return Ok(Replay::Busy);
     }
@@ -325,7 +336,8 @@ impl keel::cleanup::Cleanup for DeliveriesCleanup {
         cursor: Option<String>,
         stop: &(dyn Fn() -> bool + Send + Sync),
         removed: &mut u64,
-    ) -> Result<Option<String>, PortError> {
+    ) -> Result<keel::cleanup::Swept, PortError> {
+        use keel::cleanup::Swept;
         use keel::table::{Expect, Query, Write};
         let (from_provider, after) = match cursor.as_deref().and_then(|c| c.split_once('/')) {
             Some((provider, after)) => (provider.to_string(), Some(after.to_string()).filter(|a| !a.is_empty())),
@@ -344,7 +356,7 @@ impl keel::cleanup::Cleanup for DeliveriesCleanup {
                 for item in &page.items {
                     // Checked before each delivery: each is a transaction of its own.
                     if stop() {
-                        return Ok(Some(format!("{provider}/{}", query.after.clone().unwrap_or_default())));
+                        return Ok(Swept::stopped(format!("{provider}/{}", query.after.clone().unwrap_or_default())));
                     }
                     let mut writes = vec![Write::Delete { key: item.key.clone(), expect: Expect::Any }];
                     if let Some(delivery) = Delivery::from_item(item) {
@@ -360,7 +372,74 @@ impl keel::cleanup::Cleanup for DeliveriesCleanup {
                 }
             }
         }
-        Ok(None)
+        Ok(Swept::done())
+    }
+}
+
+/// Removes the payloads of deliveries past [`PAYLOAD_RETENTION`], keeping their records (status, attempts, times)
+/// until the deliveries' cleanup. Oldest first per provider; the cursor is a watermark per provider (every
+/// delivery up to it is done), kept when the run completes, so each run reads only what arrived since. A delivery a
+/// worker holds right now stops its provider's pass there, for the next run.
+pub struct PayloadsCleanup(pub DeliveriesCleanup);
+
+#[async_trait::async_trait]
+impl keel::cleanup::Cleanup for PayloadsCleanup {
+    fn name(&self) -> &'static str {
+        "webhooks.payloads"
+    }
+
+    async fn run(
+        &self,
+        now: DateTime<Utc>,
+        cursor: Option<String>,
+        stop: &(dyn Fn() -> bool + Send + Sync),
+        removed: &mut u64,
+    ) -> Result<keel::cleanup::Swept, PortError> {
+        use keel::table::{Expect, Query};
+        let mut marks: std::collections::BTreeMap<String, String> =
+            cursor.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
+        let last = keel::clock::last_ulid_at(now - PAYLOAD_RETENTION).to_string();
+        let mut complete = true;
+        let encode = |marks: &std::collections::BTreeMap<String, String>| serde_json::to_string(marks).ok();
+        'providers: for provider in &self.0.providers {
+            let mut query = Query::partition(log_partition(provider));
+            query.sk_to = Some(last.clone());
+            query.after = marks.get(provider).cloned();
+            query.limit = keel::table::MAX_QUERY_LIMIT;
+            loop {
+                let page = self.0.table.query(&query).await?;
+                for item in &page.items {
+                    if stop() {
+                        return Ok(keel::cleanup::Swept { cursor: encode(&marks), complete: false });
+                    }
+                    let Some(mut delivery) = Delivery::from_item(item) else { continue };
+                    if delivery.payload_removed_at.is_none() {
+                        if delivery.status == Status::Processing && delivery.lease_until.is_some_and(|u| u > now) {
+                            complete = false;
+                            continue 'providers;
+                        }
+                        delivery.body_base64 = String::new();
+                        delivery.payload_removed_at = Some(now);
+                        match self.0.table.put(delivery.to_item(item.version + 1), Expect::Version(item.version)).await
+                        {
+                            Ok(()) => *removed += 1,
+                            // Changed since it was read (a worker's claim): the next run takes it.
+                            Err(error) if error.is_condition_failed() => {
+                                complete = false;
+                                continue 'providers;
+                            }
+                            Err(error) => return Err(error),
+                        }
+                    }
+                    marks.insert(provider.clone(), item.key.sk.clone());
+                    query.after = Some(item.key.sk.clone());
+                }
+                if page.next.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(keel::cleanup::Swept { cursor: encode(&marks), complete })
     }
 }
 
@@ -389,6 +468,7 @@ mod tests {
             body_base64: encode_body(&[0xff, 0x00, b'x']),
             content_type: None,
             trace_header: None,
+            payload_removed_at: None,
         };
         let item = delivery.to_item(3);
         assert_eq!(item.version, 3);

@@ -7,6 +7,8 @@
 //! target/release/export-user --data-dir "$dir" seed --jobs 5000 --others 1000
 //! target/release/export-user --data-dir "$dir" export
 //! target/release/export-user --data-dir "$dir" erase
+//! target/release/export-user --data-dir "$dir" seed-deliveries --expired 10000 --fresh 1000
+//! target/release/export-user --data-dir "$dir" clean
 //! ```
 //!
 //! Each of the user's jobs is two exported items (the job and its `job.created` event); the other user's jobs share
@@ -16,7 +18,7 @@ use chrono::{TimeZone, Utc};
 use clap::{Parser, Subcommand};
 use keel::clock::{Clock, SystemClock};
 use keel::config::Env;
-use keel::resources::StaticResources;
+use keel::resources::{Resources, StaticResources};
 use keel_embedded::{EmbeddedDb, QueueSpec};
 use keel_jobs::builtin::{Checkpoints, Task};
 use keel_jobs::{Jobs, NewJob, Registry};
@@ -50,6 +52,15 @@ enum Phase {
     Export,
     /// Erases the user (no processor is configured, so none is waited for).
     Erase,
+    /// Writes webhook deliveries (with their idempotency records) past their retention, and fresh ones.
+    SeedDeliveries {
+        #[arg(long, default_value_t = 10_000)]
+        expired: usize,
+        #[arg(long, default_value_t = 1000)]
+        fresh: usize,
+    },
+    /// Runs the `webhooks.deliveries` cleanup once, to its end.
+    Clean,
 }
 
 struct Discard;
@@ -139,6 +150,41 @@ async fn main() -> Result<(), String> {
                 })
             );
         }
+        Phase::SeedDeliveries { expired, fresh } => {
+            let table = resources.table(keel_webhooks::TABLE_VAR).map_err(|e| e.to_string())?;
+            let now = Utc::now();
+            let started = Instant::now();
+            for n in 0..expired + fresh {
+                let age = if n < expired { chrono::Duration::days(8) } else { chrono::Duration::days(1) };
+                let at = now - age + chrono::Duration::milliseconds(n as i64);
+                table.transact(delivery_writes(at, n)).await.map_err(|e| e.to_string())?;
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            println!("{}", json!({"phase": "seed-deliveries", "expired": expired, "fresh": fresh, "seconds": seconds}));
+        }
+        Phase::Clean => {
+            let env = Env::from_pairs([(keel_webhooks::PROVIDERS_VAR, PROVIDER)]);
+            let table = resources.table(keel_webhooks::TABLE_VAR).map_err(|e| e.to_string())?;
+            let cleanup = keel_webhooks::DeliveriesCleanup::from_env(&env, table).map_err(|e| e.to_string())?;
+            let runs = keel::cleanup::Runs(resources.table(keel::cleanup::TABLE_VAR).map_err(|e| e.to_string())?);
+            let clock = SystemClock;
+            let before = peak_rss_mib();
+            let started = Instant::now();
+            let run = runs.run(&cleanup, Utc::now(), &|| false, &clock).await.map_err(|e| e.to_string())?;
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "{}",
+                json!({
+                    "phase": "clean",
+                    "removed": run.removed,
+                    "complete": run.complete,
+                    "seconds": seconds,
+                    "deliveries_per_second": run.removed as f64 / seconds,
+                    "peak_rss_mib_before": before,
+                    "peak_rss_mib": peak_rss_mib(),
+                })
+            );
+        }
         Phase::Erase => {
             // A bench-only key: pseudonyms and suppression need one.
             let env = Env::from_pairs([(keel::suppression::KEY_VAR, "bench-only-gdpr-hash-key-of-32-bytes-or-more")]);
@@ -169,6 +215,39 @@ async fn main() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+const PROVIDER: &str = "bench";
+
+/// A delivery received at `at`, and its idempotency record, as ingest writes them.
+fn delivery_writes(at: chrono::DateTime<Utc>, n: usize) -> Vec<keel::table::Write> {
+    use keel::table::{Expect, Item, Write};
+    let delivery = keel_webhooks::Delivery {
+        provider: PROVIDER.into(),
+        delivery_id: keel::clock::ulid_at(at).to_string(),
+        event_id: format!("evt_{n}"),
+        event_type: "invoice.paid".into(),
+        status: keel_webhooks::Status::Completed,
+        attempts: 1,
+        last_error: None,
+        received_at: at,
+        updated_at: at,
+        started_at: None,
+        completed_at: None,
+        duration_ms: None,
+        lease_until: None,
+        replays: 0,
+        body_base64: keel_webhooks::encode_body(br#"{"id":"evt","object":"event","data":{"amount":1200}}"#),
+        content_type: Some("application/json".into()),
+        trace_header: None,
+        payload_removed_at: None,
+    };
+    let mut idempotency = Item::new(keel_webhooks::idempotency_key(PROVIDER, &delivery.event_id), Default::default());
+    idempotency.expires_at = Some(at + keel_webhooks::IDEMPOTENCY_WINDOW);
+    vec![
+        Write::Put { item: delivery.to_item(1), expect: Expect::Absent },
+        Write::Put { item: idempotency, expect: Expect::Absent },
+    ]
 }
 
 /// The items of a per-entry count.
