@@ -583,3 +583,15 @@ async fn platform_admins_erase_any_user_with_a_reason_and_lift_the_suppression()
     assert_eq!(entry["resource"], json!(format!("suppression:{}", lifted["suppression"].as_str().unwrap())));
     assert_eq!((entry["actor"].as_str(), entry["reason"].as_str()), (Some("op"), Some("she came back")));
 }
+
+#[tokio::test]
+async fn the_cleanups_and_their_runs_are_listed_to_platform_admins_only() {
+    let a = api();
+    let route = "/v1/admin/cleanups";
+    assert_eq!(a.get(&ANN, route, route).await.0, 403);
+    let (status, listed) = a.get(&OPERATOR, route, route).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = listed["cleanups"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, keel_gdpr::CLEANUPS);
+    assert!(listed["cleanups"].as_array().unwrap().iter().all(|c| c["runs"] == json!([])), "none has run: {listed}");
+}
