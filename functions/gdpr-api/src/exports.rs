@@ -138,7 +138,9 @@ impl GdprApi {
         if job.status == Status::Completed {
             let output = self.jobs.output(&job.org_id, &job.id).await.map_err(port_problem)?;
             let bundle: Option<Output> = output.and_then(|value| serde_json::from_value(value).ok());
-            if let Some(bundle) = bundle {
+            // A bundle past its retention is deleted (or about to be): no link to nothing.
+            let kept = |bundle: &Output| bundle.created_at + keel_gdpr::export::BUNDLE_RETENTION > self.clock.now();
+            if let Some(bundle) = bundle.filter(kept) {
                 let url = self.objects.link(&bundle.bundle_key, LINK_VALIDITY).await.map_err(port_problem)?;
                 let expires_at = self.clock.now() + Duration::seconds(LINK_VALIDITY.as_secs() as i64);
                 export.download = Some(Download { url, expires_at });

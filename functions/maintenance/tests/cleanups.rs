@@ -89,6 +89,8 @@ impl World {
         };
         let mut idempotency =
             Item::new(keel_webhooks::idempotency_key(provider, &delivery.event_id), Default::default());
+        // As ingest writes it: naming its delivery.
+        idempotency.attrs.insert("delivery_id".into(), delivery.delivery_id.clone().into());
         idempotency.expires_at = Some(at + keel_webhooks::IDEMPOTENCY_WINDOW);
         let writes = vec![
             Write::Put { item: delivery.to_item(1), expect: Expect::Absent },
@@ -142,11 +144,15 @@ async fn each_cleanup_removes_exactly_what_has_expired_and_a_second_run_finds_no
     let kept = w.delivery("acme", fresh, 1000).await;
     w.delivery("beta", old, 2000).await;
     let unlisted = w.delivery("gamma", old, 3000).await;
+    // An event that came again once its first delivery's record expired: the record is the later delivery's.
+    w.delivery("beta", old - Duration::minutes(1), 4000).await;
+    let again = w.delivery("beta", fresh, 4000).await;
 
     let run = w.run("webhooks.deliveries").await;
-    assert_eq!((run.removed, run.complete, run.error.as_deref()), (151, true, None));
+    assert_eq!((run.removed, run.complete, run.error.as_deref()), (152, true, None));
     assert_eq!(w.log("acme").await, [kept.delivery_id]);
-    assert!(w.log("beta").await.is_empty());
+    assert_eq!(w.log("beta").await, std::slice::from_ref(&again.delivery_id));
+    assert!(w.idempotency_left("beta", "evt_4000").await, "the later delivery's record stays");
     assert!(!w.idempotency_left("acme", "evt_3").await, "gone with its delivery");
     assert!(w.idempotency_left("acme", "evt_1000").await, "the fresh one's stays");
     assert_eq!(w.log("gamma").await, [unlisted.delivery_id], "a provider not listed is not cleaned");
@@ -168,6 +174,27 @@ async fn each_cleanup_removes_exactly_what_has_expired_and_a_second_run_finds_no
     let (trail, _) = w.flags.audit(Some("flag:f"), None, 10).await.unwrap();
     assert_eq!((trail[0].actor.as_str(), trail[0].action.as_str()), (keel_flags::store::CLEANER, "expire_overrides"));
     assert_eq!(w.flags.get("g").await.unwrap().unwrap().version, 1, "a flag without expired overrides is untouched");
+    // A flag the store would no longer accept (its prerequisite archived since) keeps its expired overrides, and
+    // the run goes on to the others.
+    let expiring = |org: &str| {
+        json!({"org_id": org, "action": {"type": "forced_on"}, "reason": "trial",
+        "expires_at": now() - Duration::minutes(1)})
+    };
+    w.flags.create(serde_json::from_value(json!({"key": "b"})).unwrap(), "admin").await.unwrap();
+    let dependent = json!({"key": "a", "prerequisites": [{"flag": "b"}], "overrides": [expiring("o4")]});
+    w.flags.create(serde_json::from_value(dependent).unwrap(), "admin").await.unwrap();
+    let later = json!({"key": "z", "overrides": [expiring("o5")]});
+    w.flags.create(serde_json::from_value(later).unwrap(), "admin").await.unwrap();
+    w.flags
+        .update("b", None, "admin", "archive", |f| {
+            f.archived = true;
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let run = w.run("flags.overrides").await;
+    assert_eq!((run.removed, run.complete, run.error.as_deref()), (1, true, None), "{run:?}");
+    assert!(w.flags.get("z").await.unwrap().unwrap().overrides.is_empty());
     assert_eq!(w.run("flags.overrides").await.removed, 0);
 
     // Bundles older than seven days go; a younger one and anything else in the bucket stay.
@@ -175,17 +202,19 @@ async fn each_cleanup_removes_exactly_what_has_expired_and_a_second_run_finds_no
     let young = w.bundle(now() - Duration::days(6)).await;
     let file = tempfile::NamedTempFile::new().unwrap();
     w.objects.put_file("other/thing.txt", file.path(), "text/plain").await.unwrap();
+    w.objects.put_file("exports/0.zip", file.path(), "application/zip").await.unwrap();
     let run = w.run("gdpr.export_bundles").await;
     assert_eq!((run.removed, run.complete), (1, true));
     assert!(w.objects.head(&gone).await.unwrap().is_none());
     assert!(w.objects.head(&young).await.unwrap().is_some());
     assert!(w.objects.head("other/thing.txt").await.unwrap().is_some());
+    assert!(w.objects.head("exports/0.zip").await.unwrap().is_some(), "not a bundle's key");
     assert_eq!(w.run("gdpr.export_bundles").await.removed, 0);
 
     // Every run is recorded, newest first, under one data-map entry with the cursor.
     let runs = Runs(w.directory.clone());
     let recorded = runs.latest("webhooks.deliveries", 10).await.unwrap();
-    assert_eq!(recorded.iter().map(|r| r.removed).collect::<Vec<_>>(), [0, 151]);
+    assert_eq!(recorded.iter().map(|r| r.removed).collect::<Vec<_>>(), [0, 152]);
     let map = keel_gdpr::datamap::data_map();
     for sk in [recorded[0].id.as_str(), "CURSOR"] {
         let key = keel::table::Key::new("CLEANUP#webhooks.deliveries", sk);

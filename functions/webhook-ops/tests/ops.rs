@@ -238,6 +238,20 @@ async fn a_delivery_whose_payload_was_removed_cannot_be_replayed() {
     assert_eq!(status, 200);
     assert!(shown["payload_removed_at"].is_string(), "{shown}");
     assert_eq!(world.bus.recorded().unwrap().len(), 1, "not forwarded again");
+
+    // Past 24 hours it is not replayed even before the cleanup has removed the payload.
+    let other = ingest(&world, "evt_day_old", "{}").await;
+    run_worker(&world).await;
+    world.clock.advance(chrono::Duration::hours(24));
+    let (status, body) = Call::new(
+        Method::POST,
+        "POST /v1/webhooks/{provider}/deliveries/{deliveryId}/replay",
+        &format!("/v1/webhooks/acme/deliveries/{other}/replay"),
+    )
+    .param("deliveryId", &other)
+    .send(&world)
+    .await;
+    assert_eq!((status, body["code"].as_str()), (409, Some("payload_removed")), "{body}");
 }
 
 #[tokio::test]

@@ -720,7 +720,13 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
     if let Some(event) = path.strip_prefix(SCHEDULES_PATH).and_then(|rest| rest.strip_prefix('/'))
         && parts.method == Method::POST
     {
-        let response = fire_now(&app, event).await;
+        // A developer's tool, not a page's: a browser's request (it sends `Origin`) is refused, so a site the
+        // developer visits cannot fire schedules on their host.
+        let response = if parts.headers.contains_key(http::header::ORIGIN) {
+            message(StatusCode::FORBIDDEN, "schedules are fired by keel-local run-schedule, not from a browser")
+        } else {
+            fire_now(&app, event).await
+        };
         log_request(&parts.method, &path, "", "keel-local", response.status(), &request_id, started);
         return response;
     }

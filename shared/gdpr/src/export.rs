@@ -363,7 +363,11 @@ impl keel::cleanup::Cleanup for BundlesCleanup {
             }
             let page = self.0.list(BUNDLE_PREFIX, after.as_deref(), keel::table::MAX_QUERY_LIMIT).await?;
             for object in &page.objects {
+                if stop() {
+                    return Ok(Swept::stopped(after.unwrap_or_default()));
+                }
                 let id = object.key.strip_prefix(BUNDLE_PREFIX).and_then(|k| k.strip_suffix(".zip"));
+                let id = id.filter(|id| ulid::Ulid::from_string(id).is_ok());
                 match id {
                     Some(id) if id < cutoff.as_str() => {
                         self.0.delete(&object.key).await?;

@@ -212,7 +212,7 @@ pub async fn send_pointer(queue: &dyn Queue, delivery: &Delivery) -> Result<(), 
 pub enum Replay {
     /// Back to pending, its pointer on the queue.
     Queued,
-    /// Its payload was removed after [`PAYLOAD_RETENTION`]: there is nothing to replay.
+    /// It is past [`PAYLOAD_RETENTION`]: its payload is removed (or about to be), there is nothing to replay.
     PayloadRemoved,
     /// A worker holds it now; nothing was changed.
     Busy,
@@ -230,7 +230,9 @@ pub async fn replay(
     mut delivery: Delivery,
     version: u64,
 ) -> Result<Replay, PortError> {
-    if delivery.payload_removed_at.is_some() {
+    // Past its retention the payload is gone or about to be (the cleanup runs hourly): not replayed either way,
+    // so a replay never races the cleanup.
+    if delivery.payload_removed_at.is_some() || delivery.received_at + PAYLOAD_RETENTION <= now {
         return Ok(Replay::PayloadRemoved);
     }
     if delivery.status == Status::Processing && delivery.lease_until.is_some_and(|until| until > now) {
@@ -324,6 +326,20 @@ impl DeliveriesCleanup {
     }
 }
 
+impl DeliveriesCleanup {
+    /// The key of `delivery`'s idempotency record, if the record there is still its own (the event may have
+    /// arrived again once it expired, and the record be a later delivery's).
+    async fn own_idempotency_record(&self, provider: &str, delivery: &Delivery) -> Result<Option<Key>, PortError> {
+        let key = idempotency_key(provider, &delivery.event_id);
+        let query = keel::table::Query { expired: true, ..keel::table::Query::partition(&key.pk) };
+        let page = self.table.query(&query).await?;
+        let own = page.items.iter().any(|item| {
+            item.key == key && item.attrs.get("delivery_id").and_then(|d| d.as_str()) == Some(&delivery.delivery_id)
+        });
+        Ok(own.then_some(key))
+    }
+}
+
 #[async_trait::async_trait]
 impl keel::cleanup::Cleanup for DeliveriesCleanup {
     fn name(&self) -> &'static str {
@@ -358,17 +374,31 @@ impl keel::cleanup::Cleanup for DeliveriesCleanup {
                     if stop() {
                         return Ok(Swept::stopped(format!("{provider}/{}", query.after.clone().unwrap_or_default())));
                     }
-                    let mut writes = vec![Write::Delete { key: item.key.clone(), expect: Expect::Any }];
-                    if let Some(delivery) = Delivery::from_item(item) {
-                        let key = idempotency_key(provider, &delivery.event_id);
-                        writes.push(Write::Delete { key, expect: Expect::Any });
+                    let delivery = Write::Delete { key: item.key.clone(), expect: Expect::Any };
+                    let idempotency = match Delivery::from_item(item) {
+                        Some(d) => self.own_idempotency_record(provider, &d).await?,
+                        None => None,
+                    };
+                    match idempotency {
+                        // Only while expired (`Absent`: no live item): a live one is a later delivery's.
+                        Some(key) => {
+                            let both = vec![delivery.clone(), Write::Delete { key, expect: Expect::Absent }];
+                            match self.table.transact(both).await {
+                                Err(error) if error.is_condition_failed() => {
+                                    self.table.transact(vec![delivery]).await?
+                                }
+                                other => other?,
+                            }
+                        }
+                        None => self.table.transact(vec![delivery]).await?,
                     }
-                    self.table.transact(writes).await?;
                     *removed += 1;
                     query.after = Some(item.key.sk.clone());
                 }
-                if page.next.is_none() {
-                    break;
+                // A page may hold nothing the query answers (DynamoDB pages by size): go on from where it stopped.
+                match page.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
                 }
             }
         }
@@ -412,7 +442,12 @@ impl keel::cleanup::Cleanup for PayloadsCleanup {
                     if stop() {
                         return Ok(keel::cleanup::Swept { cursor: encode(&marks), complete: false });
                     }
-                    let Some(mut delivery) = Delivery::from_item(item) else { continue };
+                    // A record that is not a delivery has no payload to remove: passed, as done.
+                    let Some(mut delivery) = Delivery::from_item(item) else {
+                        marks.insert(provider.clone(), item.key.sk.clone());
+                        query.after = Some(item.key.sk.clone());
+                        continue;
+                    };
                     if delivery.payload_removed_at.is_none() {
                         if delivery.status == Status::Processing && delivery.lease_until.is_some_and(|u| u > now) {
                             complete = false;
@@ -434,8 +469,14 @@ impl keel::cleanup::Cleanup for PayloadsCleanup {
                     marks.insert(provider.clone(), item.key.sk.clone());
                     query.after = Some(item.key.sk.clone());
                 }
-                if page.next.is_none() {
-                    break;
+                // A page may hold nothing the query answers (DynamoDB pages by size, then drops expired items):
+                // go on from where it stopped.
+                if stop() {
+                    return Ok(keel::cleanup::Swept { cursor: encode(&marks), complete: false });
+                }
+                match page.next {
+                    Some(next) => query.after = Some(next),
+                    None => break,
                 }
             }
         }

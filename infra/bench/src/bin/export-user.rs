@@ -243,6 +243,7 @@ fn delivery_writes(at: chrono::DateTime<Utc>, n: usize) -> Vec<keel::table::Writ
         payload_removed_at: None,
     };
     let mut idempotency = Item::new(keel_webhooks::idempotency_key(PROVIDER, &delivery.event_id), Default::default());
+    idempotency.attrs.insert("delivery_id".into(), delivery.delivery_id.clone().into());
     idempotency.expires_at = Some(at + keel_webhooks::IDEMPOTENCY_WINDOW);
     vec![
         Write::Put { item: delivery.to_item(1), expect: Expect::Absent },

@@ -102,6 +102,13 @@ async fn serve_listens_on_localhost_is_ready_and_stops_on_sigterm() {
     let answer = String::from_utf8_lossy(&fired.stdout).to_string();
     assert!(fired.status.success(), "{answer} {}", String::from_utf8_lossy(&fired.stderr));
     assert!(answer.contains(r#""ok":true"#) && answer.contains("maintenance"), "{answer}");
+    let from_a_page = reqwest::Client::new()
+        .post(format!("http://{addr}/local/schedules/FlagOverrides"))
+        .header("origin", "https://example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(from_a_page.status(), 403, "a browser's request is refused");
     let unknown = run("NoSuchSchedule");
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stdout).contains("WebhookDeliveries"), "lists the schedules there are");
