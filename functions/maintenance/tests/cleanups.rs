@@ -9,7 +9,7 @@ use keel::cleanup::{Cleanup, Runs};
 use keel::clock::{Clock, ManualClock};
 use keel::config::Env;
 use keel::object::ObjectStore;
-use keel::resources::StaticResources;
+use keel::resources::{Resources, StaticResources};
 use keel::table::{Expect, Item, Query, Table, Write};
 use keel::testing::SwitchableTable;
 use keel_embedded::EmbeddedDb;
@@ -44,7 +44,11 @@ fn world() -> World {
     let flags_table: Arc<dyn Table> = Arc::new(db.table("FlagsTable", dyn_clock.clone()));
     let objects: Arc<dyn ObjectStore> =
         Arc::new(db.objects("ExportBucket", "http://127.0.0.1:9", dyn_clock.clone()).unwrap());
+    let jobs_table: Arc<dyn Table> = Arc::new(db.table("JobsTable", dyn_clock.clone()));
     let resources = StaticResources::new(dyn_clock.clone())
+        .with_table("JOBS_TABLE", jobs_table.clone())
+        .with_queue("JOB_QUEUE_URL", Arc::new(db.queue(keel_embedded::QueueSpec::new("JobQueue"), dyn_clock.clone())))
+        .with_bus("EVENT_BUS_NAME", Arc::new(db.bus("EventBus")))
         .with_table("WEBHOOKS_TABLE", webhooks.clone())
         .with_table("DIRECTORY_TABLE", directory.clone())
         .with_table("FLAGS_TABLE", flags_table.clone())
@@ -377,4 +381,74 @@ impl keel::queue::Queue for NoQueue {
     async fn ping(&self) -> Result<(), keel::port::PortError> {
         Ok(())
     }
+}
+
+#[tokio::test]
+async fn finished_jobs_go_a_month_after_they_finished_and_nothing_else_does() {
+    let w = world();
+    let jobs = keel_jobs::Jobs::new(
+        w.resources.table("JOBS_TABLE").unwrap(),
+        w.resources.queue("JOB_QUEUE_URL").unwrap(),
+        w.resources.bus("EVENT_BUS_NAME").unwrap(),
+        w.clock.clone(),
+    );
+    let env = Env::from_pairs([("JOB_URL_CACHE", "http://127.0.0.1:9/cache")]);
+    let registry = keel_jobs::Registry::sample_unsigned(&env).unwrap();
+    let job_type = registry.get("cache.warm").unwrap();
+    let create = |prefix: &str| {
+        let new = keel_jobs::NewJob {
+            job_type: "cache.warm".into(),
+            input: json!({ "prefix": prefix }),
+            ..keel_jobs::NewJob::default()
+        };
+        let jobs = &jobs;
+        async move {
+            match jobs.create("o1", "ann", job_type, new, None).await.unwrap() {
+                keel_jobs::Created::New(job) => job,
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let finish = |id: String| {
+        let jobs = &jobs;
+        async move {
+            let current = jobs.get("o1", &id).await.unwrap().unwrap();
+            jobs.finish(current, keel_jobs::Status::Completed, None, Some(json!({"warmed": 1}))).await.unwrap();
+        }
+    };
+    w.clock.set(now() - Duration::days(40));
+    let waiting = create("never-finished").await;
+    w.clock.set(now() - Duration::days(32));
+    let old = create("old").await;
+    finish(old.id.clone()).await;
+    w.clock.set(now() - Duration::days(29));
+    let young = create("young").await;
+    finish(young.id.clone()).await;
+    w.clock.set(now());
+
+    let run = w.run("jobs.finished").await;
+    assert_eq!((run.removed, run.complete), (1, true), "{run:?}");
+    let stored = |id: &str| {
+        let table = w.resources.table("JOBS_TABLE").unwrap();
+        let id = id.to_string();
+        async move {
+            let query = Query { expired: true, ..Query::partition(keel_jobs::job::job_partition("o1")) };
+            let page = table.query(&query).await.unwrap();
+            page.items.iter().any(|i| i.key.sk == id)
+        }
+    };
+    assert!(!stored(&old.id).await, "finished 32 days ago: gone");
+    assert!(jobs.output("o1", &old.id).await.unwrap().is_none() && jobs.owner(&old.id).await.unwrap().is_none());
+    assert!(stored(&young.id).await, "finished 29 days ago: kept");
+    assert!(stored(&waiting.id).await, "never finished: kept");
+    assert_eq!(w.run("jobs.finished").await.removed, 0);
+    let cursor = Runs(w.directory.clone()).cursor("jobs.finished").await.unwrap().unwrap();
+    let expected = (now() - Duration::days(30)).format("%Y-%m-%d").to_string();
+    assert_eq!(cursor, format!("{expected}#0"), "a watermark: the next run reads only days come due since");
+    // Two days on, the young one is due.
+    w.clock.set(now() + Duration::days(2));
+    let input = json!({"cleanup": "jobs.finished"});
+    let later = w.maintenance.run(&input, now() + Duration::days(2) + Duration::minutes(5)).await.unwrap();
+    assert_eq!(later.removed, 1);
+    assert!(!stored(&young.id).await);
 }

@@ -240,6 +240,20 @@ pub fn output_key(org: &str, id: &str) -> Key {
     Key::new(format!("JOBOUT#{org}"), id)
 }
 
+/// Shards of the finished-jobs index: one day's finishes spread over this many partitions.
+pub const DONE_SHARDS: u32 = 8;
+
+/// `JOBDONE#{day}#{shard}` / `{id}`: a job finished on `day` (UTC, `yyyy-mm-dd`), for the cleanup that removes
+/// finished jobs past their retention (their own keys are by organization, which nothing lists).
+pub fn done_key(finished: DateTime<Utc>, id: &str) -> Key {
+    let shard = u32::from(id.bytes().last().unwrap_or(0)) % DONE_SHARDS;
+    Key::new(done_partition(&finished.format("%Y-%m-%d").to_string(), shard), id)
+}
+
+pub fn done_partition(day: &str, shard: u32) -> String {
+    format!("JOBDONE#{day}#{shard}")
+}
+
 /// `JOBID#{id}` / `#`: which organization a job belongs to, for platform admins, who read any.
 pub fn owner_key(id: &str) -> Key {
     Key::new(format!("JOBID#{id}"), "#")

@@ -29,6 +29,7 @@ pub mod events;
 pub mod gate;
 pub mod job;
 pub mod registry;
+pub mod retention;
 pub mod sign;
 pub mod store;
 

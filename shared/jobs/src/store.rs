@@ -4,7 +4,8 @@
 //!
 //! Items (see `job` for the key formats): the record, its output, its owner pointer, its entry in the open-jobs
 //! index (until it finishes), its wait entry (while it waits for a slot or its time), the organization's slot count
-//! per type, the deduplication key it holds (until it finishes), and its feed events.
+//! per type, the deduplication key it holds (until it finishes), its feed events, and once it finishes its entry in
+//! the finished-jobs index (`retention` reads it to remove the job after its retention).
 //!
 //! Fairness: an organization holds at most `concurrency` slots per type, each slot a job that is queued (has a
 //! message) or running. A job created beyond that waits in the organization's wait index and no message is sent;
@@ -603,6 +604,8 @@ impl Jobs {
         let mut writes: Vec<Write> = self.record_event(&mut job).into_iter().collect();
         writes.push(put(job.to_item(version + 1), Expect::Version(version)));
         writes.extend(also);
+        // The finished-jobs index, for the cleanup past the retention (no expiry: the cleanup removes it).
+        writes.push(put(Item::new(job::done_key(now, &job.id), attrs(json!({"org_id": job.org_id}))), Expect::Any));
         if let Some(output) = output {
             let item = Item {
                 key: output_key(&job.org_id, &job.id),
