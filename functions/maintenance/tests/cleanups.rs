@@ -452,3 +452,46 @@ async fn finished_jobs_go_a_month_after_they_finished_and_nothing_else_does() {
     assert_eq!(later.removed, 1);
     assert!(!stored(&young.id).await);
 }
+
+#[tokio::test]
+async fn feed_events_go_after_a_day_in_every_organization_that_has_a_feed() {
+    let w = world();
+    let jobs = keel_jobs::Jobs::new(
+        w.resources.table("JOBS_TABLE").unwrap(),
+        w.resources.queue("JOB_QUEUE_URL").unwrap(),
+        w.resources.bus("EVENT_BUS_NAME").unwrap(),
+        w.clock.clone(),
+    );
+    // What the feed's partition holds, expired events included (every other read hides them).
+    let held = |org: &'static str| {
+        let table = w.resources.table("JOBS_TABLE").unwrap();
+        async move {
+            let query =
+                Query { expired: true, limit: 1000, ..Query::partition(keel_jobs::events::feed_partition(org)) };
+            let page = table.query(&query).await.unwrap();
+            page.items.iter().filter_map(keel_jobs::events::FeedEvent::from_item).map(|e| e.id).collect::<Vec<_>>()
+        }
+    };
+    // A day and a half ago: 60 domain events in one organization, 3 in another; an hour ago, one more in each.
+    w.clock.set(now() - Duration::hours(36));
+    for n in 0..60 {
+        jobs.domain_event("o1", Some(format!("old-{n}")), "thing.happened", json!({})).await.unwrap();
+    }
+    for n in 0..3 {
+        jobs.domain_event("o2", Some(format!("old-{n}")), "thing.happened", json!({})).await.unwrap();
+    }
+    w.clock.set(now() - Duration::hours(1));
+    jobs.domain_event("o1", Some("fresh".into()), "thing.happened", json!({})).await.unwrap();
+    jobs.domain_event("o2", Some("fresh".into()), "thing.happened", json!({})).await.unwrap();
+    w.clock.set(now());
+    assert_eq!(held("o1").await.len(), 61, "expired, hidden, but there");
+
+    let run = w.run("jobs.feed").await;
+    assert_eq!((run.removed, run.complete), (63, true), "{run:?}");
+    assert_eq!(held("o1").await, ["fresh"]);
+    assert_eq!(held("o2").await, ["fresh"]);
+    assert_eq!(w.run("jobs.feed").await.removed, 0);
+    let map = keel_gdpr::datamap::data_map();
+    let listed = keel_jobs::events::feed_org_key("o1");
+    assert_eq!(keel::datamap::classify(&map, "JOBS_TABLE", &listed).len(), 1, "declared");
+}

@@ -14,8 +14,14 @@ use keel::resources::Resources;
 use std::sync::Arc;
 
 /// The scheduled cleanups' names, as their schedules' inputs give them (the maintenance function has one of each).
-pub const CLEANUPS: &[&str] =
-    &["webhooks.payloads", "webhooks.deliveries", "jobs.finished", "flags.overrides", "gdpr.export_bundles"];
+pub const CLEANUPS: &[&str] = &[
+    "webhooks.payloads",
+    "webhooks.deliveries",
+    "jobs.finished",
+    "jobs.feed",
+    "flags.overrides",
+    "gdpr.export_bundles",
+];
 
 /// The jobs store, from the resources the template wires.
 pub fn jobs(resources: &dyn Resources) -> Result<keel_jobs::Jobs, ConfigError> {

@@ -3,7 +3,12 @@
 //! (`JOBDONE#{day}#{shard}`, see `job::done_key`), and the cleanup reads the days whose jobs are all past their
 //! retention, oldest first. Its cursor is the next day and shard to read, kept when it completes (a watermark),
 //! so each run reads only the days that have come due since.
+//!
+//! The feed's cleanup: an organization's events go [`FEED_RETENTION`] after they were written. Feeds are by
+//! organization too; each event's write lists its organization (`FEEDORG#{shard}`), and the cleanup reads every
+//! listed feed's events older than that, oldest first.
 
+use crate::events::{FEED_ORG_SHARDS, FEED_RETENTION, feed_org_partition, feed_partition};
 use crate::job::{DONE_SHARDS, Job, RETENTION, done_partition, job_key, job_partition, output_key, owner_key};
 use chrono::{DateTime, NaiveDate, Utc};
 use keel::cleanup::Swept;
@@ -87,5 +92,74 @@ impl keel::cleanup::Cleanup for FinishedCleanup {
             shard = 0;
         }
         Ok(Swept { cursor: Some(at(day, 0)), complete: true })
+    }
+}
+
+/// Deletes each listed organization's feed events older than [`FEED_RETENTION`]. The cursor is `{shard}/{org}`,
+/// the organization to resume at.
+pub struct FeedCleanup(pub Arc<dyn Table>);
+
+/// Deletes per transaction: a feed's old events go in batches.
+const FEED_BATCH: usize = 25;
+
+#[async_trait::async_trait]
+impl keel::cleanup::Cleanup for FeedCleanup {
+    fn name(&self) -> &'static str {
+        "jobs.feed"
+    }
+
+    async fn run(
+        &self,
+        now: DateTime<Utc>,
+        cursor: Option<String>,
+        stop: &(dyn Fn() -> bool + Send + Sync),
+        removed: &mut u64,
+    ) -> Result<Swept, PortError> {
+        let (from_shard, from_org) = match cursor.as_deref().and_then(|c| c.split_once('/')) {
+            Some((shard, org)) => (shard.parse().unwrap_or(0), Some(org.to_string())),
+            None => (0, None),
+        };
+        let last = keel::clock::last_ulid_at(now - FEED_RETENTION).to_string();
+        for shard in from_shard..FEED_ORG_SHARDS {
+            let mut orgs = Query::partition(feed_org_partition(shard));
+            orgs.limit = keel::table::MAX_QUERY_LIMIT;
+            if shard == from_shard {
+                // Resumes at that organization: the one before it, as the page's `after`.
+                orgs.sk_from = from_org.clone();
+            }
+            loop {
+                let page = self.0.query(&orgs).await?;
+                for listed in &page.items {
+                    let org = listed.key.sk.as_str();
+                    let mut events = Query::partition(feed_partition(org));
+                    events.sk_to = Some(last.clone());
+                    events.expired = true;
+                    events.limit = keel::table::MAX_QUERY_LIMIT;
+                    loop {
+                        if stop() {
+                            return Ok(Swept::stopped(format!("{shard}/{org}")));
+                        }
+                        let old = self.0.query(&events).await?;
+                        for batch in old.items.chunks(FEED_BATCH) {
+                            let deletes = batch
+                                .iter()
+                                .map(|item| Write::Delete { key: item.key.clone(), expect: Expect::Any })
+                                .collect();
+                            self.0.transact(deletes).await?;
+                            *removed += batch.len() as u64;
+                        }
+                        match old.next {
+                            Some(next) => events.after = Some(next),
+                            None => break,
+                        }
+                    }
+                }
+                match page.next {
+                    Some(next) => orgs.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(Swept::done())
     }
 }
