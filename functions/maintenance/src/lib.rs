@@ -44,6 +44,7 @@ pub fn cleanups(env: &Env, resources: &dyn Resources) -> Result<Vec<Box<dyn Clea
         Box::new(deliveries()?),
         Box::new(keel_jobs::retention::FinishedCleanup(resources.table(keel_jobs::datamap::TABLE_VAR)?)),
         Box::new(keel_jobs::retention::FeedCleanup(resources.table(keel_jobs::datamap::TABLE_VAR)?)),
+        Box::new(keel::idempotency::RecordsCleanup(resources.table(keel::idempotency::TABLE_VAR)?)),
         Box::new(keel_flags::store::OverridesCleanup(flags)),
         Box::new(keel_gdpr::export::BundlesCleanup(resources.objects(keel_gdpr::export::BUCKET_VAR)?)),
     ])

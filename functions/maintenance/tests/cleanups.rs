@@ -47,6 +47,7 @@ fn world() -> World {
     let jobs_table: Arc<dyn Table> = Arc::new(db.table("JobsTable", dyn_clock.clone()));
     let resources = StaticResources::new(dyn_clock.clone())
         .with_table("JOBS_TABLE", jobs_table.clone())
+        .with_table("IDEMPOTENCY_TABLE", Arc::new(db.table("IdempotencyTable", dyn_clock.clone())))
         .with_queue("JOB_QUEUE_URL", Arc::new(db.queue(keel_embedded::QueueSpec::new("JobQueue"), dyn_clock.clone())))
         .with_bus("EVENT_BUS_NAME", Arc::new(db.bus("EventBus")))
         .with_table("WEBHOOKS_TABLE", webhooks.clone())

@@ -48,20 +48,115 @@ pub const MAX_STORED_BODY: usize = 256 * 1024;
 pub const TABLE_VAR: &str = "IDEMPOTENCY_TABLE";
 
 /// The idempotency table's entry of the data map.
-pub const DATA_MAP: &[crate::datamap::Entry] = &[crate::datamap::Entry {
-    name: "api.idempotency_record",
-    table: TABLE_VAR,
-    pk: "IDEM#{org}",
-    sk: "[\"{user}\",\"{route}\",\"{key}\"]",
-    description: "A request made with an Idempotency-Key and the answer it got, replayed to its repeats.",
-    subject: crate::datamap::Subject::User,
-    personal_data: &["the caller's user id (in the key)", "the stored answer's body"],
-    purpose: "Answering a retried request without doing its work twice.",
-    recipients: &[],
-    retention: crate::datamap::Retention::Expires { seconds: 24 * 3600 },
-    export: crate::datamap::Export::Include,
-    erasure: crate::datamap::Erasure::Delete,
-}];
+pub const DATA_MAP: &[crate::datamap::Entry] = &[
+    crate::datamap::Entry {
+        name: "api.idempotency_record",
+        table: TABLE_VAR,
+        pk: "IDEM#{org}",
+        sk: "[\"{user}\",\"{route}\",\"{key}\"]",
+        description: "A request made with an Idempotency-Key and the answer it got, replayed to its repeats.",
+        subject: crate::datamap::Subject::User,
+        personal_data: &["the caller's user id (in the key)", "the stored answer's body"],
+        purpose: "Answering a retried request without doing its work twice.",
+        recipients: &[],
+        retention: crate::datamap::Retention::Expires { seconds: 24 * 3600 },
+        export: crate::datamap::Export::Include,
+        erasure: crate::datamap::Erasure::Delete,
+    },
+    crate::datamap::Entry {
+        name: "api.idempotency_org",
+        table: TABLE_VAR,
+        pk: "IDEMORG#{shard}",
+        sk: "{org}",
+        description: "An organization that has Idempotency-Key records: what their cleanup reads.",
+        subject: crate::datamap::Subject::Nobody,
+        personal_data: &[],
+        purpose: "Removing Idempotency-Key records after their 24 hours.",
+        recipients: &[],
+        retention: crate::datamap::Retention::WhileInUse,
+        export: crate::datamap::Export::Exclude { reason: "holds nothing about a person" },
+        erasure: crate::datamap::Erasure::Keep { exemption: "holds nothing about a person" },
+    },
+];
+
+/// Shards of the organizations with records.
+const ORG_SHARDS: u32 = 8;
+
+/// `IDEMORG#{shard}` / `{org}`: an organization with records, for their cleanup (records are by organization,
+/// which nothing else lists). Rewritten with every claim.
+pub fn org_key(org: &str) -> Key {
+    let shard = org.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % ORG_SHARDS;
+    Key::new(format!("IDEMORG#{shard}"), org)
+}
+
+/// Deletes every listed organization's records past their expiry (24 hours after their answer). Records are keyed
+/// by user, route and key, not time, so each organization's are read whole; the cursor is `{shard}/{org}`.
+pub struct RecordsCleanup(pub Arc<dyn Table>);
+
+/// Deletes per transaction.
+const CLEANUP_BATCH: usize = 25;
+
+#[async_trait::async_trait]
+impl crate::cleanup::Cleanup for RecordsCleanup {
+    fn name(&self) -> &'static str {
+        "api.idempotency_records"
+    }
+
+    async fn run(
+        &self,
+        now: DateTime<Utc>,
+        cursor: Option<String>,
+        stop: &(dyn Fn() -> bool + Send + Sync),
+        removed: &mut u64,
+    ) -> Result<crate::cleanup::Swept, PortError> {
+        use crate::table::Query;
+        let (from_shard, from_org) = match cursor.as_deref().and_then(|c| c.split_once('/')) {
+            Some((shard, org)) => (shard.parse().unwrap_or(0), Some(org.to_string())),
+            None => (0, None),
+        };
+        for shard in from_shard..ORG_SHARDS {
+            let mut orgs = Query::partition(format!("IDEMORG#{shard}"));
+            orgs.limit = crate::table::MAX_QUERY_LIMIT;
+            if shard == from_shard {
+                orgs.sk_from = from_org.clone();
+            }
+            loop {
+                let page = self.0.query(&orgs).await?;
+                for listed in &page.items {
+                    let org = listed.key.sk.as_str();
+                    let mut records = Query::partition(format!("IDEM#{org}"));
+                    records.expired = true;
+                    records.limit = crate::table::MAX_QUERY_LIMIT;
+                    loop {
+                        if stop() {
+                            return Ok(crate::cleanup::Swept::stopped(format!("{shard}/{org}")));
+                        }
+                        let read = self.0.query(&records).await?;
+                        let expired: Vec<&Item> =
+                            read.items.iter().filter(|item| item.expires_at.is_some_and(|at| at <= now)).collect();
+                        for batch in expired.chunks(CLEANUP_BATCH) {
+                            let deletes = batch
+                                .iter()
+                                .map(|item| Write::Delete { key: item.key.clone(), expect: Expect::Any })
+                                .collect();
+                            self.0.transact(deletes).await?;
+                            *removed += batch.len() as u64;
+                        }
+                        match read.next {
+                            Some(next) => records.after = Some(next),
+                            None => break,
+                        }
+                    }
+                }
+                match page.next {
+                    Some(next) => orgs.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(crate::cleanup::Swept::done())
+    }
+}
 
 pub struct Idempotency {
     table: Arc<dyn Table>,
@@ -196,7 +291,15 @@ impl Idempotency {
             // A fresh claim's version is random, so a request whose claim was taken over and released since can
             // never match a later claim's version by chance of counting from 1 again.
             let version = rand::random_range(1..u64::MAX / 2);
-            match self.table.put(in_flight(&record, version, &fingerprint, now, lease_until), Expect::Absent).await {
+            let claim = vec![
+                Write::Put {
+                    item: in_flight(&record, version, &fingerprint, now, lease_until),
+                    expect: Expect::Absent,
+                },
+                // The organization has records now: listed for their cleanup.
+                Write::Put { item: Item::new(org_key(&caller.org_id), Attrs::new()), expect: Expect::Any },
+            ];
+            match self.table.transact(claim).await {
                 Ok(()) => return Begun::Run(Claim { key: record, version, fingerprint }),
                 Err(PortError::ConditionFailed { .. }) => {}
                 Err(error) => return Begun::Answer(unavailable(&error)),

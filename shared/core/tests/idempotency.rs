@@ -71,6 +71,7 @@ struct World {
     _dir: tempfile::TempDir,
     clock: Arc<ManualClock>,
     counter: Arc<Counter>,
+    table: Arc<dyn Table>,
 }
 
 fn start() -> DateTime<Utc> {
@@ -82,9 +83,9 @@ fn world(gated: bool) -> World {
     let clock = Arc::new(ManualClock::new(start()));
     let db = EmbeddedDb::open(dir.path()).unwrap();
     let table: Arc<dyn Table> = Arc::new(db.table("IdempotencyTable", clock.clone()));
-    let idempotency = Idempotency::new(table, clock.clone());
+    let idempotency = Idempotency::new(table.clone(), clock.clone());
     let gate = gated.then(|| Semaphore::new(0));
-    World { _dir: dir, clock, counter: Arc::new(Counter { runs: AtomicUsize::new(0), gate, idempotency }) }
+    World { _dir: dir, clock, counter: Arc::new(Counter { runs: AtomicUsize::new(0), gate, idempotency }), table }
 }
 
 fn request(method: &str, path: &str, body: &str, key: Option<&str>, user: &str) -> http::Request {
@@ -295,9 +296,42 @@ async fn every_record_is_declared_once_in_the_data_map() {
     send(&world, request_in("org-2", "POST", "/things", "{}", Some("\"quoted key\""), "u2")).await;
     let db = EmbeddedDb::open(world._dir.path()).unwrap();
     let keys = db.table("IdempotencyTable", world.clock.clone()).keys().await.unwrap();
-    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys.len(), 4, "two records and their organizations' listings: {keys:?}");
     for key in &keys {
         let entries = keel::datamap::classify(keel::idempotency::DATA_MAP, keel::idempotency::TABLE_VAR, key);
         assert_eq!(entries.len(), 1, "{key:?}");
     }
+}
+
+#[tokio::test]
+async fn records_past_their_day_are_cleaned_in_every_organization_that_has_any() {
+    use keel::cleanup::{Cleanup, Runs};
+    use keel::clock::Clock;
+    let w = world(false);
+    for (org, key) in [("org-1", "k1"), ("org-1", "k2"), ("org-2", "k1")] {
+        let (status, _, _) = send(&w, request_in(org, "POST", "/things", "{}", Some(key), "ann")).await;
+        assert_eq!(status, 201);
+    }
+    w.clock.advance(chrono::Duration::hours(25));
+    assert_eq!(send(&w, request_in("org-1", "POST", "/things", "{}", Some("k3"), "ann")).await.0, 201);
+    let listed = |org: &str| {
+        let table = w.table.clone();
+        let key = keel::idempotency::org_key(org);
+        async move { table.get(&key).await.unwrap().is_some() }
+    };
+    assert!(listed("org-1").await && listed("org-2").await, "each claim lists its organization");
+    let cleanup = keel::idempotency::RecordsCleanup(w.table.clone());
+    let runs = Runs(w.table.clone());
+    let run = runs.run(&cleanup as &dyn Cleanup, w.clock.now(), &|| false, w.clock.as_ref()).await.unwrap();
+    assert_eq!((run.removed, run.complete), (3, true), "{run:?}");
+    let left = |org: &str| {
+        let table = w.table.clone();
+        let query = keel::table::Query { expired: true, ..keel::table::Query::partition(format!("IDEM#{org}")) };
+        async move { table.query(&query).await.unwrap().items.len() }
+    };
+    assert_eq!((left("org-1").await, left("org-2").await), (1, 0), "the fresh record stays");
+    assert_eq!(runs.run(&cleanup, w.clock.now(), &|| false, w.clock.as_ref()).await.unwrap().removed, 0);
+    // The data map declares the listing.
+    let key = keel::idempotency::org_key("org-1");
+    assert_eq!(keel::datamap::classify(keel::idempotency::DATA_MAP, keel::idempotency::TABLE_VAR, &key).len(), 1);
 }

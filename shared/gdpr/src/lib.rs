@@ -19,6 +19,7 @@ pub const CLEANUPS: &[&str] = &[
     "webhooks.deliveries",
     "jobs.finished",
     "jobs.feed",
+    "api.idempotency_records",
     "flags.overrides",
     "gdpr.export_bundles",
 ];
