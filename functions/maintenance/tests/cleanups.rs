@@ -493,6 +493,6 @@ async fn feed_events_go_after_a_day_in_every_organization_that_has_a_feed() {
     assert_eq!(held("o2").await, ["fresh"]);
     assert_eq!(w.run("jobs.feed").await.removed, 0);
     let map = keel_gdpr::datamap::data_map();
-    let listed = keel_jobs::events::feed_org_key("o1");
+    let listed = keel_jobs::events::FEED_ORGS.key("o1");
     assert_eq!(keel::datamap::classify(&map, "JOBS_TABLE", &listed).len(), 1, "declared");
 }

@@ -75,6 +75,92 @@ pub trait Cleanup: Send + Sync {
     ) -> Result<Swept, PortError>;
 }
 
+/// A listing of the partitions a cleanup must visit, for items filed by something nothing else lists (an
+/// organization): `{prefix}#{shard}` / `{name}`, written (`Expect::Any`) in the transaction that first fills the
+/// partition, shards so one listing is not one hot partition.
+#[derive(Debug, Clone, Copy)]
+pub struct Listing {
+    pub prefix: &'static str,
+    pub shards: u32,
+}
+
+/// Deletes per transaction when a cleanup removes a batch.
+pub const DELETE_BATCH: usize = 25;
+
+impl Listing {
+    fn partition(&self, shard: u32) -> String {
+        format!("{}#{shard}", self.prefix)
+    }
+
+    /// The key that lists `name`.
+    pub fn key(&self, name: &str) -> Key {
+        let hash = name.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        Key::new(self.partition(hash % self.shards), name)
+    }
+
+    /// The put that lists `name`, for the transaction of the write that fills its partition.
+    pub fn put(&self, name: &str) -> Write {
+        Write::Put { item: crate::table::Item::new(self.key(name), Default::default()), expect: Expect::Any }
+    }
+
+    /// For every listed name from `cursor` (`{shard}/{name}`), reads the query `select(name)` gives, page by page,
+    /// and deletes the items `doomed` keeps, [`DELETE_BATCH`] a transaction: the run of a cleanup of listed
+    /// partitions. Stops (with the cursor of the name it was at) when `stop()` says so.
+    pub async fn sweep(
+        &self,
+        table: &dyn Table,
+        cursor: Option<String>,
+        stop: &(dyn Fn() -> bool + Send + Sync),
+        removed: &mut u64,
+        select: impl Fn(&str) -> Query + Send + Sync,
+        doomed: impl Fn(&crate::table::Item) -> bool + Send + Sync,
+    ) -> Result<Swept, PortError> {
+        let (from_shard, from_name) = match cursor.as_deref().and_then(|c| c.split_once('/')) {
+            Some((shard, name)) => (shard.parse().unwrap_or(0), Some(name.to_string())),
+            None => (0, None),
+        };
+        for shard in from_shard..self.shards {
+            let mut names = Query::partition(self.partition(shard));
+            names.limit = crate::table::MAX_QUERY_LIMIT;
+            if shard == from_shard {
+                // Resumes at that name (inclusive): it was not finished.
+                names.sk_from = from_name.clone();
+            }
+            loop {
+                let page = table.query(&names).await?;
+                for listed in &page.items {
+                    let name = listed.key.sk.as_str();
+                    let mut items = select(name);
+                    loop {
+                        if stop() {
+                            return Ok(Swept::stopped(format!("{shard}/{name}")));
+                        }
+                        let read = table.query(&items).await?;
+                        let gone: Vec<&crate::table::Item> = read.items.iter().filter(|item| doomed(item)).collect();
+                        for batch in gone.chunks(DELETE_BATCH) {
+                            let deletes = batch
+                                .iter()
+                                .map(|item| Write::Delete { key: item.key.clone(), expect: Expect::Any })
+                                .collect();
+                            table.transact(deletes).await?;
+                            *removed += batch.len() as u64;
+                        }
+                        match read.next {
+                            Some(next) => items.after = Some(next),
+                            None => break,
+                        }
+                    }
+                }
+                match page.next {
+                    Some(next) => names.after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(Swept::done())
+    }
+}
+
 /// A cleanup's run, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CleanupRun {

@@ -79,22 +79,13 @@ pub const DATA_MAP: &[crate::datamap::Entry] = &[
     },
 ];
 
-/// Shards of the organizations with records.
-const ORG_SHARDS: u32 = 8;
-
-/// `IDEMORG#{shard}` / `{org}`: an organization with records, for their cleanup (records are by organization,
-/// which nothing else lists). Rewritten with every claim.
-pub fn org_key(org: &str) -> Key {
-    let shard = org.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % ORG_SHARDS;
-    Key::new(format!("IDEMORG#{shard}"), org)
-}
+/// The organizations with records (`IDEMORG#{shard}` / `{org}`), for their cleanup: records are by organization,
+/// which nothing else lists. Rewritten with every claim.
+pub const ORGS: crate::cleanup::Listing = crate::cleanup::Listing { prefix: "IDEMORG", shards: 8 };
 
 /// Deletes every listed organization's records past their expiry (24 hours after their answer). Records are keyed
-/// by user, route and key, not time, so each organization's are read whole; the cursor is `{shard}/{org}`.
+/// by user, route and key, not time, so each organization's are read whole.
 pub struct RecordsCleanup(pub Arc<dyn Table>);
-
-/// Deletes per transaction.
-const CLEANUP_BATCH: usize = 25;
 
 #[async_trait::async_trait]
 impl crate::cleanup::Cleanup for RecordsCleanup {
@@ -109,52 +100,13 @@ impl crate::cleanup::Cleanup for RecordsCleanup {
         stop: &(dyn Fn() -> bool + Send + Sync),
         removed: &mut u64,
     ) -> Result<crate::cleanup::Swept, PortError> {
-        use crate::table::Query;
-        let (from_shard, from_org) = match cursor.as_deref().and_then(|c| c.split_once('/')) {
-            Some((shard, org)) => (shard.parse().unwrap_or(0), Some(org.to_string())),
-            None => (0, None),
+        let select = |org: &str| crate::table::Query {
+            expired: true,
+            limit: crate::table::MAX_QUERY_LIMIT,
+            ..crate::table::Query::partition(format!("IDEM#{org}"))
         };
-        for shard in from_shard..ORG_SHARDS {
-            let mut orgs = Query::partition(format!("IDEMORG#{shard}"));
-            orgs.limit = crate::table::MAX_QUERY_LIMIT;
-            if shard == from_shard {
-                orgs.sk_from = from_org.clone();
-            }
-            loop {
-                let page = self.0.query(&orgs).await?;
-                for listed in &page.items {
-                    let org = listed.key.sk.as_str();
-                    let mut records = Query::partition(format!("IDEM#{org}"));
-                    records.expired = true;
-                    records.limit = crate::table::MAX_QUERY_LIMIT;
-                    loop {
-                        if stop() {
-                            return Ok(crate::cleanup::Swept::stopped(format!("{shard}/{org}")));
-                        }
-                        let read = self.0.query(&records).await?;
-                        let expired: Vec<&Item> =
-                            read.items.iter().filter(|item| item.expires_at.is_some_and(|at| at <= now)).collect();
-                        for batch in expired.chunks(CLEANUP_BATCH) {
-                            let deletes = batch
-                                .iter()
-                                .map(|item| Write::Delete { key: item.key.clone(), expect: Expect::Any })
-                                .collect();
-                            self.0.transact(deletes).await?;
-                            *removed += batch.len() as u64;
-                        }
-                        match read.next {
-                            Some(next) => records.after = Some(next),
-                            None => break,
-                        }
-                    }
-                }
-                match page.next {
-                    Some(next) => orgs.after = Some(next),
-                    None => break,
-                }
-            }
-        }
-        Ok(crate::cleanup::Swept::done())
+        let expired = |item: &Item| item.expires_at.is_some_and(|at| at <= now);
+        ORGS.sweep(self.0.as_ref(), cursor, stop, removed, select, expired).await
     }
 }
 
@@ -297,7 +249,7 @@ impl Idempotency {
                     expect: Expect::Absent,
                 },
                 // The organization has records now: listed for their cleanup.
-                Write::Put { item: Item::new(org_key(&caller.org_id), Attrs::new()), expect: Expect::Any },
+                ORGS.put(&caller.org_id),
             ];
             match self.table.transact(claim).await {
                 Ok(()) => return Begun::Run(Claim { key: record, version, fingerprint }),

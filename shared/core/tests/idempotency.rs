@@ -316,7 +316,7 @@ async fn records_past_their_day_are_cleaned_in_every_organization_that_has_any()
     assert_eq!(send(&w, request_in("org-1", "POST", "/things", "{}", Some("k3"), "ann")).await.0, 201);
     let listed = |org: &str| {
         let table = w.table.clone();
-        let key = keel::idempotency::org_key(org);
+        let key = keel::idempotency::ORGS.key(org);
         async move { table.get(&key).await.unwrap().is_some() }
     };
     assert!(listed("org-1").await && listed("org-2").await, "each claim lists its organization");
@@ -332,6 +332,6 @@ async fn records_past_their_day_are_cleaned_in_every_organization_that_has_any()
     assert_eq!((left("org-1").await, left("org-2").await), (1, 0), "the fresh record stays");
     assert_eq!(runs.run(&cleanup, w.clock.now(), &|| false, w.clock.as_ref()).await.unwrap().removed, 0);
     // The data map declares the listing.
-    let key = keel::idempotency::org_key("org-1");
+    let key = keel::idempotency::ORGS.key("org-1");
     assert_eq!(keel::datamap::classify(keel::idempotency::DATA_MAP, keel::idempotency::TABLE_VAR, &key).len(), 1);
 }

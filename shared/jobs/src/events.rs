@@ -63,19 +63,9 @@ pub fn feed_partition(org: &str) -> String {
     format!("{FEED_PREFIX}{org}")
 }
 
-/// Shards of the organizations with a feed.
-pub const FEED_ORG_SHARDS: u32 = 8;
-
-/// `FEEDORG#{shard}` / `{org}`: an organization that has a feed, for the cleanup that removes its old events
-/// (feeds are by organization, which nothing else lists). Rewritten with every event's first write.
-pub fn feed_org_key(org: &str) -> Key {
-    let shard = org.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % FEED_ORG_SHARDS;
-    Key::new(feed_org_partition(shard), org)
-}
-
-pub fn feed_org_partition(shard: u32) -> String {
-    format!("FEEDORG#{shard}")
-}
+/// The organizations that have a feed (`FEEDORG#{shard}` / `{org}`), for the cleanup that removes old events
+/// (feeds are by organization, which nothing else lists). Rewritten with every job's creation and domain event.
+pub const FEED_ORGS: keel::cleanup::Listing = keel::cleanup::Listing { prefix: "FEEDORG", shards: 8 };
 
 /// The event of the transition `job` has just made, numbered `job.events` (the caller counts it). A job back to
 /// pending after a failed attempt makes none: the attempt shows in the record, and the next start is an event.

@@ -5,10 +5,10 @@
 //! so each run reads only the days that have come due since.
 //!
 //! The feed's cleanup: an organization's events go [`FEED_RETENTION`] after they were written. Feeds are by
-//! organization too; each event's write lists its organization (`FEEDORG#{shard}`), and the cleanup reads every
-//! listed feed's events older than that, oldest first.
+//! organization too; each event's write lists its organization (`events::FEED_ORGS`), and the cleanup reads every
+//! listed feed's events older than that, oldest first (`keel::cleanup::Listing::sweep`).
 
-use crate::events::{FEED_ORG_SHARDS, FEED_RETENTION, feed_org_partition, feed_partition};
+use crate::events::{FEED_ORGS, FEED_RETENTION, feed_partition};
 use crate::job::{DONE_SHARDS, Job, RETENTION, done_partition, job_key, job_partition, output_key, owner_key};
 use chrono::{DateTime, NaiveDate, Utc};
 use keel::cleanup::Swept;
@@ -95,12 +95,8 @@ impl keel::cleanup::Cleanup for FinishedCleanup {
     }
 }
 
-/// Deletes each listed organization's feed events older than [`FEED_RETENTION`]. The cursor is `{shard}/{org}`,
-/// the organization to resume at.
+/// Deletes each listed organization's feed events older than [`FEED_RETENTION`].
 pub struct FeedCleanup(pub Arc<dyn Table>);
-
-/// Deletes per transaction: a feed's old events go in batches.
-const FEED_BATCH: usize = 25;
 
 #[async_trait::async_trait]
 impl keel::cleanup::Cleanup for FeedCleanup {
@@ -115,51 +111,14 @@ impl keel::cleanup::Cleanup for FeedCleanup {
         stop: &(dyn Fn() -> bool + Send + Sync),
         removed: &mut u64,
     ) -> Result<Swept, PortError> {
-        let (from_shard, from_org) = match cursor.as_deref().and_then(|c| c.split_once('/')) {
-            Some((shard, org)) => (shard.parse().unwrap_or(0), Some(org.to_string())),
-            None => (0, None),
-        };
         let last = keel::clock::last_ulid_at(now - FEED_RETENTION).to_string();
-        for shard in from_shard..FEED_ORG_SHARDS {
-            let mut orgs = Query::partition(feed_org_partition(shard));
-            orgs.limit = keel::table::MAX_QUERY_LIMIT;
-            if shard == from_shard {
-                // Resumes at that organization: the one before it, as the page's `after`.
-                orgs.sk_from = from_org.clone();
-            }
-            loop {
-                let page = self.0.query(&orgs).await?;
-                for listed in &page.items {
-                    let org = listed.key.sk.as_str();
-                    let mut events = Query::partition(feed_partition(org));
-                    events.sk_to = Some(last.clone());
-                    events.expired = true;
-                    events.limit = keel::table::MAX_QUERY_LIMIT;
-                    loop {
-                        if stop() {
-                            return Ok(Swept::stopped(format!("{shard}/{org}")));
-                        }
-                        let old = self.0.query(&events).await?;
-                        for batch in old.items.chunks(FEED_BATCH) {
-                            let deletes = batch
-                                .iter()
-                                .map(|item| Write::Delete { key: item.key.clone(), expect: Expect::Any })
-                                .collect();
-                            self.0.transact(deletes).await?;
-                            *removed += batch.len() as u64;
-                        }
-                        match old.next {
-                            Some(next) => events.after = Some(next),
-                            None => break,
-                        }
-                    }
-                }
-                match page.next {
-                    Some(next) => orgs.after = Some(next),
-                    None => break,
-                }
-            }
-        }
-        Ok(Swept::done())
+        // Positions are ULIDs of their writing: the old events are a key range.
+        let select = |org: &str| Query {
+            sk_to: Some(last.clone()),
+            expired: true,
+            limit: keel::table::MAX_QUERY_LIMIT,
+            ..Query::partition(feed_partition(org))
+        };
+        FEED_ORGS.sweep(self.0.as_ref(), cursor, stop, removed, select, |_| true).await
     }
 }

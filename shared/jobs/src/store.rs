@@ -354,7 +354,7 @@ impl Jobs {
             let mut writes: Vec<Write> = self.record_event(&mut job).into_iter().collect();
             writes.push(put(job.to_item(1), Expect::Absent));
             // The organization has a feed now: listed for the feed's cleanup.
-            writes.push(put(Item::new(events::feed_org_key(org), attrs(json!({}))), Expect::Any));
+            writes.push(events::FEED_ORGS.put(org));
             let action = if retrying.is_some() { "jobs.job.retry" } else { "jobs.job.create" };
             let created = json!({"type": job.job_type, "retry_of": job.retry_of});
             writes.extend(audit_entry(now, user, &job, action).with_change(None, Some(created)).writes()?);
@@ -1092,7 +1092,7 @@ impl Jobs {
                 .transact(vec![
                     put(seen, Expect::Absent),
                     put(event.to_item(&self.ulid()), Expect::Absent),
-                    put(Item::new(events::feed_org_key(org), attrs(json!({}))), Expect::Any),
+                    events::FEED_ORGS.put(org),
                 ])
                 .await
             {
