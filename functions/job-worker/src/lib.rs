@@ -88,6 +88,7 @@ pub fn build(env: &Env, resources: &dyn Resources) -> Result<Worker, ConfigError
     let erasures = keel_gdpr::erasure::Erasures::from_resources(env, resources, registry.clone())?;
     let tasks = Tasks::default()
         .with(tasks::WEBHOOK_REPLAY, replay)
+        .with(tasks::READINESS_CHECK, tasks::ReadinessCheck)
         .with(keel_gdpr::export::TASK, keel_gdpr::export::ExportTask::from_resources(resources)?)
         .with(keel_gdpr::erasure::TASK, keel_gdpr::erasure::EraseTask(erasures));
     tasks.check(&registry)?;

@@ -1,5 +1,8 @@
 //! The built-in tasks this worker runs in process (`keel_jobs::builtin`).
 //!
+//! `keel.check` is the readiness check's round trip (`keel-local check`): it answers the nonce it was given, so a
+//! completed job with that output proves the API, the table, the queue, the worker and the record work together.
+//!
 //! `webhooks.replay` replays every delivery of a provider that a filter selects, oldest first, a page at a time,
 //! saving after each page where it got to and what it did so far: an attempt cut short resumes after the last
 //! saved delivery. Deliveries the cut attempt replayed after that checkpoint are looked at again: replayed again if
@@ -20,6 +23,7 @@ use serde_json::Value;
 use std::sync::Arc;
 
 pub const WEBHOOK_REPLAY: &str = "webhooks.replay";
+pub const READINESS_CHECK: &str = "keel.check";
 /// Deliveries read per page (and per checkpoint).
 const PAGE: usize = 100;
 
@@ -102,6 +106,19 @@ impl Task for WebhookReplay {
                 progress.after = None;
                 return Ok(serde_json::to_value(&progress).unwrap_or_default());
             }
+        }
+    }
+}
+
+/// `keel.check`: answers `{"nonce"}` with the input's nonce, touching nothing else.
+pub struct ReadinessCheck;
+
+#[async_trait]
+impl Task for ReadinessCheck {
+    async fn run(&self, input: &Value, _: Option<&Value>, _: &dyn Checkpoints) -> Result<Value, TaskFailure> {
+        match input.get("nonce").and_then(Value::as_str) {
+            Some(nonce) => Ok(serde_json::json!({ "nonce": nonce })),
+            None => Err(TaskFailure::Failed("the input has no `nonce` string".into())),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The `keel-local` command line: `serve` (the default) and `token`.
+//! The `keel-local` command line: `serve` (the default), `token`, `run-schedule` and `check`.
 
 use crate::backend::Backend;
 use crate::host::{Host, HostOptions};
@@ -26,6 +26,26 @@ pub enum Command {
     Token(TokenArgs),
     /// Fire one schedule of a running host now, by its event's name in the template (`WebhookDeliveries`).
     RunSchedule(RunScheduleArgs),
+    /// Run the readiness suite against a running stack, deployed or local: one line per check, non-zero exit on a
+    /// failure. Tokens and the webhook secret come from KEEL_CHECK_ADMIN_TOKEN, KEEL_CHECK_MEMBER_TOKEN and
+    /// KEEL_CHECK_WEBHOOK_SECRET.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The API's base URL (keel-local's address, or the stack's API URL).
+    #[arg(long)]
+    pub url: String,
+    /// A provider configured with Keel's signature scheme, for the webhook round trip.
+    #[arg(long)]
+    pub webhook_provider: Option<String>,
+    /// keel-local only: mint the tokens the environment does not give with this data directory's development key.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// How long each round trip may take to complete.
+    #[arg(long, default_value_t = 60)]
+    pub wait_seconds: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -76,6 +96,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Some(Command::Token(args)) => token(&args),
         Some(Command::RunSchedule(args)) => run_schedule(&args),
+        Some(Command::Check(args)) => check(&args),
         Some(Command::Serve(args)) => serve(args),
         None => serve(cli.serve),
     }
@@ -105,6 +126,53 @@ fn run_schedule(args: &RunScheduleArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The organization and users of the tokens `check --data-dir` mints.
+pub const CHECK_ORG: &str = "keel-check";
+pub const CHECK_ADMIN: &str = "keel-check-admin";
+pub const CHECK_MEMBER: &str = "keel-check-member";
+
+fn check(args: &CheckArgs) -> ExitCode {
+    use crate::check;
+    let from_env = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+    let mut admin_token = from_env(check::ADMIN_TOKEN_VAR);
+    let mut member_token = from_env(check::MEMBER_TOKEN_VAR);
+    if let Some(dir) = &args.data_dir {
+        let key = match DevKey::load_or_create(dir) {
+            Ok(key) => key,
+            Err(error) => {
+                eprintln!("keel-local check: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let ttl = chrono::Duration::minutes(30);
+        admin_token = admin_token.or_else(|| key.issue(CHECK_ORG, CHECK_ADMIN, &["platform-admin"], ttl).ok());
+        member_token = member_token.or_else(|| key.issue(CHECK_ORG, CHECK_MEMBER, &["member"], ttl).ok());
+    }
+    let webhook = match (&args.webhook_provider, from_env(check::WEBHOOK_SECRET_VAR)) {
+        (Some(provider), Some(secret)) => Some(check::WebhookTarget { provider: provider.clone(), secret }),
+        (Some(_), None) => {
+            eprintln!("keel-local check: --webhook-provider needs its secret in {}", check::WEBHOOK_SECRET_VAR);
+            return ExitCode::FAILURE;
+        }
+        (None, _) => None,
+    };
+    let options = check::Options {
+        url: args.url.clone(),
+        admin_token,
+        member_token,
+        webhook,
+        wait: std::time::Duration::from_secs(args.wait_seconds),
+    };
+    let lines = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(check::run(&options, |line| println!("{line}"))),
+        Err(error) => {
+            eprintln!("keel-local check: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if check::failed(&lines) { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 fn token(args: &TokenArgs) -> ExitCode {

@@ -11,6 +11,7 @@
 //! compare [`declared`] with [`served`] to prove the host serves exactly what the template declares.
 
 pub mod backend;
+pub mod check;
 pub mod cli;
 pub mod docs;
 pub mod gateway;

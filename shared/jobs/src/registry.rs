@@ -345,7 +345,7 @@ mod tests {
         assert_eq!(registry.get("notify.email").unwrap().creators, Creators::Member, "the default");
         let tasks = crate::builtin::Tasks::default();
         let refused = tasks.check(&registry).unwrap_err();
-        let builtin = ["gdpr.erase", "gdpr.export", "webhooks.replay"];
+        let builtin = ["gdpr.erase", "gdpr.export", "keel.check", "webhooks.replay"];
         assert!(builtin.iter().any(|t| refused.to_string().contains(t)), "{refused}");
         let declare = |task: &str| {
             json!({"types": [{"name": "t", "category": "c", "executor": {"kind": "builtin", "task": task},

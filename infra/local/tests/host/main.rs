@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod aws_backend;
+mod check;
 mod cli;
 mod common;
 mod erasure_sigkill;
