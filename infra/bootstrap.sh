@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Python tools Keel's tests and local tooling need into a git-ignored virtualenv at the repo root
+# Installs the system tools the runbook drills use (jq, curl, openssl: Debian packages, when missing), the Python
+# tools Keel's tests and local tooling need into a git-ignored virtualenv at the repo root
 # (.venv), and the Node packages of tests/sdk (the official OpenFeature Node SDK) into its git-ignored
 # node_modules. Idempotent: run it again at any time; it only installs what infra/requirements.txt and
 # tests/sdk/package-lock.json pin.
@@ -17,6 +18,23 @@ python="${PYTHON:-python3}"
 if ! command -v "$python" >/dev/null 2>&1; then
     echo "bootstrap: $python not found; install Python 3.9 or newer (or set PYTHON)" >&2
     exit 1
+fi
+
+# System tools the runbooks' drills run (infra/local/tests/host/runbooks.rs), from Debian's packages when missing.
+missing=()
+for tool in jq curl openssl; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "bootstrap: ${missing[*]} not found and apt-get is not there to install them" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing ${missing[*]} from Debian's packages"
+    sudo_if_needed=()
+    [ "$(id -u)" -eq 0 ] || sudo_if_needed=(sudo)
+    "${sudo_if_needed[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_if_needed[@]}" apt-get install -y -qq "${missing[@]}"
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

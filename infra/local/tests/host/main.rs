@@ -11,5 +11,6 @@ mod common;
 mod erasure_sigkill;
 mod fixture_host;
 mod jobs_sigkill;
+mod runbooks;
 mod sigkill;
 mod template_host;
