@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system tools the runbook drills use (jq, curl, openssl: Debian packages, when missing), the Python
+# Installs the system tools the runbook drills and console tests use (jq, curl, openssl, chromium: Debian packages,
+# when missing), builds the web console (console/dist, which the console function embeds), the Python
 # tools Keel's tests and local tooling need into a git-ignored virtualenv at the repo root
 # (.venv), and the Node packages of tests/sdk (the official OpenFeature Node SDK) into its git-ignored
 # node_modules. Idempotent: run it again at any time; it only installs what infra/requirements.txt and
@@ -20,9 +21,10 @@ if ! command -v "$python" >/dev/null 2>&1; then
     exit 1
 fi
 
-# System tools the runbooks' drills run (infra/local/tests/host/runbooks.rs), from Debian's packages when missing.
+# System tools the runbooks' drills run (infra/local/tests/host/runbooks.rs) and the browser the console's tests
+# drive (infra/local/tests/host/console.rs), from Debian's packages when missing (each command is its package).
 missing=()
-for tool in jq curl openssl; do
+for tool in jq curl openssl chromium; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -61,4 +63,8 @@ fi
 echo "bootstrap: installing tests/sdk's Node packages from its package-lock.json"
 npm ci --prefix "$repo_root/tests/sdk" --no-audit --no-fund --loglevel=error
 
-echo "bootstrap: done; tools are in $venv/bin and tests/sdk/node_modules"
+echo "bootstrap: installing console/'s Node packages from its package-lock.json, and building the console"
+npm ci --prefix "$repo_root/console" --no-audit --no-fund --loglevel=error
+npm --prefix "$repo_root/console" run --silent build
+
+echo "bootstrap: done; tools are in $venv/bin, tests/sdk/node_modules and console/node_modules; the console is in console/dist"

@@ -282,7 +282,7 @@ impl Host {
         if process.get(keel::suppression::KEY_VAR).is_none() {
             process.set(keel::suppression::KEY_VAR, key.derive(keel::suppression::KEY_VAR));
         }
-        let functions = build_functions(&template, &registry, &process, &built, clock)?;
+        let functions = build_functions(&template, &registry, &process, &built, &format!("http://{addr}/"), clock)?;
 
         let mut probes = Vec::new();
         probes.extend(built.tables.iter().map(|(id, r)| Probe::Table(id.clone(), r.adapter.clone())));
@@ -539,6 +539,7 @@ fn build_functions(
     registry: &Registry,
     process: &Env,
     built: &Built,
+    base_url: &str,
     clock: Arc<dyn Clock>,
 ) -> Result<Functions, HostError> {
     let mut functions = Functions { http: Vec::new(), streams: Vec::new(), pollers: Vec::new(), schedules: Vec::new() };
@@ -578,6 +579,17 @@ fn build_functions(
                     let r = lookup(&built.buckets, id, &function.logical_id)?;
                     env.set(var, &r.reference);
                     resources = resources.with_objects(var, r.adapter.clone());
+                }
+                VarValue::FunctionUrl(target) => {
+                    if !template.functions.iter().any(|f| &f.logical_id == target && f.url.is_some()) {
+                        return Err(HostError::Registry(format!(
+                            "{}: `{var}` names the Function URL of {target}, which declares none",
+                            function.logical_id
+                        )));
+                    }
+                    if process.get(var).is_none() {
+                        env.set(var, base_url);
+                    }
                 }
                 VarValue::NoValue => {}
             }

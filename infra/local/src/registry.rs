@@ -55,6 +55,7 @@ impl Registry {
             .http("flags-eval", flags_eval::build)
             .http("flags-admin", flags_admin::build)
             .http("api-docs", api_docs::build)
+            .http("console", console::build)
             .http("jobs-api", jobs_api::build)
             .http("gdpr-api", gdpr_api::build)
             .queue("job-worker", job_worker::build)

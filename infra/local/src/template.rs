@@ -98,6 +98,9 @@ pub enum VarValue {
     Queue(String),
     Bus(String),
     Bucket(String),
+    /// `!GetAtt <Function>Url.FunctionUrl`: the base URL of that function's Function URL, which keel-local serves
+    /// beside the routes, on its own address.
+    FunctionUrl(String),
     /// `!Ref AWS::NoValue`: the variable is not set.
     NoValue,
 }
@@ -559,6 +562,14 @@ impl Template {
                 }
             }
             Some(Intrinsic::Sub(arg)) => self.sub(&arg, at).map(VarValue::Literal),
+            Some(Intrinsic::GetAtt(resource, attribute))
+                if attribute == "FunctionUrl"
+                    && resource
+                        .strip_suffix("Url")
+                        .is_some_and(|f| kinds.get(f).map(String::as_str) == Some("function")) =>
+            {
+                Ok(VarValue::FunctionUrl(resource.trim_end_matches("Url").to_string()))
+            }
             Some(Intrinsic::GetAtt(resource, attribute)) => Err(invalid(
                 at,
                 format!("`!GetAtt {resource}.{attribute}` in an environment variable is not supported by keel-local"),
@@ -1079,6 +1090,16 @@ Resources:
 
     fn error_of(text: &str) -> String {
         Template::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_function_url_wires_into_a_variable_and_other_attributes_do_not() {
+        let template = Template::parse(&with_function("", "S: !GetAtt FUrl.FunctionUrl")).unwrap();
+        assert_eq!(template.functions[0].variables["S"], VarValue::FunctionUrl("F".into()));
+        let e = error_of(&with_function("", "S: !GetAtt FUrl.Arn"));
+        assert!(e.contains("Variables.S") && e.contains("FUrl.Arn"), "{e}");
+        let e = error_of(&with_function("", "S: !GetAtt QUrl.FunctionUrl"));
+        assert!(e.contains("QUrl.FunctionUrl"), "not a function's: {e}");
     }
 
     #[test]

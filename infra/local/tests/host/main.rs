@@ -8,6 +8,7 @@ mod aws_backend;
 mod check;
 mod cli;
 mod common;
+mod console;
 mod erasure_sigkill;
 mod fixture_host;
 mod jobs_sigkill;

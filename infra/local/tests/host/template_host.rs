@@ -73,6 +73,7 @@ async fn serves_exactly_what_the_template_declares() {
             .replace("{orgId}", "org-1")
             .replace("{userId}", "a-user")
             .replace("{name}", "a-segment")
+            .replace("{file}", "no-such-asset.js")
             .replace("{id}", "01HZZZZZZZZZZZZZZZZZZZZZZZ");
         assert!(!concrete.contains('{'), "a path parameter this test does not know: {path}");
         let response = client
