@@ -4,6 +4,8 @@
 const TOKEN_KEY = 'keel.console.token';
 /** Where the event stream is: the API's origin unless the deployment serves it elsewhere (a Lambda Function URL). */
 let streamBase = '/';
+/** The deployment's OIDC issuer and the console's client id there, when sign-in through it is configured. */
+let oidcConfig = null;
 
 /** Reads the console's configuration from the function that serves it. */
 export async function loadConfig() {
@@ -11,7 +13,12 @@ export async function loadConfig() {
   if (response.ok) {
     const config = await response.json();
     if (config.events_stream_base) streamBase = config.events_stream_base;
+    oidcConfig = config.oidc || null;
   }
+}
+
+export function oidc() {
+  return oidcConfig;
 }
 
 export class Problem extends Error {

@@ -2,7 +2,8 @@
 // for platform admins are neither linked nor rendered for anyone else (the API would refuse them with 403 anyway).
 import { render } from 'preact';
 import { useState } from 'preact/hooks';
-import { claims, isAdmin, loadConfig, setToken } from './api.js';
+import { claims, isAdmin, loadConfig, oidc, setToken } from './api.js';
+import { completeSignIn, signIn } from './oidc.js';
 import { html } from './html.js';
 import { go, link, useRoute } from './router.js';
 import { AuditPage } from './pages/audit.js';
@@ -23,9 +24,17 @@ const PAGES = [
   { path: 'my-data', title: 'My data', admin: false, page: MyDataPage },
 ];
 
-function SignIn() {
+function SignIn({ failure }) {
   const [value, setValue] = useState('');
-  const [error, setError] = useState('');
+  const [error, setError] = useState(failure || '');
+  const issuer = oidc();
+  const viaIssuer = async () => {
+    try {
+      await signIn(issuer);
+    } catch (e) {
+      setError(e.message);
+    }
+  };
   const submit = (event) => {
     event.preventDefault();
     setToken(value.trim());
@@ -39,6 +48,10 @@ function SignIn() {
   };
   return html`<main class="signin">
     <h1>Keel console</h1>
+    ${issuer
+      ? html`<button type="button" data-action="oidc" onClick=${viaIssuer}>Sign in with ${new URL(issuer.issuer).host}</button>
+          <p class="muted">Or paste a bearer token:</p>`
+      : null}
     <form onSubmit=${submit}>
       <label class="field">
         <span class="label">Bearer token</span>
@@ -50,14 +63,13 @@ function SignIn() {
       ${error ? html`<div class="problem" role="alert">${error}</div>` : null}
       <button type="submit">Sign in</button>
     </form>
-    <p class="muted">Sign-in through an OpenID Connect issuer is not built yet: paste a token your issuer gave you.</p>
   </main>`;
 }
 
-function App() {
+function App({ failure }) {
   const route = useRoute();
   const who = claims();
-  if (!who || (who.exp && who.exp * 1000 < Date.now())) return html`<${SignIn} />`;
+  if (!who || (who.exp && who.exp * 1000 < Date.now())) return html`<${SignIn} failure=${failure} />`;
   const admin = isAdmin(who);
   const name = route.parts[0] || (admin ? 'overview' : 'jobs');
   const entry = PAGES.find((p) => p.path === name);
@@ -81,8 +93,23 @@ function App() {
       <span class="who" data-who>${who.user} · ${who.org} · ${who.roles.join(', ')}</span>
       <button class="link" onClick=${signOut}>Sign out</button>
     </nav>
-    <main data-page=${name}>${body}</main>
+    <main data-page=${name} data-route=${location.hash || '#/'}>${body}</main>
   </div>`;
 }
 
-loadConfig().finally(() => render(html`<${App} />`, document.getElementById('app')));
+/** Loads the configuration, finishes a sign-in through the issuer if this is its return, then shows the console. */
+async function start() {
+  await loadConfig().catch(() => {});
+  let failure = '';
+  if (oidc()) {
+    try {
+      const token = await completeSignIn(oidc());
+      if (token) setToken(token);
+    } catch (error) {
+      failure = error.message;
+    }
+  }
+  render(html`<${App} failure=${failure} />`, document.getElementById('app'));
+}
+
+start();

@@ -20,6 +20,45 @@ export function useLoad(load, deps) {
   return { ...state, reload: () => setRound((n) => n + 1) };
 }
 
+/**
+ * A list the API pages with `next_cursor`: `load(cursor)` answers { items, next }. The first page loads when `deps`
+ * change; `more()` appends the next. A short or empty page with a cursor is not the end.
+ */
+export function usePaged(load, deps) {
+  const [state, setState] = useState({ items: null, next: null, error: null, loading: true });
+  useEffect(() => {
+    let live = true;
+    setState({ items: null, next: null, error: null, loading: true });
+    load(null).then(
+      (page) => live && setState({ items: page.items, next: page.next, error: null, loading: false }),
+      (error) => live && setState({ items: null, next: null, error, loading: false }),
+    );
+    return () => {
+      live = false;
+    };
+  }, deps);
+  const more = async () => {
+    setState((s) => ({ ...s, loading: true }));
+    try {
+      const page = await load(state.next);
+      setState((s) => ({ items: [...s.items, ...page.items], next: page.next, error: null, loading: false }));
+    } catch (error) {
+      setState((s) => ({ ...s, error, loading: false }));
+    }
+  };
+  return { ...state, data: state.items, more };
+}
+
+/** The end of a paged list: a "More" button while there is a cursor, else the count (or that nothing matched). */
+export function More({ paged, noun }) {
+  if (!paged.items) return null;
+  if (paged.next) {
+    return html`<p><button type="button" data-action="more" disabled=${paged.loading} onClick=${paged.more}>More</button>
+      <span class="muted"> ${paged.items.length} shown; there may be more than this page found</span></p>`;
+  }
+  return html`<p class="muted">${paged.items.length === 0 ? `No ${noun} matches.` : `${paged.items.length} shown.`}</p>`;
+}
+
 export function ProblemBox({ error }) {
   if (!error) return null;
   const code = error.code ? html`<code>${error.code}</code> ` : '';

@@ -17,6 +17,8 @@ const memberToken = need('MEMBER_TOKEN');
 const pendingJob = need('PENDING_JOB');
 const delivery = need('DELIVERY');
 const artifacts = need('ARTIFACTS');
+/** The issuer's subject the sign-in through it yields (the issuer is configured when this is set). */
+const oidcUser = process.env.OIDC_USER || '';
 mkdirSync(artifacts, { recursive: true });
 
 const browser = await chromium.launch({
@@ -52,11 +54,17 @@ async function step(name, run) {
   }
 }
 
+/** Changes the route, and waits until the console has rendered it (not the page before it). */
+async function navigate(page, hash) {
+  await page.evaluate((h) => { location.hash = h; }, hash);
+  await page.waitForSelector(`main[data-route="${hash}"]`, { timeout: 15000 });
+}
+
 async function visit(s, name, hash, ready = '[data-ready]') {
   await step(`${name} loads without a console error`, async () => {
     s.errors.length = 0;
-    await s.page.evaluate((h) => { location.hash = h; }, hash);
-    await s.page.waitForSelector(ready, { timeout: 15000 });
+    await navigate(s.page, hash);
+    await s.page.waitForSelector(`main[data-route="${hash}"] ${ready}`, { timeout: 15000 });
     await s.page.waitForLoadState('networkidle').catch(() => {});
     shot += 1;
     await s.page.screenshot({ path: join(artifacts, `${String(shot).padStart(2, '0')}-${name}.png`), fullPage: true });
@@ -89,14 +97,14 @@ await visit(admin, 'gdpr', '#/gdpr', '[data-map]');
 
 await step('editing a flag shows the change, before and after, in its audit trail', async () => {
   const p = admin.page;
-  await p.evaluate(() => { location.hash = '#/flags/beta?tab=edit'; });
+  await navigate(p, '#/flags/beta?tab=edit');
   await p.waitForSelector('form.flag-form input[name=description]');
   await p.fill('input[name=description]', 'Beta, edited in the console');
   await quietly(admin, [], async () => {
     await p.click('form.flag-form button[type=submit]');
     await p.waitForSelector('form.flag-form .ok');
   });
-  await p.evaluate(() => { location.hash = '#/flags/beta?tab=audit'; });
+  await navigate(p, '#/flags/beta?tab=audit');
   const after = await p.waitForSelector('ol.audit li:first-child tr[data-field=description] td.after');
   const before = await p.$('ol.audit li:first-child tr[data-field=description] td.before');
   if (!(await after.textContent()).includes('edited in the console')) throw new Error('the audit entry lacks the new text');
@@ -107,7 +115,7 @@ await step('editing a flag shows the change, before and after, in its audit trai
 
 await step("a refused edit shows the API's pointer on the field it names", async () => {
   const p = admin.page;
-  await p.evaluate(() => { location.hash = '#/flags/beta?tab=edit'; });
+  await navigate(p, '#/flags/beta?tab=edit');
   await p.waitForSelector('textarea[name=rules]');
   await p.fill('textarea[name=rules]', '[{"constraints": [{"field": "plan", "operator": "NOPE", "values": ["x"]}]}]');
   await quietly(admin, [422], async () => {
@@ -122,7 +130,7 @@ await step("a refused edit shows the API's pointer on the field it names", async
 
 await step('replaying a delivery queues it again', async () => {
   const p = admin.page;
-  await p.evaluate((h) => { location.hash = h; }, `#/webhooks/acme/${delivery}`);
+  await navigate(p, `#/webhooks/acme/${delivery}`);
   const replays = Number(await (await p.waitForSelector('[data-replays]')).textContent());
   await quietly(admin, [], async () => {
     await p.click('[data-action=replay]');
@@ -133,7 +141,7 @@ await step('replaying a delivery queues it again', async () => {
 
 await step('redriving the dead-letter queue answers what it moved', async () => {
   const p = admin.page;
-  await p.evaluate(() => { location.hash = '#/webhooks?provider=acme'; });
+  await navigate(p, '#/webhooks?provider=acme');
   await p.waitForSelector('[data-action=redrive]');
   await quietly(admin, [], async () => {
     await p.click('[data-action=redrive]');
@@ -143,7 +151,7 @@ await step('redriving the dead-letter queue answers what it moved', async () => 
 
 await step('a cancelled job shows as cancelled through the live feed', async () => {
   const p = admin.page;
-  await p.evaluate((h) => { location.hash = h; }, `#/jobs/${pendingJob}`);
+  await navigate(p, `#/jobs/${pendingJob}`);
   await p.waitForSelector('[data-stream=live]', { timeout: 15000 });
   await quietly(admin, [], async () => {
     await p.click('[data-action=cancel]');
@@ -166,14 +174,55 @@ await step('a member sees no admin page and cannot reach one', async () => {
   }
   member.requests.length = 0;
   for (const hash of ['#/flags', '#/webhooks?provider=acme', '#/gdpr', '#/overview']) {
-    await p.evaluate((h) => { location.hash = h; }, hash);
-    await p.waitForSelector('[data-denied]');
+    await navigate(p, hash);
+    await p.waitForSelector(`main[data-route="${hash}"] [data-denied]`);
   }
+  await p.waitForLoadState('networkidle').catch(() => {});
   const adminCalls = member.requests.filter((url) => url.includes('/v1/admin') || url.includes('/v1/webhooks'));
   if (adminCalls.length) throw new Error(`the member's page called ${adminCalls.join(', ')}`);
   shot += 1;
   await p.screenshot({ path: join(artifacts, `${String(shot).padStart(2, '0')}-member-denied.png`), fullPage: true });
 });
+
+if (oidcUser) {
+  await step('signing in through the issuer (authorization code with PKCE) gives a working session', async () => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const page = await context.newPage();
+    const errors = [];
+    page.on('console', (message) => message.type() === 'error' && errors.push(message.text()));
+    page.on('pageerror', (error) => errors.push(String(error)));
+    await page.goto(base);
+    await page.click('[data-action=oidc]');
+    await page.waitForSelector('#allow');
+    shot += 1;
+    await page.screenshot({ path: join(artifacts, `${String(shot).padStart(2, '0')}-issuer-sign-in.png`) });
+    await page.click('#allow');
+    const who = await page.waitForSelector('nav [data-who]');
+    if (!(await who.textContent()).includes(oidcUser)) throw new Error(`signed in as ${await who.textContent()}`);
+    await navigate(page, '#/jobs');
+    await page.waitForSelector('main[data-route="#/jobs"] [data-ready]');
+    await page.waitForSelector('[data-stream=live]', { timeout: 15000 });
+    if (errors.length) throw new Error(`console errors: ${errors.join(' | ')}`);
+    shot += 1;
+    await page.screenshot({ path: join(artifacts, `${String(shot).padStart(2, '0')}-issuer-signed-in.png`), fullPage: true });
+    await context.close();
+  });
+
+  await step('a denied sign-in and a return this tab did not start are refused, saying why', async () => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(base);
+    await page.click('[data-action=oidc]');
+    await page.click('#deny');
+    const denied = await page.waitForSelector('.signin [role=alert]');
+    if (!(await denied.textContent()).includes('access_denied')) throw new Error(await denied.textContent());
+    await page.goto(`${base}?code=forged&state=forged`);
+    const forged = await page.waitForSelector('.signin [role=alert]');
+    if (!(await forged.textContent()).includes('not started here')) throw new Error(await forged.textContent());
+    if (await page.$('nav [data-who]')) throw new Error('signed in anyway');
+    await context.close();
+  });
+}
 
 await browser.close();
 process.exit(failed ? 1 : 0);

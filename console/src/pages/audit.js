@@ -3,12 +3,16 @@
 import { api, query } from '../api.js';
 import { html } from '../html.js';
 import { go } from '../router.js';
-import { Change, Loading, useLoad, when } from '../ui.js';
+import { Change, Loading, More, usePaged, when } from '../ui.js';
 
 export function AuditPage({ route, who }) {
   const names = ['action', 'actor', 'resource', 'from', 'to', 'org_id'];
   const filters = Object.fromEntries(names.map((n) => [n, route.params.get(n) || '']));
-  const state = useLoad(() => api(`/v1/audit-logs${query({ ...filters, limit: 100 })}`).then((r) => r.data), Object.values(filters));
+  const state = usePaged(
+    (cursor) =>
+      api(`/v1/audit-logs${query({ ...filters, limit: 100, cursor })}`).then((r) => ({ items: r.data.entries, next: r.data.next_cursor })),
+    Object.values(filters),
+  );
   const set = (name) => (event) => go('/audit', { ...filters, [name]: event.target.value });
   const admin = who.roles.includes('platform-admin');
   return html`<h1>Audit log</h1>
@@ -21,13 +25,13 @@ export function AuditPage({ route, who }) {
       ${state.data &&
       html`<table data-ready>
         <thead><tr><th>at</th><th>action</th><th>actor</th><th>resource</th><th>reason</th><th>change</th></tr></thead>
-        <tbody>${state.data.entries.map(
+        <tbody>${state.items.map(
           (e) => html`<tr data-entry=${e.id}>
             <td>${when(e.at)}</td><td><code>${e.action}</code></td><td>${e.actor}</td><td>${e.resource}</td>
             <td>${e.reason || ''}</td><td><${Change} before=${e.before} after=${e.after} /></td>
           </tr>`,
         )}</tbody>
       </table>
-      ${state.data.entries.length === 0 ? html`<p class="muted">No entry matches.</p>` : null}`}
+      <${More} paged=${state} noun="entry" />`}
     <//>`;
 }

@@ -4,7 +4,7 @@ import { useState } from 'preact/hooks';
 import { api, query } from '../api.js';
 import { html } from '../html.js';
 import { go, link } from '../router.js';
-import { Badge, Change, Field, Loading, ProblemBox, fieldOf, useLoad, when } from '../ui.js';
+import { Badge, Change, Field, Loading, More, ProblemBox, fieldOf, useLoad, usePaged, when } from '../ui.js';
 
 const TYPES = ['release', 'experiment', 'operational', 'kill-switch', 'permission'];
 const VALUE_TYPES = ['boolean', 'string', 'number', 'object'];
@@ -18,11 +18,11 @@ export function FlagsPage({ route }) {
 
 function FlagList({ params }) {
   const filters = { type: params.get('type') || '', stale: params.get('stale') || '', prefix: params.get('prefix') || '' };
-  const state = useLoad(() => api(`/v1/admin/flags${query({ ...filters, limit: 100 })}`).then((r) => r.data), [
-    filters.type,
-    filters.stale,
-    filters.prefix,
-  ]);
+  const state = usePaged(
+    (cursor) =>
+      api(`/v1/admin/flags${query({ ...filters, limit: 100, cursor })}`).then((r) => ({ items: r.data.items, next: r.data.next_cursor })),
+    [filters.type, filters.stale, filters.prefix],
+  );
   const set = (name) => (event) => go('/flags', { ...filters, [name]: event.target.value });
   return html`<h1>Feature flags</h1>
     <div class="toolbar">
@@ -40,7 +40,7 @@ function FlagList({ params }) {
       html`<table data-ready>
         <thead><tr><th>key</th><th>type</th><th>value type</th><th>kill switch</th><th>stale</th><th>last evaluated</th><th>version</th></tr></thead>
         <tbody>
-          ${state.data.items.map(
+          ${state.items.map(
             (f) => html`<tr data-flag=${f.key}>
               <td><a href=${link(`/flags/${encodeURIComponent(f.key)}`)}>${f.key}</a></td>
               <td>${f.lifecycle && f.lifecycle.type}</td>
@@ -53,7 +53,7 @@ function FlagList({ params }) {
           )}
         </tbody>
       </table>
-      ${state.data.items.length === 0 ? html`<p class="muted">No flag matches.</p>` : null}`}
+      <${More} paged=${state} noun="flag" />`}
     <//>`;
 }
 

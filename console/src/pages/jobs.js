@@ -4,7 +4,7 @@ import { useEffect, useState } from 'preact/hooks';
 import { api, query, stream } from '../api.js';
 import { html } from '../html.js';
 import { go, link } from '../router.js';
-import { Badge, Json, Loading, ProblemBox, useLoad, when } from '../ui.js';
+import { Badge, Json, Loading, More, ProblemBox, useLoad, usePaged, when } from '../ui.js';
 
 const STATUSES = ['pending', 'processing', 'completed', 'failed', 'cancelled'];
 const STATUS_OF = { 'job.created': 'pending', 'job.started': 'processing', 'job.completed': 'completed', 'job.failed': 'failed', 'job.cancelled': 'cancelled' };
@@ -22,14 +22,18 @@ function jobIdOf(event) {
 
 export function JobsPage({ route, who }) {
   const id = route.parts[1];
-  if (id) return html`<${JobDetail} id=${id} />`;
+  // Keyed by id: another job is a new page, with its own stream filter and state.
+  if (id) return html`<${JobDetail} key=${id} id=${id} />`;
   return html`<${JobList} params=${route.params} admin=${who.roles.includes('platform-admin')} />`;
 }
 
 function JobList({ params, admin }) {
   const names = ['status', 'type', 'category', 'user_id', 'org_id'];
   const filters = Object.fromEntries(names.map((n) => [n, params.get(n) || '']));
-  const state = useLoad(() => api(`/v1/jobs${query({ ...filters, limit: 100 })}`).then((r) => r.data), Object.values(filters));
+  const state = usePaged(
+    (cursor) => api(`/v1/jobs${query({ ...filters, limit: 100, cursor })}`).then((r) => ({ items: r.data.items, next: r.data.next_cursor })),
+    Object.values(filters),
+  );
   const [live, setLive] = useState({});
   const streamState = useStream((event) => {
     const status = STATUS_OF[event.type];
@@ -48,7 +52,7 @@ function JobList({ params, admin }) {
       ${state.data &&
       html`<table data-ready>
         <thead><tr><th>job</th><th>type</th><th>status</th><th>user</th><th>created</th><th>attempts</th></tr></thead>
-        <tbody>${state.data.items.map(
+        <tbody>${state.items.map(
           (j) => html`<tr data-job=${j.id}>
             <td><a href=${link(`/jobs/${j.id}`)}>${j.id}</a></td><td>${j.type}</td>
             <td><${Badge} value=${live[j.id] || j.status} />${j.waiting && !live[j.id] ? html` <span class="muted">${j.waiting}</span>` : null}</td>
@@ -56,7 +60,7 @@ function JobList({ params, admin }) {
           </tr>`,
         )}</tbody>
       </table>
-      ${state.data.items.length === 0 ? html`<p class="muted">No job matches.</p>` : null}`}
+      <${More} paged=${state} noun="job" />`}
     <//>`;
 }
 

@@ -4,7 +4,7 @@ import { useState } from 'preact/hooks';
 import { api, query } from '../api.js';
 import { html } from '../html.js';
 import { go, link } from '../router.js';
-import { Badge, Json, Loading, ProblemBox, useLoad, when } from '../ui.js';
+import { Badge, Json, Loading, More, ProblemBox, useLoad, usePaged, when } from '../ui.js';
 
 const STATUSES = ['pending', 'processing', 'completed', 'failed', 'dead_letter'];
 
@@ -23,11 +23,12 @@ function Deliveries({ params }) {
     until: params.get('until') || '',
   };
   const [redrive, setRedrive] = useState(null);
-  const state = useLoad(async () => {
-    if (!filters.provider) return null;
+  const state = usePaged(async (cursor) => {
+    if (!filters.provider) return { items: null, next: null };
     localStorage.setItem('keel.console.provider', filters.provider);
     const { provider, ...rest } = filters;
-    return (await api(`/v1/webhooks/${encodeURIComponent(provider)}/deliveries${query({ ...rest, limit: 100 })}`)).data;
+    const page = (await api(`/v1/webhooks/${encodeURIComponent(provider)}/deliveries${query({ ...rest, limit: 100, cursor })}`)).data;
+    return { items: page.items, next: page.next_cursor };
   }, Object.values(filters));
   const set = (name) => (event) => go('/webhooks', { ...filters, [name]: event.target.value });
   const redriveAll = async () => {
@@ -57,7 +58,7 @@ function Deliveries({ params }) {
       ${state.data &&
       html`<table data-ready>
         <thead><tr><th>delivery</th><th>event</th><th>type</th><th>status</th><th>attempts</th><th>received</th><th>last error</th></tr></thead>
-        <tbody>${state.data.items.map(
+        <tbody>${state.items.map(
           (d) => html`<tr data-delivery=${d.delivery_id}>
             <td><a href=${link(`/webhooks/${encodeURIComponent(filters.provider)}/${d.delivery_id}`)}>${d.delivery_id}</a></td>
             <td>${d.event_id}</td><td>${d.event_type}</td><td><${Badge} value=${d.status} /></td><td>${d.attempts}</td>
@@ -65,7 +66,7 @@ function Deliveries({ params }) {
           </tr>`,
         )}</tbody>
       </table>
-      ${state.data.items.length === 0 ? html`<p class="muted">No delivery matches.</p>` : null}`}
+      <${More} paged=${state} noun="delivery" />`}
     <//>`;
 }
 

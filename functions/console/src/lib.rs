@@ -5,8 +5,13 @@
 //! The assets are the build's (`console/dist`, embedded by `build.rs`): a function built before the console was
 //! answers 503 `console_not_built` instead of a page. Hashed asset names never change content, so they may be
 //! cached for a year; the page itself is never cached, so a deployment shows at the next load. The page may only
-//! load its own assets and talk to its own origin and the event stream's (`EVENTS_STREAM_URL`, the stack's
-//! `EventsStreamUrl`; the API's own `/v1/events/stream` when unset).
+//! load its own assets and talk to its own origin, the event stream's (`EVENTS_STREAM_URL`, the stack's
+//! `EventsStreamUrl`; the API's own `/v1/events/stream` when unset) and the OIDC issuer's (`JWT_ISSUER`).
+//!
+//! Sign-in: with `JWT_ISSUER` and `JWT_AUDIENCE` (the HTTP API's authorizer's issuer and audience), the page offers
+//! the issuer's authorization code flow with PKCE, as the public client `JWT_AUDIENCE` names; a pasted token works
+//! either way. An issuer whose token endpoint is on another origin (Cognito's hosted domain) names it in
+//! `CONSOLE_TOKEN_ORIGIN`.
 
 use keel::config::{ConfigError, Env};
 use keel::http::{self, Response};
@@ -20,34 +25,54 @@ mod assets {
 }
 
 pub const STREAM_VAR: &str = "EVENTS_STREAM_URL";
+pub const ISSUER_VAR: &str = "JWT_ISSUER";
+pub const CLIENT_VAR: &str = "JWT_AUDIENCE";
+pub const TOKEN_ORIGIN_VAR: &str = "CONSOLE_TOKEN_ORIGIN";
 
 pub struct Console {
     /// The event stream's base URL (ending in `/`), or empty for the API's own origin.
     stream_base: String,
+    /// The issuer and client id of the sign-in through the issuer, when configured.
+    oidc: Option<(String, String)>,
     csp: String,
 }
 
+/// An `http(s)` URL from `var`, if set.
+fn url_var(env: &Env, var: &str) -> Result<Option<String>, ConfigError> {
+    match env.get(var) {
+        None | Some("") => Ok(None),
+        Some(url) if url.starts_with("https://") || url.starts_with("http://") => Ok(Some(url.to_string())),
+        Some(_) => Err(ConfigError::Malformed { name: var.into(), reason: "expected an http(s) URL".into() }),
+    }
+}
+
 pub fn build(env: &Env, _: &dyn Resources) -> Result<Console, ConfigError> {
-    let stream_base = match env.get(STREAM_VAR) {
-        None | Some("") => String::new(),
-        Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
-            if url.ends_with('/') {
-                url.to_string()
-            } else {
-                format!("{url}/")
-            }
-        }
-        Some(_) => {
-            return Err(ConfigError::Malformed { name: STREAM_VAR.into(), reason: "expected an http(s) URL".into() });
-        }
+    let stream_base = match url_var(env, STREAM_VAR)? {
+        None => String::new(),
+        Some(url) if url.ends_with('/') => url,
+        Some(url) => format!("{url}/"),
     };
-    let stream_origin = origin(&stream_base);
+    let oidc = match (url_var(env, ISSUER_VAR)?, env.get(CLIENT_VAR).filter(|c| !c.is_empty())) {
+        (Some(issuer), Some(client)) => Some((issuer, client.to_string())),
+        _ => None,
+    };
+    // The page talks to its origin, the stream's, the issuer's (discovery) and the issuer's token endpoint's,
+    // which some issuers serve from another host (`CONSOLE_TOKEN_ORIGIN`).
+    let token_origin = url_var(env, TOKEN_ORIGIN_VAR)?;
+    let mut connect: Vec<String> = vec!["'self'".into()];
+    let issuer = oidc.as_ref().map(|(issuer, _)| issuer.as_str());
+    for url in [Some(stream_base.as_str()), issuer, token_origin.as_deref()].into_iter().flatten() {
+        let origin = origin(url);
+        if !origin.is_empty() && !connect.contains(&origin) {
+            connect.push(origin);
+        }
+    }
     let csp = format!(
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'{}; \
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src {}; \
          frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-        if stream_origin.is_empty() { String::new() } else { format!(" {stream_origin}") }
+        connect.join(" ")
     );
-    Ok(Console { stream_base, csp })
+    Ok(Console { stream_base, oidc, csp })
 }
 
 /// `https://host:port` of a URL.
@@ -98,7 +123,9 @@ impl Console {
     }
 
     fn config(&self) -> Response {
-        http::json(200, &serde_json::json!({ "events_stream_base": self.stream_base }))
+        let oidc =
+            self.oidc.as_ref().map(|(issuer, client)| serde_json::json!({"issuer": issuer, "client_id": client}));
+        http::json(200, &serde_json::json!({ "events_stream_base": self.stream_base, "oidc": oidc }))
     }
 }
 
@@ -131,7 +158,8 @@ const PAGE: Doc = Doc {
 
 const CONFIG: Doc = Doc {
     summary: "The console's configuration",
-    description: "Where the console reads the event stream: `events_stream_base` (empty: this API's origin).",
+    description: "Where the console reads the event stream (`events_stream_base`, empty: this API's origin), and the \
+        issuer it signs in through (`oidc`: `issuer` and `client_id`, or null).",
     replies: &[Reply::json(200, "The configuration.", inline::<serde_json::Value>)],
     ..Doc::NONE
 };

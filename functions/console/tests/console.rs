@@ -64,7 +64,7 @@ async fn the_page_and_its_assets_are_served_with_their_types_caching_and_policy(
 async fn the_configuration_says_where_the_stream_is_and_the_policy_allows_it() {
     let local = console(&[]).unwrap();
     let answer = get(&local, "/console/config.json", "/console/config.json").await;
-    assert_eq!(body_json(&answer), serde_json::json!({"events_stream_base": ""}), "the API's own origin");
+    assert_eq!(body_json(&answer), serde_json::json!({"events_stream_base": "", "oidc": null}), "the API's own origin");
 
     let url = "https://abc123.lambda-url.eu-west-1.on.aws";
     let deployed = console(&[("EVENTS_STREAM_URL", url)]).unwrap();
@@ -75,4 +75,36 @@ async fn the_configuration_says_where_the_stream_is_and_the_policy_allows_it() {
 
     let refused = console(&[("EVENTS_STREAM_URL", "javascript:alert(1)")]).err().expect("refused");
     assert!(refused.to_string().contains("EVENTS_STREAM_URL"), "{refused}");
+}
+
+#[tokio::test]
+async fn with_an_issuer_the_page_signs_in_through_it_and_may_reach_it() {
+    let issuer = "https://login.example.com/tenant/";
+    let with_issuer = console(&[("JWT_ISSUER", issuer), ("JWT_AUDIENCE", "keel-console")]).unwrap();
+    let answer = get(&with_issuer, "/console/config.json", "/console/config.json").await;
+    assert_eq!(body_json(&answer)["oidc"], serde_json::json!({"issuer": issuer, "client_id": "keel-console"}));
+    let page = get(&with_issuer, "/console", "/console").await;
+    let policy = header(&page, "content-security-policy");
+    assert!(policy.contains("connect-src 'self' https://login.example.com;"), "{policy}");
+
+    let without_client = console(&[("JWT_ISSUER", issuer)]).unwrap();
+    let answer = get(&without_client, "/console/config.json", "/console/config.json").await;
+    assert_eq!(body_json(&answer)["oidc"], serde_json::Value::Null, "no client id: tokens are pasted");
+    assert!(console(&[("JWT_ISSUER", "login.example.com"), ("JWT_AUDIENCE", "c")]).is_err(), "not a URL");
+
+    // Cognito: the issuer on one host, the token endpoint on the pool's domain.
+    let cognito = console(&[
+        ("JWT_ISSUER", "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_abc"),
+        ("JWT_AUDIENCE", "client"),
+        ("CONSOLE_TOKEN_ORIGIN", "https://keel.auth.eu-west-1.amazoncognito.com"),
+    ])
+    .unwrap();
+    let page = get(&cognito, "/console", "/console").await;
+    let policy = header(&page, "content-security-policy");
+    assert!(
+        policy.contains(
+            "connect-src 'self' https://cognito-idp.eu-west-1.amazonaws.com https://keel.auth.eu-west-1.amazoncognito.com;"
+        ),
+        "{policy}"
+    );
 }

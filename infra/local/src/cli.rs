@@ -139,7 +139,7 @@ fn check(args: &CheckArgs) -> ExitCode {
     let mut admin_token = from_env(check::ADMIN_TOKEN_VAR);
     let mut member_token = from_env(check::MEMBER_TOKEN_VAR);
     if let Some(dir) = &args.data_dir {
-        let key = match DevKey::load_or_create(dir) {
+        let key = match DevKey::load(dir) {
             Ok(key) => key,
             Err(error) => {
                 eprintln!("keel-local check: {error}");

@@ -7,7 +7,7 @@ use crate::poller::Poller;
 use crate::registry::{Handler, Registry};
 use crate::schedule::Schedule;
 use crate::template::{Auth, LOCAL_ACCOUNT, LOCAL_REGION, ScheduleDecl, Template, TemplateError, VarValue};
-use crate::token::{DevKey, TokenError};
+use crate::token::{Authorizer, DevKey, TokenError};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
@@ -209,7 +209,7 @@ struct App {
     streams: Vec<StreamTarget>,
     /// Ends open streams when the host shuts down (graceful shutdown waits for every connection).
     cancel: CancellationToken,
-    key: DevKey,
+    authorizer: Authorizer,
     probes: Vec<Probe>,
     /// The embedded buckets, whose links the host serves.
     objects: BTreeMap<String, EmbeddedObjects>,
@@ -335,7 +335,7 @@ impl Host {
             targets: functions.http,
             streams: functions.streams,
             cancel: cancel.clone(),
-            key: key.clone(),
+            authorizer: Authorizer::new(key.clone(), &options.env)?,
             probes,
             objects: built.embedded_objects,
             schedules,
@@ -778,7 +778,7 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
         Auth::Jwt(_) => {
             // The same check the stream's function URL gets (`keel::lambda::open_stream`): one verifier.
             let verified = match keel::http::bearer(&parts.headers) {
-                Some(token) => keel::function::TokenVerifier::verify(&app.key, token).await.map_err(|refused| {
+                Some(token) => keel::function::TokenVerifier::verify(&app.authorizer, token).await.map_err(|refused| {
                     let (keel::function::TokenRefused::Invalid(reason)
                     | keel::function::TokenRefused::Unavailable(reason)) = refused;
                     (reason, "Bearer error=\"invalid_token\"")
@@ -883,7 +883,7 @@ async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<Sock
 }
 
 /// A request to a streaming function's path, as its Function URL would deliver it: the event (payload format 2.0,
-/// no authorizer), the host's development key as the token verifier, the stream ended at the function's timeout
+/// no authorizer), the host's authorizer as the token verifier, the stream ended at the function's timeout
 /// less the runner's margin, or when the host shuts down.
 async fn serve_stream(
     app: &App,
@@ -924,7 +924,8 @@ async fn serve_stream(
     let mut request = keel::lambda::request_of(event);
     request.extensions_mut().insert(invocation.to_context());
     let until = deadline - keel::lambda::STREAM_MARGIN;
-    let answer = keel::lambda::open_stream(&stream.function, stream.handler.as_ref(), &app.key, request, until).await;
+    let answer =
+        keel::lambda::open_stream(&stream.function, stream.handler.as_ref(), &app.authorizer, request, until).await;
     let (answer_parts, body) = answer.into_parts();
     let ended = app.cancel.clone().cancelled_owned();
     let body = futures::StreamExt::take_until(futures::StreamExt::map(body, Ok::<_, std::convert::Infallible>), ended);

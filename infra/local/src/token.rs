@@ -1,7 +1,9 @@
 //! Local development tokens: HS256 JWTs signed with a random key kept in `<data-dir>/dev-jwt.key` (mode 0600,
 //! created on first use), so no secret is hard-coded anywhere. The host verifies them where API Gateway's JWT
 //! authorizer would verify the identity provider's tokens, and hands their claims to the function flattened to
-//! strings, as API Gateway does.
+//! strings, as API Gateway does. With `JWT_ISSUER` (and `JWT_AUDIENCE`) in the host's environment, the host also
+//! accepts that issuer's tokens, checked against its published keys as the HTTP API's authorizer checks them
+//! ([`Authorizer`]), so a sign-in through a real identity provider works locally too.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -67,6 +69,19 @@ impl DevKey {
             fail("the file does not hold a base64 key of at least 32 bytes; delete it to make a new one".into())
         })?;
         Ok(Self { secret })
+    }
+
+    /// The key a data directory already holds; an error (naming the file) when it holds none, so a mistyped
+    /// directory is not taken for a new one.
+    pub fn load(data_dir: &Path) -> Result<Self, TokenError> {
+        let path = data_dir.join(KEY_FILE);
+        if !path.exists() {
+            return Err(TokenError::Key {
+                path: path.display().to_string(),
+                reason: "no development key here: is this the data directory of the running keel-local?".into(),
+            });
+        }
+        Self::load_or_create(data_dir)
     }
 
     /// Another secret for `purpose`, derived from this key (HMAC-SHA256, hex): keel-local's stand-in for a
@@ -163,6 +178,52 @@ fn tighten_permissions(path: &Path) {
 #[cfg(not(unix))]
 fn tighten_permissions(_path: &Path) {}
 
+/// The host's JWT authorizer: its development tokens, and the configured issuer's (`iss` decides which checks a
+/// token gets; a token naming the issuer is never checked against the development key).
+#[derive(Debug, Clone)]
+pub struct Authorizer {
+    key: DevKey,
+    issuer: Option<(String, std::sync::Arc<keel_aws::jwks::JwksVerifier>)>,
+}
+
+impl Authorizer {
+    pub fn new(key: DevKey, env: &keel::config::Env) -> Result<Self, keel::config::ConfigError> {
+        let issuer = match env.get(keel_aws::jwks::ISSUER_VAR) {
+            None | Some("") => None,
+            Some(issuer) => Some((
+                issuer.to_string(),
+                std::sync::Arc::new(keel_aws::jwks::JwksVerifier::new(
+                    issuer,
+                    env.required(keel_aws::jwks::AUDIENCE_VAR)?,
+                )?),
+            )),
+        };
+        Ok(Self { key, issuer })
+    }
+}
+
+/// The `iss` a token claims, unverified (only to choose the checks).
+fn claimed_issuer(token: &str) -> Option<String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
+    serde_json::from_slice::<Value>(&payload).ok()?.get("iss")?.as_str().map(str::to_string)
+}
+
+#[async_trait::async_trait]
+impl keel::function::TokenVerifier for Authorizer {
+    async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<std::collections::HashMap<String, String>, keel::function::TokenRefused> {
+        match &self.issuer {
+            Some((issuer, verifier)) if claimed_issuer(token).as_deref() == Some(issuer.as_str()) => {
+                verifier.verify(token).await
+            }
+            _ => keel::function::TokenVerifier::verify(&self.key, token).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +244,43 @@ mod tests {
         let other = DevKey::load_or_create(&tempfile::tempdir().unwrap().path().join("x")).unwrap();
         assert_ne!(first.secret, other.secret, "every data directory gets its own random key");
         assert_eq!(format!("{first:?}"), "DevKey(..)");
+    }
+
+    #[test]
+    fn load_refuses_a_directory_without_a_key_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("typo");
+        assert!(matches!(DevKey::load(&missing), Err(TokenError::Key { .. })));
+        assert!(!missing.exists());
+        let made = DevKey::load_or_create(dir.path()).unwrap();
+        assert_eq!(DevKey::load(dir.path()).unwrap().secret, made.secret);
+    }
+
+    #[tokio::test]
+    async fn with_an_issuer_a_token_naming_it_is_never_checked_against_the_development_key() {
+        use keel::function::TokenVerifier;
+        let dir = tempfile::tempdir().unwrap();
+        let key = DevKey::load_or_create(dir.path()).unwrap();
+        // An issuer on a port nothing listens on: its tokens cannot be checked, and are refused.
+        let issuer = "http://127.0.0.1:9";
+        let env = keel::config::Env::from_pairs([("JWT_ISSUER", issuer), ("JWT_AUDIENCE", "keel")]);
+        let authorizer = Authorizer::new(key.clone(), &env).unwrap();
+        let dev = key.issue("org-1", "ann", &["member"], chrono::Duration::minutes(5)).unwrap();
+        assert_eq!(authorizer.verify(&dev).await.unwrap()["sub"], "ann", "development tokens still pass");
+        // A token signed with the development key but claiming the issuer goes to the issuer's checks.
+        let now = chrono::Utc::now().timestamp();
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"iss": issuer, "aud": "keel", "sub": "eve", "org_id": "org-1", "roles": ["platform-admin"],
+                "iat": now, "exp": now + 300}),
+            &EncodingKey::from_secret(&key.secret),
+        )
+        .unwrap();
+        assert!(authorizer.verify(&forged).await.is_err(), "the development key does not vouch for the issuer");
+        assert!(
+            Authorizer::new(key, &keel::config::Env::from_pairs([("JWT_ISSUER", issuer)])).is_err(),
+            "needs JWT_AUDIENCE"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The web console in a real browser: keel-local on Keel's own template serves it at `/console`, seeded with a
 //! flag, webhook deliveries, jobs and a GDPR request; `console/tests/browser.mjs` drives Debian's Chromium through
 //! every page and the main actions (see that file). Its screenshots are kept in `target/console-screenshots/`.
+//! The host's authorizer also accepts an issuer's tokens (`tests/sdk/oidc_login.py`, an OIDC issuer with a sign-in
+//! page), so the sign-in through it (authorization code with PKCE) is driven end to end as well.
 //! The console must have been built (`bash infra/bootstrap.sh` builds it): a missing build fails here, loudly.
 
 use keel::config::Env;
@@ -50,8 +52,21 @@ async fn the_console_works_in_chromium_for_an_admin_and_keeps_a_member_out() {
     let dist = repo().join("console/dist/index.html");
     assert!(dist.exists(), "the console is not built: run `bash infra/bootstrap.sh` (it runs npm's build in console/)");
     let dir = tempfile::tempdir().unwrap();
+    // The issuer needs the console's address (its redirect URI) and the host the issuer's: a port chosen first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut issuer = tokio::process::Command::new(repo().join(".venv/bin/python"))
+        .arg(repo().join("tests/sdk/oidc_login.py"))
+        .args(["keel-console", &format!("http://127.0.0.1:{port}/console"), "ines", "acme", "member"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the issuer starts (bash infra/bootstrap.sh installs joserfc into .venv)");
+    let mut announced = String::new();
+    use tokio::io::AsyncBufReadExt;
+    tokio::io::BufReader::new(issuer.stdout.take().unwrap()).read_line(&mut announced).await.unwrap();
+    let issuer_url = serde_json::from_str::<Value>(&announced).unwrap()["issuer"].as_str().unwrap().to_string();
     let host = Host::start(HostOptions {
-        port: 0,
+        port,
         data_dir: dir.path().to_path_buf(),
         backend: Backend::Embedded,
         template: repo().join("template.yaml"),
@@ -61,6 +76,8 @@ async fn the_console_works_in_chromium_for_an_admin_and_keeps_a_member_out() {
             ("RATE_LIMIT_IP", "off"),
             ("JOB_URL_NOTIFY", "http://127.0.0.1:9/notify"),
             ("JOB_SECRET_NOTIFY", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ("JWT_ISSUER", issuer_url.as_str()),
+            ("JWT_AUDIENCE", "keel-console"),
         ]),
     })
     .await
@@ -106,6 +123,8 @@ async fn the_console_works_in_chromium_for_an_admin_and_keeps_a_member_out() {
     }
 
     let artifacts = repo().join("target/console-screenshots");
+    // This run's screenshots only.
+    std::fs::remove_dir_all(&artifacts).ok();
     let output = tokio::process::Command::new("node")
         .arg(repo().join("console/tests/browser.mjs"))
         .current_dir(repo().join("console"))
@@ -115,6 +134,7 @@ async fn the_console_works_in_chromium_for_an_admin_and_keeps_a_member_out() {
         .env("PENDING_JOB", pending["id"].as_str().unwrap())
         .env("DELIVERY", &delivery)
         .env("ARTIFACTS", &artifacts)
+        .env("OIDC_USER", "ines")
         .output()
         .await
         .unwrap();
@@ -130,4 +150,5 @@ async fn the_console_works_in_chromium_for_an_admin_and_keeps_a_member_out() {
         call(&host, &admin, Method::GET, &format!("/v1/jobs/{}", pending["id"].as_str().unwrap()), None).await;
     assert_eq!(job["status"], "cancelled", "{job}");
     host.shutdown().await;
+    issuer.kill().await.ok();
 }

@@ -1,6 +1,7 @@
 //! Every runbook in `docs/runbooks/` is drilled against keel-local: the situation is staged first, then every block
 //! of the runbook runs, in order, in one bash shell (as an operator pastes them), and the test then checks on its
-//! own that the situation is fixed. A `sh deploy` block changes the deployment: the test makes its keel-local
+//! own that the situation is fixed. The host keeps the default rate limits, so a runbook's waiting loops must stay
+//! within an operator's quota. A `sh deploy` block changes the deployment: the test makes its keel-local
 //! equivalent, restarting the host with the next configuration the drill lists. A runbook without a drill, a block
 //! of another kind, or a deployment step without its configuration fails the suite, so a runbook cannot rot.
 
@@ -225,7 +226,9 @@ struct Drill {
 impl Drill {
     fn new(name: &str, stack: &Stack, vars: &[(&str, &str)], deploys: Vec<Vec<(&'static str, String)>>) -> Drill {
         let work = tempfile::tempdir().unwrap();
-        let mut all = vec![("KEEL_URL".to_string(), stack.url()), ("TOKEN".to_string(), stack.admin_token())];
+        // As the stack's `ApiUrl` output gives it: with a trailing slash.
+        let mut all =
+            vec![("KEEL_URL".to_string(), format!("{}/", stack.url())), ("TOKEN".to_string(), stack.admin_token())];
         all.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let shell = Shell::start(work.path(), &all);
         Drill { blocks: blocks(name).into(), shell, deploys: deploys.into(), _work: work }
@@ -305,7 +308,8 @@ async fn until(stack: &Stack, token: &str, path: &str, within: Duration, done: i
             return body;
         }
         assert!(started.elapsed() < within, "{path} still answers {status} {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Slowly: the drills run with the default quota per address (100 per 15 minutes), as an operator would.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -338,12 +342,10 @@ fn job(to: &str) -> Value {
     json!({"type": "notify.email", "input": {"to": to, "template": "welcome"}})
 }
 
-const NO_IP_LIMIT: (&str, &str) = ("RATE_LIMIT_IP", "off");
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_dlq_growing() {
     // The bus refuses everything: every delivery is tried 5 times and dead-lettered.
-    let failing = [("WEBHOOK_SECRET_ACME", WEBHOOK_SECRET), ("KEEL_FAULTS", "bus.put:1"), NO_IP_LIMIT];
+    let failing = [("WEBHOOK_SECRET_ACME", WEBHOOK_SECRET), ("KEEL_FAULTS", "bus.put:1")];
     let mut stack = Stack::start(&failing).await;
     for n in 0..3 {
         assert_eq!(send_webhook(&stack, "acme", WEBHOOK_SECRET, &format!("evt_dlq_{n}")).await, 202);
@@ -352,7 +354,7 @@ async fn webhook_dlq_growing() {
     let path = "/v1/webhooks/acme/deliveries?status=dead_letter";
     until(&stack, &admin, path, Duration::from_secs(60), |page| page["items"].as_array().unwrap().len() == 3).await;
     // The bus is back.
-    stack.redeploy(&[("WEBHOOK_SECRET_ACME", WEBHOOK_SECRET), NO_IP_LIMIT]).await;
+    stack.redeploy(&[("WEBHOOK_SECRET_ACME", WEBHOOK_SECRET)]).await;
 
     let mut drill = Drill::new("webhook-dlq-growing", &stack, &[("PROVIDER", "acme")], vec![]);
     drill.run_all(&mut stack).await;
@@ -369,7 +371,7 @@ async fn webhook_dlq_growing() {
 async fn job_type_failing() {
     // The service refuses every job (422): each fails at its first attempt.
     let (service, url) = Service::start(422).await;
-    let env = [("JOB_URL_NOTIFY", url.as_str()), ("JOB_SECRET_NOTIFY", JOB_SECRET), NO_IP_LIMIT];
+    let env = [("JOB_URL_NOTIFY", url.as_str()), ("JOB_SECRET_NOTIFY", JOB_SECRET)];
     let mut stack = Stack::start(&env).await;
     let member = stack.host().token("org-1", "ann", &["member"]);
     let mut failed = Vec::new();
@@ -403,7 +405,7 @@ async fn job_type_failing() {
 async fn circuit_breaker_open() {
     // The service is down (503): calls fail until the target's breaker opens.
     let (service, url) = Service::start(503).await;
-    let env = [("JOB_URL_NOTIFY", url.as_str()), ("JOB_SECRET_NOTIFY", JOB_SECRET), NO_IP_LIMIT];
+    let env = [("JOB_URL_NOTIFY", url.as_str()), ("JOB_SECRET_NOTIFY", JOB_SECRET)];
     let mut stack = Stack::start(&env).await;
     let member = stack.host().token("org-1", "ann", &["member"]);
     let mut jobs = Vec::new();
@@ -435,7 +437,7 @@ async fn circuit_breaker_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_switch() {
     let (service, url) = Service::start(200).await;
-    let env = [("JOB_URL_NOTIFY", url.as_str()), ("JOB_SECRET_NOTIFY", JOB_SECRET), NO_IP_LIMIT];
+    let env = [("JOB_URL_NOTIFY", url.as_str()), ("JOB_SECRET_NOTIFY", JOB_SECRET)];
     let mut stack = Stack::start(&env).await;
     let admin = stack.admin_token();
     let member = stack.host().token("org-1", "ann", &["member"]);
@@ -467,9 +469,9 @@ async fn kill_switch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_secret_rotation() {
     let (old, new) = ("old-acme-secret", "new-acme-secret");
-    let mut stack = Stack::start(&[("WEBHOOK_SECRET_ACME", old), NO_IP_LIMIT]).await;
-    let both = vec![("WEBHOOK_SECRET_ACME", format!("{new},{old}")), ("RATE_LIMIT_IP", "off".into())];
-    let only_new = vec![("WEBHOOK_SECRET_ACME", new.to_string()), ("RATE_LIMIT_IP", "off".into())];
+    let mut stack = Stack::start(&[("WEBHOOK_SECRET_ACME", old)]).await;
+    let both = vec![("WEBHOOK_SECRET_ACME", format!("{new},{old}"))];
+    let only_new = vec![("WEBHOOK_SECRET_ACME", new.to_string())];
     let vars = [("PROVIDER", "acme"), ("OLD_SECRET", old), ("NEW_SECRET", new)];
     let mut drill = Drill::new("webhook-secret-rotation", &stack, &vars, vec![both, only_new]);
     drill.run_all(&mut stack).await;
@@ -502,7 +504,7 @@ async fn rate_limit_false_positives() {
 async fn gdpr_requests() {
     // The erasure's processor (notify.erase_user) is answered by this service.
     let (service, url) = Service::start(200).await;
-    let env = [("JOB_URL_NOTIFY", url.as_str()), ("JOB_SECRET_NOTIFY", JOB_SECRET), NO_IP_LIMIT];
+    let env = [("JOB_URL_NOTIFY", url.as_str()), ("JOB_SECRET_NOTIFY", JOB_SECRET)];
     let mut stack = Stack::start(&env).await;
     // acme has two admins, ann and bob, and each has a job there.
     let admin = stack.admin_token();
@@ -537,11 +539,11 @@ async fn gdpr_requests() {
 async fn deployment_rollback() {
     // The bad deployment lost the readiness provider's secret; the last good one has it.
     let check_secret = "check-provider-secret";
-    let mut stack = Stack::start(&[NO_IP_LIMIT]).await;
+    let mut stack = Stack::start(&[]).await;
     let member = stack.host().token("keel-check", "keel-check-member", &["member"]);
     assert_eq!(send_webhook(&stack, "keel-check", check_secret, "evt_before").await, 404, "no such provider");
 
-    let good = vec![("WEBHOOK_SECRET_KEEL_CHECK", check_secret.to_string()), ("RATE_LIMIT_IP", "off".into())];
+    let good = vec![("WEBHOOK_SECRET_KEEL_CHECK", check_secret.to_string())];
     let vars = [("MEMBER_TOKEN", member.as_str()), ("CHECK_SECRET", check_secret)];
     let mut drill = Drill::new("deployment-rollback", &stack, &vars, vec![good]);
     drill.run_through(&mut stack, Some("check-after-deploy.txt")).await;
