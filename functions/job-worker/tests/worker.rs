@@ -329,7 +329,8 @@ async fn the_breaker_opens_after_five_failed_calls_and_then_jobs_wait_without_an
     assert_eq!(w.deliver().await, 1);
     assert_eq!(w.calls().len(), 5, "two more, and the breaker is open: no third try");
     let waiting = w.create("ok").await;
-    assert_eq!(w.deliver().await, 1, "the job waits for the probe");
+    // The first job's retry may be due already too (full jitter can make its backoff short): it waits as well.
+    assert!(w.deliver().await >= 1, "the job waits for the probe");
     assert_eq!(w.calls().len(), 5, "no call to an open target");
     let job = w.read(&waiting.id).await.job;
     assert_eq!((job.status, job.attempts.len()), (Status::Pending, 0), "and no attempt spent");

@@ -6,8 +6,8 @@
 //! the flag `keel.check` (created once: permanent, on by default, audited like any flag), jobs of the built-in type
 //! `keel.check` (which only answer their nonce), one export of the member's own data, and webhook events of type
 //! `keel.check` (ids `keel-check-{ulid}`) to the provider it is given, which reach the event bus as any event does.
-//! The one gap: the AWS resources the template promises (alarms, dead-letter queues, encryption, retention) are not
-//! inspected; the last line says so, as a warning, on every run.
+//! With `--stack` and AWS credentials, the last lines read back from AWS what the template promises about the
+//! stack's alarms, dead-letter queues, encryption and retention ([`aws`]); without them, one line says why not.
 
 use hmac::{Hmac, Mac};
 use reqwest::Method;
@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::time::{Duration, Instant};
+
+pub mod aws;
 
 /// The flag the suite evaluates, created by its first run.
 pub const FLAG_KEY: &str = "keel.check";
@@ -40,6 +42,8 @@ pub struct Options {
     pub webhook: Option<WebhookTarget>,
     /// How long each round trip (webhook, flag, job, export) may take to complete.
     pub wait: Duration,
+    /// Where the stack's resources are listed, and the template that promises things about them.
+    pub stack: Option<(aws::Listing, std::path::PathBuf)>,
 }
 
 pub struct WebhookTarget {
@@ -134,13 +138,30 @@ pub async fn run(options: &Options, mut each: impl FnMut(&Line)) -> Vec<Line> {
     record("job", job);
     record("idempotency", suite.idempotency(created.as_ref()).await);
     record("export", suite.export().await);
-    record(
-        "aws-resources",
-        warn(
-            "not inspected: this version does not check the template's alarms, dead-letter queues, encryption or retention on AWS",
-        ),
-    );
+    match &options.stack {
+        None => record("aws-resources", warn("skipped: no --stack or --stack-resources (the stack to read back)")),
+        Some((stack, template)) => match aws_clients().await {
+            Err(reason) => record("aws-resources", warn(reason)),
+            Ok(clients) => match aws::promises(template) {
+                Err(reason) => record("aws-resources", Err(reason)),
+                Ok(promises) => aws::lines(&clients, stack, &promises, &mut record).await,
+            },
+        },
+    }
     lines
+}
+
+/// The AWS clients from the default configuration chain (`AWS_ENDPOINT_URL` honoured), or why there are none.
+async fn aws_clients() -> Result<aws::Clients, String> {
+    use aws_sdk_cloudformation::config::ProvideCredentials;
+    let config = keel_aws::load_sdk_config().await;
+    let Some(credentials) = config.credentials_provider() else {
+        return Err("skipped: no AWS credentials".into());
+    };
+    if credentials.provide_credentials().await.is_err() {
+        return Err("skipped: no AWS credentials (environment, profile or instance role)".into());
+    }
+    Ok(aws::Clients::new(&config))
 }
 
 fn job_line(run: &JobRun) -> Checked {

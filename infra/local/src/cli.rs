@@ -46,6 +46,17 @@ pub struct CheckArgs {
     /// How long each round trip may take to complete.
     #[arg(long, default_value_t = 60)]
     pub wait_seconds: u64,
+    /// The CloudFormation stack to read back the template's alarms, DLQs, encryption and retention from (with the
+    /// AWS credentials of the default chain).
+    #[arg(long, conflicts_with = "stack_resources")]
+    pub stack: Option<String>,
+    /// Instead of --stack: a file with `aws cloudformation list-stack-resources` output, for a role that may read
+    /// the resources but not list the stack.
+    #[arg(long)]
+    pub stack_resources: Option<PathBuf>,
+    /// The template whose promises the stack is checked against.
+    #[arg(long, default_value = "template.yaml")]
+    pub template: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -164,6 +175,11 @@ fn check(args: &CheckArgs) -> ExitCode {
         member_token,
         webhook,
         wait: std::time::Duration::from_secs(args.wait_seconds),
+        stack: match (&args.stack, &args.stack_resources) {
+            (Some(stack), _) => Some((check::aws::Listing::Stack(stack.clone()), args.template.clone())),
+            (None, Some(file)) => Some((check::aws::Listing::File(file.clone()), args.template.clone())),
+            (None, None) => None,
+        },
     };
     let lines = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime.block_on(check::run(&options, |line| println!("{line}"))),

@@ -6,6 +6,7 @@
 
 mod aws_backend;
 mod check;
+mod check_aws;
 mod cli;
 mod common;
 mod console;
