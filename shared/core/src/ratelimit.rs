@@ -205,6 +205,7 @@ impl RateLimits {
             }
         }
         let refusal = refused.map(|(name, reset)| {
+            crate::metrics::count("RateLimited", &[("Policy", name)], 1.0);
             let mut response = Problem::new(
                 429,
                 "rate_limited",
