@@ -287,17 +287,25 @@ function Explain({ flag }) {
 }
 
 function FlagAudit({ flagKey }) {
-  const state = useLoad(() => api(`/v1/admin/flags/${encodeURIComponent(flagKey)}/audit?limit=50`).then((r) => r.data), [flagKey]);
+  const state = usePaged(
+    (cursor) =>
+      api(`/v1/admin/flags/${encodeURIComponent(flagKey)}/audit${query({ limit: 50, cursor })}`).then((r) => ({
+        items: r.data.items,
+        next: r.data.next_cursor,
+      })),
+    [flagKey],
+  );
   return html`<${Loading} state=${state}>
-    ${state.data &&
+    ${state.items &&
     html`<ol class="audit" data-ready>
-      ${state.data.items.map(
+      ${state.items.map(
         (e) => html`<li data-audit=${e.id}>
           <p><strong>${e.action}</strong> by <code>${e.actor}</code> at ${when(e.at)}</p>
           <${Change} before=${e.before} after=${e.after} />
         </li>`,
       )}
-    </ol>`}
+    </ol>
+    <${More} paged=${state} noun="entry" />`}
   <//>`;
 }
 
