@@ -671,8 +671,8 @@ impl<'o> Suite<'o> {
     }
 }
 
-/// Keel's own webhook scheme: hex HMAC-SHA256 of `{timestamp}.{body}`.
-fn sign(secret: &str, timestamp: &str, body: &str) -> String {
+/// Keel's own webhook scheme: hex HMAC-SHA256 of `{timestamp}.{body}` (the suite's signer; tests sign with it too).
+pub fn sign(secret: &str, timestamp: &str, body: &str) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else { return String::new() };
     mac.update(timestamp.as_bytes());
     mac.update(b".");

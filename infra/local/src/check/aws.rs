@@ -305,7 +305,7 @@ async fn queue_attributes(
     clients: &Clients,
     promises: &Promises,
     ids: &dyn Fn(&str) -> Option<String>,
-) -> BTreeMap<String, Result<BTreeMap<String, String>, String>> {
+) -> Reads<BTreeMap<String, String>> {
     let mut found = BTreeMap::new();
     for queue in &promises.queues {
         let Some(url) = ids(&queue.id) else { continue };
@@ -324,7 +324,7 @@ async fn queue_attributes(
     found
 }
 
-fn dlqs(promises: &Promises, queues: &BTreeMap<String, Result<BTreeMap<String, String>, String>>) -> Checked {
+fn dlqs(promises: &Promises, queues: &Reads<BTreeMap<String, String>>) -> Checked {
     let mut wrong = Vec::new();
     let mut checked = 0;
     for queue in promises.queues.iter() {
@@ -344,10 +344,7 @@ fn dlqs(promises: &Promises, queues: &BTreeMap<String, Result<BTreeMap<String, S
             wrong.push(format!("{} moves after {receives:?} receives, not {count}", queue.id));
         }
     }
-    if !wrong.is_empty() {
-        return Err(wrong.join("; "));
-    }
-    Ok(Found::Pass(format!("{checked} queues send to their dead-letter queues after the template's receive counts")))
+    verdict(wrong, format!("{checked} queues send to their dead-letter queues after the template's receive counts"))
 }
 
 struct TableSettings {
@@ -360,7 +357,7 @@ async fn table_settings(
     clients: &Clients,
     promises: &Promises,
     ids: &dyn Fn(&str) -> Option<String>,
-) -> BTreeMap<String, Result<TableSettings, String>> {
+) -> Reads<TableSettings> {
     let mut found = BTreeMap::new();
     for table in &promises.tables {
         let Some(name) = ids(&table.id) else { continue };
@@ -417,7 +414,7 @@ async fn bucket_settings(
     clients: &Clients,
     promises: &Promises,
     ids: &dyn Fn(&str) -> Option<String>,
-) -> BTreeMap<String, Result<BucketSettings, String>> {
+) -> BTreeMap<String, BucketSettings> {
     let mut found = BTreeMap::new();
     for bucket in &promises.buckets {
         let Some(name) = ids(&bucket.id) else { continue };
@@ -439,102 +436,106 @@ async fn bucket_settings(
                 .collect(),
             Err(_) => Vec::new(),
         };
-        found.insert(bucket.id.clone(), Ok(BucketSettings { algorithm, expiration_days }));
+        found.insert(bucket.id.clone(), BucketSettings { algorithm, expiration_days });
     }
     found
 }
 
+type Reads<T> = BTreeMap<String, Result<T, String>>;
+
+/// What was read of `id`; when nothing was, the reason goes to `wrong`.
+fn read<'r, T>(reads: &'r Reads<T>, id: &str, wrong: &mut Vec<String>) -> Option<&'r T> {
+    match reads.get(id) {
+        Some(Ok(read)) => Some(read),
+        Some(Err(reason)) => {
+            wrong.push(reason.clone());
+            None
+        }
+        None => {
+            wrong.push(format!("{id} could not be read"));
+            None
+        }
+    }
+}
+
+/// The line: the problems found, else `passed`.
+fn verdict(wrong: Vec<String>, passed: String) -> Checked {
+    if wrong.is_empty() { Ok(Found::Pass(passed)) } else { Err(wrong.join("; ")) }
+}
+
 fn encryption(
     promises: &Promises,
-    queues: &BTreeMap<String, Result<BTreeMap<String, String>, String>>,
-    tables: &BTreeMap<String, Result<TableSettings, String>>,
-    buckets: &BTreeMap<String, Result<BucketSettings, String>>,
+    queues: &Reads<BTreeMap<String, String>>,
+    tables: &Reads<TableSettings>,
+    buckets: &BTreeMap<String, BucketSettings>,
 ) -> Checked {
     let mut wrong = Vec::new();
     let mut checked = 0;
     for queue in promises.queues.iter().filter(|q| q.managed_sse) {
         checked += 1;
-        match queues.get(&queue.id) {
-            Some(Ok(a)) if a.get("SqsManagedSseEnabled").map(String::as_str) == Some("true") => {}
-            Some(Err(reason)) => wrong.push(reason.clone()),
-            _ => wrong.push(format!("{} has no SQS-managed encryption", queue.id)),
+        if let Some(a) = read(queues, &queue.id, &mut wrong)
+            && a.get("SqsManagedSseEnabled").map(String::as_str) != Some("true")
+        {
+            wrong.push(format!("{} has no SQS-managed encryption", queue.id));
         }
     }
     for table in promises.tables.iter().filter(|t| t.sse) {
         checked += 1;
-        match tables.get(&table.id) {
-            Some(Ok(settings)) if settings.sse => {}
-            Some(Err(reason)) => wrong.push(reason.clone()),
-            _ => wrong.push(format!("{} is not encrypted with KMS", table.id)),
+        if read(tables, &table.id, &mut wrong).is_some_and(|settings| !settings.sse) {
+            wrong.push(format!("{} is not encrypted with KMS", table.id));
         }
     }
     for bucket in &promises.buckets {
         let Some(expected) = &bucket.sse_algorithm else { continue };
         checked += 1;
         match buckets.get(&bucket.id) {
-            Some(Ok(settings)) if settings.algorithm.as_ref() == Some(expected) => {}
-            Some(Ok(settings)) => {
+            Some(settings) if settings.algorithm.as_ref() == Some(expected) => {}
+            Some(settings) => {
                 wrong.push(format!("{} encrypts with {:?}, not {expected}", bucket.id, settings.algorithm))
             }
-            Some(Err(reason)) => wrong.push(reason.clone()),
             None => wrong.push(format!("{} could not be read", bucket.id)),
         }
     }
-    if !wrong.is_empty() {
-        return Err(wrong.join("; "));
-    }
-    Ok(Found::Pass(format!("{checked} queues, tables and buckets encrypted as the template says")))
+    verdict(wrong, format!("{checked} queues, tables and buckets encrypted as the template says"))
 }
 
 fn retention(
     promises: &Promises,
-    queues: &BTreeMap<String, Result<BTreeMap<String, String>, String>>,
-    tables: &BTreeMap<String, Result<TableSettings, String>>,
-    buckets: &BTreeMap<String, Result<BucketSettings, String>>,
+    queues: &Reads<BTreeMap<String, String>>,
+    tables: &Reads<TableSettings>,
+    buckets: &BTreeMap<String, BucketSettings>,
 ) -> Checked {
     let mut wrong = Vec::new();
     for queue in &promises.queues {
         let Some(seconds) = queue.retention_seconds else { continue };
-        match queues.get(&queue.id) {
-            Some(Ok(a)) if a.get("MessageRetentionPeriod").and_then(|s| s.parse::<u64>().ok()) == Some(seconds) => {}
-            Some(Ok(a)) => wrong.push(format!(
-                "{} keeps messages {} s, not {seconds} s",
-                queue.id,
-                a.get("MessageRetentionPeriod").map(String::as_str).unwrap_or("?")
-            )),
-            Some(Err(reason)) => wrong.push(reason.clone()),
-            None => wrong.push(format!("{} could not be read", queue.id)),
+        let Some(a) = read(queues, &queue.id, &mut wrong) else { continue };
+        let kept = a.get("MessageRetentionPeriod");
+        if kept.and_then(|s| s.parse::<u64>().ok()) != Some(seconds) {
+            let kept = kept.map(String::as_str).unwrap_or("?");
+            wrong.push(format!("{} keeps messages {kept} s, not {seconds} s", queue.id));
         }
     }
     for table in &promises.tables {
-        match tables.get(&table.id) {
-            Some(Ok(settings)) => {
-                if table.ttl_attribute.is_some() && settings.ttl != table.ttl_attribute {
-                    wrong.push(format!("{} has TTL on {:?}, not {:?}", table.id, settings.ttl, table.ttl_attribute));
-                }
-                if table.point_in_time_recovery && !settings.pitr {
-                    wrong.push(format!("{} has no point-in-time recovery", table.id));
-                }
-            }
-            Some(Err(reason)) => wrong.push(reason.clone()),
-            None => wrong.push(format!("{} could not be read", table.id)),
+        let Some(settings) = read(tables, &table.id, &mut wrong) else { continue };
+        if table.ttl_attribute.is_some() && settings.ttl != table.ttl_attribute {
+            wrong.push(format!("{} has TTL on {:?}, not {:?}", table.id, settings.ttl, table.ttl_attribute));
+        }
+        if table.point_in_time_recovery && !settings.pitr {
+            wrong.push(format!("{} has no point-in-time recovery", table.id));
         }
     }
     for bucket in &promises.buckets {
         let Some(days) = bucket.expiration_days else { continue };
         match buckets.get(&bucket.id) {
-            Some(Ok(settings)) if settings.expiration_days.contains(&days) => {}
-            Some(Ok(_)) => wrong.push(format!("{} has no rule expiring objects after {days} days", bucket.id)),
-            Some(Err(reason)) => wrong.push(reason.clone()),
+            Some(settings) if settings.expiration_days.contains(&days) => {}
+            Some(_) => wrong.push(format!("{} has no rule expiring objects after {days} days", bucket.id)),
             None => wrong.push(format!("{} could not be read", bucket.id)),
         }
     }
-    if !wrong.is_empty() {
-        return Err(wrong.join("; "));
-    }
-    Ok(Found::Pass(
+    verdict(
+        wrong,
         "queues' retention, tables' TTL and point-in-time recovery, the bucket's expiry as the template says".into(),
-    ))
+    )
 }
 
 #[cfg(test)]

@@ -313,13 +313,6 @@ async fn until(stack: &Stack, token: &str, path: &str, within: Duration, done: i
     }
 }
 
-fn sign(secret: &str, timestamp: &str, body: &str) -> String {
-    use hmac::Mac;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{timestamp}.{body}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
 /// Sends a signed event of `provider` with `secret`; the status.
 async fn send_webhook(stack: &Stack, provider: &str, secret: &str, id: &str) -> u16 {
     let body = json!({"type": "order.created", "id": id}).to_string();
@@ -328,7 +321,7 @@ async fn send_webhook(stack: &Stack, provider: &str, secret: &str, id: &str) -> 
         .post(format!("{}/webhooks/{provider}", stack.url()))
         .header("x-webhook-event-id", id)
         .header("x-webhook-timestamp", &timestamp)
-        .header("x-webhook-signature", sign(secret, &timestamp, &body))
+        .header("x-webhook-signature", keel_local::check::sign(secret, &timestamp, &body))
         .header("content-type", "application/json")
         .body(body)
         .send()
