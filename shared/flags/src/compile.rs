@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// The pointer of rule `i`, formatted only into an error.
 #[derive(Clone, Copy)]
@@ -58,7 +59,16 @@ pub(crate) enum Field {
 
 impl Field {
     pub(crate) fn parse(name: &str) -> Self {
-        match name {
+        Self::known(name).unwrap_or_else(|| Field::Attribute(name.to_string()))
+    }
+
+    /// As `parse`, keeping the name's string for an attribute rather than copying it.
+    fn from_name(name: String) -> Self {
+        Self::known(&name).unwrap_or(Field::Attribute(name))
+    }
+
+    fn known(name: &str) -> Option<Self> {
+        Some(match name {
             model::ORGANIZATION_ID => Field::Organization,
             model::USER_ID => Field::User,
             model::ENVIRONMENT => Field::Environment,
@@ -66,8 +76,8 @@ impl Field {
             model::REMOTE_ADDRESS => Field::RemoteAddress,
             model::APP_NAME => Field::AppName,
             model::CURRENT_TIME => Field::CurrentTime,
-            other => Field::Attribute(other.to_string()),
-        }
+            _ => return None,
+        })
     }
 }
 
@@ -106,8 +116,9 @@ pub(crate) enum Test {
     InCidr(Vec<IpNet>),
 }
 
-/// A regex whose syntax is checked when the snapshot is built but which is compiled on first use: compiling costs
-/// about 100 µs a pattern, most of a large snapshot's build time, and many rules are never reached by a process.
+/// A regex compiled on first use: compiling costs about 100 µs a pattern, and even checking its syntax was a tenth
+/// of a 1,000-flag snapshot's build, while many rules are never reached by a process. Writes compile it first, so
+/// a stored pattern that does not compile was written by hand; the rule answers ERROR when it is reached.
 #[derive(Debug, Clone)]
 pub(crate) struct LazyRegex {
     pattern: String,
@@ -120,10 +131,11 @@ impl LazyRegex {
         regex::RegexBuilder::new(pattern).case_insensitive(case_insensitive).size_limit(1 << 20).build()
     }
 
-    /// A pattern that passed the syntax check but does not compile (over the size limit) never matches.
-    pub(crate) fn is_match(&self, value: &str) -> bool {
-        let compiled = self.compiled.get_or_init(|| Self::build(&self.pattern, self.case_insensitive).ok());
-        compiled.as_ref().is_some_and(|regex| regex.is_match(value))
+    /// The compiled pattern; `None` when it does not compile. Out of line, so that compiling is not inlined into
+    /// every evaluation.
+    #[inline(never)]
+    pub(crate) fn compiled(&self) -> Option<&regex::Regex> {
+        self.compiled.get_or_init(|| Self::build(&self.pattern, self.case_insensitive).ok()).as_ref()
     }
 }
 
@@ -143,6 +155,30 @@ pub(crate) enum Sticky {
     Random,
 }
 
+impl CompiledRule {
+    /// The first constraint for which `holds` is false, the rule's own then its segments', with its position in
+    /// that order. Loops rather than a chained iterator: that cost a one-constraint evaluation 5%.
+    #[inline(always)]
+    pub(crate) fn first_failing(
+        &self,
+        holds: impl Fn(&CompiledConstraint) -> bool,
+    ) -> Option<(usize, &CompiledConstraint)> {
+        if let Some(found) = self.constraints.iter().enumerate().find(|(_, c)| !holds(c)) {
+            return Some(found);
+        }
+        let mut position = self.constraints.len();
+        for segment in &self.segments {
+            for constraint in segment.iter() {
+                if !holds(constraint) {
+                    return Some((position, constraint));
+                }
+                position += 1;
+            }
+        }
+        None
+    }
+}
+
 impl From<&Stickiness> for Sticky {
     fn from(stickiness: &Stickiness) -> Self {
         match stickiness {
@@ -158,7 +194,8 @@ pub(crate) struct CompiledRollout {
     /// Hundredths of a percent, 0 to 10000.
     pub(crate) basis_points: u32,
     pub(crate) stickiness: Sticky,
-    pub(crate) group_id: String,
+    /// The flag's key unless set: shared, not copied, by the flag's rules and variants.
+    pub(crate) group_id: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
@@ -167,13 +204,16 @@ pub(crate) struct CompiledVariants {
     pub(crate) overrides: Vec<(Field, StrSet, usize)>,
     pub(crate) total_weight: u32,
     pub(crate) stickiness: Sticky,
-    pub(crate) group_id: String,
+    pub(crate) group_id: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledRule {
     pub(crate) id: String,
+    /// The rule's own constraints; all must hold, and then those of its segments.
     pub(crate) constraints: Vec<CompiledConstraint>,
+    /// The constraints of each segment the rule references, compiled once per snapshot and shared.
+    pub(crate) segments: Vec<Arc<[CompiledConstraint]>>,
     pub(crate) rollout: Option<CompiledRollout>,
     pub(crate) variants: Option<CompiledVariants>,
     pub(crate) starts_at: Option<DateTime<Utc>>,
@@ -206,14 +246,49 @@ pub(crate) struct CompiledFlag {
     pub(crate) default_reason: Reason,
 }
 
+/// The segments rules reference, each compiled on its first reference and then shared by every rule that
+/// references it (copying a segment's lists into each rule was a tenth of a 1,000-flag snapshot's build).
+pub(crate) struct SegmentConstraints<'a> {
+    segments: &'a BTreeMap<String, Segment>,
+    /// Compile regexes now (writes), as `compile_constraint`'s `eager`.
+    eager: bool,
+    /// By name: the constraints, or what is wrong with them (pointers into the segment).
+    compiled: foldhash::HashMap<&'a str, Result<Arc<[CompiledConstraint]>, Vec<Invalid>>>,
+}
+
+impl<'a> SegmentConstraints<'a> {
+    pub(crate) fn new(segments: &'a BTreeMap<String, Segment>, eager: bool) -> Self {
+        Self { segments, eager, compiled: foldhash::HashMap::default() }
+    }
+
+    /// `None` when no segment has the name.
+    fn get(&mut self, name: &str) -> Option<&Result<Arc<[CompiledConstraint]>, Vec<Invalid>>> {
+        let (name, segment) = self.segments.get_key_value(name)?;
+        let eager = self.eager;
+        Some(self.compiled.entry(name.as_str()).or_insert_with(|| {
+            let mut errors = Vec::new();
+            let constraints: Arc<[CompiledConstraint]> = segment
+                .constraints
+                .iter()
+                .enumerate()
+                .filter_map(|(k, c)| {
+                    compile_constraint(c.clone(), format_args!("/constraints/{k}"), eager, &mut errors)
+                })
+                .collect();
+            if errors.is_empty() { Ok(constraints) } else { Err(errors) }
+        }))
+    }
+}
+
 /// Checks a flag on its own (everything but references to other flags and segments) and compiles it.
 /// Segment references resolve against `segments`; a missing one is reported when `strict`, and otherwise compiles
 /// into a rule that answers ERROR when reached (a snapshot must not lose every flag to one deleted segment).
 /// Takes the flag by value so that a snapshot moves its strings instead of copying them (allocation was most of the
-/// time a 1,000-flag snapshot took to build).
+/// time a 1,000-flag snapshot took to build); `key` is the flag's key, shared with the snapshot's map.
 pub(crate) fn compile_flag(
     mut flag: Flag,
-    segments: &BTreeMap<String, Segment>,
+    key: Arc<str>,
+    segments: &mut SegmentConstraints<'_>,
     strict: bool,
 ) -> Result<CompiledFlag, Vec<Invalid>> {
     let mut errors = Vec::new();
@@ -239,11 +314,12 @@ pub(crate) fn compile_flag(
 
     let value_type = flag.value_type;
     let default_variant = compile_default_variant(&flag, &mut errors);
+    // The overrides below are checked against the compiled list's names, so the list moves rather than copies.
     let variants = compile_variants(
-        flag.variants.clone(),
+        std::mem::take(&mut flag.variants),
         value_type,
         &flag.variant_stickiness,
-        flag.key.clone(),
+        &key,
         "/variants",
         "/variant_stickiness",
         &mut errors,
@@ -275,16 +351,21 @@ pub(crate) fn compile_flag(
         check_count(rule.constraints.len(), MAX_CONSTRAINTS, format_args!("{at}/constraints"), &mut errors);
         check_count(rule.segments.len(), MAX_SEGMENTS, format_args!("{at}/segments"), &mut errors);
         let Rule { id, constraints, segments: names, rollout, variants, starts_at, ends_at, disabled } = rule;
-        let mut compiled: Vec<CompiledConstraint> = constraints
+        let compiled: Vec<CompiledConstraint> = constraints
             .into_iter()
             .enumerate()
             .filter_map(|(j, c)| compile_constraint(c, format_args!("{at}/constraints/{j}"), strict, &mut errors))
             .collect();
         let mut broken = None;
+        let mut shared = Vec::with_capacity(names.len());
         for (j, name) in names.iter().enumerate() {
             match segments.get(name) {
-                Some(segment) => compiled.extend(segment.constraints.iter().filter_map(|c| {
-                    compile_constraint(c.clone(), format_args!("{at}/segments/{j}"), strict, &mut errors)
+                Some(Ok(constraints)) => shared.push(constraints.clone()),
+                Some(Err(problems)) => errors.extend(problems.iter().map(|problem| {
+                    Invalid::new(
+                        format!("{at}/segments/{j}"),
+                        format!("segment `{name}`: {}: {}", problem.pointer, problem.message),
+                    )
                 })),
                 None if strict => {
                     errors.push(Invalid::new(format!("{at}/segments/{j}"), format!("no segment `{name}`")))
@@ -292,15 +373,17 @@ pub(crate) fn compile_flag(
                 None => broken = Some(format!("rule `{id}` references segment `{name}`, which does not exist")),
             }
         }
-        let compiled_rollout = rollout.as_ref().and_then(|r| compile_rollout(r, &flag.key, at, &mut errors));
-        let (stickiness, group_id) = match rollout {
-            Some(r) => (r.stickiness, r.group_id.unwrap_or_else(|| flag.key.clone())),
-            None => (flag.variant_stickiness.clone(), flag.key.clone()),
+        let compiled_rollout = rollout.as_ref().and_then(|r| compile_rollout(r, &key, at, &mut errors));
+        // A rule's variants are bucketed as its rollout is, else as the flag's.
+        let (stickiness, group_id) = match (&rollout, &compiled_rollout) {
+            (Some(r), Some(compiled)) => (&r.stickiness, &compiled.group_id),
+            (Some(r), None) => (&r.stickiness, &key),
+            (None, _) => (&flag.variant_stickiness, &key),
         };
         let variants = compile_variants(
             variants,
             value_type,
-            &stickiness,
+            stickiness,
             group_id,
             format_args!("{at}/variants"),
             format_args!("{at}/rollout/stickiness"),
@@ -309,6 +392,7 @@ pub(crate) fn compile_flag(
         rules.push(CompiledRule {
             id,
             constraints: compiled,
+            segments: shared,
             rollout: compiled_rollout,
             variants,
             starts_at,
@@ -330,7 +414,7 @@ pub(crate) fn compile_flag(
         check_len(&o.reason, MAX_DESCRIPTION_LEN, format_args!("{at}/reason"), &mut errors);
         check_window(o.starts_at, o.expires_at, &at, &mut errors);
         if let OverrideAction::Variant { variant } = &o.action
-            && !flag.variants.iter().any(|v| &v.name == variant)
+            && !variants.as_ref().is_some_and(|list| list.variants.iter().any(|v| &v.name == variant))
         {
             errors.push(Invalid::new(format!("{at}/action/variant"), format!("the flag has no variant `{variant}`")));
         }
@@ -443,7 +527,9 @@ pub fn check_neighbours(flag: &Flag, flags: &BTreeMap<String, Flag>) -> Vec<Inva
 
 /// Checks a flag on its own, strictly (everything but its place among the other flags).
 pub fn check_flag(flag: &Flag, segments: &BTreeMap<String, Segment>) -> Vec<Invalid> {
-    compile_flag(flag.clone(), segments, true).err().unwrap_or_default()
+    compile_flag(flag.clone(), Arc::from(flag.key.as_str()), &mut SegmentConstraints::new(segments, true), true)
+        .err()
+        .unwrap_or_default()
 }
 
 /// Checks a segment before it is written.
@@ -504,7 +590,7 @@ fn check_window(start: Option<DateTime<Utc>>, end: Option<DateTime<Utc>>, at: im
 
 fn compile_rollout(
     rollout: &Rollout,
-    flag_key: &str,
+    flag_key: &Arc<str>,
     at: impl Display,
     errors: &mut Vec<Invalid>,
 ) -> Option<CompiledRollout> {
@@ -518,7 +604,7 @@ fn compile_rollout(
         return None;
     }
     check_stickiness(&rollout.stickiness, format_args!("{at}/rollout/stickiness"), errors);
-    let group_id = rollout.group_id.clone().unwrap_or_else(|| flag_key.to_string());
+    let group_id = rollout.group_id.as_deref().map_or_else(|| flag_key.clone(), Arc::from);
     check_value(&group_id, format_args!("{at}/rollout/group_id"), errors);
     Some(CompiledRollout {
         // In range and integral: checked above.
@@ -578,9 +664,7 @@ fn check_value_type(value_type: ValueType, payload: Option<&Payload>, at: impl D
         (ValueType::Boolean, _) | (ValueType::String, None) => true,
         (ValueType::String, Some(p)) => matches!(p.kind.as_str(), "string" | "csv"),
         (ValueType::Number, Some(p)) => p.kind == "number",
-        (ValueType::Object, Some(p)) => {
-            p.kind == "json" && serde_json::from_str::<serde_json::Value>(&p.value).is_ok_and(|v| v.is_object())
-        }
+        (ValueType::Object, Some(p)) => p.kind == "json" && is_json_object(&p.value),
         (ValueType::Number | ValueType::Object, None) => false,
     };
     if !fits {
@@ -601,7 +685,7 @@ fn compile_variants(
     variants: Vec<Variant>,
     value_type: ValueType,
     stickiness: &Stickiness,
-    group_id: String,
+    group_id: &Arc<str>,
     at: impl Display,
     stickiness_at: impl Display,
     errors: &mut Vec<Invalid>,
@@ -635,7 +719,18 @@ fn compile_variants(
     if total_weight == 0 {
         errors.push(Invalid::new(at.to_string(), "the variants' weights add up to 0"));
     }
-    Some(CompiledVariants { variants, overrides, total_weight, stickiness: Sticky::from(stickiness), group_id })
+    Some(CompiledVariants {
+        variants,
+        overrides,
+        total_weight,
+        stickiness: Sticky::from(stickiness),
+        group_id: group_id.clone(),
+    })
+}
+
+/// Whether `text` is a JSON object, checked without building it.
+pub(crate) fn is_json_object(text: &str) -> bool {
+    text.trim_start().starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 fn check_payload(kind: &str, value: &str, at: impl Display, errors: &mut Vec<Invalid>) {
@@ -643,7 +738,8 @@ fn check_payload(kind: &str, value: &str, at: impl Display, errors: &mut Vec<Inv
     match kind {
         "string" | "csv" => {}
         "json" => {
-            if serde_json::from_str::<serde_json::Value>(value).is_err() {
+            // Checked without building the value: a snapshot checks every payload it loads.
+            if serde_json::from_str::<serde::de::IgnoredAny>(value).is_err() {
                 errors.push(Invalid::new(format!("{at}/value"), "a json payload must hold valid JSON"));
             }
         }
@@ -679,14 +775,14 @@ pub(crate) fn compile_constraint(
         Operator::StrStartsWith => Test::StartsWith(c.values.into_iter().map(fold).collect()),
         Operator::StrEndsWith => Test::EndsWith(c.values.into_iter().map(fold).collect()),
         Operator::StrContains => Test::Contains(c.values.into_iter().map(fold).collect()),
-        _ => return compile_parsed(&c, at, eager, errors),
+        _ => return compile_parsed(c, at, eager, errors),
     };
-    Some(CompiledConstraint { field: Field::parse(&c.field), test, inverted: c.inverted, case_insensitive })
+    Some(CompiledConstraint { field: Field::from_name(c.field), test, inverted: c.inverted, case_insensitive })
 }
 
 /// Constraints whose values are parsed: numbers, dates, versions, regexes, CIDR blocks.
 fn compile_parsed(
-    c: &Constraint,
+    c: Constraint,
     at: impl Display,
     eager: bool,
     errors: &mut Vec<Invalid>,
@@ -746,17 +842,10 @@ fn compile_parsed(
         }
         Operator::Regex => {
             let raw = single()?;
-            // Writes compile the pattern now, so one over the size limit is refused; snapshots only parse it.
-            let checked = if eager {
-                LazyRegex::build(raw, c.case_insensitive).map(Some).map_err(|_| ())
-            } else {
-                regex_syntax::ParserBuilder::new()
-                    .case_insensitive(c.case_insensitive)
-                    .build()
-                    .parse(raw)
-                    .map(|_| None)
-                    .map_err(|_| ())
-            };
+            // Writes compile the pattern now, so one that does not compile (over the size limit, too) is refused;
+            // snapshots compile it when it is first used.
+            let checked =
+                if eager { LazyRegex::build(raw, c.case_insensitive).map(Some).map_err(|_| ()) } else { Ok(None) };
             match checked {
                 Ok(compiled) => Test::Regex(LazyRegex {
                     pattern: raw.to_string(),
@@ -787,7 +876,7 @@ fn compile_parsed(
         }
     };
     Some(CompiledConstraint {
-        field: Field::parse(&c.field),
+        field: Field::from_name(c.field),
         test,
         inverted: c.inverted,
         case_insensitive: c.case_insensitive,

@@ -3,8 +3,8 @@
 //! allow list, rules in order, default. `explain` runs the same code and records every step.
 
 use super::compile::{
-    CompiledConstraint, CompiledFlag, CompiledRollout, CompiledRule, CompiledVariants, Field, Invalid, Sticky, Test,
-    compile_flag,
+    CompiledConstraint, CompiledFlag, CompiledRollout, CompiledRule, CompiledVariants, Field, Invalid,
+    SegmentConstraints, Sticky, Test, compile_flag,
 };
 use super::hash;
 use super::model::{Flag, Operator, OverrideAction, Payload, Prerequisite, Segment, ValueType, Variant};
@@ -322,12 +322,13 @@ impl Snapshot {
     /// failing the whole snapshot; so is a rule referencing a missing segment.
     pub fn build(flags: impl IntoIterator<Item = Flag>, segments: &BTreeMap<String, Segment>) -> Self {
         let mut snapshot = Snapshot { segments: segments.clone(), ..Snapshot::default() };
+        let mut compiled_segments = SegmentConstraints::new(segments, false);
         for flag in flags {
             let (key, version) = (Arc::from(flag.key.as_str()), flag.version);
             if flag.archived {
                 snapshot.archived.insert(key, version);
             } else {
-                snapshot.flags.insert(key, compile_entry(flag, version, segments));
+                snapshot.flags.insert(key.clone(), compile_entry(flag, key, version, &mut compiled_segments));
             }
         }
         snapshot
@@ -343,6 +344,7 @@ impl Snapshot {
         segments: BTreeMap<String, Segment>,
     ) -> (Snapshot, Refreshed) {
         let segments_unchanged = segments == self.segments;
+        let mut compiled_segments = SegmentConstraints::new(&segments, false);
         let mut counts = Refreshed::default();
         // Start from this snapshot's entries and replace what changed: copying the map shares the keys and the
         // compiled flags, so an unchanged flag costs a lookup.
@@ -368,13 +370,14 @@ impl Snapshot {
                 continue;
             }
             counts.compiled += 1;
+            let key: Arc<str> = Arc::from(item.key);
             let entry = match Flag::deserialize(item.document) {
                 Ok(flag) if flag.archived => {
                     flags.remove(item.key);
-                    archived.insert(Arc::from(item.key), item.version);
+                    archived.insert(key, item.version);
                     continue;
                 }
-                Ok(flag) => compile_entry(flag, item.version, &segments),
+                Ok(flag) => compile_entry(flag, key.clone(), item.version, &mut compiled_segments),
                 Err(error) => Entry::Broken(Arc::new(Broken {
                     message: format!("the stored document does not decode: {error}"),
                     version: item.version,
@@ -382,7 +385,7 @@ impl Snapshot {
                 })),
             };
             live += 1;
-            flags.insert(Arc::from(item.key), entry);
+            flags.insert(key, entry);
         }
         if flags.len() > live {
             // Flags that are no longer stored at all (removed by hand): rare, so only then is a set built.
@@ -537,14 +540,13 @@ impl Snapshot {
             }
             if let Some(why) = &rule.broken {
                 trace.step("rule", true, || why.clone());
-                return Evaluation {
-                    rule_id: Some(&rule.id),
-                    default_variant: flag.default_variant.as_ref(),
-                    value_type: flag.value_type,
-                    ..Evaluation::failed(ErrorCode::General, why, version)
-                };
+                return rule_error(rule, flag, why, version);
             }
-            if let Some(position) = rule.constraints.iter().position(|c| !c.holds(context, now)) {
+            if let Some((position, constraint)) = rule.first_failing(|c| c.holds(context, now)) {
+                if constraint.is_broken() {
+                    trace.step("rule", true, || format!("rule `{}`: constraint {position}: {BROKEN_REGEX}", rule.id));
+                    return rule_error(rule, flag, BROKEN_REGEX, version);
+                }
                 trace.step("rule", false, || format!("rule `{}`: constraint {position} does not hold", rule.id));
                 continue;
             }
@@ -611,10 +613,10 @@ impl Snapshot {
     }
 }
 
-fn compile_entry(flag: Flag, stored_version: u64, segments: &BTreeMap<String, Segment>) -> Entry {
+fn compile_entry(flag: Flag, key: Arc<str>, stored_version: u64, segments: &mut SegmentConstraints<'_>) -> Entry {
     let kept = Kept { stored_version, uses_segments: flag.rules.iter().any(|rule| !rule.segments.is_empty()) };
     let version = flag.version;
-    match compile_flag(flag, segments, false) {
+    match compile_flag(flag, key, segments, false) {
         Ok(flag) => Entry::Ready(Arc::new(Compiled { flag, kept })),
         Err(errors) => Entry::Broken(Arc::new(Broken { message: describe(&errors), version, kept })),
     }
@@ -697,7 +699,21 @@ impl CompiledVariants {
     }
 }
 
+/// The ERROR answer of a rule that cannot be evaluated.
+fn rule_error<'s>(rule: &'s CompiledRule, flag: &'s CompiledFlag, why: &'s str, version: u64) -> Evaluation<'s> {
+    Evaluation {
+        rule_id: Some(&rule.id),
+        default_variant: flag.default_variant.as_ref(),
+        value_type: flag.value_type,
+        ..Evaluation::failed(ErrorCode::General, why, version)
+    }
+}
+
+/// The answer of a rule whose stored regular expression does not compile (written by hand: writes refuse one).
+const BROKEN_REGEX: &str = "the stored regular expression does not compile";
+
 impl CompiledConstraint {
+    /// Whether the constraint holds; never, inverted or not, when its regular expression does not compile.
     fn holds(&self, context: &Context, now: DateTime<Utc>) -> bool {
         let value: Option<Cow<'_, str>> = match (&self.field, context.get(&self.field)) {
             (_, Some(value)) => Some(Cow::Borrowed(value)),
@@ -706,10 +722,20 @@ impl CompiledConstraint {
         };
         let result = match value {
             // A missing field satisfies only NOT_IN.
-            None => matches!(self.test, Test::NotIn(_)),
+            None => match &self.test {
+                Test::NotIn(_) => true,
+                // Broken: `inverted` makes it not hold either way.
+                Test::Regex(regex) if regex.compiled().is_none() => self.inverted,
+                _ => false,
+            },
             Some(value) => self.test_value(&value),
         };
         result != self.inverted
+    }
+
+    /// A regular expression that does not compile (compiled now if it was not yet).
+    fn is_broken(&self) -> bool {
+        matches!(&self.test, Test::Regex(regex) if regex.compiled().is_none())
     }
 
     fn test_value(&self, raw: &str) -> bool {
@@ -733,7 +759,8 @@ impl CompiledConstraint {
                 semver::Version::parse(value.trim()).is_ok_and(|v| compare(*op, Some(v.cmp(expected))))
             }
             // Case folding is compiled into the regex; match the raw value.
-            Test::Regex(regex) => regex.is_match(raw),
+            // Broken: `inverted` makes it not hold either way.
+            Test::Regex(regex) => regex.compiled().map_or(self.inverted, |regex| regex.is_match(raw)),
             Test::InCidr(blocks) => {
                 value.trim().parse::<IpAddr>().is_ok_and(|ip| blocks.iter().any(|block| block.contains(&ip)))
             }

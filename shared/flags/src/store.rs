@@ -492,7 +492,7 @@ impl FlagStore {
                 next.version = flag.version + 1;
                 next.updated_by = ERASER.to_string();
                 next.updated_at = self.clock.now();
-                let item = encode(Key::new(FLAGS, &next.key), "flag", &next, next.version)?;
+                let item = encode_flag(&next)?;
                 let entry = self.entry(ERASER, "pseudonymize", flag_subject(&next.key), None, None);
                 self.commit(Write::Put { item, expect: Expect::Version(flag.version) }, entry).await?;
             }
@@ -578,7 +578,7 @@ impl FlagStore {
         after.version = current + 1;
         after.updated_by = actor.to_string();
         after.updated_at = self.clock.now();
-        let item = encode(Key::new(FLAGS, &after.key), "flag", &after, after.version)?;
+        let item = encode_flag(&after)?;
         let expect = if current == 0 { Expect::Absent } else { Expect::Version(current) };
         let before_json = before.map(serde_json::to_value).transpose().map_err(invalid_json)?;
         let entry = self.entry(
@@ -692,16 +692,25 @@ fn invalid_json(e: serde_json::Error) -> StoreError {
 }
 
 fn encode<T: Serialize>(key: Key, attr: &str, value: &T, version: u64) -> Result<Item, StoreError> {
-    let json = serde_json::to_value(value).map_err(invalid_json)?;
-    if attr == "flag" && serde_json::to_vec(&json).map_or(0, |bytes| bytes.len()) > MAX_FLAG_BYTES {
+    Ok(item(key, attr, serde_json::to_value(value).map_err(invalid_json)?, version))
+}
+
+/// A flag's item, holding its stored document.
+fn encode_flag(flag: &Flag) -> Result<Item, StoreError> {
+    let json = flag.stored_document().map_err(invalid_json)?;
+    if serde_json::to_vec(&json).map_or(0, |bytes| bytes.len()) > MAX_FLAG_BYTES {
         return Err(StoreError::Invalid(vec![Invalid {
             pointer: String::new(),
             message: format!("a flag document holds at most {MAX_FLAG_BYTES} bytes"),
         }]));
     }
+    Ok(item(Key::new(FLAGS, &flag.key), "flag", json, flag.version))
+}
+
+fn item(key: Key, attr: &str, json: Value, version: u64) -> Item {
     let mut attrs = serde_json::Map::new();
     attrs.insert(attr.to_string(), json);
-    Ok(Item { key, attrs, version, expires_at: None })
+    Item { key, attrs, version, expires_at: None }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(item: &Item, attr: &str) -> Result<T, StoreError> {

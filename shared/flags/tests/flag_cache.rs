@@ -339,3 +339,29 @@ async fn every_item_the_store_writes_is_declared_once_in_the_data_map() {
     let declared: std::collections::BTreeSet<&str> = keel_flags::datamap::ENTRIES.iter().map(|e| e.name).collect();
     assert_eq!(seen, declared, "every declared kind is written by something ({keys:?})");
 }
+
+/// The store keeps a flag's document without its empty lists and nulls; the flag reads back whole, and a document
+/// written with every field (as before) reads the same.
+#[tokio::test]
+async fn flags_are_stored_compact_and_read_back_whole() {
+    use keel::table::{Expect, Item, Key};
+    let f = fixture();
+    let mut flag = on_flag("checkout");
+    flag.allow_orgs = vec!["org-a".into()];
+    let created = f.store.create(flag, "alice").await.unwrap();
+    let item = f.table.get(&Key::new("FLAG", "checkout")).await.unwrap().unwrap();
+    let stored = &item.attrs["flag"];
+    assert_eq!(stored["allow_orgs"], serde_json::json!(["org-a"]));
+    for absent in ["rules", "variants", "block_orgs", "target_users", "overrides", "prerequisites", "environments"] {
+        assert!(stored.get(absent).is_none(), "{absent} is stored: {stored}");
+    }
+    assert_eq!(f.store.get("checkout").await.unwrap().unwrap(), created);
+
+    // The full form, as a flag written before stored documents were compact.
+    let mut full = item.clone();
+    full.attrs.insert("flag".into(), serde_json::to_value(&created).unwrap());
+    f.table.put(Item { version: item.version + 1, ..full }, Expect::Version(item.version)).await.unwrap();
+    assert_eq!(f.store.get("checkout").await.unwrap().unwrap(), created);
+    let (_, snapshot) = f.store.load().await.unwrap();
+    assert!(snapshot.evaluate("checkout", &org("org-a"), f.clock.now()).value);
+}

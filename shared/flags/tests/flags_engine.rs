@@ -1533,6 +1533,39 @@ fn validate_rejects_regex_that_does_not_compile() {
     rejected_at(&f, "/rules/0/constraints/0/values/0");
 }
 
+/// A snapshot compiles a stored pattern when a rule first reaches it (writes compile it first): one that does not
+/// compile, inverted or not, answers ERROR for the contexts that reach it, and the flag's other paths still answer.
+#[test]
+fn stored_regexes_are_compiled_on_first_use_and_a_broken_one_answers_error_when_reached() {
+    let broken = [("unclosed", "(unclosed"), ("lookaround", "(?=a)"), ("unknown-class", r"\p{NoSuchClass}")];
+    let mut flags = Vec::new();
+    for (key, pattern) in broken {
+        let mut f = flag(key);
+        f.allow_orgs = vec!["org-allowed".into()];
+        f.rules = vec![rule("r", vec![constraint("email", Operator::Regex, &[pattern])])];
+        rejected_at(&f, "/rules/0/constraints/0/values/0");
+        flags.push(f.clone());
+        f.key = format!("{key}-inverted");
+        f.rules[0].constraints[0].inverted = true;
+        flags.push(f);
+    }
+    let mut folded = flag("folded");
+    folded.rules = vec![rule("r", vec![case_insensitive(constraint("email", Operator::Regex, &["^ADA@"]))])];
+    flags.push(folded);
+    let s = snapshot(flags);
+    let context = with_attr(org("org-a"), "email", "ada@acme.io");
+    for (key, _) in broken {
+        for key in [key.to_string(), format!("{key}-inverted")] {
+            let e = s.evaluate(&key, &context, now());
+            assert_eq!((e.value, e.reason, e.rule_id), (false, Reason::Error, Some("r")), "{key}");
+            assert_eq!(e.error.map(|(code, _)| code), Some(ErrorCode::General), "{key}");
+            // Decided before the rule is reached: unaffected.
+            expect(&s.evaluate(&key, &org("org-allowed"), now()), true, Reason::AllowList, None, "TARGETING_MATCH");
+        }
+    }
+    expect(&s.evaluate("folded", &context, now()), true, Reason::Rule, Some("r"), "TARGETING_MATCH");
+}
+
 #[test]
 fn validate_rejects_number_that_does_not_parse() {
     let mut f = flag("f");
