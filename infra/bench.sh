@@ -191,6 +191,8 @@ for group, bench, unit, scale in (
     ("flags_bulk100", "yggdrasil_is_enabled_each", "us", 1e3),
     ("flags_snapshot1000", "parse_and_build", "ms", 1e6),
     ("flags_snapshot1000", "build", "ms", 1e6),
+    ("flags_snapshot1000", "load_from_items", "ms", 1e6),
+    ("flags_snapshot1000", "refresh_one_change", "us", 1e3),
 ):
     value = median_ns(group, bench)
     if value is not None:
