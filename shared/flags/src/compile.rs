@@ -313,11 +313,12 @@ pub(crate) fn compile_flag(
     }
 
     let value_type = flag.value_type;
-    let default_variant = compile_default_variant(&flag, &mut errors);
+    let default_variant = compile_default_variant(&flag, strict, &mut errors);
     // The overrides below are checked against the compiled list's names, so the list moves rather than copies.
+    let payloads = Payloads { value_type, strict };
     let variants = compile_variants(
         std::mem::take(&mut flag.variants),
-        value_type,
+        payloads,
         &flag.variant_stickiness,
         &key,
         "/variants",
@@ -382,7 +383,7 @@ pub(crate) fn compile_flag(
         };
         let variants = compile_variants(
             variants,
-            value_type,
+            payloads,
             stickiness,
             group_id,
             format_args!("{at}/variants"),
@@ -628,7 +629,7 @@ fn splits(variants: &CompiledVariants) -> bool {
 }
 
 /// The flag's default variant, as a variant evaluation can serve; required unless the flag is boolean.
-fn compile_default_variant(flag: &Flag, errors: &mut Vec<Invalid>) -> Option<Variant> {
+fn compile_default_variant(flag: &Flag, strict: bool, errors: &mut Vec<Invalid>) -> Option<Variant> {
     let Some(default) = &flag.default_variant else {
         if flag.value_type != ValueType::Boolean {
             errors.push(Invalid::new(
@@ -644,10 +645,8 @@ fn compile_default_variant(flag: &Flag, errors: &mut Vec<Invalid>) -> Option<Var
     if default.name.is_empty() || default.name.len() > MAX_KEY_LEN {
         errors.push(Invalid::new("/default_variant/name", format!("a variant name has 1 to {MAX_KEY_LEN} bytes")));
     }
-    if let Some(payload) = &default.payload {
-        check_payload(&payload.kind, &payload.value, "/default_variant/payload", errors);
-    }
-    check_value_type(flag.value_type, default.payload.as_ref(), "/default_variant/payload", errors);
+    let payloads = Payloads { value_type: flag.value_type, strict };
+    check_payload(payloads, default.payload.as_ref(), "/default_variant/payload", errors);
     let listed = flag.variants.iter().chain(flag.rules.iter().flat_map(|r| &r.variants));
     if let Some(other) = listed.into_iter().find(|v| v.name == default.name && v.payload != default.payload) {
         errors.push(Invalid::new(
@@ -658,32 +657,9 @@ fn compile_default_variant(flag: &Flag, errors: &mut Vec<Invalid>) -> Option<Var
     Some(Variant { name: default.name.clone(), weight: 0, payload: default.payload.clone(), overrides: Vec::new() })
 }
 
-/// A payload a flag of this type can serve: every variant of a typed flag answers the flag's type.
-fn check_value_type(value_type: ValueType, payload: Option<&Payload>, at: impl Display, errors: &mut Vec<Invalid>) {
-    let fits = match (value_type, payload) {
-        (ValueType::Boolean, _) | (ValueType::String, None) => true,
-        (ValueType::String, Some(p)) => matches!(p.kind.as_str(), "string" | "csv"),
-        (ValueType::Number, Some(p)) => p.kind == "number",
-        (ValueType::Object, Some(p)) => p.kind == "json" && is_json_object(&p.value),
-        (ValueType::Number | ValueType::Object, None) => false,
-    };
-    if !fits {
-        let expected = match value_type {
-            ValueType::Boolean => "any",
-            ValueType::String => "a `string` or `csv`",
-            ValueType::Number => "a `number`",
-            ValueType::Object => "a `json` object",
-        };
-        errors.push(Invalid::new(
-            at.to_string(),
-            format!("a {} flag's variants carry {expected} payload", value_type.as_str()),
-        ));
-    }
-}
-
 fn compile_variants(
     variants: Vec<Variant>,
-    value_type: ValueType,
+    payloads: Payloads,
     stickiness: &Stickiness,
     group_id: &Arc<str>,
     at: impl Display,
@@ -706,10 +682,7 @@ fn compile_variants(
         if variant.weight > MAX_WEIGHT {
             errors.push(Invalid::new(format!("{at}/{i}/weight"), format!("a weight is from 0 to {MAX_WEIGHT}")));
         }
-        if let Some(payload) = &variant.payload {
-            check_payload(&payload.kind, &payload.value, format_args!("{at}/{i}/payload"), errors);
-        }
-        check_value_type(value_type, variant.payload.as_ref(), format_args!("{at}/{i}/payload"), errors);
+        check_payload(payloads, variant.payload.as_ref(), format_args!("{at}/{i}/payload"), errors);
         for (j, o) in variant.overrides.iter().enumerate() {
             check_count(o.values.len(), MAX_VALUES, format_args!("{at}/{i}/overrides/{j}/values"), errors);
             overrides.push((Field::parse(&o.field), StrSet::new(o.values.iter().cloned()), i));
@@ -728,27 +701,65 @@ fn compile_variants(
     })
 }
 
-/// Whether `text` is a JSON object, checked without building it.
-pub(crate) fn is_json_object(text: &str) -> bool {
-    text.trim_start().starts_with('{') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+/// What a flag's payloads are checked against.
+#[derive(Clone, Copy)]
+struct Payloads {
+    /// Every variant of a typed flag answers the flag's type.
+    value_type: ValueType,
+    /// Writes and imports parse a JSON payload as serving does; a snapshot only checks its syntax (a stored payload
+    /// was parsed when it was written, and building every payload's value was a tenth of a 1,000-flag load).
+    strict: bool,
 }
 
-fn check_payload(kind: &str, value: &str, at: impl Display, errors: &mut Vec<Invalid>) {
-    check_len(value, model::MAX_PAYLOAD_LEN, format_args!("{at}/value"), errors);
-    match kind {
-        "string" | "csv" => {}
-        "json" => {
-            // Checked without building the value: a snapshot checks every payload it loads.
-            if serde_json::from_str::<serde::de::IgnoredAny>(value).is_err() {
-                errors.push(Invalid::new(format!("{at}/value"), "a json payload must hold valid JSON"));
+/// A payload evaluation can serve, of the flag's type.
+fn check_payload(payloads: Payloads, payload: Option<&Payload>, at: impl Display, errors: &mut Vec<Invalid>) {
+    let Payloads { value_type, strict } = payloads;
+    // For a `json` payload: whether it holds an object.
+    let mut object = false;
+    if let Some(p) = payload {
+        check_len(&p.value, model::MAX_PAYLOAD_LEN, format_args!("{at}/value"), errors);
+        match p.kind.as_str() {
+            "string" | "csv" => {}
+            "json" => match json_object(&p.value, strict) {
+                Some(is_object) => object = is_object,
+                None => errors.push(Invalid::new(format!("{at}/value"), "a json payload must hold valid JSON")),
+            },
+            "number" => {
+                if !p.value.trim().parse::<f64>().is_ok_and(f64::is_finite) {
+                    errors.push(Invalid::new(format!("{at}/value"), "a number payload must hold a finite number"));
+                }
             }
+            _ => errors.push(Invalid::new(format!("{at}/type"), "a payload type is string, json, number or csv")),
         }
-        "number" => {
-            if !value.trim().parse::<f64>().is_ok_and(f64::is_finite) {
-                errors.push(Invalid::new(format!("{at}/value"), "a number payload must hold a finite number"));
-            }
-        }
-        _ => errors.push(Invalid::new(format!("{at}/type"), "a payload type is string, json, number or csv")),
+    }
+    let fits = match (value_type, payload) {
+        (ValueType::Boolean, _) | (ValueType::String, None) => true,
+        (ValueType::String, Some(p)) => matches!(p.kind.as_str(), "string" | "csv"),
+        (ValueType::Number, Some(p)) => p.kind == "number",
+        (ValueType::Object, Some(p)) => p.kind == "json" && object,
+        (ValueType::Number | ValueType::Object, None) => false,
+    };
+    if !fits {
+        let expected = match value_type {
+            ValueType::Boolean => "any",
+            ValueType::String => "a `string` or `csv`",
+            ValueType::Number => "a `number`",
+            ValueType::Object => "a `json` object",
+        };
+        errors.push(Invalid::new(
+            at.to_string(),
+            format!("a {} flag's variants carry {expected} payload", value_type.as_str()),
+        ));
+    }
+}
+
+/// `None` when `text` is not JSON, else whether it is an object. `exact` parses it as serving does (number range,
+/// nesting depth, escapes); otherwise only its syntax is checked, without building it.
+fn json_object(text: &str, exact: bool) -> Option<bool> {
+    if exact {
+        serde_json::from_str::<serde_json::Value>(text).ok().map(|value| value.is_object())
+    } else {
+        serde_json::from_str::<serde::de::IgnoredAny>(text).ok().map(|_| text.trim_start().starts_with('{'))
     }
 }
 

@@ -377,7 +377,11 @@ impl Snapshot {
                     archived.insert(key, item.version);
                     continue;
                 }
-                Ok(flag) => compile_entry(flag, key.clone(), item.version, &mut compiled_segments),
+                Ok(flag) => {
+                    // Group ids default to the document's key, as in `build`, even should the item's differ.
+                    let group_key = if *key == *flag.key { key.clone() } else { Arc::from(flag.key.as_str()) };
+                    compile_entry(flag, group_key, item.version, &mut compiled_segments)
+                }
                 Err(error) => Entry::Broken(Arc::new(Broken {
                     message: format!("the stored document does not decode: {error}"),
                     version: item.version,

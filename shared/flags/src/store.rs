@@ -697,13 +697,14 @@ fn encode<T: Serialize>(key: Key, attr: &str, value: &T, version: u64) -> Result
 
 /// A flag's item, holding its stored document.
 fn encode_flag(flag: &Flag) -> Result<Item, StoreError> {
-    let json = flag.stored_document().map_err(invalid_json)?;
-    if serde_json::to_vec(&json).map_or(0, |bytes| bytes.len()) > MAX_FLAG_BYTES {
+    // The cap is on the full document, which the API and the audit entries hold, not on the smaller stored one.
+    if serde_json::to_vec(flag).map_or(0, |bytes| bytes.len()) > MAX_FLAG_BYTES {
         return Err(StoreError::Invalid(vec![Invalid {
             pointer: String::new(),
             message: format!("a flag document holds at most {MAX_FLAG_BYTES} bytes"),
         }]));
     }
+    let json = flag.stored_document().map_err(invalid_json)?;
     Ok(item(Key::new(FLAGS, &flag.key), "flag", json, flag.version))
 }
 

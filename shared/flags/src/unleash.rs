@@ -12,7 +12,7 @@
 //! payload. Features whose variants mix types, or leave some without a payload, stay boolean (with a warning:
 //! OFREP then serves on/off, Keel's API the payload).
 
-use super::compile::{Invalid, compile_constraint, is_json_object, parse_cidr};
+use super::compile::{Invalid, compile_constraint, parse_cidr};
 use super::eval::Context;
 use super::model::{
     self, Constraint, DefaultVariant, Flag, FlagType, FlagWarning, Lifecycle, Operator, Payload, Prerequisite, Rollout,
@@ -290,7 +290,9 @@ fn type_from_payloads(flag: &mut Flag, at: &str, warnings: &mut Vec<FlagWarning>
     let type_of = |payload: &Payload| match payload.kind.as_str() {
         "string" | "csv" => Some(ValueType::String),
         "number" => Some(ValueType::Number),
-        "json" => is_json_object(&payload.value).then_some(ValueType::Object),
+        "json" => {
+            serde_json::from_str::<Value>(&payload.value).ok().filter(Value::is_object).map(|_| ValueType::Object)
+        }
         _ => None,
     };
     let types: Vec<Option<ValueType>> = all.iter().map(|v| v.payload.as_ref().and_then(type_of)).collect();

@@ -365,3 +365,36 @@ async fn flags_are_stored_compact_and_read_back_whole() {
     let (_, snapshot) = f.store.load().await.unwrap();
     assert!(snapshot.evaluate("checkout", &org("org-a"), f.clock.now()).value);
 }
+
+/// The size cap is on the full document (the API's, and each audit entry's before and after), not on the smaller
+/// stored one: a flag under the cap only once compacted is refused, as it was before documents were compacted.
+#[tokio::test]
+async fn the_size_cap_is_on_the_full_document() {
+    use keel_flags::store::MAX_FLAG_BYTES;
+    use keel_flags::{Rule, Variant};
+    let f = fixture();
+    let mut flag = on_flag("big");
+    flag.rules = (0..100)
+        .map(|i| Rule {
+            id: format!("r{i}"),
+            constraints: vec![],
+            segments: vec![],
+            rollout: None,
+            variants: (0..30)
+                .map(|j| Variant { name: format!("v{j}"), weight: 1, payload: None, overrides: vec![] })
+                .collect(),
+            starts_at: None,
+            ends_at: None,
+            disabled: false,
+        })
+        .collect();
+    let full = serde_json::to_vec(&flag).unwrap().len();
+    let stored = serde_json::to_vec(&flag.stored_document().unwrap()).unwrap().len();
+    assert!(stored < MAX_FLAG_BYTES && full > MAX_FLAG_BYTES, "{stored} stored, {full} in full");
+    match f.store.create(flag.clone(), "alice").await {
+        Err(StoreError::Invalid(errors)) => assert!(errors[0].message.contains("at most"), "{errors:?}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    flag.rules.truncate(50);
+    f.store.create(flag, "alice").await.unwrap();
+}

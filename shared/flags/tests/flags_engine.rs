@@ -1552,10 +1552,22 @@ fn stored_regexes_are_compiled_on_first_use_and_a_broken_one_answers_error_when_
     let mut folded = flag("folded");
     folded.rules = vec![rule("r", vec![case_insensitive(constraint("email", Operator::Regex, &["^ADA@"]))])];
     flags.push(folded);
-    let s = snapshot(flags);
+    // A stored segment (written by hand) whose regex does not compile, referenced by a rule.
+    let segment = Segment {
+        name: "staff".into(),
+        description: String::new(),
+        constraints: vec![inverted(constraint("email", Operator::Regex, &["(unclosed"]))],
+    };
+    let mut in_segment = flag("in-segment");
+    in_segment.allow_orgs = vec!["org-allowed".into()];
+    in_segment.rules = vec![Rule { segments: vec!["staff".into()], ..rule("r", Vec::new()) }];
+    flags.push(in_segment);
+    let s = Snapshot::build(flags, &segments(vec![segment]));
     let context = with_attr(org("org-a"), "email", "ada@acme.io");
-    for (key, _) in broken {
-        for key in [key.to_string(), format!("{key}-inverted")] {
+    let keys = broken.iter().flat_map(|(key, _)| [key.to_string(), format!("{key}-inverted")]);
+    for key in keys.chain(["in-segment".to_string()]) {
+        // With the attribute and without it (an inverted constraint holds for a missing field when it compiles).
+        for context in [context.clone(), org("org-a")] {
             let e = s.evaluate(&key, &context, now());
             assert_eq!((e.value, e.reason, e.rule_id), (false, Reason::Error, Some("r")), "{key}");
             assert_eq!(e.error.map(|(code, _)| code), Some(ErrorCode::General), "{key}");
@@ -1564,6 +1576,19 @@ fn stored_regexes_are_compiled_on_first_use_and_a_broken_one_answers_error_when_
         }
     }
     expect(&s.evaluate("folded", &context, now()), true, Reason::Rule, Some("r"), "TARGETING_MATCH");
+}
+
+/// A write parses a JSON payload as serving does: a number out of range, a lone surrogate or nesting deeper than
+/// serde_json's 128 levels is refused, though each is valid JSON syntax.
+#[test]
+fn validate_rejects_json_payloads_that_serving_cannot_parse() {
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    for value in [r#"{"a":1e400}"#, r#"{"a":"\ud800"}"#, deep.as_str()] {
+        let mut f = flag("f");
+        f.variants =
+            vec![Variant { payload: Some(Payload { kind: "json".into(), value: value.into() }), ..variant("a", 1) }];
+        rejected_at(&f, "/variants/0/payload/value");
+    }
 }
 
 #[test]
