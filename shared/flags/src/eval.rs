@@ -729,7 +729,7 @@ impl CompiledConstraint {
             None => match &self.test {
                 Test::NotIn(_) => true,
                 // Broken: `inverted` makes it not hold either way.
-                Test::Regex(regex) if regex.compiled().is_none() => self.inverted,
+                _ if self.is_broken() => self.inverted,
                 _ => false,
             },
             Some(value) => self.test_value(&value),
